@@ -1,0 +1,79 @@
+"""Helpers for tests of the core against real Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from zombieguard.attempt import Attempt
+from zombieguard.deadletter import DeadLetterEntry
+from zombieguard.lease import AcquireStatus, JobSpec, LeaseRecord, LeaseStore
+from zombieguard.policy import Policy
+
+
+@dataclass
+class RecordingAdapter:
+    """An adapter that records what the core asked of it (the framework side is tested per integration)."""
+
+    name: str = "test"
+    requeued: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    republished: list[str] = field(default_factory=list)
+    fail_requeue: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def requeue(self, record: LeaseRecord) -> None:
+        if self.fail_requeue:
+            raise ConnectionError("the framework's broker is down")
+        with self.lock:
+            self.requeued.append(record.job_id)
+
+    def fail(self, record: LeaseRecord, outcome: str, reason: str) -> None:
+        with self.lock:
+            self.failed.append((record.job_id, outcome, reason))
+
+    def stop(self, record: LeaseRecord) -> None:
+        with self.lock:
+            self.stopped.append(record.job_id)
+
+    def republish(self, entry: DeadLetterEntry) -> None:
+        with self.lock:
+            self.republished.append(entry.job_id)
+
+
+def job(job_id: str, adapter: str = "test", task: str = "app.tasks.work") -> JobSpec:
+    """A job description."""
+    return JobSpec(job_id=job_id, adapter=adapter, task=task, queue="default", payload='{"args":[1]}')
+
+
+def start(
+    store: LeaseStore, job_id: str, policy: Policy, worker: str = "w1", adapter: str = "test"
+) -> Attempt:
+    """Acquire and wrap an attempt; fails the test when the store refuses."""
+    spec = job(job_id, adapter)
+    acquired = store.acquire(spec, worker, policy)
+    assert acquired.status is AcquireStatus.ACQUIRED, acquired
+    return Attempt(store, spec, worker, policy, acquired)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Poll ``condition`` until it is truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def expire(store: LeaseStore, job_id: str) -> None:
+    """Make a running lease expire now, as if its worker froze for lease_ttl (no waiting in tests)."""
+    key = store.lease_key(job_id)
+    adapter = store.client.hget(key, "adapter")
+    assert adapter is not None
+    now = store.server_time()
+    store.client.hset(key, "expires", repr(now - 0.001))
+    store.client.zadd(store.due_key(adapter.decode()), {job_id: now - 0.001})

@@ -1,0 +1,33 @@
+"""The adapter protocol: all the core knows about a job framework.
+
+Each integration (``zombieguard.integrations.rq``, ``.celery``) implements it; the sweeper and the
+CLI use nothing else. A method that raises is reported; the sweeper leaves the claim to expire so
+that another sweep tries again (recovery is at least once, and fencing makes a repeat harmless).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from zombieguard.deadletter import DeadLetterEntry
+    from zombieguard.lease import LeaseRecord
+
+
+class JobAdapter(Protocol):
+    """How the core acts on one framework's jobs."""
+
+    name: str
+    """The integration's name; leases record it, and each sweeper claims only its adapters' leases."""
+
+    def requeue(self, record: LeaseRecord) -> None:
+        """Put the job back on its queue as a new attempt, with the same job id."""
+
+    def fail(self, record: LeaseRecord, outcome: str, reason: str) -> None:
+        """Mark the job failed in the framework (timed out, hung, dead-lettered), the framework's way."""
+
+    def stop(self, record: LeaseRecord) -> None:
+        """Best effort: stop the attempt where it runs, if its worker is still there."""
+
+    def republish(self, entry: DeadLetterEntry) -> None:
+        """Enqueue a dead-lettered job again (``zombieguard dlq requeue``), as a fresh job."""

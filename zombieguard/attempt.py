@@ -1,0 +1,180 @@
+"""The running attempt: what a job's ``beat()`` and ``checkpoint()`` talk to.
+
+An integration acquires a lease, wraps it in an :class:`Attempt`, and runs the job inside
+:func:`running`. Inside, :func:`zombieguard.beat` and :func:`zombieguard.checkpoint` find the attempt
+through a context variable (per thread, so thread pools work).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import redis
+
+from zombieguard.containment import log
+from zombieguard.errors import LeaseLost, NotInGuardedJob
+from zombieguard.events import JobEvent, LeaseLostEvent, emit
+from zombieguard.lease import Acquired, JobSpec, LeaseStore, Outcome
+from zombieguard.policy import Policy
+
+# A beat is recorded locally at once (the watchdog reads it); it reaches Redis at most this often,
+# so that a job may call beat() in a tight loop. A checkpoint always makes the round trip.
+BEAT_SEND_INTERVAL = 1.0
+
+E = TypeVar("E", bound=JobEvent)
+
+
+class Attempt:
+    """One execution of one job, holding the job's lease under a fencing token."""
+
+    def __init__(
+        self, store: LeaseStore, job: JobSpec, worker: str, policy: Policy, acquired: Acquired
+    ) -> None:
+        self.store = store
+        self.job = job
+        self.worker = worker
+        self.policy = policy
+        self.token = acquired.token
+        self.number = acquired.attempt
+        self.stalls = acquired.stalls
+        self.started_at = acquired.started
+        """Server time at acquire."""
+        self.checkpoint_json = acquired.checkpoint
+        self.started_monotonic = time.monotonic()
+        self.last_progress_monotonic = self.started_monotonic
+        self._last_sent = self.started_monotonic
+        self._lost: LeaseLost | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def lost(self) -> LeaseLost | None:
+        """Why this attempt lost its lease, or None while it holds it."""
+        return self._lost
+
+    def mark_lost(self, error: LeaseLost) -> None:
+        """Record that the lease is gone (once, with a ``lease_lost`` event); beats raise ``error``."""
+        with self._lock:
+            if self._lost is not None:
+                return
+            self._lost = error
+        emit(self.job.adapter, self.event(LeaseLostEvent, reason=error.detail))
+
+    def event(self, kind: type[E], reason: str = "", stack: str | None = None, **extra: Any) -> E:
+        """An event about this attempt."""
+        return kind(
+            job_id=self.job.job_id,
+            task=self.job.task,
+            queue=self.job.queue,
+            attempt=self.number,
+            worker=self.worker,
+            adapter=self.job.adapter,
+            reason=reason,
+            started_at=self.started_at,
+            stack=stack,
+            **extra,
+        )
+
+    def _raise_if_lost(self) -> None:
+        if self._lost is not None:
+            raise self._lost
+
+    def beat(self, progress: object = None, message: str | None = None) -> None:
+        """Prove progress: renews the lease and records the progress time (fenced)."""
+        self._raise_if_lost()
+        now = time.monotonic()
+        self.last_progress_monotonic = now
+        if progress is None and message is None and now - self._last_sent < BEAT_SEND_INTERVAL:
+            return
+        self._send(progress="" if progress is None else str(progress), message=message or "")
+
+    def save_checkpoint(self, value_json: str) -> None:
+        """Store the checkpoint under this attempt's fencing token; counts as progress."""
+        self._raise_if_lost()
+        self.last_progress_monotonic = time.monotonic()
+        self._send(checkpoint=value_json)
+        self.checkpoint_json = value_json
+
+    def _send(self, progress: str = "", message: str = "", checkpoint: str | None = None) -> None:
+        try:
+            code = self.store.progress(self.job, self.token, progress, message, checkpoint)
+            if code == "missing":
+                self.reestablish()
+                self.store.progress(self.job, self.token, progress, message, checkpoint)
+        except LeaseLost as exc:
+            self.mark_lost(exc)
+            raise
+        except redis.RedisError as exc:
+            # Redis unreachable: the job goes on; the heartbeat keeps retrying and re-establishes the
+            # lease. A checkpoint that could not be written must not pass silently, though.
+            if checkpoint is not None:
+                raise
+            log.warning("job %s: beat not recorded, Redis unreachable (%s)", self.job.job_id, exc)
+            return
+        self._last_sent = time.monotonic()
+
+    def reestablish(self) -> bool:
+        """Recreate this attempt's lease after Redis lost it (restart without persistence)."""
+        created = self.store.reestablish(
+            self.job,
+            self.worker,
+            self.policy,
+            token=self.token,
+            attempt=self.number,
+            stalls=self.stalls,
+            started=self.started_at,
+        )
+        if created:
+            log.warning("job %s: lease was missing from Redis and is re-established", self.job.job_id)
+        return created
+
+    def release(self, outcome: Outcome, reason: str = "", stack: str | None = None) -> None:
+        """End the attempt. Raises LeaseLost when a newer attempt exists: its completion is refused."""
+        code = self.store.release(self.job, self.token, outcome, reason, stack)
+        if code == "missing" and self.reestablish():
+            self.store.release(self.job, self.token, outcome, reason, stack)
+
+
+_current: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar("zombieguard_attempt", default=None)
+
+
+def current_attempt() -> Attempt | None:
+    """The attempt running in this context, if any."""
+    return _current.get()
+
+
+@contextmanager
+def running(attempt: Attempt) -> Iterator[Attempt]:
+    """Make ``attempt`` the current one for the block (the job's body runs inside)."""
+    reset = _current.set(attempt)
+    try:
+        yield attempt
+    finally:
+        _current.reset(reset)
+
+
+def beat(progress: object = None, message: str | None = None) -> None:
+    """Prove that the running job makes progress; a no-op outside a guarded job.
+
+    ``progress`` (e.g. ``"120/500"``) and ``message`` are shown by ``zombieguard status``. Cheap enough
+    for a loop: the round trip to Redis happens at most once a second unless progress or a message
+    is given. Raises :class:`~zombieguard.LeaseLost` when a newer attempt has taken the job over.
+    """
+    attempt = _current.get()
+    if attempt is not None:
+        attempt.beat(progress, message)
+
+
+def require_attempt(what: str) -> Attempt:
+    """The running attempt, or a clear error naming ``what`` needed it."""
+    attempt = _current.get()
+    if attempt is None:
+        raise NotInGuardedJob(
+            f"{what} works only inside a job run by a guarded worker "
+            "(Celery with zombieguard installed, or rq worker -w zombieguard.integrations.rq.GuardedWorker)"
+        )
+    return attempt

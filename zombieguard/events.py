@@ -1,0 +1,191 @@
+"""Typed events and the blinker signals that carry them.
+
+Each signal sends one immutable event: ``signal.send(sender, event=event)``, where ``sender`` is the
+name of the integration that detected it (``"rq"``, ``"celery"``, ``"sweeper"`` for a standalone
+sweeper). Receivers are called in the process that detected the event, synchronously; one that
+raises is logged and does not disturb the job or the worker.
+
+    from zombieguard import signals
+
+    @signals.job_stalled.connect
+    def page_someone(sender, event):
+        ...
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from blinker import Namespace, Signal
+
+from zombieguard.containment import contained
+
+_signals = Namespace()
+
+job_started: Signal = _signals.signal("job_started", doc="An attempt acquired its lease and started.")
+job_completed: Signal = _signals.signal("job_completed", doc="An attempt ended in its worker (any outcome).")
+job_stalled: Signal = _signals.signal("job_stalled", doc="A lease expired: its worker is dead or frozen.")
+job_hung: Signal = _signals.signal("job_hung", doc="A job made no progress within progress_timeout.")
+job_timed_out: Signal = _signals.signal("job_timed_out", doc="A job ran past soft_timeout or hard_timeout.")
+job_recovered: Signal = _signals.signal("job_recovered", doc="A stalled job was requeued as a new attempt.")
+job_dead_lettered: Signal = _signals.signal("job_dead_lettered", doc="A job went to the dead-letter queue.")
+lease_lost: Signal = _signals.signal("lease_lost", doc="A superseded attempt found out it lost its lease.")
+worker_zombie: Signal = _signals.signal(
+    "worker_zombie", doc="A worker stopped heartbeating, or holds zombies."
+)
+heartbeat_failed: Signal = _signals.signal("heartbeat_failed", doc="A worker could not renew its leases.")
+
+ALL_SIGNALS: tuple[Signal, ...] = (
+    job_started,
+    job_completed,
+    job_stalled,
+    job_hung,
+    job_timed_out,
+    job_recovered,
+    job_dead_lettered,
+    lease_lost,
+    worker_zombie,
+    heartbeat_failed,
+)
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """What happened to one attempt of one job. Times are Unix seconds (the Redis server's clock
+    where zombieguard read it from a lease)."""
+
+    job_id: str
+    task: str
+    queue: str
+    attempt: int
+    worker: str
+    adapter: str
+    reason: str = ""
+    started_at: float | None = None
+    last_beat_at: float | None = None
+    last_progress_at: float | None = None
+    stack: str | None = None
+    """Where the job was when it was stopped (all threads of its process), when it was captured."""
+    at: float = field(default_factory=time.time)
+    details: tuple[tuple[str, Any], ...] = ()
+    """Further facts as (name, value) pairs: e.g. the limit that fired, the next attempt's number."""
+
+    @property
+    def kind(self) -> str:
+        """The event's kind, as used in metrics and Sentry tags (``stalled``, ``hung``, ...)."""
+        return _KINDS[type(self)]
+
+    def detail(self, name: str, default: Any = None) -> Any:
+        """One of :attr:`details` by name."""
+        return dict(self.details).get(name, default)
+
+
+@dataclass(frozen=True)
+class JobStarted(JobEvent):
+    """An attempt started (its lease is acquired)."""
+
+
+@dataclass(frozen=True)
+class JobCompleted(JobEvent):
+    """An attempt ended in its worker; ``reason`` holds the outcome (completed, failed, ...)."""
+
+    duration: float | None = None
+
+
+@dataclass(frozen=True)
+class JobStalled(JobEvent):
+    """The lease expired: the worker died or froze."""
+
+
+@dataclass(frozen=True)
+class JobHung(JobEvent):
+    """Alive but no progress within ``progress_timeout``."""
+
+
+@dataclass(frozen=True)
+class JobTimedOut(JobEvent):
+    """Past ``soft_timeout`` (``limit == "soft"``) or ``hard_timeout`` (``limit == "hard"``)."""
+
+    limit: str = "hard"
+
+
+@dataclass(frozen=True)
+class JobRecovered(JobEvent):
+    """Requeued as a new attempt; ``attempt`` is the attempt that stalled."""
+
+
+@dataclass(frozen=True)
+class JobDeadLettered(JobEvent):
+    """Moved to the dead-letter queue."""
+
+
+@dataclass(frozen=True)
+class LeaseLostEvent(JobEvent):
+    """A superseded attempt learned that a newer one holds the lease; its writes are refused."""
+
+
+@dataclass(frozen=True)
+class WorkerEvent:
+    """Something about a whole worker."""
+
+    worker: str
+    adapter: str
+    reason: str
+    info: tuple[tuple[str, str], ...] = ()
+    at: float = field(default_factory=time.time)
+
+    @property
+    def kind(self) -> str:
+        """The event's kind (``worker_zombie`` or ``heartbeat_failed``)."""
+        return _KINDS[type(self)]
+
+
+@dataclass(frozen=True)
+class WorkerZombie(WorkerEvent):
+    """A worker stopped heartbeating without leaving, or holds threads it cannot stop."""
+
+
+@dataclass(frozen=True)
+class HeartbeatFailed(WorkerEvent):
+    """A heartbeat round trip failed (Redis unreachable); ``failures`` counts them in a row."""
+
+    failures: int = 1
+
+
+_KINDS: dict[type, str] = {
+    JobStarted: "started",
+    JobCompleted: "completed",
+    JobStalled: "stalled",
+    JobHung: "hung",
+    JobTimedOut: "timed_out",
+    JobRecovered: "recovered",
+    JobDeadLettered: "dead_lettered",
+    LeaseLostEvent: "lease_lost",
+    WorkerZombie: "worker_zombie",
+    HeartbeatFailed: "heartbeat_failed",
+}
+
+SIGNAL_OF: dict[type, Signal] = {
+    JobStarted: job_started,
+    JobCompleted: job_completed,
+    JobStalled: job_stalled,
+    JobHung: job_hung,
+    JobTimedOut: job_timed_out,
+    JobRecovered: job_recovered,
+    JobDeadLettered: job_dead_lettered,
+    LeaseLostEvent: lease_lost,
+    WorkerZombie: worker_zombie,
+    HeartbeatFailed: heartbeat_failed,
+}
+
+
+def emit(sender: str, event: JobEvent | WorkerEvent) -> None:
+    """Send ``event`` on its signal; a receiver that raises is logged, never propagated."""
+    signal = SIGNAL_OF[type(event)]
+    if not signal.receivers:
+        return
+    for receiver in signal.receivers_for(sender):
+        with contained(f"signal receiver {getattr(receiver, '__qualname__', receiver)!r}"):
+            receiver(sender, event=event)

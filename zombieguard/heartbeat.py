@@ -1,0 +1,143 @@
+"""One heartbeat thread per worker process: renews all of the process's leases in one round trip.
+
+The thread never stops a job because Redis is unreachable: it logs, emits ``heartbeat_failed``,
+retries with backoff, and once Redis answers again re-establishes leases that Redis lost. What it
+cannot guarantee in that window: a lease whose renewals fail for longer than ``lease_ttl`` can be
+claimed by a sweeper that still reaches Redis, and the job is then recovered elsewhere; the attempt
+here learns it lost the lease at the next renewal and is stopped (``LeaseLost``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from zombieguard.attempt import Attempt
+from zombieguard.containment import contained, log
+from zombieguard.errors import LeaseLost
+from zombieguard.events import HeartbeatFailed, emit
+from zombieguard.lease import LeaseStore
+
+LostCallback = Callable[[Attempt, LeaseLost], None]
+
+# Backoff after a failed round trip: doubles from the first value, capped by the renewal interval.
+_FIRST_RETRY = 0.1
+
+
+class Heartbeat:
+    """Renews a worker's presence and the leases of its running attempts."""
+
+    def __init__(
+        self,
+        store: LeaseStore,
+        adapter: str,
+        worker: str,
+        interval: float,
+        on_lost: LostCallback | None = None,
+    ) -> None:
+        self.store = store
+        self.adapter = adapter
+        self.worker = worker
+        self.interval = interval
+        self.on_lost = on_lost
+        self._attempts: dict[str, Attempt] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.failures = 0
+        """Round trips failed in a row."""
+
+    @property
+    def worker_ttl(self) -> float:
+        """How long the worker's presence lasts without a renewal: three missed intervals."""
+        return self.interval * 3
+
+    def add(self, attempt: Attempt) -> None:
+        """Renew ``attempt``'s lease from now on; renews sooner when its policy asks for it."""
+        with self._lock:
+            self._attempts[attempt.job.job_id] = attempt
+            if attempt.policy.renew_every < self.interval:
+                self._wake.set()
+
+    def remove(self, attempt: Attempt) -> None:
+        """Stop renewing ``attempt``'s lease (it ended)."""
+        with self._lock:
+            if self._attempts.get(attempt.job.job_id) is attempt:
+                del self._attempts[attempt.job.job_id]
+
+    def attempts(self) -> list[Attempt]:
+        """The attempts being renewed."""
+        with self._lock:
+            return list(self._attempts.values())
+
+    def _period(self) -> float:
+        with self._lock:
+            return min([self.interval, *(a.policy.renew_every for a in self._attempts.values())])
+
+    def beat_once(self) -> bool:
+        """One round trip: renew everything; hand lost leases to ``on_lost``. False if Redis failed."""
+        attempts = self.attempts()
+        try:
+            codes = self.store.renew(
+                self.adapter, self.worker, self.worker_ttl, [(a.job.job_id, a.token) for a in attempts]
+            )
+        except redis.RedisError as exc:
+            self.failures += 1
+            if self.failures == 1 or self.failures % 10 == 0:
+                log.warning("heartbeat of %s failed %d time(s) in a row: %s", self.worker, self.failures, exc)
+            emit(self.adapter, HeartbeatFailed(self.worker, self.adapter, str(exc), failures=self.failures))
+            return False
+        if self.failures:
+            log.warning("heartbeat of %s is back after %d failure(s)", self.worker, self.failures)
+        self.failures = 0
+        for attempt, code in zip(attempts, codes, strict=True):
+            if code == "ok":
+                continue
+            if code == "missing":
+                with contained("heartbeat re-establishing a lease"):
+                    if attempt.reestablish():
+                        continue
+            lost = LeaseLost(attempt.job.job_id, attempt.token, f"renewal refused ({code})")
+            self.remove(attempt)
+            attempt.mark_lost(lost)
+            if self.on_lost is not None:
+                with contained("heartbeat on_lost callback"):
+                    self.on_lost(attempt, lost)
+        return True
+
+    def _run(self) -> None:
+        retry = _FIRST_RETRY
+        while not self._stop.is_set():
+            ok = False
+            with contained("heartbeat"):
+                ok = self.beat_once()
+            period = self._period()
+            wait = period if ok else min(retry, period)
+            retry = _FIRST_RETRY if ok else min(retry * 2, period)
+            deadline = time.monotonic() + wait
+            while not self._stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._wake.wait(remaining):
+                    break
+            self._wake.clear()
+
+    def start(self) -> None:
+        """Start the background thread (idempotent)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._run, name=f"zombieguard-heartbeat-{self.worker}", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread and wait for it."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None

@@ -1,0 +1,62 @@
+-- Start a new attempt of a job.
+-- KEYS: lease, due, fence, checkpoint, adapters
+-- ARGV[1]: the attempt number the delivery claims to be ('' when the framework cannot say)
+-- ARGV[2..]: static field / value pairs (job, adapter, task, queue, worker, lease_ttl, hard_timeout,
+--            progress_timeout, overdue_grace, max_stalls, dead_letter, payload)
+-- Returns {'acquired', token, attempt, stalls, started, checkpoint|nil, replaced}
+--      or {'busy', attempt, state, worker}  a live attempt holds the job (duplicate delivery)
+--      or {'stale', attempt, state}         the delivery is for an attempt already superseded
+local now = now_s()
+local delivery = tonumber(ARGV[1])
+local static = {}
+for i = 2, #ARGV, 2 do static[ARGV[i]] = ARGV[i + 1] end
+
+local attempt, stalls, history, replaced = 1, 0, '', ''
+local kind = key_type(KEYS[1])
+if kind == 'hash' then
+  local r = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'stalls', 'worker', 'history')
+  local prev = tonumber(r[2])
+  if prev == nil then
+    replaced = 'lease record had an unreadable attempt ' .. tostring(r[2])
+  else
+    if delivery and delivery <= prev then return {'stale', tostring(prev), r[1] or ''} end
+    if r[1] == 'running' or r[1] == 'recovering' then
+      -- A live attempt, or one a sweeper is recovering: this delivery is a duplicate. An expired
+      -- running lease is left for a sweeper too, so that exactly one path decides what happens.
+      return {'busy', tostring(prev), r[1], r[4] or ''}
+    end
+    attempt = prev + 1
+    stalls = tonumber(r[3]) or 0
+    history = r[5] or ''
+  end
+  redis.call('DEL', KEYS[1])
+elseif kind ~= 'none' then
+  replaced = 'lease key held a ' .. kind
+  redis.call('DEL', KEYS[1])
+end
+
+local token = redis.call('INCR', KEYS[3])
+local ttl = tonumber(static.lease_ttl)
+local hard = tonumber(static.hard_timeout)
+local prog = tonumber(static.progress_timeout)
+local grace = tonumber(static.overdue_grace)
+local expires = now + ttl
+local hard_deadline = hard and now + hard or nil
+local progress_deadline = prog and now + prog or nil
+
+local fields = {
+  'state', 'running', 'token', token, 'attempt', attempt, 'stalls', stalls,
+  'started', fmt(now), 'renewed', fmt(now), 'expires', fmt(expires),
+  'last_beat', fmt(now), 'last_progress', fmt(now), 'history', history,
+  'hard_deadline', hard_deadline and fmt(hard_deadline) or '',
+  'progress_deadline', progress_deadline and fmt(progress_deadline) or '',
+}
+for k, v in pairs(static) do
+  fields[#fields + 1] = k
+  fields[#fields + 1] = v
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('ZADD', KEYS[2], fmt(due_score(expires, hard_deadline, progress_deadline, grace)), static.job)
+redis.call('SADD', KEYS[5], static.adapter)
+local checkpoint = redis.call('GET', KEYS[4])
+return {'acquired', tostring(token), tostring(attempt), tostring(stalls), fmt(now), checkpoint, replaced}

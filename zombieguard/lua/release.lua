@@ -1,0 +1,30 @@
+-- The attempt ended in its worker: completed, failed, timed out, hung or stopped.
+-- KEYS: lease, due, checkpoint
+-- ARGV: token, job, outcome, reason, stack, tombstone_ttl_ms
+-- A first attempt that completed leaves nothing behind. Any other end leaves a tombstone for
+-- tombstone_ttl, so that a late redelivery of a superseded attempt is recognised as stale.
+-- Returns {'ok', now} or {'lost', state, token} or {'missing'} or {'corrupt', why}
+local kind = key_type(KEYS[1])
+if kind == 'none' then return {'missing'} end
+if kind ~= 'hash' then return {'corrupt', 'lease key holds a ' .. kind} end
+local r = redis.call('HMGET', KEYS[1], 'state', 'token', 'attempt', 'stalls', 'worker', 'started',
+  'last_beat', 'last_progress')
+if r[1] ~= 'running' or r[2] ~= ARGV[1] then return {'lost', r[1] or '', r[2] or ''} end
+local now = now_s()
+local outcome = ARGV[3]
+redis.call('ZREM', KEYS[2], ARGV[2])
+if outcome == 'completed' then redis.call('DEL', KEYS[3]) end
+if outcome == 'completed' and tonumber(r[3]) == 1 and tonumber(r[4]) == 0 then
+  redis.call('DEL', KEYS[1])
+else
+  local entry = {
+    attempt = tonumber(r[3]), worker = r[5], started = tonumber(r[6]), ended = now,
+    last_beat = tonumber(r[7]), last_progress = tonumber(r[8]), outcome = outcome,
+    reason = ARGV[4],
+  }
+  if ARGV[5] ~= '' then entry.stack = ARGV[5] end
+  redis.call('HSET', KEYS[1], 'state', 'done', 'outcome', outcome, 'reason', ARGV[4], 'ended', fmt(now))
+  redis.call('HSET', KEYS[1], 'history', (redis.call('HGET', KEYS[1], 'history') or '') .. cjson.encode(entry) .. '\n')
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+end
+return {'ok', fmt(now)}

@@ -1,0 +1,35 @@
+-- Renew every lease one worker holds, and the worker's own presence: one round trip per interval.
+-- KEYS: due, workers, lease_1 .. lease_n
+-- ARGV: worker, worker_ttl, job_1, token_1, .. job_n, token_n
+-- Returns one code per lease: 'ok', 'lost' (another token or state), 'missing', 'corrupt'.
+local now = now_s()
+redis.call('ZADD', KEYS[2], fmt(now + tonumber(ARGV[2])), ARGV[1])
+local out = {}
+for i = 3, #KEYS do
+  local j = i - 2
+  local job, token, key = ARGV[2 * j + 1], ARGV[2 * j + 2], KEYS[i]
+  local code = 'lost'
+  local kind = key_type(key)
+  if kind == 'none' then
+    code = 'missing'
+  elseif kind ~= 'hash' then
+    code = 'corrupt'
+  else
+    local r = redis.call('HMGET', key, 'state', 'token', 'lease_ttl', 'hard_deadline',
+      'progress_deadline', 'overdue_grace')
+    if r[1] == 'running' and r[2] == token then
+      local ttl, grace = tonumber(r[3]), tonumber(r[6])
+      if ttl == nil or grace == nil then
+        code = 'corrupt'
+      else
+        local expires = now + ttl
+        redis.call('HSET', key, 'renewed', fmt(now), 'expires', fmt(expires))
+        redis.call('ZADD', KEYS[1],
+          fmt(due_score(expires, tonumber(r[4]), tonumber(r[5]), grace)), job)
+        code = 'ok'
+      end
+    end
+  end
+  out[#out + 1] = code
+end
+return out

@@ -1,0 +1,218 @@
+"""The sweeper: finds leases whose worker is gone or failed to stop its job, and decides.
+
+- **stalled** (the lease expired: the worker is dead or frozen): requeue the job as a new attempt,
+  or, after ``max_stalls`` recoveries, dead-letter it (or fail it, when ``dead_letter`` is off).
+- **timed out** / **hung** while the lease is still renewed, ``overdue_grace`` past the limit: the
+  worker could not stop it (stuck in C code with no one to kill it, say). It is failed, not
+  recovered: running it again would hang again.
+
+Claims are atomic (``claim.lua``), so any number of sweepers may run: each lease is claimed by one.
+The adapter acts before the claim is finished; if the sweeper dies in between, the claim expires
+after ``claim_ttl`` and another sweeper repeats the step, which fencing makes harmless.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import redis
+
+from zombieguard.adapter import JobAdapter
+from zombieguard.containment import contained, log
+from zombieguard.containment import report as report_error
+from zombieguard.deadletter import DeadLetterEntry
+from zombieguard.events import (
+    JobDeadLettered,
+    JobEvent,
+    JobHung,
+    JobRecovered,
+    JobStalled,
+    JobTimedOut,
+    WorkerZombie,
+    emit,
+)
+from zombieguard.lease import AttemptRecord, Claimed, FinishedState, LeaseRecord, LeaseStore
+
+
+def record_event(kind: type[JobEvent], record: LeaseRecord, reason: str, **extra: object) -> JobEvent:
+    """An event about the current attempt of a lease record."""
+    return kind(
+        job_id=record.job_id,
+        task=record.task,
+        queue=record.queue,
+        attempt=record.attempt,
+        worker=record.worker,
+        adapter=record.adapter,
+        reason=reason,
+        started_at=record.started,
+        last_beat_at=record.last_beat,
+        last_progress_at=record.last_progress,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+@dataclass
+class SweepReport:
+    """What one sweep did, by job id."""
+
+    recovered: list[str] = field(default_factory=list)
+    dead_lettered: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    corrupt: list[tuple[str, str]] = field(default_factory=list)
+    dead_workers: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    """Claims whose adapter step failed; they are retried once the claim expires."""
+    full: bool = False
+    """A batch came back full: there may be more due right now."""
+
+
+class Sweeper:
+    """Claims due leases of the given integrations and acts on them through their adapters."""
+
+    def __init__(
+        self,
+        store: LeaseStore,
+        adapters: Mapping[str, JobAdapter],
+        name: str | None = None,
+        sender: str = "sweeper",
+    ) -> None:
+        self.store = store
+        self.adapters = dict(adapters)
+        self.name = name or f"sweeper@{socket.gethostname()}:{os.getpid()}"
+        self.sender = sender
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sweep_once(self) -> SweepReport:
+        """One pass over every adapter: claim what is due and act on it. Raises RedisError."""
+        report = SweepReport()
+        for adapter_name, adapter in self.adapters.items():
+            sweep = self.store.claim(adapter_name, self.name)
+            report.full = (
+                report.full or len(sweep.claimed) + len(sweep.corrupt) >= self.store.settings.sweep_batch
+            )
+            for job_id, problem in sweep.corrupt:
+                log.warning("sweeper %s: skipped corrupt lease %s: %s", self.name, job_id, problem)
+                report.corrupt.append((job_id, problem))
+            for dead in sweep.dead_workers:
+                report.dead_workers.append(dead.name)
+                emit(
+                    self.sender,
+                    WorkerZombie(
+                        dead.name,
+                        dead.info.get("adapter", adapter_name),
+                        "stopped heartbeating without leaving (dead or frozen)",
+                        tuple(sorted(dead.info.items())),
+                    ),
+                )
+            for claimed in sweep.claimed:
+                try:
+                    self._act(adapter, claimed, report)
+                except Exception as exc:
+                    report.errors.append(claimed.record.job_id)
+                    log.exception(
+                        "sweeper %s: %s of job %s failed; retried after claim_ttl (%s)",
+                        self.name,
+                        claimed.reason,
+                        claimed.record.job_id,
+                        exc,
+                    )
+        return report
+
+    def _act(self, adapter: JobAdapter, claimed: Claimed, report: SweepReport) -> None:
+        record = claimed.record
+        if claimed.reason == "stalled":
+            self._stalled(adapter, claimed, report)
+            return
+        hung = claimed.reason == "hung"
+        limit = record.progress_timeout if hung else record.hard_timeout
+        why = (
+            f"{'no progress' if hung else 'still running'} {record.overdue_grace:g} s past its "
+            f"{'progress_timeout' if hung else 'hard_timeout'} of {limit:g} s; its worker did not stop it"
+        )
+        with contained(f"sweeper asking {adapter.name} to stop {record.job_id}"):
+            adapter.stop(record)
+        adapter.fail(record, claimed.reason, why)
+        ended = record.ended_attempt(claimed.reason, why, claimed.claimed_at)
+        if self._finish(claimed, FinishedState.FAILED, ended):
+            report.failed.append(record.job_id)
+            emit(self.sender, record_event(JobHung if hung else JobTimedOut, record, why))
+
+    def _stalled(self, adapter: JobAdapter, claimed: Claimed, report: SweepReport) -> None:
+        record = claimed.record
+        stalls = record.stalls + 1
+        why = f"lease expired: worker {record.worker} stopped renewing it (dead or frozen)"
+        emit(self.sender, record_event(JobStalled, record, why, details=(("stalls", stalls),)))
+        ended = record.ended_attempt("stalled", why, claimed.claimed_at)
+        if stalls <= record.max_stalls:
+            adapter.requeue(record)
+            if self._finish(claimed, FinishedState.QUEUED, ended):
+                report.recovered.append(record.job_id)
+                emit(
+                    self.sender,
+                    record_event(
+                        JobRecovered,
+                        record,
+                        why,
+                        details=(("stalls", stalls), ("next_attempt", record.attempt + 1)),
+                    ),
+                )
+            return
+        verdict = f"stalled {stalls} times (max_stalls={record.max_stalls}): a poison pill"
+        if not record.dead_letter:
+            adapter.fail(record, "stalled", verdict)
+            if self._finish(claimed, FinishedState.FAILED, ended):
+                report.failed.append(record.job_id)
+            return
+        entry = DeadLetterEntry.from_claim(claimed, ended, verdict)
+        adapter.fail(record, "dead_lettered", verdict)
+        if self._finish(claimed, FinishedState.DEAD_LETTERED, ended, entry.to_json()):
+            report.dead_lettered.append(record.job_id)
+            emit(self.sender, record_event(JobDeadLettered, record, verdict, details=(("stalls", stalls),)))
+
+    def _finish(self, claimed: Claimed, state: FinishedState, ended: AttemptRecord, entry: str = "") -> bool:
+        if self.store.finish(claimed, state, ended, entry):
+            return True
+        log.warning(
+            "sweeper %s: claim of %s was taken over before it finished (claim_ttl=%gs too short?)",
+            self.name,
+            claimed.record.job_id,
+            self.store.settings.claim_ttl,
+        )
+        return False
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            report = SweepReport()
+            try:
+                report = self.sweep_once()
+                failures = 0
+            except redis.RedisError as exc:
+                failures += 1
+                if failures == 1 or failures % 30 == 0:
+                    log.warning(
+                        "sweeper %s: Redis unreachable (%d sweeps in a row): %s", self.name, failures, exc
+                    )
+            except Exception as exc:
+                report_error(f"sweeper {self.name}", exc)
+            if not report.full:
+                self._stop.wait(self.store.settings.sweep_interval)
+
+    def start(self) -> None:
+        """Sweep in a background thread every ``sweep_interval`` (idempotent)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name=f"zombieguard-{self.name}", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the background thread and wait for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None

@@ -1,0 +1,255 @@
+"""Enforcement inside a worker: deadline bookkeeping, interrupting a thread, capturing stacks.
+
+The integrations assemble these per execution model (docs/guarantees.md says what holds where):
+
+- :class:`LimitClock` says which limit (soft, hard, progress) is due next for one attempt.
+- :func:`interrupt_thread` raises an exception in another thread. Like a signal handler, it runs only
+  between bytecodes: it cannot cancel a blocking system call in that thread, nor C code that holds
+  the GIL. Then only killing the process stops the job, from another process.
+- :func:`thread_stack` / :func:`process_stack` capture where a thread or a whole process is, from
+  inside it. :class:`StackDumper` makes a child process dump all its threads' stacks on a signal,
+  through :mod:`faulthandler`, whose handler is C: it works even while the child is stuck in C code.
+- :class:`Watchdog` runs the clocks of the attempts in one process and calls the integration's
+  stop function when a limit passes, escalating when the job does not end.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import IO
+
+from zombieguard.containment import contained
+from zombieguard.policy import Policy
+
+# The signal a child process dumps its stacks on. SIGUSR1 is Celery's soft time limit; SIGALRM is
+# RQ's death penalty; SIGUSR2 is free in both (Celery's rdb uses it only when CELERY_RDBSIG is set).
+STACK_DUMP_SIGNAL = signal.SIGUSR2
+
+
+class Limit(str, Enum):
+    """A limit an attempt can pass."""
+
+    SOFT = "soft"
+    HARD = "hard"
+    PROGRESS = "progress"
+
+
+@dataclass
+class LimitClock:
+    """The limits of one attempt, on the monotonic clock of the process that enforces them."""
+
+    policy: Policy
+    started: float
+    last_progress: Callable[[], float]
+    """Monotonic time of the job's last beat or checkpoint."""
+    soft_fired: bool = False
+
+    def due(self, now: float) -> tuple[Limit | None, float]:
+        """The limit that has passed at ``now`` (None if none) and when to look next."""
+        candidates: list[tuple[float, Limit]] = []
+        if self.policy.hard_timeout is not None:
+            candidates.append((self.started + self.policy.hard_timeout, Limit.HARD))
+        if self.policy.soft_timeout is not None and not self.soft_fired:
+            candidates.append((self.started + self.policy.soft_timeout, Limit.SOFT))
+        if self.policy.progress_timeout is not None:
+            candidates.append((self.last_progress() + self.policy.progress_timeout, Limit.PROGRESS))
+        if not candidates:
+            return None, float("inf")
+        # Hard first when several passed at once: it supersedes the others.
+        passed = [c for c in candidates if c[0] <= now]
+        if passed:
+            order = {Limit.HARD: 0, Limit.PROGRESS: 1, Limit.SOFT: 2}
+            return min(passed, key=lambda c: order[c[1]])[1], now
+        return None, min(at for at, _ in candidates)
+
+
+def interrupt_thread(ident: int, exc_type: type[BaseException]) -> bool:
+    """Raise ``exc_type`` in the thread ``ident`` at its next bytecode; False if no such thread.
+
+    Cannot interrupt a blocking system call or C code in that thread (see the module docstring).
+    """
+    done = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
+    if done > 1:  # more than one thread state touched: undo, as the C API documentation asks
+        clear_interrupt(ident)
+        return False
+    return bool(done)
+
+
+def clear_interrupt(ident: int) -> None:
+    """Withdraw an exception :func:`interrupt_thread` set for ``ident`` that was not raised yet."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+
+
+def thread_stack(ident: int) -> str | None:
+    """The current stack of thread ``ident`` of this process, formatted; None if it is gone."""
+    frame = sys._current_frames().get(ident)
+    if frame is None:
+        return None
+    name = next((t.name for t in threading.enumerate() if t.ident == ident), str(ident))
+    return f"Thread {name!r} (most recent call last):\n{''.join(traceback.format_stack(frame))}"
+
+
+def process_stack() -> str:
+    """The stacks of every thread of this process, formatted."""
+    return "\n".join(stack for ident in sys._current_frames() if (stack := thread_stack(ident)) is not None)
+
+
+class StackDumper:
+    """Lets another process ask this one for the stacks of all its threads.
+
+    The child calls :meth:`install` once; the parent calls :meth:`request` with the child's pid.
+    faulthandler writes from a C signal handler, so the dump arrives even when the child is stuck in
+    C code holding the GIL, where no Python code of the child can run.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+
+    def install(self) -> None:
+        """In the process to be dumped: register the signal handler (replaces an earlier one)."""
+        self._file = self.path.open("a")
+        faulthandler.register(STACK_DUMP_SIGNAL, file=self._file, all_threads=True, chain=False)
+
+    def request(self, pid: int, timeout: float = 0.5) -> str | None:
+        """In another process: signal ``pid`` and return what it dumped, None if nothing came."""
+        try:
+            offset = self.path.stat().st_size
+        except FileNotFoundError:
+            return None
+        try:
+            os.kill(pid, STACK_DUMP_SIGNAL)
+        except ProcessLookupError:
+            return None
+        deadline = time.monotonic() + timeout
+        previous = -1
+        while time.monotonic() < deadline:
+            size = self.path.stat().st_size
+            # Done when something arrived and the size held still for one poll.
+            if size > offset and size == previous:
+                break
+            previous = size
+            time.sleep(0.02)
+        with self.path.open() as f:
+            f.seek(offset)
+            text = f.read()
+        return text or None
+
+    def close(self) -> None:
+        """Unregister and close (in the dumped process)."""
+        if self._file is not None:
+            faulthandler.unregister(STACK_DUMP_SIGNAL)
+            self._file.close()
+            self._file = None
+
+
+StopFunction = Callable[["Watched", Limit, "str | None"], None]
+
+
+@dataclass(eq=False)
+class Watched:
+    """One attempt under a watchdog."""
+
+    clock: LimitClock
+    stop: StopFunction
+    """Called once when the hard or progress limit passes (and for soft), with the captured stack."""
+    capture: Callable[[], str | None]
+    """Captures the job's stack before it is stopped."""
+    escalate: Callable[[Watched], None] | None = None
+    """Called when the job is still watched ``escalate_after`` seconds after ``stop``."""
+    escalate_after: float = 1.0
+    stopped_at: float | None = None
+    stopped_by: Limit | None = None
+    escalated: bool = False
+    label: str = field(default="")
+
+
+class Watchdog:
+    """A thread that enforces the limits of the attempts of one process."""
+
+    def __init__(self, name: str = "zombieguard-watchdog") -> None:
+        self._watched: list[Watched] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._name = name
+
+    def watch(self, watched: Watched) -> Watched:
+        """Start enforcing ``watched``'s limits."""
+        with self._lock:
+            self._watched.append(watched)
+        self._wake.set()
+        return watched
+
+    def unwatch(self, watched: Watched) -> None:
+        """Stop enforcing (the attempt ended)."""
+        with self._lock:
+            if watched in self._watched:
+                self._watched.remove(watched)
+
+    def check(self, now: float | None = None) -> float:
+        """Act on every limit that passed; return when to look next (monotonic)."""
+        now = time.monotonic() if now is None else now
+        next_at = now + 1.0
+        with self._lock:
+            watched = list(self._watched)
+        for entry in watched:
+            with contained(f"watchdog {entry.label}"):
+                next_at = min(next_at, self._check_one(entry, now))
+        return next_at
+
+    def _check_one(self, entry: Watched, now: float) -> float:
+        if entry.stopped_at is not None:
+            escalate_at = entry.stopped_at + entry.escalate_after
+            if entry.escalate is not None and not entry.escalated:
+                if now >= escalate_at:
+                    entry.escalated = True
+                    entry.escalate(entry)
+                    return now + 1.0
+                return escalate_at
+            return now + 1.0
+        limit, at = entry.clock.due(now)
+        if limit is None:
+            return at
+        if limit is Limit.SOFT:
+            entry.clock.soft_fired = True
+            entry.stop(entry, limit, None)
+            return now
+        stack = entry.capture() if entry.clock.policy.capture_stack else None
+        entry.stopped_at = now
+        entry.stopped_by = limit
+        entry.stop(entry, limit, stack)
+        return now + min(entry.escalate_after, 1.0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            next_at = self.check()
+            self._wake.wait(max(0.0, min(next_at - time.monotonic(), 1.0)))
+            self._wake.clear()
+
+    def start(self) -> None:
+        """Start the thread (idempotent)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread and wait for it."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
