@@ -28,7 +28,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
-    parser = argparse.ArgumentParser(prog="zombieguard", description="Zombie-job protection for Celery and RQ.")
+    parser = argparse.ArgumentParser(
+        prog="zombieguard", description="Zombie-job protection for Celery and RQ."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run the seed incident live, guarded or not")
     demo.add_argument("--unguarded", action="store_true", help="run it with plain RQ")

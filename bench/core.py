@@ -1,0 +1,179 @@
+"""Benchmarks of the lease store against real Redis (python -m bench.core).
+
+Prints, for each operation, the median and p95 wall time per call, and the same as a multiple of a bare
+PING round trip measured in the same run (the floor any Redis call pays). Uses
+ZOMBIEGUARD_BENCH_REDIS_URL, else the local Redis on 127.0.0.1:6379 (database 9, a key prefix of its
+own, deleted afterwards), else a throwaway redis-server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import redis
+
+from zombieguard.embedded import EmbeddedRedis
+from zombieguard.lease import JobSpec, LeaseRecord, LeaseStore, Outcome
+from zombieguard.policy import Policy, Settings
+from zombieguard.sweeper import Sweeper
+
+POLICY = Policy(lease_ttl=300, hard_timeout=3600)
+
+
+class NoopAdapter:
+    """Requeues into nowhere: the benchmark measures the store, not a framework."""
+
+    name = "bench"
+
+    def requeue(self, record: LeaseRecord) -> None:
+        """Nothing to do."""
+
+    def fail(self, record: LeaseRecord, outcome: str, reason: str) -> None:
+        """Nothing to do."""
+
+    def stop(self, record: LeaseRecord) -> None:
+        """Nothing to do."""
+
+    def republish(self, entry: object) -> None:
+        """Nothing to do."""
+
+
+@contextmanager
+def redis_url() -> Iterator[str]:
+    """Where to measure."""
+    explicit = os.environ.get("ZOMBIEGUARD_BENCH_REDIS_URL")
+    if explicit:
+        yield explicit
+        return
+    local = "redis://127.0.0.1:6379/9"
+    try:
+        redis.Redis.from_url(local, socket_connect_timeout=0.5).ping()
+        yield local
+    except redis.RedisError:
+        with EmbeddedRedis() as server:
+            yield server.url
+
+
+def timed(fn: Callable[[], object], repeat: int) -> list[float]:
+    """Wall times of ``repeat`` calls, in seconds."""
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def row(name: str, samples: list[float], ping: float) -> None:
+    """One line of results."""
+    med = statistics.median(samples)
+    p95 = sorted(samples)[int(len(samples) * 0.95) - 1]
+    print(f"{name:<52} median {med * 1000:8.3f} ms  p95 {p95 * 1000:8.3f} ms  = {med / ping:6.1f} x PING")
+
+
+def fill(store: LeaseStore, count: int, prefix: str) -> list[tuple[str, int]]:
+    """Acquire ``count`` leases through the acquire script, pipelined; return (job, token)."""
+    acquire = store._scripts["acquire"]  # the real script, pipelined for set-up speed only
+    leases: list[tuple[str, int]] = []
+    for start in range(0, count, 2000):
+        pipe = store.client.pipeline(transaction=False)
+        ids = [f"{prefix}{i}" for i in range(start, min(count, start + 2000))]
+        for job_id in ids:
+            spec = JobSpec(job_id, "bench", "bench.task", "default")
+            keys = [
+                store.lease_key(job_id),
+                store.due_key("bench"),
+                store.fence_key,
+                store.checkpoint_key(job_id),
+                store.adapters_key,
+            ]
+            acquire(keys=keys, args=["", *store._static_fields(spec, "w1", POLICY)], client=pipe)
+        for job_id, reply in zip(ids, pipe.execute(), strict=True):
+            leases.append((job_id, int(reply[1])))
+    return leases
+
+
+def main() -> None:
+    """Run every benchmark and print the table."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--active", type=int, default=100_000, help="active leases for the sweep benchmark")
+    args = parser.parse_args()
+    with redis_url() as url:
+        client = redis.Redis.from_url(url)
+        settings = Settings(key_prefix=f"zgbench-{uuid.uuid4().hex[:8]}", sweep_batch=1000)
+        store = LeaseStore(client, settings)
+        try:
+            run(store, client, args.active)
+        finally:
+            keys = list(client.scan_iter(match="{" + settings.key_prefix + "}*", count=5000))
+            for i in range(0, len(keys), 1000):
+                client.delete(*keys[i : i + 1000])
+
+
+def run(store: LeaseStore, client: redis.Redis, active: int) -> None:
+    """The measurements."""
+    print(f"redis-server {client.info('server')['redis_version']}, zombieguard core benchmarks")
+    ping = statistics.median(timed(client.ping, 2000))
+    row("PING round trip (the floor)", timed(client.ping, 2000), ping)
+
+    for n in (1, 10, 100):
+        leases = fill(store, n, f"hb{n}-")
+        row(
+            f"heartbeat: renew {n} lease(s) in one round trip",
+            timed(lambda: store.renew("bench", "w1", 30, leases), 1000),
+            ping,
+        )
+
+    spec_counter = iter(range(10**9))
+
+    def pair() -> None:
+        spec = JobSpec(f"pair-{next(spec_counter)}", "bench", "bench.task", "default")
+        acquired = store.acquire(spec, "w1", POLICY)
+        store.release(spec, acquired.token, Outcome.COMPLETED)
+
+    row("acquire + release pair (a job's whole lease cost)", timed(pair, 2000), ping)
+
+    t0 = time.perf_counter()
+    leases = fill(store, active, "act-")
+    print(f"(filled {active} active leases in {time.perf_counter() - t0:.1f} s)")
+    sweeper = Sweeper(store, {"bench": NoopAdapter()})
+    row(f"sweep, {active} active leases, none expired", timed(sweeper.sweep_once, 500), ping)
+
+    def expire_1000() -> None:
+        now = store.server_time()
+        client.zadd(store.due_key("bench"), {job_id: now - 1 for job_id, _ in leases[:1000]})
+        pipe = client.pipeline(transaction=False)
+        for job_id, _ in leases[:1000]:
+            pipe.hset(store.lease_key(job_id), "expires", repr(now - 1))
+        pipe.execute()
+
+    samples = []
+    for i in range(5):
+        expire_1000()
+        # Re-arm: after a recovery the lease is queued; acquire it again for the next round.
+        t0 = time.perf_counter()
+        report = sweeper.sweep_once()
+        samples.append(time.perf_counter() - t0)
+        assert len(report.recovered) == 1000, len(report.recovered)
+        leases[:1000] = fill(store, 1000, f"act{i}-")
+    row(f"sweep, {active} active leases, 1,000 expired (claim + recover)", samples, ping)
+    claim_only = []
+    for i in range(5):
+        expire_1000()
+        t0 = time.perf_counter()
+        claimed = store.claim("bench", "s1", limit=1000)
+        claim_only.append(time.perf_counter() - t0)
+        assert len(claimed.claimed) == 1000
+        client.zrem(store.due_key("bench"), *[c.record.job_id for c in claimed.claimed])
+        leases[:1000] = fill(store, 1000, f"claim{i}-")
+    row("  of which the claim script alone (1,000 claimed)", claim_only, ping)
+
+
+if __name__ == "__main__":
+    main()
