@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -50,6 +50,8 @@ class Attempt:
         self._last_sent = self.started_monotonic
         self._lost: LeaseLost | None = None
         self._lock = threading.Lock()
+        self.on_progress: Callable[[float], None] | None = None
+        """Called with the monotonic time of each beat or checkpoint (e.g. to tell a watchdog process)."""
 
     @property
     def lost(self) -> LeaseLost | None:
@@ -87,7 +89,7 @@ class Attempt:
         """Prove progress: renews the lease and records the progress time (fenced)."""
         self._raise_if_lost()
         now = time.monotonic()
-        self.last_progress_monotonic = now
+        self._progressed(now)
         if progress is None and message is None and now - self._last_sent < BEAT_SEND_INTERVAL:
             return
         self._send(progress="" if progress is None else str(progress), message=message or "")
@@ -95,9 +97,14 @@ class Attempt:
     def save_checkpoint(self, value_json: str) -> None:
         """Store the checkpoint under this attempt's fencing token; counts as progress."""
         self._raise_if_lost()
-        self.last_progress_monotonic = time.monotonic()
+        self._progressed(time.monotonic())
         self._send(checkpoint=value_json)
         self.checkpoint_json = value_json
+
+    def _progressed(self, now: float) -> None:
+        self.last_progress_monotonic = now
+        if self.on_progress is not None:
+            self.on_progress(now)
 
     def _send(self, progress: str = "", message: str = "", checkpoint: str | None = None) -> None:
         try:

@@ -153,6 +153,8 @@ class LeaseRecord:
     message: str
     payload: str
     reason: str
+    stack: str = ""
+    """The stack captured when the attempt was given up, if any."""
     history: tuple[AttemptRecord, ...] = field(default=())
 
     @classmethod
@@ -189,6 +191,7 @@ class LeaseRecord:
                 message=h.get("message", ""),
                 payload=h.get("payload", ""),
                 reason=h.get("reason", ""),
+                stack=h.get("stack", ""),
                 history=history,
             )
         except (KeyError, ValueError, TypeError) as exc:
@@ -223,6 +226,9 @@ class Acquired:
     checkpoint: str | None = None
     holder: str = ""
     """For BUSY, the worker holding the live attempt."""
+    holder_state: str = ""
+    """For BUSY, ``running``, or ``recovering`` while a sweeper requeues the job (this delivery is
+    probably that requeue: wait for the sweeper to finish, then acquire again)."""
 
 
 @dataclass(frozen=True)
@@ -257,7 +263,7 @@ class Sweep:
 
 RenewCode = str  # 'ok' | 'lost' | 'missing' | 'corrupt'
 
-_SCRIPTS = ("acquire", "renew", "progress", "release", "reestablish", "claim", "finish")
+_SCRIPTS = ("acquire", "renew", "progress", "release", "reestablish", "abandon", "claim", "finish")
 
 
 def _load_script(name: str) -> str:
@@ -375,7 +381,9 @@ class LeaseStore:
         ]
         status = AcquireStatus(reply[0])
         if status is AcquireStatus.BUSY:
-            return Acquired(status, attempt=int(reply[1] or 0), holder=reply[3] or "")
+            return Acquired(
+                status, attempt=int(reply[1] or 0), holder=reply[3] or "", holder_state=reply[2] or ""
+            )
         if status is AcquireStatus.STALE:
             return Acquired(status, attempt=int(reply[1] or 0))
         if reply[6]:
@@ -458,6 +466,18 @@ class LeaseStore:
             str(_ms(self.settings.tombstone_ttl)),
         ]
         reply = [text(item) for item in self._scripts["release"](keys=keys, args=args)]
+        return self._check_fenced(job.job_id, token, reply)
+
+    def abandon(self, job: JobSpec, token: int, reason: str, stack: str | None = None) -> str:
+        """Give an attempt up now (its process died or was killed): the sweeper acts on ``reason``
+        (``stalled``: recover; ``timed_out`` / ``hung``: fail). Raise LeaseLost when superseded."""
+        keys = [self.lease_key(job.job_id), self.due_key(job.adapter)]
+        reply = [
+            text(item)
+            for item in self._scripts["abandon"](
+                keys=keys, args=[str(token), job.job_id, reason, stack or ""]
+            )
+        ]
         return self._check_fenced(job.job_id, token, reply)
 
     @staticmethod

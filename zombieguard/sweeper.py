@@ -51,6 +51,7 @@ def record_event(kind: type[JobEvent], record: LeaseRecord, reason: str, **extra
         started_at=record.started,
         last_beat_at=record.last_beat,
         last_progress_at=record.last_progress,
+        stack=record.stack or None,
         **extra,  # type: ignore[arg-type]
     )
 
@@ -137,7 +138,7 @@ class Sweeper:
         with contained(f"sweeper asking {adapter.name} to stop {record.job_id}"):
             adapter.stop(record)
         adapter.fail(record, claimed.reason, why)
-        ended = record.ended_attempt(claimed.reason, why, claimed.claimed_at)
+        ended = record.ended_attempt(claimed.reason, why, claimed.claimed_at, record.stack or None)
         if self._finish(claimed, FinishedState.FAILED, ended):
             report.failed.append(record.job_id)
             emit(self.sender, record_event(JobHung if hung else JobTimedOut, record, why))

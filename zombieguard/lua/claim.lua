@@ -1,5 +1,6 @@
--- A sweeper claims the leases that are due: expired (stalled), or past a hard or progress deadline
--- plus grace while still renewed (the worker failed to stop the job). Claiming bumps the fencing
+-- A sweeper claims the leases that are due: abandoned by their worker (with the reason it gave),
+-- past the hard deadline plus grace (timed out, whether the worker is alive or not), expired
+-- (stalled), or past the progress deadline plus grace while still renewed (hung). Claiming bumps the fencing
 -- token, so the old attempt's writes are refused from here on, and re-scores the lease at the claim's
 -- expiry: a sweeper that dies mid-recovery is replaced after claim_ttl. Atomic, so sweepers racing
 -- over the same leases each get a disjoint set.
@@ -19,17 +20,20 @@ for _, job in ipairs(ids) do
     problem = kind == 'none' and 'lease record is missing' or ('lease key holds a ' .. kind)
   else
     local r = redis.call('HMGET', key, 'state', 'expires', 'hard_deadline', 'progress_deadline',
-      'overdue_grace', 'claim_expires', 'reason')
+      'overdue_grace', 'claim_expires', 'reason', 'abandoned')
     if r[1] == 'running' then
       local expires, grace = tonumber(r[2]), tonumber(r[5])
       if expires == nil or grace == nil then
         problem = 'expires or overdue_grace unreadable: ' .. tostring(r[2]) .. ', ' .. tostring(r[5])
       else
         local hard, prog = tonumber(r[3]), tonumber(r[4])
-        if expires <= now then
-          reason = 'stalled'
+        if r[8] and expires <= now then
+          reason = r[8]
         elseif hard and hard + grace <= now then
+          -- Past the hard limit, dead or alive: re-running it would hang again.
           reason = 'timed_out'
+        elseif expires <= now then
+          reason = 'stalled'
         elseif prog and prog + grace <= now then
           reason = 'hung'
         else

@@ -1,0 +1,673 @@
+"""RQ integration: guarded workers, by worker-class substitution.
+
+    rq worker -w zombieguard.integrations.rq.GuardedWorker high default low
+    rq worker -w zombieguard.integrations.rq.GuardedSimpleWorker default
+
+Nothing else changes: same queues, same jobs, same constructor arguments. Configuration comes from
+``ZOMBIEGUARD_*`` variables or ``zombieguard.configure()`` (e.g. in a module the worker imports);
+leases live in the worker's own Redis unless ``redis_url`` names another.
+
+What each worker does (docs/guarantees.md has the whole table):
+
+- **GuardedWorker** (forks a horse per job). The parent holds the job's lease and renews it; its
+  watchdog enforces the limits on the horse: at a limit it captures the horse's stack (faulthandler,
+  works in C code too), raises the interrupt in the horse through a signal (the job then fails the RQ
+  way: failed registry, ``on_failure``, ``Retry``), and SIGKILLs the horse 0.5 s later if it did not
+  end (C code holding the GIL). A horse that dies by itself (OOM, segfault, a poison payload) is a
+  stall: the job is recovered as a new attempt, or dead-lettered after ``max_stalls``. A horse whose
+  parent dies is killed by the kernel (``PR_SET_PDEATHSIG``).
+- **GuardedSimpleWorker** (runs the job in its own main thread). Limits are raised in the main thread
+  by a signal; when the job is stuck in C code no thread of the worker can run, so a small watchdog
+  process beside it (:mod:`zombieguard.sidecar`) kills the worker 0.5 s past the limit and fails the
+  job as timed out; the worker's supervisor restarts it.
+- Both: a sweeper thread recovers the jobs of dead or frozen workers within ``lease_ttl`` plus a sweep,
+  and removes their executions from RQ's started registry, so that RQ's abandoned-job cleanup never
+  fails or retries them as well. A superseded attempt's completion is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from zombieguard.containment import contained, log
+from zombieguard.errors import (
+    HardTimeLimitExceeded,
+    IntegrationNotAvailable,
+    JobHung,
+    JobInterrupt,
+    LeaseLost,
+    SoftTimeLimitExceeded,
+    ZombieGuardError,
+)
+from zombieguard.integrations import require
+
+try:
+    import rq
+    from rq.callbacks import execute_failure_callback
+    from rq.command import send_kill_horse_command
+    from rq.exceptions import NoSuchJobError
+    from rq.executions import Execution
+    from rq.job import Job, JobStatus
+    from rq.queue import Queue
+    from rq.registry import StartedJobRegistry
+    from rq.timeouts import TimerDeathPenalty
+    from rq.worker import SimpleWorker, Worker, WorkerStatus
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise IntegrationNotAvailable(
+        f"zombieguard.integrations.rq needs RQ ({exc}): pip install 'zombieguard[rq]'"
+    ) from exc
+
+from zombieguard.attempt import Attempt, running
+from zombieguard.deadletter import DeadLetterEntry
+from zombieguard.events import JobCompleted, JobStarted, JobTimedOut, emit
+from zombieguard.events import JobHung as JobHungEvent
+from zombieguard.heartbeat import Heartbeat
+from zombieguard.lease import AcquireStatus, JobSpec, LeaseRecord, LeaseStore, Outcome
+from zombieguard.policy import Config, Policy, current_config, guard_fields
+from zombieguard.slot import JobSlot
+from zombieguard.sweeper import Sweeper
+from zombieguard.watchdog import Limit, LimitClock, StackDumper, Watchdog, Watched, thread_stack
+
+RQ_VERSION = require("rq", rq.__version__)
+_RQ3 = RQ_VERSION >= (3,)
+
+ADAPTER = "rq"
+
+# Signals raised into the process running a job. Real-time signals: neither RQ nor Celery uses them.
+SOFT_SIGNAL = signal.SIGRTMIN + 1
+HARD_SIGNAL = signal.SIGRTMIN + 2
+HUNG_SIGNAL = signal.SIGRTMIN + 3
+LOST_SIGNAL = signal.SIGRTMIN + 4
+
+ESCALATE_AFTER = 0.5
+"""Seconds between the in-process interrupt and SIGKILL of a job that did not end."""
+RECOVERING_WAIT = 5.0
+"""How long a delivery waits for the sweeper that requeued it to finish recording the recovery."""
+BACKSTOP_SECONDS = 2
+"""RQ's own alarm stays armed this long after the policy's hard limit, in case everything else fails."""
+
+_ENDED = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+_EXCEPTION_NAMES = {
+    "timed_out": "zombieguard.HardTimeLimitExceeded",
+    "hung": "zombieguard.JobHung",
+    "stalled": "zombieguard.JobStalled",
+    "dead_lettered": "zombieguard.JobDeadLettered",
+}
+
+
+class RQAdapter:
+    """How the core acts on RQ jobs (requeue, fail, stop, republish)."""
+
+    name = ADAPTER
+
+    def __init__(
+        self,
+        connection: redis.Redis,
+        job_class: type[Job] = Job,
+        queue_class: type[Queue] = Queue,
+        serializer: Any = None,
+    ) -> None:
+        self.connection = connection
+        self.job_class = job_class
+        self.queue_class = queue_class
+        self.serializer = serializer
+
+    def _job(self, job_id: str) -> Job | None:
+        try:
+            return self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+        except NoSuchJobError:
+            log.warning("rq job %s no longer exists; nothing to act on", job_id)
+            return None
+
+    def _queue(self, name: str) -> Queue:
+        return self.queue_class(
+            name, connection=self.connection, job_class=self.job_class, serializer=self.serializer
+        )
+
+    def _forget_execution(self, job: Job, queue_name: str, payload: str, pipe: Any) -> None:
+        """Drop a dead attempt's execution from RQ's started registry (RQ would call it abandoned)."""
+        with contextlib.suppress(ValueError):
+            execution_id = json.loads(payload or "{}").get("execution")
+            if execution_id:
+                execution = Execution(execution_id, job.id, connection=self.connection)
+                pipe.zrem(
+                    StartedJobRegistry(queue_name, connection=self.connection).key, execution.composite_key
+                )
+                pipe.delete(execution.key)
+
+    def requeue(self, record: LeaseRecord) -> None:
+        """Back on the front of its queue, same job id, as the next attempt."""
+        job = self._job(record.job_id)
+        if job is None or job.get_status() in _ENDED:
+            return
+        queue = self._queue(record.queue or job.origin)
+        with self.connection.pipeline() as pipe:
+            self._forget_execution(job, queue.name, record.payload, pipe)
+            queue.enqueue_job(job, pipeline=pipe, at_front=True)
+            pipe.execute()
+
+    def fail(self, record: LeaseRecord, outcome: str, reason: str) -> None:
+        """Failed the RQ way: failure callback, FAILED status, failed registry (no retry: it would
+        hang, or stall, again)."""
+        job = self._job(record.job_id)
+        if job is None or job.get_status() in _ENDED:
+            return
+        name = _EXCEPTION_NAMES.get(outcome, "zombieguard.JobFailed")
+        exc_string = f"{name}: {reason}\n" + (
+            f"\nStack when it was stopped:\n{record.stack}" if record.stack else ""
+        )
+        error = (HardTimeLimitExceeded if outcome == "timed_out" else JobHung)(reason)
+        with contained(f"on_failure callback of rq job {job.id}"):
+            execute_failure_callback(job, TimerDeathPenalty, type(error), error, None)
+        with self.connection.pipeline() as pipe:
+            self._forget_execution(job, record.queue or job.origin, record.payload, pipe)
+            job.set_status(JobStatus.FAILED, pipeline=pipe)
+            # RQ's own worker-less failure path (abandoned-job cleanup): failed registry and a
+            # failure Result, so job.latest_result() tells why.
+            job._handle_failure(exc_string, pipe, worker_name=record.worker)
+            pipe.execute()
+
+    def stop(self, record: LeaseRecord) -> None:
+        """Ask the worker that runs it to kill its horse (RQ's own command, over pub/sub)."""
+        send_kill_horse_command(self.connection, record.worker)
+
+    def republish(self, entry: DeadLetterEntry) -> None:
+        """Enqueue a dead-lettered job again, from RQ's failed registry."""
+        job = self._job(entry.job_id)
+        if job is None:
+            raise ZombieGuardError(
+                f"rq job {entry.job_id} no longer exists in Redis (its failure_ttl passed)"
+            )
+        if job.get_status() == JobStatus.FAILED:
+            job.requeue()
+        else:
+            self._queue(entry.queue or job.origin).enqueue_job(job)
+
+
+def sidecar_adapter(connection: redis.Redis) -> RQAdapter:
+    """The adapter :mod:`zombieguard.sidecar` loads (``zombieguard.integrations.rq:sidecar_adapter``)."""
+    return RQAdapter(connection)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """In a horse: be killed by the kernel when the worker that forked it dies (Linux)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # it died before prctl took effect
+        os._exit(1)
+
+
+class _Guard:
+    """What one guarded worker process runs beside RQ: leases, heartbeat, sweeper, watchdog."""
+
+    def __init__(self, worker: Any, with_sidecar: bool) -> None:
+        self.config: Config = current_config()
+        settings = self.config.settings
+        self.client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else worker.connection
+        self.store = LeaseStore(self.client, settings)
+        self.default_policy = self.config.policy_for("")
+        self.adapter = RQAdapter(
+            worker.connection,
+            job_class=worker.job_class,
+            queue_class=worker.queue_class,
+            serializer=worker.serializer,
+        )
+        self.heartbeat = Heartbeat(
+            self.store, ADAPTER, worker.name, self.default_policy.renew_every, on_lost=worker._zg_lost
+        )
+        self.sweeper = Sweeper(self.store, {ADAPTER: self.adapter}, name=f"rq:{worker.name}", sender=ADAPTER)
+        self.watchdog = Watchdog(name=f"zombieguard-watchdog-{worker.name}")
+        self.dir = Path(tempfile.mkdtemp(prefix="zombieguard-rq-"))
+        self.dumper = StackDumper(self.dir / "stacks.txt")
+        self.dumper.path.touch()
+        self.slot = JobSlot(self.dir / "slot" if with_sidecar else None)
+        self.sidecar: subprocess.Popen[bytes] | None = None
+        if with_sidecar:
+            # Jobs run in this process: the sidecar asks it for its stacks before killing it.
+            self.dumper.install()
+            options = {
+                "--pid": str(os.getpid()),
+                "--slot": str(self.slot.path),
+                "--dump": str(self.dumper.path),
+                "--redis-url": _url_of(self.client),
+                "--key-prefix": settings.key_prefix,
+                "--adapter": "zombieguard.integrations.rq:sidecar_adapter",
+            }
+            command = [sys.executable, "-m", "zombieguard.sidecar"]
+            for option, value in options.items():
+                command += [option, value]
+            self.sidecar = subprocess.Popen(command)
+        with contained(f"registering rq worker {worker.name}"):
+            try:
+                self.store.register_worker(
+                    worker.name,
+                    {
+                        "adapter": ADAPTER,
+                        "host": socket.gethostname(),
+                        "pid": str(os.getpid()),
+                        "class": type(worker).__name__,
+                        "queues": ",".join(worker.queue_names()),
+                    },
+                    self.heartbeat.worker_ttl,
+                )
+                # Before RQ's own maintenance runs: recover what dead workers left, so that RQ's
+                # abandoned-job cleanup does not fail it first.
+                self.sweeper.sweep_once()
+            except redis.RedisError as exc:
+                log.warning(
+                    "rq worker %s: Redis for leases unreachable at start (%s); retrying", worker.name, exc
+                )
+        self.heartbeat.start()
+        self.sweeper.start()
+        self.watchdog.start()
+
+    def close(self, worker_name: str) -> None:
+        """Stop everything, leave cleanly (not a zombie)."""
+        self.watchdog.stop()
+        self.sweeper.stop()
+        self.heartbeat.stop()
+        if self.sidecar is not None:
+            self.sidecar.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.sidecar.wait(5)
+        with contained(f"deregistering rq worker {worker_name}"), contextlib.suppress(redis.RedisError):
+            self.store.deregister_worker(worker_name)
+        self.dumper.close()
+        self.slot.close()
+        for child in self.dir.iterdir():
+            child.unlink()
+        self.dir.rmdir()
+
+
+def _url_of(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+    auth = f":{kwargs['password']}@" if kwargs.get("password") else ""
+    return f"redis://{auth}{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
+class _GuardedMixin:
+    """The behaviour both guarded worker classes add to RQ's."""
+
+    _zg_sidecar = False
+    _zg: _Guard | None = None
+    _zg_attempt: Attempt | None = None
+    _zg_stop: tuple[str, str | None] | None = None
+    _zg_interrupt: str | None = None
+    _zg_job_timeout: Any = None
+    _zg_parent: int = 0
+
+    if TYPE_CHECKING:  # RQ's attributes and methods, as this mixin uses them
+        name: str
+        connection: redis.Redis
+        is_horse: bool
+        horse_pid: int
+
+        def set_state(self, state: str, pipeline: Any = None) -> None: ...
+        def cleanup_execution(self, job: Job, pipeline: Any, *args: Any) -> None: ...
+
+    # -- the worker's lifetime --------------------------------------------------------------
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        """RQ's bootstrap, then zombieguard's threads (and sidecar); bad configuration fails here."""
+        super().bootstrap(*args, **kwargs)  # type: ignore[misc]
+        self._zg = _Guard(self, with_sidecar=self._zg_sidecar)
+        self._zg_install_interrupts()
+
+    def teardown(self) -> None:
+        """RQ's teardown, then zombieguard's; the worker leaves cleanly."""
+        super().teardown()  # type: ignore[misc]
+        if self._zg is not None and not self.is_horse:
+            self._zg.close(self.name)
+            self._zg = None
+
+    def _zg_install_interrupts(self) -> None:
+        """Signal handlers that raise zombieguard's interrupts in the main thread (job code)."""
+
+        def raiser(kind: str) -> Any:
+            def handler(signum: int, frame: FrameType | None) -> None:
+                attempt = self._zg_attempt
+                policy = attempt.policy if attempt is not None else Policy()
+                self._zg_interrupt = kind
+                if kind == "soft":
+                    raise SoftTimeLimitExceeded(f"job passed its soft_timeout of {policy.soft_timeout:g} s")
+                if kind == "hard":
+                    raise HardTimeLimitExceeded(f"job passed its hard_timeout of {policy.hard_timeout:g} s")
+                if kind == "hung":
+                    raise JobHung(
+                        f"job made no progress within its progress_timeout of {policy.progress_timeout:g} s"
+                    )
+                raise attempt.lost if attempt is not None and attempt.lost else LeaseLost("?", 0)
+
+            return handler
+
+        for sig, kind in (
+            (SOFT_SIGNAL, "soft"),
+            (HARD_SIGNAL, "hard"),
+            (HUNG_SIGNAL, "hung"),
+            (LOST_SIGNAL, "lost"),
+        ):
+            signal.signal(sig, raiser(kind))
+
+    # -- one job ------------------------------------------------------------------------------
+    def _zg_policy(self, job: Job) -> tuple[str, Policy]:
+        assert self._zg is not None
+        try:
+            task = str(job.func_name)
+        except Exception:
+            return "", self._zg.default_policy
+        framework = {"hard_timeout": float(job.timeout)} if job.timeout and job.timeout > 0 else {}
+        decorator: Any = {}
+        with contextlib.suppress(Exception):  # an import error is the job's to report, the RQ way
+            decorator = guard_fields(job.func)
+        return task, self._zg.config.policy_for(task, framework=framework, decorator=decorator)
+
+    def _zg_begin(self, job: Job, queue: Queue, execution: Execution) -> tuple[Attempt | None, bool]:
+        """Acquire the job's lease: (attempt, run?). Redis away: run unguarded rather than not at all."""
+        zg = self._zg
+        self._zg_attempt = None
+        self._zg_stop = None
+        self._zg_interrupt = None
+        if zg is None:
+            return None, True
+        task, policy = self._zg_policy(job)
+        payload = json.dumps({"execution": execution.id, "description": job.description})
+        spec = JobSpec(job.id, ADAPTER, task, queue.name, payload)
+        wait_until = time.monotonic() + RECOVERING_WAIT
+        try:
+            while True:
+                acquired = zg.store.acquire(spec, self.name, policy)
+                if acquired.status is AcquireStatus.ACQUIRED:
+                    break
+                if acquired.holder_state == "recovering" and time.monotonic() < wait_until:
+                    time.sleep(0.02)
+                    continue
+                log.warning(
+                    "rq job %s not run: %s (attempt %d, %s on %s)",
+                    job.id,
+                    acquired.status.value,
+                    acquired.attempt,
+                    acquired.holder_state or "superseded",
+                    acquired.holder or "-",
+                )
+                return None, False
+        except redis.RedisError as exc:
+            log.warning("rq job %s runs unguarded: Redis for leases unreachable (%s)", job.id, exc)
+            return None, True
+        attempt = Attempt(zg.store, spec, self.name, policy, acquired)
+        started = attempt.started_monotonic
+        zg.slot.start(
+            job.id,
+            attempt.token,
+            started,
+            started + policy.hard_timeout if policy.hard_timeout is not None else None,
+            policy.progress_timeout,
+        )
+        attempt.on_progress = zg.slot.progress
+        zg.heartbeat.add(attempt)
+        self._zg_attempt = attempt
+        emit(ADAPTER, attempt.event(JobStarted))
+        return attempt, True
+
+    def _zg_skip(self, job: Job, execution: Execution) -> None:
+        """A delivery not to run (duplicate or stale): undo what RQ prepared for it."""
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipe, *([execution] if _RQ3 else []))
+            pipe.execute()
+        self.set_state(WorkerStatus.IDLE)
+
+    def _zg_watch(self, attempt: Attempt, pid: int, capture: Any, escalate: Any) -> Watched:
+        assert self._zg is not None
+        zg = self._zg
+
+        def stop(watched: Watched, limit: Limit, stack: str | None) -> None:
+            if limit is Limit.SOFT:
+                emit(ADAPTER, attempt.event(JobTimedOut, reason="soft_timeout passed", limit="soft"))
+                os.kill(pid, SOFT_SIGNAL)
+                return
+            hard = limit is Limit.HARD
+            self._zg_stop = ("timed_out" if hard else "hung", stack)
+            if hard:
+                reason = f"ran past its hard_timeout of {attempt.policy.hard_timeout:g} s"
+                emit(ADAPTER, attempt.event(JobTimedOut, reason=reason, stack=stack, limit="hard"))
+            else:
+                reason = f"no progress within its progress_timeout of {attempt.policy.progress_timeout:g} s"
+                emit(ADAPTER, attempt.event(JobHungEvent, reason=reason, stack=stack))
+            os.kill(pid, HARD_SIGNAL if hard else HUNG_SIGNAL)
+
+        clock = LimitClock(attempt.policy, attempt.started_monotonic, lambda: zg.slot.read().last_progress)
+        return zg.watchdog.watch(
+            Watched(
+                clock,
+                stop,
+                capture,
+                escalate=escalate,
+                escalate_after=ESCALATE_AFTER,
+                label=attempt.job.job_id,
+            )
+        )
+
+    def _zg_end(self, attempt: Attempt | None, watched: Watched | None) -> None:
+        zg = self._zg
+        if zg is None:
+            return
+        if watched is not None:
+            zg.watchdog.unwatch(watched)
+        if attempt is not None:
+            zg.heartbeat.remove(attempt)
+        zg.slot.clear()
+        self._zg_attempt = None
+
+    def _zg_release(
+        self, attempt: Attempt, outcome: Outcome, reason: str = "", stack: str | None = None
+    ) -> bool:
+        """End the attempt; False when a newer attempt holds the job (this one's end is refused)."""
+        try:
+            attempt.release(outcome, reason, stack)
+        except LeaseLost as exc:
+            attempt.mark_lost(exc)
+            log.warning("rq job %s: this attempt's %s is refused: %s", attempt.job.job_id, outcome.value, exc)
+            return False
+        except redis.RedisError as exc:
+            log.warning(
+                "rq job %s: end not recorded, Redis for leases unreachable (%s)", attempt.job.job_id, exc
+            )
+        duration = time.monotonic() - attempt.started_monotonic
+        emit(ADAPTER, attempt.event(JobCompleted, reason=outcome.value, stack=stack, duration=duration))
+        return True
+
+    def _zg_lost(self, attempt: Attempt, error: LeaseLost) -> None:
+        """Heartbeat thread: a newer attempt holds this job. Stop this one now."""
+        if attempt is not self._zg_attempt:
+            return
+        self._zg_stop_lost()
+
+    def _zg_stop_lost(self) -> None:
+        raise NotImplementedError
+
+    # -- RQ's job lifecycle, guarded -------------------------------------------------------------
+    def perform_job(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> bool:
+        """RQ's perform_job inside the attempt's context; RQ's own alarm becomes a backstop."""
+        attempt = self._zg_attempt
+        if attempt is None:
+            return bool(super().perform_job(job, queue, *args, **kwargs))  # type: ignore[misc]
+        self._zg_job_timeout = job.timeout
+        if attempt.policy.hard_timeout is not None:
+            job.timeout = math.ceil(attempt.policy.hard_timeout) + BACKSTOP_SECONDS
+        try:
+            with running(attempt):
+                return bool(super().perform_job(job, queue, *args, **kwargs))  # type: ignore[misc]
+        finally:
+            job.timeout = self._zg_job_timeout
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        """The job's own timeout is put back before RQ may save the job (a retry does)."""
+        if self._zg_attempt is not None:
+            job.timeout = self._zg_job_timeout
+        super().handle_execution_ended(job, queue, heartbeat_ttl)  # type: ignore[misc]
+
+    def handle_job_success(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
+        """Record the completion only if this attempt still holds the lease."""
+        attempt = self._zg_attempt
+        if attempt is not None and not self._zg_release(attempt, Outcome.COMPLETED):
+            return
+        super().handle_job_success(job, queue, *args, **kwargs)  # type: ignore[misc]
+
+    def handle_job_retry(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
+        """A job that returned ``Retry``: its attempt ended; RQ schedules the retry."""
+        attempt = self._zg_attempt
+        if attempt is not None and not self._zg_release(attempt, Outcome.FAILED, "returned Retry"):
+            return
+        super().handle_job_retry(job, queue, *args, **kwargs)  # type: ignore[misc]
+
+    def handle_job_failure(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
+        """Failures the RQ way, with zombieguard's verdict on why, and refused for a superseded attempt."""
+        attempt = self._zg_attempt
+        if attempt is None:
+            super().handle_job_failure(job, queue, *args, **kwargs)  # type: ignore[misc]
+            return
+        exc_string: str = kwargs.get("exc_string", "")
+        if self.is_horse or not isinstance(self, Worker):
+            # The job raised in this process (our interrupts among the possibilities).
+            outcome = {"hard": Outcome.TIMED_OUT, "hung": Outcome.HUNG, "lost": Outcome.LEASE_LOST}.get(
+                self._zg_interrupt or "", Outcome.FAILED
+            )
+            last_line = exc_string.strip().splitlines()[-1] if exc_string.strip() else ""
+            stack = exc_string if outcome is not Outcome.FAILED else None
+            if not self._zg_release(attempt, outcome, last_line, stack):
+                return
+            super().handle_job_failure(job, queue, *args, **kwargs)  # type: ignore[misc]
+            return
+        # The parent of a horse that did not exit normally.
+        if attempt.lost is not None:
+            return  # killed because a newer attempt holds the job: nothing of this one is recorded
+        if self._zg_stop is not None:
+            outcome_name, stack = self._zg_stop
+            outcome = Outcome(outcome_name)
+            policy = attempt.policy
+            if outcome is Outcome.TIMED_OUT:
+                error: JobInterrupt = HardTimeLimitExceeded(
+                    f"job passed its hard_timeout of {policy.hard_timeout:g} s and was killed "
+                    "(stuck where no Python code runs: C code or a blocking call)"
+                )
+            else:
+                error = JobHung(
+                    f"job made no progress within its progress_timeout of {policy.progress_timeout:g} s"
+                )
+            if not self._zg_release(attempt, outcome, str(error), stack):
+                return
+            with contained(f"on_failure callback of rq job {job.id}"):
+                execute_failure_callback(job, self.death_penalty_class, type(error), error, None)
+            kwargs["exc_string"] = f"{_EXCEPTION_NAMES[outcome.value]}: {error}\n" + (
+                f"\nStack when it was stopped:\n{stack}" if stack else ""
+            )
+            super().handle_job_failure(job, queue, *args, **kwargs)  # type: ignore[misc]
+            return
+        # It died by itself (OOM, segfault, a poison payload): a stall, for the sweeper to recover or
+        # dead-letter, not a failure to record.
+        log.warning("rq job %s: its horse died (%s); recovering it", job.id, exc_string.strip())
+        assert self._zg is not None
+        try:
+            attempt.store.abandon(attempt.job, attempt.token, "stalled")
+            self._zg.sweeper.sweep_once()
+        except (redis.RedisError, LeaseLost) as exc:
+            log.warning("rq job %s: could not give the lease up (%s); it expires instead", job.id, exc)
+
+
+class GuardedWorker(_GuardedMixin, Worker):
+    """RQ's forking :class:`rq.Worker`, guarded.
+
+    ``rq worker -w zombieguard.integrations.rq.GuardedWorker``.
+    """
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Fork a horse under the job's lease, watched by this process."""
+        execution = self.prepare_execution(job)
+        attempt, run = self._zg_begin(job, queue, execution)
+        if not run:
+            self._zg_skip(job, execution)
+            return
+        self._zg_parent = os.getpid()
+        watched = None
+        try:
+            self.fork_work_horse(job, queue)
+            if attempt is not None:
+                pid = self.horse_pid
+                assert self._zg is not None
+                dumper = self._zg.dumper
+                watched = self._zg_watch(
+                    attempt,
+                    pid,
+                    capture=lambda: dumper.request(pid),
+                    escalate=lambda w: self._zg_kill_horse(),
+                )
+            self.monitor_work_horse(job, queue, *([execution] if _RQ3 else []))
+        finally:
+            self._zg_end(attempt, watched)
+        self.set_state(WorkerStatus.IDLE)
+
+    def setup_work_horse_signals(self) -> None:
+        """In the horse: RQ's signals, zombieguard's interrupts, stack dumps, death with the parent."""
+        super().setup_work_horse_signals()  # type: ignore[no-untyped-call]
+        if self._zg is not None and self._zg_attempt is not None:
+            _die_with_parent(self._zg_parent)
+            self._zg_install_interrupts()
+            self._zg.dumper.install()
+
+    def _zg_kill_horse(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(os.getpgid(self.horse_pid), signal.SIGKILL)
+
+    def _zg_stop_lost(self) -> None:
+        self._zg_kill_horse()
+
+
+class GuardedSimpleWorker(_GuardedMixin, SimpleWorker):
+    """RQ's :class:`rq.SimpleWorker` (no fork), guarded, with a watchdog process beside it.
+
+    ``rq worker -w zombieguard.integrations.rq.GuardedSimpleWorker``.
+    """
+
+    _zg_sidecar = True
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run the job in this thread under its lease; the in-process watchdog and the sidecar watch."""
+        execution = self.prepare_execution(job)
+        attempt, run = self._zg_begin(job, queue, execution)
+        if not run:
+            self._zg_skip(job, execution)
+            return
+        watched = None
+        main = threading.get_ident()
+        try:
+            if attempt is not None:
+                watched = self._zg_watch(
+                    attempt, os.getpid(), capture=lambda: thread_stack(main), escalate=None
+                )
+            self.perform_job(job, queue, *([execution] if _RQ3 else []))
+        finally:
+            self._zg_end(attempt, watched)
+        self.set_state(WorkerStatus.IDLE)
+
+    def _zg_stop_lost(self) -> None:
+        os.kill(os.getpid(), LOST_SIGNAL)
+
+
+__all__ = ["GuardedSimpleWorker", "GuardedWorker", "RQAdapter"]

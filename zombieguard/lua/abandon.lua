@@ -1,0 +1,16 @@
+-- The worker (or the watchdog beside it) gives an attempt up: its process died or was killed.
+-- Fenced. The lease is made due now, with the reason the sweeper must act on: 'stalled' (recover
+-- it), 'timed_out' or 'hung' (fail it). The stack, when captured, goes with it.
+-- KEYS: lease, due
+-- ARGV: token, job, reason, stack
+-- Returns {'ok'} or {'lost', state, token} or {'missing'} or {'corrupt', why}
+local kind = key_type(KEYS[1])
+if kind == 'none' then return {'missing'} end
+if kind ~= 'hash' then return {'corrupt', 'lease key holds a ' .. kind} end
+local r = redis.call('HMGET', KEYS[1], 'state', 'token')
+if r[1] ~= 'running' or r[2] ~= ARGV[1] then return {'lost', r[1] or '', r[2] or ''} end
+local now = now_s()
+redis.call('HSET', KEYS[1], 'expires', fmt(now), 'abandoned', ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'stack', ARGV[4]) end
+redis.call('ZADD', KEYS[2], fmt(now), ARGV[2])
+return {'ok'}

@@ -1,0 +1,114 @@
+"""The watchdog process beside a worker whose jobs run in its own main thread.
+
+RQ's SimpleWorker and Celery's solo pool run the job in the worker's main thread: when it is stuck in
+C code holding the GIL, no thread of that process runs, not the heartbeat and not the in-process
+watchdog. This small process reads the worker's :class:`~zombieguard.slot.JobSlot`; when a job passes
+its hard limit (or its progress limit) by ``grace`` seconds and is still there, it has the worker dump
+its stack (faulthandler), kills the worker with SIGKILL, gives the lease up with the reason and the
+stack, and runs one sweep so that the job is failed the framework's way at once. The worker's
+supervisor restarts the worker, as after any crash. It exits by itself when the worker is gone.
+
+Run by the integrations: ``python -m zombieguard.sidecar --pid ... --slot ... --adapter mod:factory``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from zombieguard.adapter import JobAdapter
+from zombieguard.lease import JobSpec, LeaseStore
+from zombieguard.policy import Settings
+from zombieguard.slot import JobSlot, SlotState
+from zombieguard.sweeper import Sweeper
+from zombieguard.watchdog import StackDumper
+
+log = logging.getLogger("zombieguard.sidecar")
+
+POLL_SECONDS = 0.05
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def overdue(state: SlotState, now: float, grace: float) -> str | None:
+    """``timed_out`` or ``hung`` when the slot's job is past a limit by ``grace``; else None."""
+    if not state.active:
+        return None
+    if state.hard_deadline is not None and now >= state.hard_deadline + grace:
+        return "timed_out"
+    if state.progress_timeout is not None and now >= state.last_progress + state.progress_timeout + grace:
+        return "hung"
+    return None
+
+
+def _load_adapter(spec: str, store: LeaseStore) -> JobAdapter:
+    module, _, attribute = spec.partition(":")
+    factory = getattr(importlib.import_module(module), attribute)
+    adapter: JobAdapter = factory(store.client)
+    return adapter
+
+
+def watch(
+    pid: int, slot: JobSlot, dumper: StackDumper, store: LeaseStore, *, adapter_spec: str, grace: float
+) -> str | None:
+    """Watch ``pid`` until it exits (None) or has to be killed (the reason)."""
+    while _alive(pid):
+        state = slot.read()
+        reason = overdue(state, time.monotonic(), grace)
+        if reason is not None and slot.read().generation == state.generation:
+            stack = dumper.request(pid)
+            os.kill(pid, signal.SIGKILL)
+            log.error("worker %d stuck %s in job %s: killed", pid, reason, state.job_id)
+            adapter = _load_adapter(adapter_spec, store)
+            spec = JobSpec(state.job_id, adapter.name, "", "")
+            store.abandon(spec, state.token, reason, stack)
+            Sweeper(
+                store, {adapter.name: adapter}, name=f"sidecar-of-{pid}", sender=adapter.name
+            ).sweep_once()
+            return reason
+        time.sleep(POLL_SECONDS)
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point."""
+    parser = argparse.ArgumentParser(prog="python -m zombieguard.sidecar")
+    parser.add_argument("--pid", type=int, required=True)
+    parser.add_argument("--slot", type=Path, required=True)
+    parser.add_argument("--dump", type=Path, required=True)
+    parser.add_argument("--redis-url", required=True)
+    parser.add_argument("--key-prefix", required=True)
+    parser.add_argument("--adapter", required=True, help="module:factory taking a Redis client")
+    parser.add_argument("--grace", type=float, default=0.5)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s zombieguard-sidecar %(message)s")
+    # The worker's Ctrl+C reaches its whole process group; this process ends when the worker does.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    store = LeaseStore.from_url(args.redis_url, Settings(key_prefix=args.key_prefix))
+    watch(
+        args.pid,
+        JobSlot(args.slot),
+        StackDumper(args.dump),
+        store,
+        adapter_spec=args.adapter,
+        grace=args.grace,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

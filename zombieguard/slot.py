@@ -1,0 +1,112 @@
+"""A job slot: shared memory through which a worker tells an enforcer in another process about the
+job it runs (which one, under which fencing token, its deadlines, its last progress).
+
+The enforcer is the RQ worker's parent watching its horse, or the watchdog process beside a worker
+whose jobs run in its own main thread (RQ SimpleWorker, Celery solo): when that thread is stuck in C
+code holding the GIL, nothing inside the process can run, so something outside must act.
+
+Times are ``time.monotonic()`` values: CLOCK_MONOTONIC is one clock for every process of a machine.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+# generation, active, token, started, hard_deadline, progress_timeout, last_progress, job id
+_FORMAT = "=qqqdddd256s"
+SIZE = struct.calcsize(_FORMAT)
+_GENERATION = struct.Struct("=q")
+_LAST_PROGRESS = struct.Struct("=d")
+_LAST_PROGRESS_OFFSET = struct.calcsize("=qqqddd")
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """A consistent reading of a slot."""
+
+    generation: int
+    active: bool
+    token: int
+    started: float
+    hard_deadline: float | None
+    progress_timeout: float | None
+    last_progress: float
+    job_id: str
+
+
+class JobSlot:
+    """The shared memory. Anonymous (inherited across ``fork``) or backed by a file (any process)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        if path is None:
+            self._map = mmap.mmap(-1, SIZE)
+        else:
+            if not path.exists() or path.stat().st_size != SIZE:
+                path.write_bytes(b"\0" * SIZE)
+            with path.open("r+b") as f:
+                self._map = mmap.mmap(f.fileno(), SIZE)
+        self.path = path
+
+    def start(
+        self,
+        job_id: str,
+        token: int,
+        started: float,
+        hard_deadline: float | None,
+        progress_timeout: float | None,
+    ) -> None:
+        """Announce a running job (the writer is its own process; one job at a time per slot)."""
+        generation = self.read().generation + 1
+        # Odd generation while writing: a reader that sees it, or sees it change, reads again.
+        self._map[0:8] = _GENERATION.pack(generation)
+        struct.pack_into(
+            _FORMAT,
+            self._map,
+            0,
+            generation,
+            1,
+            token,
+            started,
+            hard_deadline or 0.0,
+            progress_timeout or 0.0,
+            started,
+            job_id.encode()[:256],
+        )
+        self._map[0:8] = _GENERATION.pack(generation + 1)
+
+    def progress(self, now: float) -> None:
+        """Record the job's last progress (one 8-byte store: never torn for a reader)."""
+        self._map[_LAST_PROGRESS_OFFSET : _LAST_PROGRESS_OFFSET + 8] = _LAST_PROGRESS.pack(now)
+
+    def clear(self) -> None:
+        """The job ended."""
+        state = self.read()
+        self._map[0:8] = _GENERATION.pack(state.generation + 1)
+        struct.pack_into("=q", self._map, 8, 0)
+        self._map[0:8] = _GENERATION.pack(state.generation + 2)
+
+    def read(self) -> SlotState:
+        """A consistent snapshot (retries while a write is under way, a bounded number of times: a
+        writer killed mid-write must not hang the reader)."""
+        for _ in range(10_000):
+            raw = struct.unpack_from(_FORMAT, self._map, 0)
+            if raw[0] % 2 == 0 and _GENERATION.unpack_from(self._map, 0)[0] == raw[0]:
+                break
+        generation, active, token, started, hard, progress_timeout, last, job_id = raw
+        return SlotState(
+            generation=generation,
+            active=bool(active),
+            token=token,
+            started=started,
+            hard_deadline=hard or None,
+            progress_timeout=progress_timeout or None,
+            last_progress=last,
+            job_id=job_id.rstrip(b"\0").decode(errors="replace"),
+        )
+
+    def close(self) -> None:
+        """Unmap."""
+        self._map.close()
