@@ -82,12 +82,17 @@ def beats_then_stalls(directory: str, beats: int) -> None:
 
 
 def long_job(directory: str, seconds: float) -> str:
-    """Beats until done; used to kill or freeze its worker mid-job."""
+    """Beats until done; used to kill or freeze its worker mid-job.
+
+    Its last side effect (the "completed" note) is fenced by a beat just before it, the way a job
+    guards a write that must not happen twice: a superseded attempt gets LeaseLost there instead.
+    """
     _note(directory, "started", str(os.getpid()))
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         zombieguard.beat()
         time.sleep(0.05)
+    zombieguard.beat(progress="finishing")
     _note(directory, "completed", str(os.getpid()))
     return "done"
 

@@ -159,8 +159,9 @@ class RQAdapter:
         queue = self._queue(record.queue or job.origin)
         with self.connection.pipeline() as pipe:
             self._forget_execution(job, queue.name, record.payload, pipe)
-            queue.enqueue_job(job, pipeline=pipe, at_front=True)
             pipe.execute()
+        # Its own round trip: RQ WATCHes the job's dependencies on a pipeline of its own.
+        queue.enqueue_job(job, at_front=True)
 
     def fail(self, record: LeaseRecord, outcome: str, reason: str) -> None:
         """Failed the RQ way: failure callback, FAILED status, failed registry (no retry: it would

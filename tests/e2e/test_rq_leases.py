@@ -1,0 +1,132 @@
+"""RQ: dead and frozen workers, fencing, poison pills, checkpoints, with real rq workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.e2e.rq_harness import RQHarness, wait_until
+from zombieguard.deadletter import DeadLetterStore
+from zombieguard.lease import LeaseStore
+from zombieguard.policy import Settings
+
+pytestmark = pytest.mark.slow
+
+LEASE_TTL = 2.0
+
+
+def _first_start(harness: RQHarness) -> tuple[float, int]:
+    line = wait_until(lambda: harness.notes_of("started"), 15, what="job started")[0].split()
+    return float(line[0]), int(line[1])
+
+
+def _assert_finished_once(harness: RQHarness, job_id: str) -> None:
+    job = harness.queue.fetch_job(job_id)
+    assert job is not None
+    assert harness.status(job) == "finished"
+    assert job.return_value() == "done"
+    assert len(harness.notes_of("completed")) == 1
+    assert job_id not in harness.queue.failed_job_registry.get_job_ids()
+    # RQ's own abandoned-job cleanup, run as if every execution had expired, must not touch it.
+    harness.queue.started_job_registry.cleanup(timestamp=time.time() + 10**6)
+    assert harness.status(job) == "finished"
+    assert job_id not in harness.queue.failed_job_registry.get_job_ids()
+
+
+@pytest.mark.parametrize("victim", ["parent", "horse", "both"])
+def test_a_worker_killed_mid_job_has_its_job_recovered_within_lease_ttl_plus_2s(
+    rq_harness: RQHarness, victim: str
+) -> None:
+    worker = rq_harness.start_worker("GuardedWorker")
+    job = rq_harness.enqueue("long_job", rq_harness.notes, 2.0)
+    _, horse = _first_start(rq_harness)
+    rq_harness.start_worker("GuardedWorker")  # the survivor
+    killed_at = time.time()
+    if victim in ("parent", "both"):
+        os.killpg(worker.pid, signal.SIGKILL)
+    if victim in ("horse", "both"):
+        os.kill(horse, signal.SIGKILL)
+    second = wait_until(lambda: rq_harness.notes_of("started")[1:], LEASE_TTL + 3, what="second attempt")
+    recovered_after = float(second[0].split()[0]) - killed_at
+    assert recovered_after < LEASE_TTL + 2
+    if victim == "horse":
+        assert recovered_after < 1.0  # its parent saw it die and gave the lease up at once
+    rq_harness.wait_status(job, ["finished"], 10)
+    _assert_finished_once(rq_harness, job.id)
+    wait_until(lambda: not _alive(horse), 5, what="the orphaned horse is gone")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_a_simple_worker_killed_mid_job_has_its_job_recovered_by_another(rq_harness: RQHarness) -> None:
+    worker = rq_harness.start_worker("GuardedSimpleWorker")
+    job = rq_harness.enqueue("long_job", rq_harness.notes, 2.0)
+    _first_start(rq_harness)
+    rq_harness.start_worker("GuardedSimpleWorker")
+    killed_at = time.time()
+    os.killpg(worker.pid, signal.SIGKILL)
+    second = wait_until(lambda: rq_harness.notes_of("started")[1:], LEASE_TTL + 3, what="second attempt")
+    assert float(second[0].split()[0]) - killed_at < LEASE_TTL + 2
+    rq_harness.wait_status(job, ["finished"], 10)
+    _assert_finished_once(rq_harness, job.id)
+
+
+@pytest.mark.parametrize("cls", ["GuardedWorker", "GuardedSimpleWorker"])
+def test_a_frozen_worker_loses_its_job_and_when_it_wakes_its_attempt_is_fenced(
+    rq_harness: RQHarness, cls: str
+) -> None:
+    frozen = rq_harness.start_worker(cls)
+    job = rq_harness.enqueue("long_job", rq_harness.notes, 2.5)
+    _, pid = _first_start(rq_harness)
+    groups = {os.getpgid(frozen.pid), os.getpgid(pid)}
+    for group in groups:
+        os.killpg(group, signal.SIGSTOP)
+    frozen_at = time.time()
+    rq_harness.start_worker(cls)
+    second = wait_until(lambda: rq_harness.notes_of("started")[1:], LEASE_TTL + 3, what="second attempt")
+    assert float(second[0].split()[0]) - frozen_at < LEASE_TTL + 2
+    time.sleep(0.5)  # let the new attempt run a little before the zombie wakes
+    for group in groups:
+        os.killpg(group, signal.SIGCONT)
+    rq_harness.wait_status(job, ["finished"], 10)
+    _assert_finished_once(rq_harness, job.id)
+    completed_pid = int(rq_harness.notes_of("completed")[0].split()[1])
+    assert completed_pid != pid  # the woken attempt never completed
+
+
+def test_a_poison_pill_is_recovered_max_stalls_times_then_dead_lettered_with_its_story(
+    rq_harness: RQHarness,
+) -> None:
+    rq_harness.start_worker("GuardedWorker", env={"ZOMBIEGUARD_MAX_STALLS": "2"})
+    job = rq_harness.enqueue("kills_its_process", rq_harness.notes)
+    rq_harness.wait_status(job, ["failed"], 15)
+    assert len(rq_harness.notes_of("started")) == 3
+    assert "JobDeadLettered" in job.latest_result().exc_string
+    store = LeaseStore(rq_harness.client, Settings(key_prefix=rq_harness.key_prefix))
+    entry = DeadLetterStore(store).get(job.id)
+    assert entry is not None
+    assert entry.task == "tests.rq_jobs.kills_its_process"
+    assert [a.attempt for a in entry.attempts] == [1, 2, 3]
+    assert {a.outcome for a in entry.attempts} == {"stalled"}
+    assert "kills_its_process" in entry.payload
+    # The worker survived all three.
+    nxt = rq_harness.enqueue("add", 1, 2)
+    rq_harness.wait_status(nxt, ["finished"], 10)
+
+
+def test_a_recovered_attempt_resumes_from_the_last_checkpoint(rq_harness: RQHarness) -> None:
+    rq_harness.start_worker("GuardedWorker")
+    job = rq_harness.enqueue("checkpointed", rq_harness.notes, 10, 5)
+    rq_harness.wait_status(job, ["finished"], 15)
+    items = [int(line.split()[1]) for line in rq_harness.notes_of("item")]
+    assert items == list(range(10))  # 0-4 by the first attempt, 5-9 by the second, none twice
+    assert job.return_value() == [5, 6, 7, 8, 9]
