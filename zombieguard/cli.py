@@ -1,49 +1,336 @@
-"""The ``zombieguard`` command."""
+"""The ``zombieguard`` command: what an operator touches at 3 a.m.
+
+Every command speaks to people by default and prints JSON with ``--json``. Exit codes: 0 done,
+1 something asked for was not found (or a check failed), 2 bad input or Redis unreachable: one clear
+line on stderr, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-DEMO_PLAN = """\
-zombieguard demo: the seed incident, live, on an embedded Redis (never a Redis you did not name).
+import redis
 
-  - a black-hole TCP server that accepts connections and never answers
-  - two guarded RQ workers serving a stream of normal jobs
-  - one job hung on the half-open socket; one stuck in C code holding the GIL
-  - one worker SIGKILLed mid-job; one poison pill that kills every worker that runs it
-  - a live view of each job's age and last progress while zombieguard stops, recovers and
-    dead-letters; a closing summary of what happened and how long each took
-  - --unguarded runs the same with plain RQ, to show the zombie staying "started"
+from zombieguard.adapter import JobAdapter
+from zombieguard.deadletter import DeadLetterEntry, DeadLetterFilter, DeadLetterStore
+from zombieguard.errors import ConfigurationError, IntegrationNotAvailable, ZombieGuardError
+from zombieguard.lease import LeaseRecord, LeaseStore
+from zombieguard.policy import Config, current_config
 
-The RQ integration that runs it is not part of this build yet; this is what it will do.
-"""
+# Where each integration's adapter factory lives: imported only when an operation needs it, so the
+# CLI works without the frameworks installed for everything else.
+ADAPTER_FACTORIES = {"rq": "zombieguard.integrations.rq:sidecar_adapter"}
+
+
+class UsageError(ZombieGuardError):
+    """Bad input on the command line: reported as one line, exit code 2."""
+
+
+@dataclass(frozen=True)
+class ActiveJob:
+    """One row of ``zombieguard status``."""
+
+    record: LeaseRecord
+    now: float
+
+    @property
+    def state(self) -> str:
+        """running, hung (alive, no progress), overdue (past hard limit), stalled (lease expired)."""
+        r = self.record
+        if r.state == "recovering" or r.expires <= self.now:
+            return "stalled"
+        if r.hard_deadline is not None and r.hard_deadline <= self.now:
+            return "overdue"
+        if r.progress_deadline is not None and r.progress_deadline <= self.now:
+            return "hung"
+        return "running"
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        r = self.record
+        return {
+            "job_id": r.job_id,
+            "task": r.task,
+            "queue": r.queue,
+            "adapter": r.adapter,
+            "worker": r.worker,
+            "attempt": r.attempt,
+            "state": self.state,
+            "age": round(self.now - r.started, 3),
+            "last_progress_age": None if r.last_progress is None else round(self.now - r.last_progress, 3),
+            "progress": r.progress or None,
+            "message": r.message or None,
+            "lease_expires_in": round(r.expires - self.now, 3),
+        }
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(seconds, 0.0)
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _store(args: argparse.Namespace) -> LeaseStore:
+    config: Config = current_config()
+    url = args.redis_url or config.settings.redis_url
+    if not url:
+        raise UsageError("no Redis named: pass --redis-url or set ZOMBIEGUARD_REDIS_URL")
+    store = LeaseStore.from_url(url, config.settings)
+    store.client.ping()
+    return store
+
+
+def _adapters(store: LeaseStore) -> dict[str, JobAdapter]:
+    adapters: dict[str, JobAdapter] = {}
+    for name, spec in ADAPTER_FACTORIES.items():
+        module, _, attribute = spec.partition(":")
+        try:
+            adapters[name] = getattr(importlib.import_module(module), attribute)(store.client)
+        except IntegrationNotAvailable:
+            continue
+    return adapters
+
+
+def _print(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
+    sys.stdout.write((json.dumps(data, indent=2) if args.json else text()) + "\n")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Every active guarded job, across integrations."""
+    store = _store(args)
+    records, corrupt = store.active()
+    now = store.server_time()
+    jobs = [ActiveJob(r, now) for r in records if args.queue is None or r.queue == args.queue]
+    jobs.sort(key=lambda j: j.record.started)
+
+    def text() -> str:
+        if not jobs:
+            return "no active guarded jobs"
+        rows = [
+            [
+                j.record.job_id,
+                j.record.task,
+                j.record.queue,
+                j.record.worker,
+                str(j.record.attempt),
+                _duration(now - j.record.started),
+                _duration(None if j.record.last_progress is None else now - j.record.last_progress),
+                _duration(j.record.expires - now) if j.state != "stalled" else "expired",
+                j.state.upper() if j.state != "running" else j.state,
+            ]
+            for j in jobs
+        ]
+        headers = ["JOB", "TASK", "QUEUE", "WORKER", "ATTEMPT", "AGE", "LAST PROGRESS", "LEASE", "STATE"]
+        return _table(headers, rows) + "".join(f"\ncorrupt lease {j}: {why}" for j, why in corrupt)
+
+    _print(args, {"jobs": [j.as_dict() for j in jobs], "corrupt": [list(c) for c in corrupt]}, text)
+    return 0
+
+
+def _filter(args: argparse.Namespace) -> DeadLetterFilter:
+    return DeadLetterFilter(
+        task=args.task,
+        queue=args.queue,
+        reason=args.reason,
+        older_than=args.older_than,
+        newer_than=args.newer_than,
+    )
+
+
+def _selected(args: argparse.Namespace, dlq: DeadLetterStore) -> list[DeadLetterEntry]:
+    if args.job_ids and args.all:
+        raise UsageError("name job ids or use --all with filters, not both")
+    if args.all:
+        return dlq.entries(_filter(args))[0]
+    if not args.job_ids:
+        raise UsageError("name the job ids to act on, or use --all (with --task, --queue, ... to narrow it)")
+    entries = []
+    for job_id in args.job_ids:
+        entry = dlq.get(job_id)
+        if entry is None:
+            raise LookupError(f"no dead-letter entry for job {job_id!r}")
+        entries.append(entry)
+    return entries
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    """Dead-lettered jobs, oldest first."""
+    store = _store(args)
+    entries, corrupt = DeadLetterStore(store).entries(_filter(args))
+    now = store.server_time()
+
+    def text() -> str:
+        if not entries:
+            return "the dead-letter queue is empty" + (
+                " (for these filters)" if _filter(args) != DeadLetterFilter() else ""
+            )
+        rows = [
+            [e.job_id, e.task, e.queue, str(len(e.attempts)), _duration(now - e.dead_lettered_at), e.reason]
+            for e in entries
+        ]
+        return _table(["JOB", "TASK", "QUEUE", "ATTEMPTS", "AGE", "REASON"], rows) + "".join(
+            f"\ncorrupt entry {j}: {why}" for j, why in corrupt
+        )
+
+    _print(args, {"entries": [e.as_dict() for e in entries], "corrupt": [list(c) for c in corrupt]}, text)
+    return 0
+
+
+def cmd_dlq_show(args: argparse.Namespace) -> int:
+    """One dead-lettered job and its whole story."""
+    entry = DeadLetterStore(_store(args)).get(args.job_id)
+    if entry is None:
+        raise LookupError(f"no dead-letter entry for job {args.job_id!r}")
+
+    def text() -> str:
+        lines = [
+            f"job        {entry.job_id}",
+            f"task       {entry.task}",
+            f"queue      {entry.queue} ({entry.adapter})",
+            f"reason     {entry.reason}",
+            f"payload    {entry.payload}",
+            f"checkpoint {json.dumps(entry.checkpoint)}",
+            "attempts:",
+        ]
+        for a in entry.attempts:
+            ran = None if a.started is None or a.ended is None else a.ended - a.started
+            lines.append(f"  #{a.attempt} on {a.worker}: {a.outcome} after {_duration(ran)} ({a.reason})")
+            if a.stack:
+                lines += ["    " + line for line in a.stack.splitlines()]
+        return "\n".join(lines)
+
+    _print(args, entry.as_dict(), text)
+    return 0
+
+
+def cmd_dlq_requeue(args: argparse.Namespace) -> int:
+    """Enqueue dead-lettered jobs again, through their framework."""
+    store = _store(args)
+    dlq = DeadLetterStore(store)
+    entries = _selected(args, dlq)
+    done = dlq.requeue(entries, _adapters(store))
+    _print(
+        args, {"requeued": done}, lambda: f"requeued {len(done)} job(s)" + "".join(f"\n  {j}" for j in done)
+    )
+    return 0
+
+
+def cmd_dlq_purge(args: argparse.Namespace) -> int:
+    """Delete dead-letter entries (and their checkpoints)."""
+    store = _store(args)
+    dlq = DeadLetterStore(store)
+    entries = _selected(args, dlq)
+    if args.all and not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"purging {len(entries)} entries needs --yes when not asked at a terminal")
+        answer = input(f"purge {len(entries)} dead-letter entries? [y/N] ")
+        if answer.strip().lower() not in {"y", "yes"}:
+            sys.stdout.write("nothing purged\n")
+            return 0
+    count = dlq.purge([e.job_id for e in entries])
+    _print(args, {"purged": count}, lambda: f"purged {count} entr{'y' if count == 1 else 'ies'}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    sys.stdout.write(DEMO_PLAN)
-    return 0
+    from zombieguard.demo import run_demo  # noqa: PLC0415 - the demo pulls in RQ; only it needs it
+
+    return run_demo(unguarded=args.unguarded, redis_url=args.redis_url)
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", help="a glob on the task name")
+    parser.add_argument("--queue")
+    parser.add_argument("--reason")
+    parser.add_argument("--older-than", type=float, metavar="SECONDS")
+    parser.add_argument("--newer-than", type=float, metavar="SECONDS")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
+    # Global options work before or after the command: the command's copies default to "not given"
+    # so that they never overwrite a value given before it.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("--redis-url", help="the Redis holding the leases (default: ZOMBIEGUARD_REDIS_URL)")
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser = argparse.ArgumentParser(
         prog="zombieguard", description="Zombie-job protection for Celery and RQ."
     )
+    parser.add_argument("--redis-url", default=None, help="the Redis holding the leases")
+    parser.add_argument("--json", action="store_true", default=False, help="print JSON for scripts")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run the seed incident live, guarded or not")
-    demo.add_argument("--unguarded", action="store_true", help="run it with plain RQ")
+
+    demo = commands.add_parser("demo", parents=[common], help="run the seed incident live, guarded or not")
+    demo.add_argument("--unguarded", action="store_true", help="run it with plain RQ workers")
     demo.set_defaults(run=_demo)
+
+    status = commands.add_parser(
+        "status", parents=[common], help="active guarded jobs, their age and progress"
+    )
+    status.add_argument("--queue")
+    status.set_defaults(run=cmd_status)
+
+    dlq = commands.add_parser("dlq", help="the dead-letter queue").add_subparsers(
+        dest="dlq_command", required=True
+    )
+    listing = dlq.add_parser("list", parents=[common], help="dead-lettered jobs")
+    _add_filters(listing)
+    listing.set_defaults(run=cmd_dlq_list)
+    show = dlq.add_parser("show", parents=[common], help="one job's whole story")
+    show.add_argument("job_id")
+    show.set_defaults(run=cmd_dlq_show)
+    for name, run, helptext in (
+        ("requeue", cmd_dlq_requeue, "enqueue jobs again"),
+        ("purge", cmd_dlq_purge, "delete entries"),
+    ):
+        sub = dlq.add_parser(name, parents=[common], help=helptext)
+        sub.add_argument("job_ids", nargs="*")
+        sub.add_argument("--all", action="store_true", help="every entry matching the filters")
+        sub.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        _add_filters(sub)
+        sub.set_defaults(run=run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``zombieguard`` command."""
     args = build_parser().parse_args(argv)
-    code: int = args.run(args)
+    try:
+        code: int = args.run(args)
+    except LookupError as exc:
+        sys.stderr.write(f"zombieguard: {exc.args[0] if exc.args else exc}\n")
+        return 1
+    except (UsageError, ConfigurationError, IntegrationNotAvailable, ValueError) as exc:
+        sys.stderr.write(f"zombieguard: {exc}\n")
+        return 2
+    except redis.RedisError as exc:
+        sys.stderr.write(f"zombieguard: Redis unreachable ({exc})\n")
+        return 2
+    except ZombieGuardError as exc:
+        sys.stderr.write(f"zombieguard: {exc}\n")
+        return 1
     return code
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))
