@@ -145,3 +145,11 @@ def on_failure(job: Any, connection: Any, exc_type: Any, exc: Any, tb: Any) -> N
 def on_success(job: Any, connection: Any, result: Any) -> None:
     """RQ success callback."""
     _note(job.args[0], "on_success", repr(result))
+
+
+def dies_the_first_times(directory: str, times: int) -> str:
+    """Kills its process on its first ``times`` runs, then succeeds (a transient poison)."""
+    _note(directory, "started")
+    if len(notes(directory, "started")) <= times:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"

@@ -44,10 +44,15 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    """A private ``redis-server`` on 127.0.0.1; use as a context manager or start()/stop()."""
+    """A private ``redis-server`` on 127.0.0.1; use as a context manager or start()/stop().
 
-    def __init__(self, port: int | None = None) -> None:
+    It listens on loopback only and, unless ``persistent``, keeps nothing on disk.
+    """
+
+    def __init__(self, port: int | None = None, persistent: bool = False) -> None:
         self.port = port or free_port()
+        self.persistent = persistent
+        """Keep an append-only file in the working directory, so that a restart keeps the data."""
         self.binary = find_redis_server()
         self._dir = tempfile.TemporaryDirectory(prefix="zombieguard-redis-")
         self._process: subprocess.Popen[bytes] | None = None
@@ -62,7 +67,7 @@ class EmbeddedRedis:
         self._process = subprocess.Popen(
             [
                 *(self.binary, "--bind", "127.0.0.1", "--port", str(self.port)),
-                *("--save", "", "--appendonly", "no", "--dir", self._dir.name),
+                *("--save", "", "--appendonly", "yes" if self.persistent else "no", "--dir", self._dir.name),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

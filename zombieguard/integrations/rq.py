@@ -321,6 +321,7 @@ class _GuardedMixin:
         connection: redis.Redis
         is_horse: bool
         horse_pid: int
+        death_penalty_class: Any
 
         def set_state(self, state: str, pipeline: Any = None) -> None: ...
         def cleanup_execution(self, job: Job, pipeline: Any, *args: Any) -> None: ...
@@ -542,54 +543,64 @@ class _GuardedMixin:
         """Failures the RQ way, with zombieguard's verdict on why, and refused for a superseded attempt."""
         attempt = self._zg_attempt
         if attempt is None:
+            proceed = True
+        elif self.is_horse or not isinstance(self, Worker):
+            proceed = self._zg_raised_here(attempt, kwargs)
+        else:
+            proceed = self._zg_horse_ended(attempt, job, kwargs)
+        if proceed:
             super().handle_job_failure(job, queue, *args, **kwargs)  # type: ignore[misc]
-            return
+
+    def _zg_raised_here(self, attempt: Attempt, kwargs: dict[str, Any]) -> bool:
+        """The job raised in this process (zombieguard's interrupts among the possibilities)."""
         exc_string: str = kwargs.get("exc_string", "")
-        if self.is_horse or not isinstance(self, Worker):
-            # The job raised in this process (our interrupts among the possibilities).
-            outcome = {"hard": Outcome.TIMED_OUT, "hung": Outcome.HUNG, "lost": Outcome.LEASE_LOST}.get(
-                self._zg_interrupt or "", Outcome.FAILED
-            )
-            last_line = exc_string.strip().splitlines()[-1] if exc_string.strip() else ""
-            stack = exc_string if outcome is not Outcome.FAILED else None
-            if not self._zg_release(attempt, outcome, last_line, stack):
-                return
-            super().handle_job_failure(job, queue, *args, **kwargs)  # type: ignore[misc]
-            return
-        # The parent of a horse that did not exit normally.
+        outcome = {"hard": Outcome.TIMED_OUT, "hung": Outcome.HUNG, "lost": Outcome.LEASE_LOST}.get(
+            self._zg_interrupt or "", Outcome.FAILED
+        )
+        last_line = exc_string.strip().splitlines()[-1] if exc_string.strip() else ""
+        return self._zg_release(
+            attempt, outcome, last_line, exc_string if outcome is not Outcome.FAILED else None
+        )
+
+    def _zg_horse_ended(self, attempt: Attempt, job: Job, kwargs: dict[str, Any]) -> bool:
+        """In the parent: the horse did not exit normally. Decide what RQ is to record, if anything."""
         if attempt.lost is not None:
-            return  # killed because a newer attempt holds the job: nothing of this one is recorded
-        if self._zg_stop is not None:
-            outcome_name, stack = self._zg_stop
-            outcome = Outcome(outcome_name)
-            policy = attempt.policy
-            if outcome is Outcome.TIMED_OUT:
-                error: JobInterrupt = HardTimeLimitExceeded(
-                    f"job passed its hard_timeout of {policy.hard_timeout:g} s and was killed "
-                    "(stuck where no Python code runs: C code or a blocking call)"
-                )
-            else:
-                error = JobHung(
-                    f"job made no progress within its progress_timeout of {policy.progress_timeout:g} s"
-                )
-            if not self._zg_release(attempt, outcome, str(error), stack):
-                return
-            with contained(f"on_failure callback of rq job {job.id}"):
-                execute_failure_callback(job, self.death_penalty_class, type(error), error, None)
-            kwargs["exc_string"] = f"{_EXCEPTION_NAMES[outcome.value]}: {error}\n" + (
-                f"\nStack when it was stopped:\n{stack}" if stack else ""
+            return False  # killed because a newer attempt holds the job: nothing of this one is recorded
+        if getattr(self, "_stopped_job_id", None) == job.id:
+            # Stopped on request (send_stop_job_command): RQ's STOPPED, not a stall to recover.
+            return self._zg_release(attempt, Outcome.STOPPED, "stopped on request (send_stop_job_command)")
+        if self._zg_stop is None:
+            # It died by itself (OOM, segfault, a poison payload): a stall for the sweeper to recover
+            # or dead-letter, not a failure to record.
+            log.warning(
+                "rq job %s: its horse died (%s); recovering it", job.id, kwargs.get("exc_string", "").strip()
             )
-            super().handle_job_failure(job, queue, *args, **kwargs)  # type: ignore[misc]
-            return
-        # It died by itself (OOM, segfault, a poison payload): a stall, for the sweeper to recover or
-        # dead-letter, not a failure to record.
-        log.warning("rq job %s: its horse died (%s); recovering it", job.id, exc_string.strip())
-        assert self._zg is not None
-        try:
-            attempt.store.abandon(attempt.job, attempt.token, "stalled")
-            self._zg.sweeper.sweep_once()
-        except (redis.RedisError, LeaseLost) as exc:
-            log.warning("rq job %s: could not give the lease up (%s); it expires instead", job.id, exc)
+            assert self._zg is not None
+            try:
+                attempt.store.abandon(attempt.job, attempt.token, "stalled")
+                self._zg.sweeper.sweep_once()
+            except (redis.RedisError, LeaseLost) as exc:
+                log.warning("rq job %s: could not give the lease up (%s); it expires instead", job.id, exc)
+            return False
+        outcome_name, stack = self._zg_stop
+        outcome = Outcome(outcome_name)
+        policy = attempt.policy
+        if outcome is Outcome.TIMED_OUT:
+            error: JobInterrupt = HardTimeLimitExceeded(
+                f"job passed its hard_timeout of {policy.hard_timeout:g} s and was killed "
+                "(stuck where no Python code runs: C code or a blocking call)"
+            )
+        else:
+            error = JobHung(
+                f"job made no progress within its progress_timeout of {policy.progress_timeout:g} s"
+            )
+        if not self._zg_release(attempt, outcome, str(error), stack):
+            return False
+        with contained(f"on_failure callback of rq job {job.id}"):
+            execute_failure_callback(job, self.death_penalty_class, type(error), error, None)
+        where = f"\nStack when it was stopped:\n{stack}" if stack else ""
+        kwargs["exc_string"] = f"{_EXCEPTION_NAMES[outcome.value]}: {error}\n{where}"
+        return True
 
 
 class GuardedWorker(_GuardedMixin, Worker):

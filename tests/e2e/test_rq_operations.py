@@ -1,0 +1,176 @@
+"""RQ: the operator's commands on real workers, the demo, and Redis going away mid-job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.rq_harness import REPO, RQHarness, wait_until
+from zombieguard.embedded import EmbeddedRedis
+
+pytestmark = pytest.mark.slow
+
+ZOMBIEGUARD = str(Path(sys.executable).with_name("zombieguard"))
+
+
+def cli(harness: RQHarness, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the zombieguard command against the harness's Redis and key prefix."""
+    result = subprocess.run(
+        [ZOMBIEGUARD, "--redis-url", harness.redis_url, *args],
+        env={**os.environ, "ZOMBIEGUARD_KEY_PREFIX": harness.key_prefix, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def cli_json(harness: RQHarness, *args: str) -> Any:
+    return json.loads(cli(harness, *args, "--json").stdout)
+
+
+def test_status_shows_each_active_job_with_its_age_progress_attempt_and_state(rq_harness: RQHarness) -> None:
+    worker = rq_harness.start_worker("GuardedWorker")
+    job = rq_harness.enqueue("long_job", rq_harness.notes, 6.0)
+    wait_until(lambda: rq_harness.notes_of("started"), 10, what="started")
+    time.sleep(0.6)
+    [row] = cli_json(rq_harness, "status")["jobs"]
+    assert row["job_id"] == job.id
+    assert row["task"] == "tests.rq_jobs.long_job"
+    assert row["queue"] == rq_harness.queue_name
+    assert row["worker"] == rq_harness.worker_names[0]
+    assert (row["attempt"], row["state"], row["adapter"]) == (1, "running", "rq")
+    assert 0.5 <= row["age"] < 5
+    assert row["last_progress_age"] < 1.5
+    assert "running" in cli(rq_harness, "status").stdout
+    # Frozen (worker and horse), with no other worker to recover it: the lease runs out.
+    groups = {os.getpgid(worker.pid), *(os.getpgid(pid) for pid in rq_harness.children())}
+    for group in groups:
+        os.killpg(group, signal.SIGSTOP)
+    wait_until(lambda: cli_json(rq_harness, "status")["jobs"][0]["state"] == "stalled", 10, interval=0.3)
+    assert "STALLED" in cli(rq_harness, "status").stdout
+    for group in groups:
+        os.killpg(group, signal.SIGCONT)
+
+
+def test_dlq_list_show_requeue_and_purge_work_on_dead_lettered_rq_jobs(rq_harness: RQHarness) -> None:
+    rq_harness.start_worker("GuardedWorker", env={"ZOMBIEGUARD_MAX_STALLS": "1"})
+    transient = rq_harness.enqueue("dies_the_first_times", rq_harness.notes, 2)
+    rq_harness.wait_status(transient, ["failed"], 15)
+    [entry] = cli_json(rq_harness, "dlq", "list")["entries"]
+    assert (entry["job_id"], entry["task"]) == (transient.id, "tests.rq_jobs.dies_the_first_times")
+    shown = cli_json(rq_harness, "dlq", "show", transient.id)
+    assert [a["outcome"] for a in shown["attempts"]] == ["stalled", "stalled"]
+    assert "stalled 2 times" in cli(rq_harness, "dlq", "show", transient.id).stdout
+
+    assert cli_json(rq_harness, "dlq", "requeue", transient.id)["requeued"] == [transient.id]
+    rq_harness.wait_status(transient, ["finished"], 15)
+    assert transient.return_value() == "survived"
+    assert cli_json(rq_harness, "dlq", "list")["entries"] == []
+
+    pill = rq_harness.enqueue("kills_its_process", rq_harness.notes)
+    rq_harness.wait_status(pill, ["failed"], 15)
+    assert [e["job_id"] for e in cli_json(rq_harness, "dlq", "list", "--task", "*kills*")["entries"]] == [
+        pill.id
+    ]
+    refused = cli(rq_harness, "dlq", "purge", "--all", check=False)
+    assert refused.returncode == 2
+    assert "--yes" in refused.stderr
+    assert cli_json(rq_harness, "dlq", "purge", "--all", "--yes")["purged"] == 1
+    assert cli_json(rq_harness, "dlq", "list")["entries"] == []
+
+
+def test_bad_input_gets_one_clear_line_and_an_exit_code_not_a_traceback(rq_harness: RQHarness) -> None:
+    missing = cli(rq_harness, "dlq", "show", "no-such-job", check=False)
+    assert (missing.returncode, missing.stderr.strip()) == (
+        1,
+        "zombieguard: no dead-letter entry for job 'no-such-job'",
+    )
+    unnamed = subprocess.run(
+        [ZOMBIEGUARD, "status"],
+        env={k: v for k, v in os.environ.items() if k != "ZOMBIEGUARD_REDIS_URL"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert unnamed.returncode == 2
+    assert (
+        unnamed.stderr.strip() == "zombieguard: no Redis named: pass --redis-url or set ZOMBIEGUARD_REDIS_URL"
+    )
+    down = subprocess.run(
+        [ZOMBIEGUARD, "--redis-url", "redis://127.0.0.1:1/0", "status"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert down.returncode == 2
+    assert down.stderr.startswith("zombieguard: Redis unreachable")
+    assert "Traceback" not in down.stderr
+
+
+@pytest.mark.parametrize("outage", ["unreachable", "restarted"])
+def test_redis_going_away_for_a_few_seconds_mid_job_loses_nothing(
+    tmp_path: Path, key_prefix: str, outage: str
+) -> None:
+    server = EmbeddedRedis(persistent=True).start()
+    harness = RQHarness(server.url, key_prefix, tmp_path, env={"ZOMBIEGUARD_LEASE_TTL": "6"})
+    try:
+        harness.start_worker("GuardedWorker")
+        job = harness.enqueue("long_job", harness.notes, 4.0)
+        wait_until(lambda: harness.notes_of("started"), 10, what="started")
+        if outage == "unreachable":
+            assert server._process is not None
+            os.kill(server._process.pid, signal.SIGSTOP)
+            time.sleep(2.5)
+            os.kill(server._process.pid, signal.SIGCONT)
+        else:
+            server.stop()
+            time.sleep(1.5)
+            server.start()
+        harness.wait_status(job, ["finished"], 20)
+        assert job.return_value() == "done"
+        assert len(harness.notes_of("started")) == 1  # survived: not recovered, not re-run
+        assert len(harness.notes_of("completed")) == 1
+        nxt = harness.enqueue("add", 1, 1)
+        harness.wait_status(nxt, ["finished"], 15)
+    finally:
+        harness.close()
+        server.close()
+
+
+def test_the_demo_shows_every_zombie_handled_and_exits_0_well_within_two_minutes() -> None:
+    t0 = time.monotonic()
+    result = subprocess.run(
+        [ZOMBIEGUARD, "demo"],
+        env={k: v for k, v in os.environ.items() if k != "ZOMBIEGUARD_REDIS_URL"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - t0 < 90
+    out = result.stdout
+    assert "normal jobs finished: 24/24" in out
+    summary = out.split("summary after", 1)[1]
+    lines = {line.strip().split("  ")[0]: line for line in summary.splitlines()[1:] if line.startswith("  ")}
+    assert "failed" in lines["hung on a socket"]
+    assert "HardTimeLimitExceeded" in lines["hung on a socket"]
+    assert "failed" in lines["stuck in C code"]
+    assert "finished" in lines["worker SIGKILLed"]
+    assert "2 attempt(s)" in lines["worker SIGKILLed"]
+    assert "JobDeadLettered" in lines["poison pill"]
+    assert "a zombie" not in summary
