@@ -1,6 +1,8 @@
-# Every target installs what it needs into .venv first, so each works on a fresh machine.
+# Every target installs what it needs first, so each works on a fresh machine.
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The RQ integration supports RQ 2.x and 3.x: its end-to-end tests run on both.
+RQ2 ?= .venv-rq2
 
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -8,12 +10,19 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+$(RQ2)/bin/.installed: pyproject.toml
+	python3 -m venv $(RQ2)
+	$(RQ2)/bin/python -m pip install --quiet --upgrade pip
+	$(RQ2)/bin/python -m pip install --quiet -e '.[test]' 'rq>=2.0,<3'
+	touch $@
+
 .PHONY: demo test lint bench
 demo: $(BIN)/.installed
 	$(BIN)/zombieguard demo
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed $(RQ2)/bin/.installed
 	$(BIN)/pytest
+	$(RQ2)/bin/pytest tests/e2e/test_rq_*.py
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
@@ -22,3 +31,4 @@ lint: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.core
+	$(BIN)/python -m bench.rq

@@ -59,7 +59,6 @@ from zombieguard.integrations import require
 
 try:
     import rq
-    from rq.callbacks import execute_failure_callback
     from rq.command import send_kill_horse_command
     from rq.exceptions import NoSuchJobError
     from rq.executions import Execution
@@ -86,6 +85,15 @@ from zombieguard.watchdog import Limit, LimitClock, StackDumper, Watchdog, Watch
 
 RQ_VERSION = require("rq", rq.__version__)
 _RQ3 = RQ_VERSION >= (3,)
+
+if _RQ3:
+    from rq.callbacks import execute_failure_callback
+else:
+
+    def execute_failure_callback(job: Job, death_penalty_class: Any, *exc_info: Any) -> None:
+        """RQ 2.x keeps this as a method of Job."""
+        job.execute_failure_callback(death_penalty_class, *exc_info)
+
 
 ADAPTER = "rq"
 
