@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import json
 import math
 import os
@@ -86,13 +87,14 @@ from zombieguard.watchdog import Limit, LimitClock, StackDumper, Watchdog, Watch
 RQ_VERSION = require("rq", rq.__version__)
 _RQ3 = RQ_VERSION >= (3,)
 
-if _RQ3:
-    from rq.callbacks import execute_failure_callback
-else:
 
-    def execute_failure_callback(job: Job, death_penalty_class: Any, *exc_info: Any) -> None:
-        """RQ 2.x keeps this as a method of Job."""
-        job.execute_failure_callback(death_penalty_class, *exc_info)
+def run_failure_callback(job: Job, death_penalty_class: Any, error: BaseException) -> None:
+    """Run the job's ``on_failure`` callback as RQ does (RQ 3: ``rq.callbacks``; RQ 2: a Job method)."""
+    if _RQ3:
+        callbacks = importlib.import_module("rq.callbacks")
+        callbacks.execute_failure_callback(job, death_penalty_class, type(error), error, None)
+    else:
+        job.execute_failure_callback(death_penalty_class, type(error), error, None)  # type: ignore[attr-defined]
 
 
 ADAPTER = "rq"
@@ -183,7 +185,7 @@ class RQAdapter:
         )
         error = (HardTimeLimitExceeded if outcome == "timed_out" else JobHung)(reason)
         with contained(f"on_failure callback of rq job {job.id}"):
-            execute_failure_callback(job, TimerDeathPenalty, type(error), error, None)
+            run_failure_callback(job, TimerDeathPenalty, error)
         with self.connection.pipeline() as pipe:
             self._forget_execution(job, record.queue or job.origin, record.payload, pipe)
             job.set_status(JobStatus.FAILED, pipeline=pipe)
@@ -605,7 +607,7 @@ class _GuardedMixin:
         if not self._zg_release(attempt, outcome, str(error), stack):
             return False
         with contained(f"on_failure callback of rq job {job.id}"):
-            execute_failure_callback(job, self.death_penalty_class, type(error), error, None)
+            run_failure_callback(job, self.death_penalty_class, error)
         where = f"\nStack when it was stopped:\n{stack}" if stack else ""
         kwargs["exc_string"] = f"{_EXCEPTION_NAMES[outcome.value]}: {error}\n{where}"
         return True
