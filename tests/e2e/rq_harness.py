@@ -46,7 +46,7 @@ class RQHarness:
         self.workdir = workdir
         self.notes = str(workdir / "notes")
         Path(self.notes).mkdir(exist_ok=True)
-        self.env = {
+        self.env: dict[str, str | None] = {
             "PYTHONPATH": str(REPO),
             "ZOMBIEGUARD_KEY_PREFIX": key_prefix,
             "ZOMBIEGUARD_LEASE_TTL": "2",
@@ -68,7 +68,7 @@ class RQHarness:
         log = (self.workdir / f"{name}.log").open("wb")
         process = subprocess.Popen(
             [RQ_BIN, "worker", "-w", worker_class, "--url", self.redis_url, "--name", name, self.queue_name],
-            env={**os.environ, **self.env, **(env or {})},
+            env={k: v for k, v in {**os.environ, **self.env, **(env or {})}.items() if v is not None},
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,

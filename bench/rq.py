@@ -1,0 +1,169 @@
+"""RQ benchmarks with real workers (python -m bench.rq [--quick]).
+
+1. No-op job throughput, guarded / plain, alternated in one run: GuardedWorker vs rq.Worker and
+   GuardedSimpleWorker vs rq.SimpleWorker (one worker each, as RQ runs them).
+2. Recovery latency after SIGKILL of a whole worker (parent and horse): from the kill to the job being
+   back on its queue, at lease_ttl 3 s and at the default (30 s), over >= 20 runs each. Victims are
+   killed together; one surviving guarded worker sweeps.
+3. Kill latency past hard_timeout (1 s): from the moment the limit passes to the job ending failed,
+   for a job hung on a socket and one stuck in C code, per worker class.
+
+Uses ZOMBIEGUARD_BENCH_REDIS_URL, else the local Redis (database 9, keys of its own, deleted
+afterwards), else a throwaway redis-server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from rq import Queue
+
+from bench.core import redis_url
+from tests.e2e.rq_harness import RQHarness, wait_until
+
+
+def _harness(url: str, workdir: Path, env: dict[str, str]) -> RQHarness:
+    return RQHarness(url, f"zgbench-{uuid.uuid4().hex[:8]}", workdir, env=env)
+
+
+def throughput(url: str, workdir: Path, worker_class: str, jobs: int) -> float:
+    """Jobs per second for one worker of ``worker_class`` draining ``jobs`` no-op jobs."""
+    # The defaults a deployment would run with, not the tests' short ones.
+    env = dict.fromkeys(
+        ("ZOMBIEGUARD_LEASE_TTL", "ZOMBIEGUARD_HEARTBEAT_INTERVAL", "ZOMBIEGUARD_SWEEP_INTERVAL"), ""
+    )
+    harness = _harness(url, workdir, env)
+    try:
+        harness.start_worker(worker_class)
+        data = [Queue.prepare_data("tests.rq_jobs.noop", result_ttl=60) for _ in range(jobs)]
+        t0 = time.perf_counter()
+        enqueued = harness.queue.enqueue_many(data)
+        harness.jobs.extend(enqueued)
+        last = enqueued[-1]
+        wait_until(lambda: harness.status(last) == "finished", 600, interval=0.01, what="all jobs done")
+        return jobs / (time.perf_counter() - t0)
+    finally:
+        harness.close()
+
+
+def recovery(url: str, workdir: Path, lease_ttl: float | None, runs: int) -> list[float]:
+    """Seconds from SIGKILL of a whole worker to its job being back on the queue, ``runs`` times."""
+    env = {
+        "ZOMBIEGUARD_LEASE_TTL": "" if lease_ttl is None else str(lease_ttl),
+        "ZOMBIEGUARD_SWEEP_INTERVAL": "",
+    }
+    env["ZOMBIEGUARD_HEARTBEAT_INTERVAL"] = ""
+    harness = _harness(url, workdir, env)
+    try:
+        victims = [harness.start_worker("GuardedWorker") for _ in range(runs)]
+        jobs = [harness.enqueue("long_job", harness.notes, 600.0) for _ in range(runs)]
+        wait_until(lambda: len(harness.notes_of("started")) == runs, 120, what="every victim busy")
+        time.sleep(1.5)  # let the kills land at random points of the heartbeat cycle
+        for victim in victims:
+            horses = harness.children(harness.workers.index(victim))
+            os.killpg(victim.pid, signal.SIGKILL)
+            for horse in horses:
+                os.kill(horse, signal.SIGKILL)
+        killed_at = time.monotonic()
+        killed = {job.id: killed_at for job in jobs}
+        harness.start_worker("GuardedWorker")  # the survivor: its sweeper recovers them
+        back: dict[str, float] = {}
+        deadline = killed_at + (lease_ttl or 30.0) + 60
+        while len(back) < runs and time.monotonic() < deadline:
+            for job in jobs:
+                if job.id not in back and _recovered(harness, job.id):
+                    back[job.id] = time.monotonic()
+            time.sleep(0.02)
+        return sorted(back[j] - killed[j] for j in back)
+    finally:
+        harness.close()
+
+
+def _recovered(harness: RQHarness, job_id: str) -> bool:
+    """The sweeper requeued it (its lease waits for the next attempt, or that attempt runs)."""
+    state, attempt = harness.client.hmget(
+        "{" + harness.key_prefix + "}:lease:" + job_id, ["state", "attempt"]
+    )
+    return state == b"queued" or (state == b"running" and int(attempt or 0) >= 2)
+
+
+def kill_latency(url: str, workdir: Path, worker_class: str, func: str, runs: int) -> list[float]:
+    """Seconds past hard_timeout (1 s) until the job is failed, ``runs`` times."""
+    import socket  # noqa: PLC0415 - only this benchmark needs a server
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    port = server.getsockname()[1]
+    harness = _harness(url, workdir, {"ZOMBIEGUARD_HARD_TIMEOUT": "1"})
+    out = []
+    try:
+        for _ in range(runs):
+            if not harness.workers or harness.workers[-1].poll() is not None:
+                harness.start_worker(worker_class)  # a SimpleWorker stuck in C code is killed each time
+            before = len(harness.notes_of("started"))
+            args = (harness.notes, port) if func == "hang_on_socket" else (harness.notes,)
+            job = harness.enqueue(func, *args)
+            wait_until(lambda before=before: len(harness.notes_of("started")) > before, 30, what="started")
+            started = float(harness.notes_of("started")[-1].split()[0])
+            harness.wait_status(job, ["failed"], 30)
+            out.append(time.time() - started - 1.0)
+    finally:
+        harness.close()
+        server.close()
+    return sorted(out)
+
+
+def _dist(samples: list[float]) -> str:
+    if not samples:
+        return "no samples"
+    q = statistics.quantiles(samples, n=20) if len(samples) > 1 else samples * 19
+    return (
+        f"n={len(samples)} min {min(samples):.2f}s median {statistics.median(samples):.2f}s "
+        f"p95 {q[18]:.2f}s max {max(samples):.2f}s"
+    )
+
+
+def main() -> None:
+    """Run and print every RQ benchmark."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer jobs and runs (a smoke run)")
+    args = parser.parse_args()
+    rounds = 1 if args.quick else 3
+    with redis_url() as url, tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        print("RQ benchmarks (each worker class in its own run, alternated; jobs/s)")
+        for guarded, plain, jobs in (
+            ("GuardedWorker", "rq.Worker", 100 if args.quick else 300),
+            ("GuardedSimpleWorker", "rq.SimpleWorker", 300 if args.quick else 1500),
+        ):
+            g_rates, p_rates = [], []
+            for _ in range(rounds):
+                p_rates.append(throughput(url, workdir, plain, jobs))
+                g_rates.append(throughput(url, workdir, guarded, jobs))
+            g, p = statistics.median(g_rates), statistics.median(p_rates)
+            print(
+                f"  {guarded:<20} {g:7.1f}/s  vs {plain:<16} {p:7.1f}/s  ratio {g / p:.3f}"
+                f"  (rounds: guarded {[round(x) for x in g_rates]}, plain {[round(x) for x in p_rates]})"
+            )
+        runs = 5 if args.quick else 20
+        print("Recovery latency after SIGKILL of a whole worker (kill -> job back on its queue)")
+        for ttl in (3.0, None):
+            label = "lease_ttl 3 s" if ttl else "lease_ttl 30 s (default)"
+            print(f"  {label:<26} {_dist(recovery(url, workdir, ttl, runs))}")
+        print("Kill latency past hard_timeout = 1 s (limit -> job failed)")
+        for cls in ("GuardedWorker", "GuardedSimpleWorker"):
+            for func in ("hang_on_socket", "stuck_in_c_code"):
+                samples = kill_latency(url, workdir, cls, func, 3 if args.quick else 5)
+                print(f"  {cls:<20} {func:<16} {_dist(samples)}")
+
+
+if __name__ == "__main__":
+    main()
