@@ -29,20 +29,21 @@ from bench.core import redis_url
 from tests.e2e.rq_harness import RQHarness, wait_until
 
 
-def _harness(url: str, workdir: Path, env: dict[str, str]) -> RQHarness:
-    return RQHarness(url, f"zgbench-{uuid.uuid4().hex[:8]}", workdir, env=env)
+def _harness(url: str, workdir: Path, env: dict[str, str | None]) -> RQHarness:
+    own = workdir / uuid.uuid4().hex[:8]
+    own.mkdir()
+    return RQHarness(url, f"zgbench-{own.name}", own, env=env)
 
 
 def throughput(url: str, workdir: Path, worker_class: str, jobs: int) -> float:
     """Jobs per second for one worker of ``worker_class`` draining ``jobs`` no-op jobs."""
     # The defaults a deployment would run with, not the tests' short ones.
-    env = dict.fromkeys(
-        ("ZOMBIEGUARD_LEASE_TTL", "ZOMBIEGUARD_HEARTBEAT_INTERVAL", "ZOMBIEGUARD_SWEEP_INTERVAL"), ""
-    )
+    names = ("ZOMBIEGUARD_LEASE_TTL", "ZOMBIEGUARD_HEARTBEAT_INTERVAL", "ZOMBIEGUARD_SWEEP_INTERVAL")
+    env: dict[str, str | None] = dict.fromkeys(names)
     harness = _harness(url, workdir, env)
     try:
         harness.start_worker(worker_class)
-        data = [Queue.prepare_data("tests.rq_jobs.noop", result_ttl=60) for _ in range(jobs)]
+        data = [Queue.prepare_data("bench.jobs.noop", result_ttl=60) for _ in range(jobs)]
         t0 = time.perf_counter()
         enqueued = harness.queue.enqueue_many(data)
         harness.jobs.extend(enqueued)
@@ -55,11 +56,11 @@ def throughput(url: str, workdir: Path, worker_class: str, jobs: int) -> float:
 
 def recovery(url: str, workdir: Path, lease_ttl: float | None, runs: int) -> list[float]:
     """Seconds from SIGKILL of a whole worker to its job being back on the queue, ``runs`` times."""
-    env = {
-        "ZOMBIEGUARD_LEASE_TTL": "" if lease_ttl is None else str(lease_ttl),
-        "ZOMBIEGUARD_SWEEP_INTERVAL": "",
+    env: dict[str, str | None] = {
+        "ZOMBIEGUARD_LEASE_TTL": None if lease_ttl is None else str(lease_ttl),
+        "ZOMBIEGUARD_SWEEP_INTERVAL": None,
+        "ZOMBIEGUARD_HEARTBEAT_INTERVAL": None,
     }
-    env["ZOMBIEGUARD_HEARTBEAT_INTERVAL"] = ""
     harness = _harness(url, workdir, env)
     try:
         victims = [harness.start_worker("GuardedWorker") for _ in range(runs)]

@@ -33,10 +33,6 @@ def add(x: int, y: int) -> int:
     return x + y
 
 
-def noop() -> None:
-    """The cheapest job there is (benchmarks)."""
-
-
 def hang_on_socket(directory: str, port: int) -> None:
     """Connects to a server that never answers and waits for it: the seed incident."""
     _note(directory, "started")

@@ -46,9 +46,7 @@ class Outcome(str, Enum):
     TIMED_OUT = "timed_out"
     HUNG = "hung"
     STOPPED = "stopped"
-    STALLED = "stalled"
     LEASE_LOST = "lease_lost"
-    DEAD_LETTERED = "dead_lettered"
 
 
 def text(value: Any) -> str:

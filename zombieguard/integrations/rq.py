@@ -245,7 +245,8 @@ class _Guard:
         )
         self.sweeper = Sweeper(self.store, {ADAPTER: self.adapter}, name=f"rq:{worker.name}", sender=ADAPTER)
         self.watchdog = Watchdog(name=f"zombieguard-watchdog-{worker.name}")
-        self.dir = Path(tempfile.mkdtemp(prefix="zombieguard-rq-"))
+        _remove_stale_dirs()
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-"))
         self.dumper = StackDumper(self.dir / "stacks.txt")
         self.dumper.path.touch()
         self.slot = JobSlot(self.dir / "slot" if with_sidecar else None)
@@ -257,7 +258,7 @@ class _Guard:
                 "--pid": str(os.getpid()),
                 "--slot": str(self.slot.path),
                 "--dump": str(self.dumper.path),
-                "--redis-url": _url_of(self.client),
+                "--redis-url": settings.redis_url or _url_of(self.client),
                 "--key-prefix": settings.key_prefix,
                 "--adapter": "zombieguard.integrations.rq:sidecar_adapter",
             }
@@ -307,11 +308,26 @@ class _Guard:
         self.dir.rmdir()
 
 
+_DIR_PREFIX = "zombieguard-rq-"
+
+
+def _remove_stale_dirs() -> None:
+    """Working directories of guarded workers that were killed (they could not clean up)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_DIR_PREFIX}*-*"):
+        pid = path.name[len(_DIR_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        with contextlib.suppress(OSError):
+            for child in path.iterdir():
+                child.unlink()
+            path.rmdir()
+
+
 def _url_of(client: redis.Redis) -> str:
     kwargs = client.connection_pool.connection_kwargs
     if "path" in kwargs:
         return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
-    auth = f":{kwargs['password']}@" if kwargs.get("password") else ""
+    auth = f"{kwargs.get('username') or ''}:{kwargs['password']}@" if kwargs.get("password") else ""
     return f"redis://{auth}{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
 
 
@@ -325,6 +341,7 @@ class _GuardedMixin:
     _zg_interrupt: str | None = None
     _zg_job_timeout: Any = None
     _zg_parent: int = 0
+    _zg_body_done = False
 
     if TYPE_CHECKING:  # RQ's attributes and methods, as this mixin uses them
         name: str
@@ -355,6 +372,8 @@ class _GuardedMixin:
 
         def raiser(kind: str) -> Any:
             def handler(signum: int, frame: FrameType | None) -> None:
+                if self._zg_body_done:
+                    return  # the body returned just before the limit: RQ is recording its end
                 attempt = self._zg_attempt
                 policy = attempt.policy if attempt is not None else Policy()
                 self._zg_interrupt = kind
@@ -397,6 +416,7 @@ class _GuardedMixin:
         self._zg_attempt = None
         self._zg_stop = None
         self._zg_interrupt = None
+        self._zg_body_done = False
         if zg is None:
             return None, True
         task, policy = self._zg_policy(job)
@@ -530,7 +550,9 @@ class _GuardedMixin:
             job.timeout = self._zg_job_timeout
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
-        """The job's own timeout is put back before RQ may save the job (a retry does)."""
+        """The body returned or raised: interrupts are ignored from here on, and the job's own timeout
+        is put back before RQ may save the job (a retry does)."""
+        self._zg_body_done = True
         if self._zg_attempt is not None:
             job.timeout = self._zg_job_timeout
         super().handle_execution_ended(job, queue, heartbeat_ttl)  # type: ignore[misc]
