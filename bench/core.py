@@ -31,11 +31,13 @@ class NoopAdapter:
 
     name = "bench"
 
-    def requeue(self, record: LeaseRecord) -> None:
+    def requeue(self, record: LeaseRecord) -> bool:
         """Nothing to do."""
+        return True
 
-    def fail(self, record: LeaseRecord, outcome: str, reason: str) -> None:
+    def fail(self, record: LeaseRecord, outcome: str, reason: str) -> bool:
         """Nothing to do."""
+        return True
 
     def stop(self, record: LeaseRecord) -> None:
         """Nothing to do."""

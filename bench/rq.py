@@ -136,31 +136,45 @@ def main() -> None:
     """Run and print every RQ benchmark."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer jobs and runs (a smoke run)")
+    parser.add_argument("--only", choices=["throughput", "recovery", "kill"], help="run one benchmark")
     args = parser.parse_args()
-    rounds = 1 if args.quick else 3
+    run = {args.only} if args.only else {"throughput", "recovery", "kill"}
+    rounds = 1 if args.quick else 6
     with redis_url() as url, tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        print("RQ benchmarks (each worker class in its own run, alternated; jobs/s)")
+        if "throughput" in run:
+            print("RQ no-op job throughput (one worker; each class in its own run, alternated; jobs/s)")
         for guarded, plain, jobs in (
             ("GuardedWorker", "rq.Worker", 100 if args.quick else 300),
             ("GuardedSimpleWorker", "rq.SimpleWorker", 300 if args.quick else 1500),
         ):
-            g_rates, p_rates = [], []
-            for _ in range(rounds):
-                p_rates.append(throughput(url, workdir, plain, jobs))
-                g_rates.append(throughput(url, workdir, guarded, jobs))
-            g, p = statistics.median(g_rates), statistics.median(p_rates)
+            if "throughput" not in run:
+                break
+            g_rates, p_rates, ratios = [], [], []
+            for n in range(rounds):
+                # Pairs run back to back, the first of each pair alternating: a pair shares conditions.
+                if n % 2:
+                    g_rates.append(throughput(url, workdir, guarded, jobs))
+                    p_rates.append(throughput(url, workdir, plain, jobs))
+                else:
+                    p_rates.append(throughput(url, workdir, plain, jobs))
+                    g_rates.append(throughput(url, workdir, guarded, jobs))
+                ratios.append(g_rates[-1] / p_rates[-1])
+            g, p, ratio = statistics.median(g_rates), statistics.median(p_rates), statistics.median(ratios)
             print(
-                f"  {guarded:<20} {g:7.1f}/s  vs {plain:<16} {p:7.1f}/s  ratio {g / p:.3f}"
-                f"  (rounds: guarded {[round(x) for x in g_rates]}, plain {[round(x) for x in p_rates]})"
+                f"  {guarded:<20} {g:7.1f}/s  vs {plain:<16} {p:7.1f}/s"
+                f"  median ratio of {rounds} pairs {ratio:.3f}"
+                f"  (pair ratios {[round(r, 3) for r in ratios]})"
             )
         runs = 5 if args.quick else 20
-        print("Recovery latency after SIGKILL of a whole worker (kill -> job back on its queue)")
-        for ttl in (3.0, None):
+        if "recovery" in run:
+            print("Recovery latency after SIGKILL of a whole worker (kill -> job back on its queue)")
+        for ttl in (3.0, None) if "recovery" in run else ():
             label = "lease_ttl 3 s" if ttl else "lease_ttl 30 s (default)"
             print(f"  {label:<26} {_dist(recovery(url, workdir, ttl, runs))}")
-        print("Kill latency past hard_timeout = 1 s (limit -> job failed)")
-        for cls in ("GuardedWorker", "GuardedSimpleWorker"):
+        if "kill" in run:
+            print("Kill latency past hard_timeout = 1 s (limit -> job failed)")
+        for cls in ("GuardedWorker", "GuardedSimpleWorker") if "kill" in run else ():
             for func in ("hang_on_socket", "stuck_in_c_code"):
                 samples = kill_latency(url, workdir, cls, func, 3 if args.quick else 5)
                 print(f"  {cls:<20} {func:<16} {_dist(samples)}")

@@ -20,11 +20,18 @@ class JobAdapter(Protocol):
     name: str
     """The integration's name; leases record it, and each sweeper claims only its adapters' leases."""
 
-    def requeue(self, record: LeaseRecord) -> None:
-        """Put the job back on its queue as a new attempt, with the same job id."""
+    def requeue(self, record: LeaseRecord) -> bool:
+        """Put the job back on its queue as a new attempt, with the same job id.
 
-    def fail(self, record: LeaseRecord, outcome: str, reason: str) -> None:
-        """Mark the job failed in the framework (timed out, hung, dead-lettered), the framework's way."""
+        False when the framework says the job had already ended (its end was recorded, but its
+        worker died before the lease's release was written): there is nothing to recover.
+        """
+
+    def fail(self, record: LeaseRecord, outcome: str, reason: str) -> bool:
+        """Mark the job failed in the framework (timed out, hung, dead-lettered), the framework's way.
+
+        False when the job had already ended, as for :meth:`requeue`.
+        """
 
     def stop(self, record: LeaseRecord) -> None:
         """Best effort: stop the attempt where it runs, if its worker is still there."""

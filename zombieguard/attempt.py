@@ -33,7 +33,14 @@ class Attempt:
     """One execution of one job, holding the job's lease under a fencing token."""
 
     def __init__(
-        self, store: LeaseStore, job: JobSpec, worker: str, policy: Policy, acquired: Acquired
+        self,
+        store: LeaseStore,
+        job: JobSpec,
+        worker: str,
+        policy: Policy,
+        acquired: Acquired,
+        *,
+        sent_at: float | None = None,
     ) -> None:
         self.store = store
         self.job = job
@@ -52,6 +59,13 @@ class Attempt:
         self._lock = threading.Lock()
         self.on_progress: Callable[[float], None] | None = None
         """Called with the monotonic time of each beat or checkpoint (e.g. to tell a watchdog process)."""
+        self.confirmed_until = (self.started_monotonic if sent_at is None else sent_at) + policy.lease_ttl
+        """Monotonic time until which no one else can have claimed the lease, as far as this process
+        knows: a renewal's send time plus ``lease_ttl`` (the server set expiry after it was sent)."""
+        self.on_confirm: Callable[[float], None] | None = None
+        """Called with each new ``confirmed_until`` (e.g. to tell a horse through shared memory)."""
+        self.confirmations: Callable[[], float] | None = None
+        """Another process's ``confirmed_until`` for this attempt (a horse reads its parent's)."""
 
     @property
     def lost(self) -> LeaseLost | None:
@@ -101,12 +115,42 @@ class Attempt:
         self._send(checkpoint=value_json)
         self.checkpoint_json = value_json
 
+    def confirm(self, sent_at: float) -> None:
+        """A renewal sent at ``sent_at`` (monotonic) succeeded."""
+        until = sent_at + self.policy.lease_ttl
+        if until > self.confirmed_until:
+            self.confirmed_until = until
+            if self.on_confirm is not None:
+                self.on_confirm(until)
+
+    def safe_to_finish(self, now: float | None = None) -> bool:
+        """Whether this attempt's end can be recorded without asking Redis first.
+
+        A sweeper claims a lease only once it expired, or its hard or progress deadline passed by
+        ``overdue_grace``; none of those can have happened yet if this process confirmed the lease
+        recently enough. A margin of a tenth of ``lease_ttl`` (and 0.1 s) covers clocks that run at
+        slightly different rates. Any claim that comes after the end is recorded finds the job ended.
+        """
+        if self._lost is not None:
+            return False
+        now = time.monotonic() if now is None else now
+        policy = self.policy
+        until = self.confirmed_until
+        if self.confirmations is not None:
+            until = max(until, self.confirmations())
+        if policy.hard_timeout is not None:
+            until = min(until, self.started_monotonic + policy.hard_timeout + policy.overdue_grace)
+        if policy.progress_timeout is not None:
+            until = min(until, self.last_progress_monotonic + policy.progress_timeout + policy.overdue_grace)
+        return now < until - (0.1 * policy.lease_ttl + 0.1)
+
     def _progressed(self, now: float) -> None:
         self.last_progress_monotonic = now
         if self.on_progress is not None:
             self.on_progress(now)
 
     def _send(self, progress: str = "", message: str = "", checkpoint: str | None = None) -> None:
+        sent_at = time.monotonic()
         try:
             code = self.store.progress(self.job, self.token, progress, message, checkpoint)
             if code == "missing":
@@ -123,6 +167,7 @@ class Attempt:
             log.warning("job %s: beat not recorded, Redis unreachable (%s)", self.job.job_id, exc)
             return
         self._last_sent = time.monotonic()
+        self.confirm(sent_at)
 
     def reestablish(self) -> bool:
         """Recreate this attempt's lease after Redis lost it (restart without persistence)."""

@@ -9,6 +9,7 @@ here learns it lost the lease at the next renewal and is stopped (``LeaseLost``)
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -19,12 +20,14 @@ from zombieguard.attempt import Attempt
 from zombieguard.containment import contained, log
 from zombieguard.errors import LeaseLost
 from zombieguard.events import HeartbeatFailed, emit
-from zombieguard.lease import LeaseStore
+from zombieguard.lease import DeferredRelease, LeaseStore
 
 LostCallback = Callable[[Attempt, LeaseLost], None]
 
 # Backoff after a failed round trip: doubles from the first value, capped by the renewal interval.
 _FIRST_RETRY = 0.1
+# Deferred releases usually ride along with the next acquire; when no job follows, this soon.
+DEFERRED_FLUSH = 0.2
 
 
 class Heartbeat:
@@ -50,6 +53,9 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
         self.failures = 0
         """Round trips failed in a row."""
+        self._deferred: list[DeferredRelease] = []
+        self._renew_now = False
+        self._idle = True
 
     @property
     def worker_ttl(self) -> float:
@@ -61,6 +67,7 @@ class Heartbeat:
         with self._lock:
             self._attempts[attempt.job.job_id] = attempt
             if attempt.policy.renew_every < self.interval:
+                self._renew_now = True
                 self._wake.set()
 
     def remove(self, attempt: Attempt) -> None:
@@ -68,6 +75,33 @@ class Heartbeat:
         with self._lock:
             if self._attempts.get(attempt.job.job_id) is attempt:
                 del self._attempts[attempt.job.job_id]
+
+    def defer(self, release: DeferredRelease) -> None:
+        """Write this release later: with the next acquire (:meth:`take_deferred`), or soon."""
+        with self._lock:
+            self._deferred.append(release)
+            idle = self._idle
+            self._idle = False
+        if idle:
+            self._wake.set()
+
+    def take_deferred(self) -> list[DeferredRelease]:
+        """The deferred releases not yet written; the caller writes them."""
+        with self._lock:
+            taken, self._deferred = self._deferred, []
+        return taken
+
+    def flush_deferred(self) -> None:
+        """Write the deferred releases now (put back when Redis is unreachable)."""
+        taken = self.take_deferred()
+        if not taken:
+            return
+        try:
+            self.store.release_many(taken)
+        except redis.RedisError:
+            with self._lock:
+                self._deferred[:0] = taken
+            raise
 
     def attempts(self) -> list[Attempt]:
         """The attempts being renewed."""
@@ -81,7 +115,9 @@ class Heartbeat:
     def beat_once(self) -> bool:
         """One round trip: renew everything; hand lost leases to ``on_lost``. False if Redis failed."""
         attempts = self.attempts()
+        sent_at = time.monotonic()
         try:
+            self.flush_deferred()
             codes = self.store.renew(
                 self.adapter, self.worker, self.worker_ttl, [(a.job.job_id, a.token) for a in attempts]
             )
@@ -96,6 +132,7 @@ class Heartbeat:
         self.failures = 0
         for attempt, code in zip(attempts, codes, strict=True):
             if code == "ok":
+                attempt.confirm(sent_at)
                 continue
             if code == "missing":
                 with contained("heartbeat re-establishing a lease"):
@@ -121,9 +158,20 @@ class Heartbeat:
             deadline = time.monotonic() + wait
             while not self._stop.is_set():
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._wake.wait(remaining):
+                if remaining <= 0:
                     break
-            self._wake.clear()
+                with self._lock:
+                    # While jobs run, look for deferred releases every DEFERRED_FLUSH; idle, sleep long
+                    # (defer() wakes an idle thread). Never woken per job: that costs the job.
+                    self._idle = not self._attempts and not self._deferred
+                    renew_now, self._renew_now = self._renew_now, False
+                if renew_now:
+                    break
+                if self._wake.wait(remaining if self._idle else min(remaining, DEFERRED_FLUSH)):
+                    self._wake.clear()
+                    continue
+                with contained("heartbeat writing deferred releases"), contextlib.suppress(redis.RedisError):
+                    self.flush_deferred()
 
     def start(self) -> None:
         """Start the background thread (idempotent)."""
@@ -135,7 +183,9 @@ class Heartbeat:
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread and wait for it."""
+        """Stop the thread and wait for it (deferred releases are written first, if Redis answers)."""
+        with contained("heartbeat writing deferred releases"), contextlib.suppress(redis.RedisError):
+            self.flush_deferred()
         self._stop.set()
         self._wake.set()
         if self._thread is not None:

@@ -68,6 +68,8 @@ class FinishedState(str, Enum):
     FAILED = "failed"
     """Failed in the framework (timed out, hung, or stalls exhausted without a dead-letter queue)."""
     DEAD_LETTERED = "dead_lettered"
+    ENDED = "ended"
+    """The framework had recorded the job's end already: only the lease is closed."""
 
 
 @dataclass(frozen=True)
@@ -261,12 +263,87 @@ class Sweep:
 
 RenewCode = str  # 'ok' | 'lost' | 'missing' | 'corrupt'
 
+
+@dataclass(frozen=True)
+class DeferredRelease:
+    """The end of an attempt whose completion was safe to record without waiting (see
+    ``Attempt.safe_to_finish``); written later, with the next acquire or by the heartbeat."""
+
+    job: JobSpec
+    token: int
+    outcome: Outcome
+    reason: str = ""
+
+
+def log_deferred_release(release: DeferredRelease, raw: Any) -> None:
+    """Report a deferred release that did not go through (it is harmless: see the sweeper)."""
+    if isinstance(raw, Exception):
+        log.warning("job %s: deferred end not written (%s)", release.job.job_id, raw)
+    elif text(raw[0]) not in ("ok", "missing"):
+        log.warning("job %s: deferred end refused (%s)", release.job.job_id, [text(x) for x in raw])
+
+
+class PendingAcquire:
+    """An acquire sent by :meth:`LeaseStore.send_acquire`, its reply not yet read."""
+
+    def __init__(
+        self,
+        store: LeaseStore,
+        connection: Any,
+        job: JobSpec,
+        *,
+        worker: str,
+        policy: Policy,
+        delivery_attempt: int | None,
+        releases: list[DeferredRelease],
+    ) -> None:
+        self._store = store
+        self._connection = connection
+        self._call = (job, worker, policy, delivery_attempt)
+        self._releases = releases
+
+    def result(self) -> Acquired:
+        """Read the replies (the releases sent along are logged when refused) and return the acquire's."""
+        job, worker, policy, delivery_attempt = self._call
+        pool = self._store.client.connection_pool
+        replies: list[Any] = []
+        try:
+            for _ in range(len(self._releases) + 1):
+                try:
+                    replies.append(self._connection.read_response())
+                except redis.ResponseError as exc:  # one command's error; the others' replies still follow
+                    replies.append(exc)
+        except BaseException:
+            self._connection.disconnect()
+            raise
+        finally:
+            pool.release(self._connection)
+        for release, raw in zip(self._releases, replies, strict=False):
+            if isinstance(raw, redis.exceptions.NoScriptError):
+                self._store.release_many([release])
+            else:
+                log_deferred_release(release, raw)
+        if isinstance(replies[-1], redis.ResponseError):
+            # NOSCRIPT after a Redis restart, say: the ordinary call loads the script again.
+            self._store._loaded = False
+            return self._store.acquire(job, worker, policy, delivery_attempt)
+        return LeaseStore._acquired(job.job_id, replies[-1])
+
+
 _SCRIPTS = ("acquire", "renew", "progress", "release", "reestablish", "abandon", "claim", "finish")
 
 
 def _load_script(name: str) -> str:
     lua = resources.files("zombieguard") / "lua"
     return (lua / "prelude.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+def _connection_from(pool: Any) -> Any:
+    """A connection of the pool for our own use (redis-py < 5.3 wants a command name, later ones not)."""
+    try:
+        return pool.get_connection()
+    except TypeError:
+        return pool.get_connection("EVALSHA")
 
 
 def _ms(seconds: float) -> int:
@@ -294,6 +371,7 @@ class LeaseStore:
         self.settings = settings or Settings()
         self.prefix = "{" + self.settings.key_prefix + "}"
         self._scripts = {name: client.register_script(_load_script(name)) for name in _SCRIPTS}
+        self._loaded = False
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> LeaseStore:
@@ -359,10 +437,9 @@ class LeaseStore:
         }
         return [item for pair in fields.items() for item in pair]
 
-    def acquire(
-        self, job: JobSpec, worker: str, policy: Policy, delivery_attempt: int | None = None
-    ) -> Acquired:
-        """Start a new attempt of ``job`` on ``worker``, unless a live or newer attempt exists."""
+    def _acquire_call(
+        self, job: JobSpec, worker: str, policy: Policy, delivery_attempt: int | None
+    ) -> tuple[list[str], list[str]]:
         keys = [
             self.lease_key(job.job_id),
             self.due_key(job.adapter),
@@ -374,9 +451,11 @@ class LeaseStore:
             "" if delivery_attempt is None else str(delivery_attempt),
             *self._static_fields(job, worker, policy),
         ]
-        reply = [
-            None if item is None else text(item) for item in self._scripts["acquire"](keys=keys, args=args)
-        ]
+        return keys, args
+
+    @staticmethod
+    def _acquired(job_id: str, raw: Sequence[Any]) -> Acquired:
+        reply = [None if item is None else text(item) for item in raw]
         status = AcquireStatus(reply[0])
         if status is AcquireStatus.BUSY:
             return Acquired(
@@ -385,7 +464,7 @@ class LeaseStore:
         if status is AcquireStatus.STALE:
             return Acquired(status, attempt=int(reply[1] or 0))
         if reply[6]:
-            log.warning("job %s: replaced a corrupt lease record (%s)", job.job_id, reply[6])
+            log.warning("job %s: replaced a corrupt lease record (%s)", job_id, reply[6])
         return Acquired(
             status,
             token=int(reply[1] or 0),
@@ -393,6 +472,54 @@ class LeaseStore:
             stalls=int(reply[3] or 0),
             started=float(reply[4] or 0),
             checkpoint=reply[5],
+        )
+
+    def acquire(
+        self, job: JobSpec, worker: str, policy: Policy, delivery_attempt: int | None = None
+    ) -> Acquired:
+        """Start a new attempt of ``job`` on ``worker``, unless a live or newer attempt exists."""
+        keys, args = self._acquire_call(job, worker, policy, delivery_attempt)
+        return self._acquired(job.job_id, self._scripts["acquire"](keys=keys, args=args))
+
+    def send_acquire(
+        self,
+        job: JobSpec,
+        worker: str,
+        policy: Policy,
+        releases: Sequence[DeferredRelease] = (),
+        delivery_attempt: int | None = None,
+    ) -> PendingAcquire:
+        """Send :meth:`acquire` (after ``releases``, in the same round trip) without waiting for the reply.
+
+        The caller does other work (the framework's own round trip) and then reads the reply with
+        :meth:`PendingAcquire.result`: the acquire costs the job no waiting of its own.
+        """
+        if not self._loaded:
+            for name in ("acquire", "release"):
+                self._scripts[name].sha = text(self.client.script_load(self._scripts[name].script))
+            self._loaded = True
+        commands: list[tuple[Any, ...]] = []
+        for release in releases:
+            keys, args = self._release_call(release.job, release.token, release.outcome, release.reason, None)
+            commands.append(("EVALSHA", self._scripts["release"].sha, len(keys), *keys, *args))
+        keys, args = self._acquire_call(job, worker, policy, delivery_attempt)
+        commands.append(("EVALSHA", self._scripts["acquire"].sha, len(keys), *keys, *args))
+        pool = self.client.connection_pool
+        connection: Any = _connection_from(pool)
+        try:
+            connection.send_packed_command(connection.pack_commands(commands))
+        except BaseException:
+            connection.disconnect()
+            pool.release(connection)
+            raise
+        return PendingAcquire(
+            self,
+            connection,
+            job,
+            worker=worker,
+            policy=policy,
+            delivery_attempt=delivery_attempt,
+            releases=list(releases),
         )
 
     def reestablish(
@@ -450,10 +577,9 @@ class LeaseStore:
         reply = [text(item) for item in self._scripts["progress"](keys=keys, args=args)]
         return self._check_fenced(job.job_id, token, reply)
 
-    def release(
-        self, job: JobSpec, token: int, outcome: Outcome, reason: str = "", stack: str | None = None
-    ) -> str:
-        """End an attempt; return 'ok' or 'missing'. Raise LeaseLost when a newer attempt exists."""
+    def _release_call(
+        self, job: JobSpec, token: int, outcome: Outcome, reason: str, stack: str | None
+    ) -> tuple[list[str], list[str]]:
         keys = [self.lease_key(job.job_id), self.due_key(job.adapter), self.checkpoint_key(job.job_id)]
         args = [
             str(token),
@@ -463,8 +589,24 @@ class LeaseStore:
             stack or "",
             str(_ms(self.settings.tombstone_ttl)),
         ]
+        return keys, args
+
+    def release(
+        self, job: JobSpec, token: int, outcome: Outcome, reason: str = "", stack: str | None = None
+    ) -> str:
+        """End an attempt; return 'ok' or 'missing'. Raise LeaseLost when a newer attempt exists."""
+        keys, args = self._release_call(job, token, outcome, reason, stack)
         reply = [text(item) for item in self._scripts["release"](keys=keys, args=args)]
         return self._check_fenced(job.job_id, token, reply)
+
+    def release_many(self, releases: Sequence[DeferredRelease]) -> None:
+        """Write deferred releases in one round trip. A refused one (superseded) is logged, not raised."""
+        pipe = self.client.pipeline(transaction=False)
+        for release in releases:
+            keys, args = self._release_call(release.job, release.token, release.outcome, release.reason, None)
+            self._scripts["release"](keys=keys, args=args, client=pipe)
+        for release, raw in zip(releases, pipe.execute(raise_on_error=False), strict=True):
+            log_deferred_release(release, raw)
 
     def abandon(self, job: JobSpec, token: int, reason: str, stack: str | None = None) -> str:
         """Give an attempt up now (its process died or was killed): the sweeper acts on ``reason``

@@ -15,12 +15,19 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-# generation, active, token, started, hard_deadline, progress_timeout, last_progress, job id
-_FORMAT = "=qqqdddd256s"
+# generation, active, token, started, hard_deadline, progress_timeout, last_progress, job id,
+# confirmed_until, outcome
+_FORMAT = "=qqqdddd256sdq"
 SIZE = struct.calcsize(_FORMAT)
 _GENERATION = struct.Struct("=q")
-_LAST_PROGRESS = struct.Struct("=d")
+_DOUBLE = struct.Struct("=d")
 _LAST_PROGRESS_OFFSET = struct.calcsize("=qqqddd")
+_CONFIRMED_OFFSET = struct.calcsize("=qqqdddd256s")
+_OUTCOME_OFFSET = struct.calcsize("=qqqdddd256sd")
+
+OUTCOME_COMPLETED = 1
+"""The job's process recorded a completion that was safe without asking Redis (see
+``Attempt.safe_to_finish``); the watching process writes the lease's release."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,8 @@ class SlotState:
     progress_timeout: float | None
     last_progress: float
     job_id: str
+    confirmed_until: float
+    outcome: int
 
 
 class JobSlot:
@@ -55,8 +64,10 @@ class JobSlot:
         job_id: str,
         token: int,
         started: float,
+        *,
         hard_deadline: float | None,
         progress_timeout: float | None,
+        confirmed_until: float = 0.0,
     ) -> None:
         """Announce a running job (the writer is its own process; one job at a time per slot)."""
         generation = self.read().generation + 1
@@ -74,12 +85,27 @@ class JobSlot:
             progress_timeout or 0.0,
             started,
             job_id.encode()[:256],
+            confirmed_until,
+            0,
         )
         self._map[0:8] = _GENERATION.pack(generation + 1)
 
     def progress(self, now: float) -> None:
         """Record the job's last progress (one 8-byte store: never torn for a reader)."""
-        self._map[_LAST_PROGRESS_OFFSET : _LAST_PROGRESS_OFFSET + 8] = _LAST_PROGRESS.pack(now)
+        self._map[_LAST_PROGRESS_OFFSET : _LAST_PROGRESS_OFFSET + 8] = _DOUBLE.pack(now)
+
+    def confirm(self, until: float) -> None:
+        """Record that the lease is confirmed held until ``until`` (monotonic)."""
+        self._map[_CONFIRMED_OFFSET : _CONFIRMED_OFFSET + 8] = _DOUBLE.pack(until)
+
+    def confirmed_until(self) -> float:
+        """The last confirmation recorded (one 8-byte load)."""
+        value: float = _DOUBLE.unpack_from(self._map, _CONFIRMED_OFFSET)[0]
+        return value
+
+    def set_outcome(self, outcome: int) -> None:
+        """Record how the job ended, for the watching process."""
+        struct.pack_into("=q", self._map, _OUTCOME_OFFSET, outcome)
 
     def clear(self) -> None:
         """The job ended."""
@@ -95,7 +121,7 @@ class JobSlot:
             raw = struct.unpack_from(_FORMAT, self._map, 0)
             if raw[0] % 2 == 0 and _GENERATION.unpack_from(self._map, 0)[0] == raw[0]:
                 break
-        generation, active, token, started, hard, progress_timeout, last, job_id = raw
+        generation, active, token, started, hard, progress_timeout, last, job_id, confirmed, outcome = raw
         return SlotState(
             generation=generation,
             active=bool(active),
@@ -105,6 +131,8 @@ class JobSlot:
             progress_timeout=progress_timeout or None,
             last_progress=last,
             job_id=job_id.rstrip(b"\0").decode(errors="replace"),
+            confirmed_until=confirmed,
+            outcome=outcome,
         )
 
     def close(self) -> None:

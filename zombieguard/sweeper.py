@@ -63,6 +63,8 @@ class SweepReport:
     recovered: list[str] = field(default_factory=list)
     dead_lettered: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    ended: list[str] = field(default_factory=list)
+    """Leases whose job had ended already in its framework: closed, nothing recovered."""
     corrupt: list[tuple[str, str]] = field(default_factory=list)
     dead_workers: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -137,9 +139,10 @@ class Sweeper:
         )
         with contained(f"sweeper asking {adapter.name} to stop {record.job_id}"):
             adapter.stop(record)
-        adapter.fail(record, claimed.reason, why)
         ended = record.ended_attempt(claimed.reason, why, claimed.claimed_at, record.stack or None)
-        if self._finish(claimed, FinishedState.FAILED, ended):
+        if not adapter.fail(record, claimed.reason, why):
+            self._already_ended(claimed, ended, report)
+        elif self._finish(claimed, FinishedState.FAILED, ended):
             report.failed.append(record.job_id)
             emit(self.sender, record_event(JobHung if hung else JobTimedOut, record, why))
 
@@ -147,33 +150,37 @@ class Sweeper:
         record = claimed.record
         stalls = record.stalls + 1
         why = f"lease expired: worker {record.worker} stopped renewing it (dead or frozen)"
-        emit(self.sender, record_event(JobStalled, record, why, details=(("stalls", stalls),)))
         ended = record.ended_attempt("stalled", why, claimed.claimed_at)
+        stalled = record_event(JobStalled, record, why, details=(("stalls", stalls),))
         if stalls <= record.max_stalls:
-            adapter.requeue(record)
-            if self._finish(claimed, FinishedState.QUEUED, ended):
+            if not adapter.requeue(record):
+                self._already_ended(claimed, ended, report)
+            elif self._finish(claimed, FinishedState.QUEUED, ended):
                 report.recovered.append(record.job_id)
-                emit(
-                    self.sender,
-                    record_event(
-                        JobRecovered,
-                        record,
-                        why,
-                        details=(("stalls", stalls), ("next_attempt", record.attempt + 1)),
-                    ),
-                )
+                emit(self.sender, stalled)
+                details = (("stalls", stalls), ("next_attempt", record.attempt + 1))
+                emit(self.sender, record_event(JobRecovered, record, why, details=details))
             return
         verdict = f"stalled {stalls} times (max_stalls={record.max_stalls}): a poison pill"
+        if not adapter.fail(record, "dead_lettered" if record.dead_letter else "stalled", verdict):
+            self._already_ended(claimed, ended, report)
+            return
         if not record.dead_letter:
-            adapter.fail(record, "stalled", verdict)
             if self._finish(claimed, FinishedState.FAILED, ended):
                 report.failed.append(record.job_id)
+                emit(self.sender, stalled)
             return
         entry = DeadLetterEntry.from_claim(claimed, ended, verdict)
-        adapter.fail(record, "dead_lettered", verdict)
         if self._finish(claimed, FinishedState.DEAD_LETTERED, ended, entry.to_json()):
             report.dead_lettered.append(record.job_id)
+            emit(self.sender, stalled)
             emit(self.sender, record_event(JobDeadLettered, record, verdict, details=(("stalls", stalls),)))
+
+    def _already_ended(self, claimed: Claimed, ended: AttemptRecord, report: SweepReport) -> None:
+        """The framework recorded the job's end but the worker died before the lease's release was
+        written (it is written after the end when that is safe): close the lease, nothing to recover."""
+        if self._finish(claimed, FinishedState.ENDED, ended):
+            report.ended.append(claimed.record.job_id)
 
     def _finish(self, claimed: Claimed, state: FinishedState, ended: AttemptRecord, entry: str = "") -> bool:
         if self.store.finish(claimed, state, ended, entry):

@@ -185,12 +185,20 @@ class Watchdog:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._name = name
+        self._next_look = 0.0
 
     def watch(self, watched: Watched) -> Watched:
-        """Start enforcing ``watched``'s limits."""
+        """Start enforcing ``watched``'s limits.
+
+        The thread is woken only when this attempt's first limit comes before its next planned look:
+        waking a thread for every job costs the worker more than the job's own bookkeeping.
+        """
+        first = watched.clock.due(time.monotonic())[1]
         with self._lock:
             self._watched.append(watched)
-        self._wake.set()
+            wake = first < self._next_look
+        if wake:
+            self._wake.set()
         return watched
 
     def unwatch(self, watched: Watched) -> None:
@@ -236,7 +244,9 @@ class Watchdog:
     def _run(self) -> None:
         while not self._stop.is_set():
             next_at = self.check()
-            self._wake.wait(max(0.0, min(next_at - time.monotonic(), 1.0)))
+            with self._lock:
+                self._next_look = min(next_at, time.monotonic() + 1.0)
+            self._wake.wait(max(0.0, self._next_look - time.monotonic()))
             self._wake.clear()
 
     def start(self) -> None:

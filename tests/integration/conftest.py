@@ -23,17 +23,25 @@ class RecordingAdapter:
     stopped: list[str] = field(default_factory=list)
     republished: list[str] = field(default_factory=list)
     fail_requeue: bool = False
+    ended: bool = False
+    """Say the job had already ended in the framework."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def requeue(self, record: LeaseRecord) -> None:
+    def requeue(self, record: LeaseRecord) -> bool:
         if self.fail_requeue:
             raise ConnectionError("the framework's broker is down")
+        if self.ended:
+            return False
         with self.lock:
             self.requeued.append(record.job_id)
+        return True
 
-    def fail(self, record: LeaseRecord, outcome: str, reason: str) -> None:
+    def fail(self, record: LeaseRecord, outcome: str, reason: str) -> bool:
+        if self.ended:
+            return False
         with self.lock:
             self.failed.append((record.job_id, outcome, reason))
+        return True
 
     def stop(self, record: LeaseRecord) -> None:
         with self.lock:

@@ -10,7 +10,7 @@ import redis
 from tests.integration.conftest import RecordingAdapter, expire, job, start
 from zombieguard import LeaseLost, Policy
 from zombieguard.attempt import Attempt
-from zombieguard.lease import AcquireStatus, LeaseStore, Outcome
+from zombieguard.lease import AcquireStatus, DeferredRelease, LeaseStore, Outcome
 from zombieguard.sweeper import Sweeper
 
 POLICY = Policy(lease_ttl=10, hard_timeout=60, progress_timeout=30)
@@ -169,3 +169,29 @@ def test_acquire_replaces_a_corrupt_record_and_the_job_runs(store: LeaseStore, c
     assert start(store, "j1", POLICY).number == 1
     client.hset(store.lease_key("j2"), mapping={"state": "done", "attempt": "x"})
     assert start(store, "j2", POLICY).number == 1
+
+
+def test_a_pipelined_acquire_carries_deferred_releases_in_the_same_round_trip(store: LeaseStore) -> None:
+    first = start(store, "j1", POLICY)
+    pending = store.send_acquire(
+        job("j2"), "w1", POLICY, [DeferredRelease(first.job, first.token, Outcome.COMPLETED)]
+    )
+    acquired = pending.result()
+    assert (acquired.status, acquired.attempt) == (AcquireStatus.ACQUIRED, 1)
+    assert store.record("j1") is None  # released: a completed first attempt leaves nothing
+    assert store.record("j2") is not None
+    store.client.script_flush()  # as after a Redis restart: the scripts are loaded again
+    assert store.send_acquire(job("j3"), "w1", POLICY).result().status is AcquireStatus.ACQUIRED
+
+
+def test_an_attempt_is_safe_to_finish_only_while_its_confirmation_and_deadlines_hold(
+    store: LeaseStore,
+) -> None:
+    attempt = start(store, "j1", Policy(lease_ttl=10, hard_timeout=60))
+    now = attempt.started_monotonic
+    assert attempt.safe_to_finish(now + 1)
+    assert not attempt.safe_to_finish(now + 9.5)  # within the margin of lease_ttl
+    attempt.confirm(now + 8)
+    assert attempt.safe_to_finish(now + 9.5)
+    short = start(store, "j2", Policy(lease_ttl=10, hard_timeout=1, overdue_grace=0.5))
+    assert not short.safe_to_finish(short.started_monotonic + 1.5)  # a sweeper may claim it as timed out

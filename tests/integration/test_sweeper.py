@@ -268,3 +268,18 @@ def test_the_dead_letter_queue_is_bounded_by_entries(client: redis.Redis, key_pr
     assert [e.job_id for e in DeadLetterStore(store).entries()[0]] == ["p2", "p3", "p4"]
     for key in client.scan_iter(match="{" + key_prefix + "}*"):
         client.delete(key)
+
+
+def test_a_job_whose_end_was_recorded_before_its_worker_died_is_closed_not_recovered(
+    store: LeaseStore,
+) -> None:
+    adapter = RecordingAdapter(ended=True)
+    start(store, "j1", Policy(lease_ttl=5))
+    expire(store, "j1")
+    with capture_events() as events:
+        report = Sweeper(store, {"test": adapter}).sweep_once()
+    assert (report.ended, report.recovered, adapter.requeued) == (["j1"], [], [])
+    assert list(events) == []
+    record = store.record("j1")
+    assert record is not None
+    assert record.state == "done"

@@ -40,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -78,9 +79,18 @@ from zombieguard.deadletter import DeadLetterEntry
 from zombieguard.events import JobCompleted, JobStarted, JobTimedOut, emit
 from zombieguard.events import JobHung as JobHungEvent
 from zombieguard.heartbeat import Heartbeat
-from zombieguard.lease import AcquireStatus, JobSpec, LeaseRecord, LeaseStore, Outcome
+from zombieguard.lease import (
+    AcquireStatus,
+    DeferredRelease,
+    JobSpec,
+    LeaseRecord,
+    LeaseStore,
+    Outcome,
+    PendingAcquire,
+    text,
+)
 from zombieguard.policy import Config, Policy, current_config, guard_fields
-from zombieguard.slot import JobSlot
+from zombieguard.slot import OUTCOME_COMPLETED, JobSlot
 from zombieguard.sweeper import Sweeper
 from zombieguard.watchdog import Limit, LimitClock, StackDumper, Watchdog, Watched, thread_stack
 
@@ -150,35 +160,38 @@ class RQAdapter:
             name, connection=self.connection, job_class=self.job_class, serializer=self.serializer
         )
 
-    def _forget_execution(self, job: Job, queue_name: str, payload: str, pipe: Any) -> None:
-        """Drop a dead attempt's execution from RQ's started registry (RQ would call it abandoned)."""
-        with contextlib.suppress(ValueError):
-            execution_id = json.loads(payload or "{}").get("execution")
-            if execution_id:
-                execution = Execution(execution_id, job.id, connection=self.connection)
-                pipe.zrem(
-                    StartedJobRegistry(queue_name, connection=self.connection).key, execution.composite_key
-                )
-                pipe.delete(execution.key)
+    def _forget_executions(self, job: Job, queue_name: str, pipe: Any) -> None:
+        """Drop a dead attempt's executions from RQ's started registry (RQ would call them abandoned).
 
-    def requeue(self, record: LeaseRecord) -> None:
-        """Back on the front of its queue, same job id, as the next attempt."""
+        Members are ``<job id>:<execution id>``; the registry holds the running jobs only, so
+        reading it whole at a recovery is cheap.
+        """
+        registry_key = StartedJobRegistry(queue_name, connection=self.connection).key
+        for member in self.connection.zrange(registry_key, 0, -1):
+            job_id, _, execution_id = text(member).partition(":")
+            if job_id == job.id and execution_id:
+                pipe.zrem(registry_key, member)
+                pipe.delete(Execution(execution_id, job.id, connection=self.connection).key)
+
+    def requeue(self, record: LeaseRecord) -> bool:
+        """Back on the front of its queue, same job id, as the next attempt; False if it had ended."""
         job = self._job(record.job_id)
         if job is None or job.get_status() in _ENDED:
-            return
+            return False
         queue = self._queue(record.queue or job.origin)
         with self.connection.pipeline() as pipe:
-            self._forget_execution(job, queue.name, record.payload, pipe)
+            self._forget_executions(job, queue.name, pipe)
             pipe.execute()
         # Its own round trip: RQ WATCHes the job's dependencies on a pipeline of its own.
         queue.enqueue_job(job, at_front=True)
+        return True
 
-    def fail(self, record: LeaseRecord, outcome: str, reason: str) -> None:
+    def fail(self, record: LeaseRecord, outcome: str, reason: str) -> bool:
         """Failed the RQ way: failure callback, FAILED status, failed registry (no retry: it would
-        hang, or stall, again)."""
+        hang, or stall, again). False if the job had ended already."""
         job = self._job(record.job_id)
         if job is None or job.get_status() in _ENDED:
-            return
+            return False
         name = _EXCEPTION_NAMES.get(outcome, "zombieguard.JobFailed")
         exc_string = f"{name}: {reason}\n" + (
             f"\nStack when it was stopped:\n{record.stack}" if record.stack else ""
@@ -187,12 +200,13 @@ class RQAdapter:
         with contained(f"on_failure callback of rq job {job.id}"):
             run_failure_callback(job, TimerDeathPenalty, error)
         with self.connection.pipeline() as pipe:
-            self._forget_execution(job, record.queue or job.origin, record.payload, pipe)
+            self._forget_executions(job, record.queue or job.origin, pipe)
             job.set_status(JobStatus.FAILED, pipeline=pipe)
             # RQ's own worker-less failure path (abandoned-job cleanup): failed registry and a
             # failure Result, so job.latest_result() tells why.
             job._handle_failure(exc_string, pipe, worker_name=record.worker)
             pipe.execute()
+        return True
 
     def stop(self, record: LeaseRecord) -> None:
         """Ask the worker that runs it to kill its horse (RQ's own command, over pub/sub)."""
@@ -223,6 +237,16 @@ def _die_with_parent(parent_pid: int) -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent_pid:  # it died before prctl took effect
         os._exit(1)
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """An acquire sent, its reply not read yet."""
+
+    spec: JobSpec
+    policy: Policy
+    sent_at: float
+    pending: PendingAcquire
 
 
 class _Guard:
@@ -410,26 +434,44 @@ class _GuardedMixin:
             decorator = guard_fields(job.func)
         return task, self._zg.config.policy_for(task, framework=framework, decorator=decorator)
 
-    def _zg_begin(self, job: Job, queue: Queue, execution: Execution) -> tuple[Attempt | None, bool]:
-        """Acquire the job's lease: (attempt, run?). Redis away: run unguarded rather than not at all."""
+    def _zg_send(self, job: Job, queue: Queue) -> _Sent | None:
+        """Send the acquire of the job's lease, with any deferred releases; the reply is read by
+        :meth:`_zg_begin` after RQ's own round trip. None when unguarded (Redis away: run anyway)."""
         zg = self._zg
         self._zg_attempt = None
         self._zg_stop = None
         self._zg_interrupt = None
         self._zg_body_done = False
         if zg is None:
-            return None, True
+            return None
         task, policy = self._zg_policy(job)
-        payload = json.dumps({"execution": execution.id, "description": job.description})
-        spec = JobSpec(job.id, ADAPTER, task, queue.name, payload)
+        spec = JobSpec(job.id, ADAPTER, task, queue.name, json.dumps({"description": job.description}))
+        sent_at = time.monotonic()
+        releases = zg.heartbeat.take_deferred()
+        try:
+            pending = zg.store.send_acquire(spec, self.name, policy, releases)
+        except redis.RedisError as exc:
+            for release in releases:
+                zg.heartbeat.defer(release)
+            log.warning("rq job %s runs unguarded: Redis for leases unreachable (%s)", job.id, exc)
+            return None
+        return _Sent(spec, policy, sent_at, pending)
+
+    def _zg_begin(self, job: Job, sent: _Sent | None) -> tuple[Attempt | None, bool]:
+        """The job's lease, acquired: (attempt, run?)."""
+        zg = self._zg
+        if zg is None or sent is None:
+            return None, True
+        spec, policy = sent.spec, sent.policy
         wait_until = time.monotonic() + RECOVERING_WAIT
         try:
+            acquired = sent.pending.result()
             while True:
-                acquired = zg.store.acquire(spec, self.name, policy)
                 if acquired.status is AcquireStatus.ACQUIRED:
                     break
                 if acquired.holder_state == "recovering" and time.monotonic() < wait_until:
                     time.sleep(0.02)
+                    acquired = zg.store.acquire(spec, self.name, policy)
                     continue
                 log.warning(
                     "rq job %s not run: %s (attempt %d, %s on %s)",
@@ -443,16 +485,18 @@ class _GuardedMixin:
         except redis.RedisError as exc:
             log.warning("rq job %s runs unguarded: Redis for leases unreachable (%s)", job.id, exc)
             return None, True
-        attempt = Attempt(zg.store, spec, self.name, policy, acquired)
+        attempt = Attempt(zg.store, spec, self.name, policy, acquired, sent_at=sent.sent_at)
         started = attempt.started_monotonic
         zg.slot.start(
             job.id,
             attempt.token,
             started,
-            started + policy.hard_timeout if policy.hard_timeout is not None else None,
-            policy.progress_timeout,
+            hard_deadline=started + policy.hard_timeout if policy.hard_timeout is not None else None,
+            progress_timeout=policy.progress_timeout,
+            confirmed_until=attempt.confirmed_until,
         )
         attempt.on_progress = zg.slot.progress
+        attempt.on_confirm = zg.slot.confirm
         zg.heartbeat.add(attempt)
         self._zg_attempt = attempt
         emit(ADAPTER, attempt.event(JobStarted))
@@ -558,11 +602,27 @@ class _GuardedMixin:
         super().handle_execution_ended(job, queue, heartbeat_ttl)  # type: ignore[misc]
 
     def handle_job_success(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
-        """Record the completion only if this attempt still holds the lease."""
+        """Record the completion only if this attempt still holds the lease.
+
+        When this process knows no one can have claimed the lease yet (``Attempt.safe_to_finish``), the
+        release is written later, off the job's path; otherwise it is checked with Redis first.
+        """
         attempt = self._zg_attempt
-        if attempt is not None and not self._zg_release(attempt, Outcome.COMPLETED):
-            return
+        if attempt is not None:
+            if attempt.safe_to_finish():
+                self._zg_completed_here(attempt)
+            elif not self._zg_release(attempt, Outcome.COMPLETED):
+                return
         super().handle_job_success(job, queue, *args, **kwargs)  # type: ignore[misc]
+
+    def _zg_completed_here(self, attempt: Attempt) -> None:
+        assert self._zg is not None
+        if self.is_horse:
+            self._zg.slot.set_outcome(OUTCOME_COMPLETED)  # the parent writes the release
+        else:
+            self._zg.heartbeat.defer(DeferredRelease(attempt.job, attempt.token, Outcome.COMPLETED))
+        duration = time.monotonic() - attempt.started_monotonic
+        emit(ADAPTER, attempt.event(JobCompleted, reason=Outcome.COMPLETED.value, duration=duration))
 
     def handle_job_retry(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
         """A job that returned ``Retry``: its attempt ended; RQ schedules the retry."""
@@ -643,8 +703,9 @@ class GuardedWorker(_GuardedMixin, Worker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Fork a horse under the job's lease, watched by this process."""
+        sent = self._zg_send(job, queue)
         execution = self.prepare_execution(job)
-        attempt, run = self._zg_begin(job, queue, execution)
+        attempt, run = self._zg_begin(job, sent)
         if not run:
             self._zg_skip(job, execution)
             return
@@ -663,6 +724,12 @@ class GuardedWorker(_GuardedMixin, Worker):
                     escalate=lambda w: self._zg_kill_horse(),
                 )
             self.monitor_work_horse(job, queue, *([execution] if _RQ3 else []))
+            if (
+                attempt is not None
+                and self._zg is not None
+                and self._zg.slot.read().outcome == OUTCOME_COMPLETED
+            ):
+                self._zg.heartbeat.defer(DeferredRelease(attempt.job, attempt.token, Outcome.COMPLETED))
         finally:
             self._zg_end(attempt, watched)
         self.set_state(WorkerStatus.IDLE)
@@ -672,6 +739,7 @@ class GuardedWorker(_GuardedMixin, Worker):
         super().setup_work_horse_signals()  # type: ignore[no-untyped-call]
         if self._zg is not None and self._zg_attempt is not None:
             _die_with_parent(self._zg_parent)
+            self._zg_attempt.confirmations = self._zg.slot.confirmed_until
             self._zg_install_interrupts()
             self._zg.dumper.install()
 
@@ -693,8 +761,9 @@ class GuardedSimpleWorker(_GuardedMixin, SimpleWorker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Run the job in this thread under its lease; the in-process watchdog and the sidecar watch."""
+        sent = self._zg_send(job, queue)
         execution = self.prepare_execution(job)
-        attempt, run = self._zg_begin(job, queue, execution)
+        attempt, run = self._zg_begin(job, sent)
         if not run:
             self._zg_skip(job, execution)
             return

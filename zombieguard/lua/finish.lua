@@ -1,6 +1,6 @@
 -- A sweeper finishes what it claimed: the job was requeued as a new attempt, failed, or dead-lettered.
 -- KEYS: lease, due, dlq, dlq_index
--- ARGV: claim token, job, outcome ('queued' | 'failed' | 'dead_lettered'), history line,
+-- ARGV: claim token, job, outcome ('queued' | 'failed' | 'dead_lettered' | 'ended'), history line,
 --       tombstone_ttl_ms, state_ttl_ms, dead-letter entry ('' unless dead-lettered),
 --       dlq max entries, dlq max age (s), key prefix
 -- Returns {'ok', now, stalls} or {'lost'} when another sweeper took the claim over.
