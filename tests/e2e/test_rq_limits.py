@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from rq import Callback
+from rq import Callback, Retry
 
 from tests.e2e.rq_harness import RQHarness, wait_until
 
@@ -105,3 +105,11 @@ def test_a_job_alive_but_without_progress_is_stopped_as_hung_within_1s_of_progre
     rq_harness.wait_status(job, ["failed"], 10)
     assert time.time() - stopped_beating < 2.2  # the last beat came just before; limit 1 s; within 1 s of it
     assert "JobHung" in job.latest_result().exc_string
+
+
+def test_a_job_killed_at_its_hard_limit_is_retried_as_its_rq_retry_says(rq_harness: RQHarness) -> None:
+    rq_harness.start_worker("GuardedWorker")
+    job = rq_harness.enqueue("stuck_in_c_code", rq_harness.notes, job_timeout=1, retry=Retry(max=1))
+    rq_harness.wait_status(job, ["failed"], 15)
+    assert len(rq_harness.notes_of("started")) == 2
+    assert "HardTimeLimitExceeded" in job.latest_result().exc_string

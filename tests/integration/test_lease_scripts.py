@@ -195,3 +195,17 @@ def test_an_attempt_is_safe_to_finish_only_while_its_confirmation_and_deadlines_
     assert attempt.safe_to_finish(now + 9.5)
     short = start(store, "j2", Policy(lease_ttl=10, hard_timeout=1, overdue_grace=0.5))
     assert not short.safe_to_finish(short.started_monotonic + 1.5)  # a sweeper may claim it as timed out
+
+
+def test_abandon_makes_the_lease_due_now_with_its_reason_and_stack_and_is_fenced(store: LeaseStore) -> None:
+    adapter = RecordingAdapter()
+    old = start(store, "j1", Policy(lease_ttl=60, hard_timeout=600))
+    with pytest.raises(LeaseLost):
+        store.abandon(old.job, old.token - 1, "stalled")
+    store.abandon(old.job, old.token, "timed_out", "File 'x.py', line 3, in crunch")
+    report = Sweeper(store, {"test": adapter}).sweep_once()
+    assert report.failed == ["j1"]  # timed out: failed, not recovered, though the lease had 60 s left
+    assert adapter.failed[0][:2] == ("j1", "timed_out")
+    record = store.record("j1")
+    assert record is not None
+    assert record.history[-1].stack == "File 'x.py', line 3, in crunch"

@@ -283,3 +283,18 @@ def test_a_job_whose_end_was_recorded_before_its_worker_died_is_closed_not_recov
     record = store.record("j1")
     assert record is not None
     assert record.state == "done"
+
+
+def test_the_dead_letter_queue_is_bounded_by_age(client: redis.Redis, key_prefix: str) -> None:
+    store = LeaseStore(client, Settings(key_prefix=key_prefix, dead_letter_max_age=0.3))
+    adapter = RecordingAdapter()
+    start(store, "old", Policy(lease_ttl=5, max_stalls=0))
+    expire(store, "old")
+    Sweeper(store, {"test": adapter}).sweep_once()
+    time.sleep(0.4)
+    start(store, "new", Policy(lease_ttl=5, max_stalls=0))
+    expire(store, "new")
+    Sweeper(store, {"test": adapter}).sweep_once()
+    assert [e.job_id for e in DeadLetterStore(store).entries()[0]] == ["new"]
+    for key in client.scan_iter(match="{" + key_prefix + "}*"):
+        client.delete(key)
