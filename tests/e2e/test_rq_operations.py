@@ -36,6 +36,18 @@ def cli(harness: RQHarness, *args: str, check: bool = True) -> subprocess.Comple
     return result
 
 
+def unconfigured(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run the zombieguard command with no Redis named in the environment."""
+    return subprocess.run(
+        [ZOMBIEGUARD, *args],
+        env={k: v for k, v in os.environ.items() if k != "ZOMBIEGUARD_REDIS_URL"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def cli_json(harness: RQHarness, *args: str) -> Any:
     return json.loads(cli(harness, *args, "--json").stdout)
 
@@ -97,25 +109,12 @@ def test_bad_input_gets_one_clear_line_and_an_exit_code_not_a_traceback(rq_harne
         1,
         "zombieguard: no dead-letter entry for job 'no-such-job'",
     )
-    unnamed = subprocess.run(
-        [ZOMBIEGUARD, "status"],
-        env={k: v for k, v in os.environ.items() if k != "ZOMBIEGUARD_REDIS_URL"},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    unnamed = unconfigured("status")
     assert unnamed.returncode == 2
     assert (
         unnamed.stderr.strip() == "zombieguard: no Redis named: pass --redis-url or set ZOMBIEGUARD_REDIS_URL"
     )
-    down = subprocess.run(
-        [ZOMBIEGUARD, "--redis-url", "redis://127.0.0.1:1/0", "status"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    down = unconfigured("--redis-url", "redis://127.0.0.1:1/0", "status")
     assert down.returncode == 2
     assert down.stderr.startswith("zombieguard: Redis unreachable")
     assert "Traceback" not in down.stderr
@@ -153,14 +152,7 @@ def test_redis_going_away_for_a_few_seconds_mid_job_loses_nothing(
 
 def test_the_demo_shows_every_zombie_handled_and_exits_0_well_within_two_minutes() -> None:
     t0 = time.monotonic()
-    result = subprocess.run(
-        [ZOMBIEGUARD, "demo"],
-        env={k: v for k, v in os.environ.items() if k != "ZOMBIEGUARD_REDIS_URL"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = unconfigured("demo", timeout=120)
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - t0 < 90
     out = result.stdout

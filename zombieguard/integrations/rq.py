@@ -375,6 +375,7 @@ class _GuardedMixin:
         death_penalty_class: Any
 
         def set_state(self, state: str, pipeline: Any = None) -> None: ...
+        def prepare_execution(self, job: Job) -> Execution: ...
         def cleanup_execution(self, job: Job, pipeline: Any, *args: Any) -> None: ...
 
     # -- the worker's lifetime --------------------------------------------------------------
@@ -501,6 +502,17 @@ class _GuardedMixin:
         self._zg_attempt = attempt
         emit(ADAPTER, attempt.event(JobStarted))
         return attempt, True
+
+    def _zg_prepare(self, job: Job, queue: Queue) -> tuple[Execution, Attempt | None] | None:
+        """RQ's ``prepare_execution`` with the job's lease acquired around it (the two round trips
+        overlap); None when this delivery is not to run."""
+        sent = self._zg_send(job, queue)
+        execution = self.prepare_execution(job)
+        attempt, run = self._zg_begin(job, sent)
+        if not run:
+            self._zg_skip(job, execution)
+            return None
+        return execution, attempt
 
     def _zg_skip(self, job: Job, execution: Execution) -> None:
         """A delivery not to run (duplicate or stale): undo what RQ prepared for it."""
@@ -703,12 +715,10 @@ class GuardedWorker(_GuardedMixin, Worker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Fork a horse under the job's lease, watched by this process."""
-        sent = self._zg_send(job, queue)
-        execution = self.prepare_execution(job)
-        attempt, run = self._zg_begin(job, sent)
-        if not run:
-            self._zg_skip(job, execution)
+        prepared = self._zg_prepare(job, queue)
+        if prepared is None:
             return
+        execution, attempt = prepared
         self._zg_parent = os.getpid()
         watched = None
         try:
@@ -761,12 +771,10 @@ class GuardedSimpleWorker(_GuardedMixin, SimpleWorker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Run the job in this thread under its lease; the in-process watchdog and the sidecar watch."""
-        sent = self._zg_send(job, queue)
-        execution = self.prepare_execution(job)
-        attempt, run = self._zg_begin(job, sent)
-        if not run:
-            self._zg_skip(job, execution)
+        prepared = self._zg_prepare(job, queue)
+        if prepared is None:
             return
+        execution, attempt = prepared
         watched = None
         main = threading.get_ident()
         try:
