@@ -1,0 +1,150 @@
+"""Sentry integration: zombies reported as grouped Sentry issues.
+
+    import sentry_sdk
+    from zombieguard.integrations.sentry import ZombieGuardIntegration
+
+    sentry_sdk.init(dsn=..., integrations=[ZombieGuardIntegration()])
+
+Each stalled, hung, timed-out (hard limit), dead-lettered and lease-lost event becomes one Sentry
+event: a level by kind, a fingerprint ``(zombieguard, kind, task)`` so that a thousand stalls of one
+task are one issue, tags ``zombieguard.kind/task/queue/worker/attempt``, a ``zombieguard`` context
+with the lease's timeline, and the captured stack of the stopped job as the event's stack trace. A
+storm is bounded: at most ``max_events_per_fingerprint`` events per fingerprint per
+``rate_limit_window`` seconds (the rest are counted, and the count goes with the next event sent).
+Job arguments are never sent. The events are reported in the process that detects them (see the
+integration's docs); sentry-sdk's own RQ and Celery integrations keep reporting the exceptions the
+jobs themselves raise.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from typing import Any, cast
+
+from zombieguard.errors import IntegrationNotAvailable
+
+try:
+    import sentry_sdk
+    from sentry_sdk.integrations import Integration
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise IntegrationNotAvailable(
+        f"zombieguard.integrations.sentry needs sentry-sdk ({exc}): pip install 'zombieguard[sentry]'"
+    ) from exc
+
+from zombieguard import events
+from zombieguard.events import JobEvent, JobTimedOut
+
+LEVELS = {
+    "stalled": "warning",
+    "hung": "error",
+    "timed_out": "error",
+    "dead_lettered": "error",
+    "lease_lost": "warning",
+}
+
+# Python tracebacks ('File "x", line 3, in f') and faulthandler dumps ('File "x", line 3 in f').
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+),? in (?P<func>\S+)')
+
+
+def stack_frames(stack: str) -> list[dict[str, Any]]:
+    """Sentry frames (oldest first) from a captured stack: the first thread's frames."""
+    first_thread = re.split(r"\n\s*\n|(?=\nThread 0x)|(?=\nCurrent thread)", stack.strip())[0]
+    frames = [
+        {"filename": m["file"], "abs_path": m["file"], "lineno": int(m["line"]), "function": m["func"]}
+        for m in _FRAME.finditer(first_thread)
+    ]
+    if "most recent call first" in first_thread:
+        frames.reverse()  # faulthandler lists the innermost frame first; Sentry wants it last
+    return frames
+
+
+class ZombieGuardIntegration(Integration):
+    """Reports zombieguard's zombie events to Sentry."""
+
+    identifier = "zombieguard"
+
+    def __init__(self, max_events_per_fingerprint: int = 10, rate_limit_window: float = 60.0) -> None:
+        if max_events_per_fingerprint < 1 or rate_limit_window <= 0:
+            raise ValueError(
+                f"ZombieGuardIntegration(max_events_per_fingerprint={max_events_per_fingerprint!r}, "
+                f"rate_limit_window={rate_limit_window!r}) is invalid: both must be positive"
+            )
+        self.max_events = max_events_per_fingerprint
+        self.window = rate_limit_window
+        self._sent: dict[tuple[str, ...], list[float]] = {}
+        self._suppressed: dict[tuple[str, ...], int] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def setup_once() -> None:
+        """Connect to zombieguard's signals (once per process; the client decides whether to send)."""
+        for signal in (
+            events.job_stalled,
+            events.job_hung,
+            events.job_timed_out,
+            events.job_dead_lettered,
+            events.lease_lost,
+        ):
+            signal.connect(_report, weak=False)
+
+    def admit(self, fingerprint: tuple[str, ...], now: float) -> int | None:
+        """None when rate-limited; else how many events of this fingerprint were dropped before it."""
+        with self._lock:
+            recent = [t for t in self._sent.get(fingerprint, []) if now - t < self.window]
+            if len(recent) >= self.max_events:
+                self._sent[fingerprint] = recent
+                self._suppressed[fingerprint] = self._suppressed.get(fingerprint, 0) + 1
+                return None
+            recent.append(now)
+            self._sent[fingerprint] = recent
+            return self._suppressed.pop(fingerprint, 0)
+
+
+def _report(sender: Any, event: JobEvent) -> None:
+    integration = sentry_sdk.get_client().get_integration(ZombieGuardIntegration)
+    if integration is None or (isinstance(event, JobTimedOut) and event.limit == "soft"):
+        return
+    kind = event.kind
+    fingerprint = ("zombieguard", kind, event.task)
+    suppressed = integration.admit(fingerprint, time.monotonic())
+    if suppressed is None:
+        return
+    sentry_event: dict[str, Any] = {
+        "level": LEVELS[kind],
+        "logger": "zombieguard",
+        "message": f"{event.task or event.job_id}: {kind.replace('_', ' ')} ({event.reason})",
+        "fingerprint": list(fingerprint),
+        "tags": {
+            "zombieguard.kind": kind,
+            "zombieguard.task": event.task,
+            "zombieguard.queue": event.queue,
+            "zombieguard.worker": event.worker,
+            "zombieguard.attempt": str(event.attempt),
+        },
+        "contexts": {
+            "zombieguard": {
+                "job_id": event.job_id,
+                "adapter": event.adapter,
+                "reason": event.reason,
+                "started_at": event.started_at,
+                "last_beat_at": event.last_beat_at,
+                "last_progress_at": event.last_progress_at,
+                "detected_at": event.at,
+                "suppressed_before_this": suppressed,
+                **dict(event.details),
+            }
+        },
+    }
+    frames = stack_frames(event.stack) if event.stack else []
+    if frames:
+        sentry_event["threads"] = {
+            "values": [
+                {"id": 0, "name": "job", "crashed": True, "current": True, "stacktrace": {"frames": frames}}
+            ]
+        }
+    sentry_sdk.capture_event(cast(Any, sentry_event))  # sentry-sdk's Event is a TypedDict of its own
+
+
+__all__ = ["ZombieGuardIntegration", "stack_frames"]
