@@ -194,11 +194,6 @@ class Attempt:
 _current: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar("zombieguard_attempt", default=None)
 
 
-def current_attempt() -> Attempt | None:
-    """The attempt running in this context, if any."""
-    return _current.get()
-
-
 @contextmanager
 def running(attempt: Attempt) -> Iterator[Attempt]:
     """Make ``attempt`` the current one for the block (the job's body runs inside)."""

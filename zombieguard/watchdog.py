@@ -6,8 +6,8 @@ The integrations assemble these per execution model (docs/guarantees.md says wha
 - :func:`interrupt_thread` raises an exception in another thread. Like a signal handler, it runs only
   between bytecodes: it cannot cancel a blocking system call in that thread, nor C code that holds
   the GIL. Then only killing the process stops the job, from another process.
-- :func:`thread_stack` / :func:`process_stack` capture where a thread or a whole process is, from
-  inside it. :class:`StackDumper` makes a child process dump all its threads' stacks on a signal,
+- :func:`thread_stack` captures where a thread of this process is. :class:`StackDumper` makes a
+  child process dump all its threads' stacks on a signal,
   through :mod:`faulthandler`, whose handler is C: it works even while the child is stuck in C code.
 - :class:`Watchdog` runs the clocks of the attempts in one process and calls the integration's
   stop function when a limit passes, escalating when the job does not end.
@@ -98,11 +98,6 @@ def thread_stack(ident: int) -> str | None:
         return None
     name = next((t.name for t in threading.enumerate() if t.ident == ident), str(ident))
     return f"Thread {name!r} (most recent call last):\n{''.join(traceback.format_stack(frame))}"
-
-
-def process_stack() -> str:
-    """The stacks of every thread of this process, formatted."""
-    return "\n".join(stack for ident in sys._current_frames() if (stack := thread_stack(ident)) is not None)
 
 
 class StackDumper:

@@ -7,9 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +16,10 @@ import redis
 from rq import Queue
 from rq.job import Job
 
+from tests.waiting import wait_until
+
 REPO = Path(__file__).resolve().parents[2]
 RQ_BIN = str(Path(sys.executable).with_name("rq"))
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0.02, what: str = "") -> Any:
-    """Poll until truthy; return the value. Fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not within {timeout} s: {what or condition}")
 
 
 class RQHarness:

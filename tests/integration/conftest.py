@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from zombieguard.attempt import Attempt
@@ -65,16 +63,6 @@ def start(
     acquired = store.acquire(spec, worker, policy)
     assert acquired.status is AcquireStatus.ACQUIRED, acquired
     return Attempt(store, spec, worker, policy, acquired)
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> None:
-    """Poll ``condition`` until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def expire(store: LeaseStore, job_id: str) -> None:

@@ -7,7 +7,8 @@ import threading
 import pytest
 import redis
 
-from tests.integration.conftest import RecordingAdapter, expire, start, wait_for
+from tests.integration.conftest import RecordingAdapter, expire, start
+from tests.waiting import wait_until
 from zombieguard import LeaseLost, Policy
 from zombieguard.attempt import Attempt
 from zombieguard.embedded import EmbeddedRedis
@@ -70,11 +71,11 @@ def test_a_redis_restart_mid_job_is_survived_and_the_lease_re_established(
     heartbeat.start()
     try:
         private_redis.stop()
-        wait_for(lambda: heartbeat.failures >= 2, timeout=10)
+        wait_until(lambda: heartbeat.failures >= 2, timeout=10)
         failures.append(heartbeat.failures)
         attempt.beat(progress="still working")  # the job goes on while Redis is away
         private_redis.start()
-        wait_for(lambda: heartbeat.failures == 0 and store.record("j1") is not None, timeout=10)
+        wait_until(lambda: heartbeat.failures == 0 and store.record("j1") is not None, timeout=10)
     finally:
         heartbeat.stop()
     record = store.record("j1")

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import pytest
 import sentry_sdk
 
-from tests.e2e.rq_harness import wait_until
+from tests.waiting import wait_until
 from zombieguard.events import JobDeadLettered, JobStalled, JobTimedOut, emit
 from zombieguard.integrations.sentry import ZombieGuardIntegration, stack_frames
 

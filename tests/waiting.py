@@ -1,0 +1,18 @@
+"""Waiting in tests: poll a condition with a deadline, never sleep and hope."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0.02, what: str = "") -> Any:
+    """Poll until truthy; return the value. Fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"not within {timeout} s: {what or condition}")
