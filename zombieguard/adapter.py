@@ -20,6 +20,13 @@ class JobAdapter(Protocol):
     name: str
     """The integration's name; leases record it, and each sweeper claims only its adapters' leases."""
 
+    republishes_unstarted: bool
+    """Whether a requeued job that no worker starts at once is published again (up to three times,
+    after 1, 2 and 4 s; see ``zombieguard.sweeper.REPUBLISH_AFTER``). For brokers that can hand the
+    new message to a frozen consumer (RabbitMQ pushes to any consumer with prefetch room); safe only
+    where each delivery carries its attempt number, so that the copies after the first are refused
+    as stale."""
+
     def requeue(self, record: LeaseRecord) -> bool:
         """Put the job back on its queue as a new attempt, with the same job id.
 
@@ -35,6 +42,9 @@ class JobAdapter(Protocol):
 
     def stop(self, record: LeaseRecord) -> None:
         """Best effort: stop the attempt where it runs, if its worker is still there."""
+
+    def waiting(self, queue: str) -> int | None:
+        """How many jobs wait in ``queue`` (not started yet); None when the framework cannot say."""
 
     def republish(self, entry: DeadLetterEntry) -> None:
         """Enqueue a dead-lettered job again (``zombieguard dlq requeue``), as a fresh job."""

@@ -19,7 +19,7 @@ import redis
 from zombieguard.containment import log
 from zombieguard.errors import LeaseLost, NotInGuardedJob
 from zombieguard.events import JobEvent, LeaseLostEvent, emit
-from zombieguard.lease import Acquired, JobSpec, LeaseStore, Outcome
+from zombieguard.lease import Acquired, CorruptRecord, JobSpec, LeaseStore, Outcome
 from zombieguard.policy import Policy
 
 # A beat is recorded locally at once (the watchdog reads it); it reaches Redis at most this often,
@@ -92,6 +92,8 @@ class Attempt:
             reason=reason,
             started_at=self.started_at,
             stack=stack,
+            payload=self.job.payload,
+            policy=self.policy,
             **extra,
         )
 
@@ -114,6 +116,24 @@ class Attempt:
         self._progressed(time.monotonic())
         self._send(checkpoint=value_json)
         self.checkpoint_json = value_json
+
+    def verify(self) -> None:
+        """Ask Redis (one read) whether this attempt still holds its lease; when another attempt or
+        a stop has taken the job, mark it lost and raise :class:`~zombieguard.LeaseLost`. Redis
+        unreachable or the record unreadable: assumed held (the next renewal asks again)."""
+        self._raise_if_lost()
+        try:
+            record = self.store.record(self.job.job_id)
+        except (redis.RedisError, CorruptRecord) as exc:
+            log.warning("job %s: could not check its lease (%s)", self.job.job_id, exc)
+            return
+        if record is not None and (record.state != "running" or record.token != self.token):
+            self.mark_lost(
+                LeaseLost(
+                    self.job.job_id, self.token, f"the lease is {record.state} under token {record.token}"
+                )
+            )
+            self._raise_if_lost()
 
     def confirm(self, sent_at: float) -> None:
         """A renewal sent at ``sent_at`` (monotonic) succeeded."""

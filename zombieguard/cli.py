@@ -8,9 +8,16 @@ line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import getpass
 import importlib
 import json
+import os
+import signal
+import socket
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,12 +27,17 @@ import redis
 from zombieguard.adapter import JobAdapter
 from zombieguard.deadletter import DeadLetterEntry, DeadLetterFilter, DeadLetterStore
 from zombieguard.errors import ConfigurationError, IntegrationNotAvailable, ZombieGuardError
-from zombieguard.lease import LeaseRecord, LeaseStore
+from zombieguard.lease import LeaseRecord, LeaseStore, text
 from zombieguard.policy import Config, current_config
+from zombieguard.stats import EventCounter
+from zombieguard.sweeper import Sweeper
 
 # Where each integration's adapter factory lives: imported only when an operation needs it, so the
 # CLI works without the frameworks installed for everything else.
-ADAPTER_FACTORIES = {"rq": "zombieguard.integrations.rq:sidecar_adapter"}
+ADAPTER_FACTORIES = {
+    "rq": "zombieguard.integrations.rq:sidecar_adapter",
+    "celery": "zombieguard.integrations.celery:cli_adapter",
+}
 
 
 class UsageError(ZombieGuardError):
@@ -42,14 +54,7 @@ class ActiveJob:
     @property
     def state(self) -> str:
         """running, hung (alive, no progress), overdue (past hard limit), stalled (lease expired)."""
-        r = self.record
-        if r.state == "recovering" or r.expires <= self.now:
-            return "stalled"
-        if r.hard_deadline is not None and r.hard_deadline <= self.now:
-            return "overdue"
-        if r.progress_deadline is not None and r.progress_deadline <= self.now:
-            return "hung"
-        return "running"
+        return self.record.condition(self.now)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -100,9 +105,12 @@ def _store(args: argparse.Namespace) -> LeaseStore:
     return store
 
 
-def _adapters(store: LeaseStore) -> dict[str, JobAdapter]:
+def _adapters(store: LeaseStore, names: set[str]) -> dict[str, JobAdapter]:
+    """The adapters of the integrations ``names`` (those not installed here are left out)."""
     adapters: dict[str, JobAdapter] = {}
     for name, spec in ADAPTER_FACTORIES.items():
+        if name not in names:
+            continue
         module, _, attribute = spec.partition(":")
         try:
             adapters[name] = getattr(importlib.import_module(module), attribute)(store.client)
@@ -115,17 +123,81 @@ def _print(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None
     sys.stdout.write((json.dumps(data, indent=2) if args.json else text()) + "\n")
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    """Every active guarded job, across integrations."""
-    store = _store(args)
+@dataclass(frozen=True)
+class QueueSummary:
+    """One queue's line in ``zombieguard status``."""
+
+    queue: str
+    adapter: str
+    waiting: int | None
+    running: int
+    zombies: int
+    """Active jobs that are hung, overdue or stalled."""
+    oldest_age: float | None
+    last_success_age: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "queue": self.queue,
+            "adapter": self.adapter,
+            "waiting": self.waiting,
+            "running": self.running,
+            "zombies": self.zombies,
+            "oldest_age": None if self.oldest_age is None else round(self.oldest_age, 3),
+            "last_success_age": None if self.last_success_age is None else round(self.last_success_age, 3),
+        }
+
+
+def _summaries(
+    store: LeaseStore, jobs: Sequence[ActiveJob], now: float, only: str | None
+) -> list[QueueSummary]:
+    queues = {text(q): text(a) for q, a in store.client.hgetall(store.queues_key).items()}
+    completed = {text(q): float(text(t)) for q, t in store.client.hgetall(store.completed_key).items()}
+    names = {"rq"} | ({"celery"} if os.environ.get("ZOMBIEGUARD_CELERY_APP") else set())
+    adapters = _adapters(store, names & set(queues.values()))
+    out = []
+    for queue, adapter_name in sorted(queues.items()):
+        if only is not None and queue != only:
+            continue
+        mine = [j for j in jobs if j.record.queue == queue]
+        waiting = None
+        adapter = adapters.get(adapter_name)
+        if adapter is not None:
+            with contextlib.suppress(Exception):  # the framework's broker may be elsewhere
+                waiting = adapter.waiting(queue)
+        out.append(
+            QueueSummary(
+                queue=queue,
+                adapter=adapter_name,
+                waiting=waiting,
+                running=len(mine),
+                zombies=sum(1 for j in mine if j.state != "running"),
+                oldest_age=max((now - j.record.started for j in mine), default=None),
+                last_success_age=now - completed[queue] if queue in completed else None,
+            )
+        )
+    return out
+
+
+def _status(args: argparse.Namespace, store: LeaseStore) -> tuple[dict[str, Any], Callable[[], str]]:
     records, corrupt = store.active()
     now = store.server_time()
     jobs = [ActiveJob(r, now) for r in records if args.queue is None or r.queue == args.queue]
     jobs.sort(key=lambda j: j.record.started)
+    queues = _summaries(store, jobs, now, args.queue)
 
-    def text() -> str:
+    def text_view() -> str:
+        lines = []
+        for q in queues:
+            waiting = "?" if q.waiting is None else str(q.waiting)
+            lines.append(
+                f"queue {q.queue} ({q.adapter}): {waiting} waiting, {q.running} running"
+                + (f", {q.zombies} ZOMBIE" if q.zombies else "")
+                + f", oldest {_duration(q.oldest_age)}, last success {_duration(q.last_success_age)} ago"
+            )
         if not jobs:
-            return "no active guarded jobs"
+            return "\n".join([*lines, "no active guarded jobs"])
         rows = [
             [
                 j.record.job_id,
@@ -141,9 +213,33 @@ def cmd_status(args: argparse.Namespace) -> int:
             for j in jobs
         ]
         headers = ["JOB", "TASK", "QUEUE", "WORKER", "ATTEMPT", "AGE", "LAST PROGRESS", "LEASE", "STATE"]
-        return _table(headers, rows) + "".join(f"\ncorrupt lease {j}: {why}" for j, why in corrupt)
+        table = _table(headers, rows) + "".join(f"\ncorrupt lease {j}: {why}" for j, why in corrupt)
+        return "\n".join([*lines, "", table]) if lines else table
 
-    _print(args, {"jobs": [j.as_dict() for j in jobs], "corrupt": [list(c) for c in corrupt]}, text)
+    data = {
+        "queues": [q.as_dict() for q in queues],
+        "jobs": [j.as_dict() for j in jobs],
+        "corrupt": [list(c) for c in corrupt],
+    }
+    return data, text_view
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Every active guarded job, across integrations, and a line per queue; ``--watch`` refreshes."""
+    store = _store(args)
+    if not args.watch:
+        data, view = _status(args, store)
+        _print(args, data, view)
+        return 0
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            data, view = _status(args, store)
+            if args.json:
+                sys.stdout.write(json.dumps(data) + "\n")
+            else:
+                sys.stdout.write("\x1b[H\x1b[2J" + view() + "\n")  # clear the screen, then draw
+            sys.stdout.flush()
+            time.sleep(args.interval)
     return 0
 
 
@@ -228,7 +324,9 @@ def cmd_dlq_requeue(args: argparse.Namespace) -> int:
     store = _store(args)
     dlq = DeadLetterStore(store)
     entries = _selected(args, dlq)
-    done = dlq.requeue(entries, _adapters(store))
+    if getattr(args, "celery_app", None):
+        os.environ["ZOMBIEGUARD_CELERY_APP"] = args.celery_app
+    done = dlq.requeue(entries, _adapters(store, {entry.adapter for entry in entries}))
     _print(
         args, {"requeued": done}, lambda: f"requeued {len(done)} job(s)" + "".join(f"\n  {j}" for j in done)
     )
@@ -252,6 +350,66 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """A sweeper outside the workers: recovers (or fails, or dead-letters) the jobs of dead and frozen
+    workers. Safe to run several, and beside the workers' own sweepers: claims are atomic."""
+    store = _store(args)
+    if args.celery_app:
+        os.environ["ZOMBIEGUARD_CELERY_APP"] = args.celery_app
+    names = {"rq"} | ({"celery"} if os.environ.get("ZOMBIEGUARD_CELERY_APP") else set())
+    adapters = _adapters(store, names)
+    if not adapters:
+        raise UsageError("no integration to sweep for: install RQ, or name the Celery app with --celery-app")
+    sweeper = Sweeper(store, adapters, name=f"cli:{socket.gethostname()}:{os.getpid()}", sender="sweeper")
+    counter = EventCounter(store)
+    try:
+        if args.once:
+            report = sweeper.sweep_once()
+            done = {
+                "recovered": report.recovered,
+                "failed": report.failed,
+                "dead_lettered": report.dead_lettered,
+                "republished": report.republished,
+                "dead_workers": report.dead_workers,
+                "corrupt": [job_id for job_id, _ in report.corrupt],
+            }
+            _print(args, done, lambda: ", ".join(f"{k}: {len(v)}" for k, v in done.items()))
+            return 0
+        sys.stdout.write(
+            f"sweeping for {', '.join(sorted(adapters))} every {store.settings.sweep_interval:g} s\n"
+        )
+        sys.stdout.flush()
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        sweeper.start()
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+        sweeper.stop()
+        return 0
+    finally:
+        counter.close()
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    """Stop a running job from outside: it ends failed (stopped), not recovered."""
+    store = _store(args)
+    record = store.record(args.job_id)
+    if record is None or record.state != "running":
+        raise LookupError(f"job {args.job_id} is not running under a lease")
+    if args.celery_app:
+        os.environ["ZOMBIEGUARD_CELERY_APP"] = args.celery_app
+    adapters = _adapters(store, {record.adapter})
+    user = "someone"
+    with contextlib.suppress(Exception):  # no user name where the environment and passwd have none
+        user = getpass.getuser()
+    who = f"{user}@{socket.gethostname()}" + (f": {args.reason}" if args.reason else "")
+    sweeper = Sweeper(store, adapters, name=f"cli-kill:{socket.gethostname()}:{os.getpid()}", sender="cli")
+    if not sweeper.kill(args.job_id, who):
+        raise LookupError(f"job {args.job_id} was not running any more")
+    _print(args, {"stopped": args.job_id, "by": who}, lambda: f"stopped {args.job_id} (by {who})")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from zombieguard.demo import run_demo  # noqa: PLC0415 - the demo pulls in RQ; only it needs it
 
@@ -264,6 +422,30 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reason")
     parser.add_argument("--older-than", type=float, metavar="SECONDS")
     parser.add_argument("--newer-than", type=float, metavar="SECONDS")
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """Serve the deployment's metrics for Prometheus until interrupted."""
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415 - optional extra
+
+        from zombieguard.metrics import ClusterCollector  # noqa: PLC0415 - needs the extra
+    except ImportError as exc:
+        raise IntegrationNotAvailable(
+            f"metrics need prometheus_client: pip install 'zombieguard[prometheus]' ({exc})"
+        ) from None
+    store = _store(args)
+    store.server_time()  # fail now, with a clear message, if Redis is not there
+    registry = CollectorRegistry()
+    registry.register(ClusterCollector(store))
+    server, thread = start_http_server(args.port, addr=args.addr, registry=registry)
+    sys.stdout.write(f"serving zombieguard metrics on http://{args.addr}:{server.server_port}/metrics\n")
+    sys.stdout.flush()
+    try:
+        thread.join()
+    except KeyboardInterrupt:
+        server.shutdown()
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,7 +470,25 @@ def build_parser() -> argparse.ArgumentParser:
         "status", parents=[common], help="active guarded jobs, their age and progress"
     )
     status.add_argument("--queue")
+    status.add_argument("--watch", action="store_true", help="refresh until interrupted (JSON: a line each)")
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes with --watch")
     status.set_defaults(run=cmd_status)
+
+    kill = commands.add_parser("kill", parents=[common], help="stop a running job: it ends failed (stopped)")
+    kill.add_argument("job_id")
+    kill.add_argument("--reason", help="why, recorded with who stopped it")
+    kill.add_argument("--celery-app", help="module:app of the Celery app (to kill a Celery task)")
+    kill.set_defaults(run=cmd_kill)
+
+    sweep = commands.add_parser("sweep", parents=[common], help="a sweeper outside the workers")
+    sweep.add_argument("--once", action="store_true", help="one sweep, then exit (for cron)")
+    sweep.add_argument("--celery-app", help="module:app of the Celery app, to sweep Celery tasks too")
+    sweep.set_defaults(run=cmd_sweep)
+
+    metrics = commands.add_parser("metrics", parents=[common], help="serve metrics for Prometheus")
+    metrics.add_argument("--port", type=int, default=9808, help="port to listen on (0: any free one)")
+    metrics.add_argument("--addr", default="127.0.0.1", help="address to listen on (0.0.0.0: every one)")
+    metrics.set_defaults(run=cmd_metrics)
 
     dlq = commands.add_parser("dlq", help="the dead-letter queue").add_subparsers(
         dest="dlq_command", required=True
@@ -307,6 +507,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("job_ids", nargs="*")
         sub.add_argument("--all", action="store_true", help="every entry matching the filters")
         sub.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        if name == "requeue":
+            sub.add_argument(
+                "--celery-app",
+                help="module:app of the Celery app that re-publishes Celery tasks (ZOMBIEGUARD_CELERY_APP)",
+            )
         _add_filters(sub)
         sub.set_defaults(run=run)
     return parser

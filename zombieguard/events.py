@@ -21,6 +21,7 @@ from typing import Any
 from blinker import Namespace, Signal
 
 from zombieguard.containment import contained
+from zombieguard.policy import Policy
 
 _signals = Namespace()
 
@@ -36,6 +37,10 @@ worker_zombie: Signal = _signals.signal(
     "worker_zombie", doc="A worker stopped heartbeating, or holds zombies."
 )
 heartbeat_failed: Signal = _signals.signal("heartbeat_failed", doc="A worker could not renew its leases.")
+queue_silent: Signal = _signals.signal(
+    "queue_silent", doc="No job of a queue completed for silence_alert seconds while jobs waited or ran."
+)
+queue_recovered: Signal = _signals.signal("queue_recovered", doc="A silent queue completed a job again.")
 
 ALL_SIGNALS: tuple[Signal, ...] = (
     job_started,
@@ -48,6 +53,8 @@ ALL_SIGNALS: tuple[Signal, ...] = (
     lease_lost,
     worker_zombie,
     heartbeat_failed,
+    queue_silent,
+    queue_recovered,
 )
 
 
@@ -71,6 +78,11 @@ class JobEvent:
     at: float = field(default_factory=time.time)
     details: tuple[tuple[str, Any], ...] = ()
     """Further facts as (name, value) pairs: e.g. the limit that fired, the next attempt's number."""
+    policy: Policy | None = field(default=None, repr=False)
+    """The policy the attempt ran under, where known."""
+    payload: str = field(default="", repr=False)
+    """The job as its framework described it (its arguments among it), where known. Personal data,
+    perhaps: the Sentry integration sends it only with ``send_default_pii``."""
 
     @property
     def kind(self) -> str:
@@ -154,6 +166,36 @@ class HeartbeatFailed(WorkerEvent):
     failures: int = 1
 
 
+@dataclass(frozen=True)
+class QueueEvent:
+    """Something about a whole queue: nothing of it completed for a while (or did again)."""
+
+    queue: str
+    adapter: str
+    silent_for: float
+    """Seconds since a job of the queue last completed."""
+    running: int
+    """Guarded jobs of the queue holding a lease."""
+    waiting: int | None
+    """Jobs waiting in the queue, as its framework says (None when it cannot say)."""
+    at: float = field(default_factory=time.time)
+
+    @property
+    def kind(self) -> str:
+        """``queue_silent`` or ``queue_recovered``."""
+        return _KINDS[type(self)]
+
+
+@dataclass(frozen=True)
+class QueueSilent(QueueEvent):
+    """No job of the queue completed for ``silence_alert`` seconds while jobs waited or ran."""
+
+
+@dataclass(frozen=True)
+class QueueRecovered(QueueEvent):
+    """A queue that was silent completed a job again (or has nothing left to do)."""
+
+
 _KINDS: dict[type, str] = {
     JobStarted: "started",
     JobCompleted: "completed",
@@ -165,6 +207,8 @@ _KINDS: dict[type, str] = {
     LeaseLostEvent: "lease_lost",
     WorkerZombie: "worker_zombie",
     HeartbeatFailed: "heartbeat_failed",
+    QueueSilent: "queue_silent",
+    QueueRecovered: "queue_recovered",
 }
 
 SIGNAL_OF: dict[type, Signal] = {
@@ -178,10 +222,12 @@ SIGNAL_OF: dict[type, Signal] = {
     LeaseLostEvent: lease_lost,
     WorkerZombie: worker_zombie,
     HeartbeatFailed: heartbeat_failed,
+    QueueSilent: queue_silent,
+    QueueRecovered: queue_recovered,
 }
 
 
-def emit(sender: str, event: JobEvent | WorkerEvent) -> None:
+def emit(sender: str, event: JobEvent | WorkerEvent | QueueEvent) -> None:
     """Send ``event`` on its signal; a receiver that raises is logged, never propagated."""
     signal = SIGNAL_OF[type(event)]
     if not signal.receivers:

@@ -40,8 +40,13 @@ class Heartbeat:
         worker: str,
         interval: float,
         on_lost: LostCallback | None = None,
+        *,
+        presence: bool = True,
     ) -> None:
         self.store = store
+        self.presence = presence
+        """False in a process that is not the worker itself (a Celery pool process): its releases are
+        written, and its leases renewed if any are added, but it does not announce a worker."""
         self.adapter = adapter
         self.worker = worker
         self.interval = interval
@@ -108,16 +113,23 @@ class Heartbeat:
         with self._lock:
             return list(self._attempts.values())
 
+    def _renewing(self, attempt: Attempt) -> bool:
+        with self._lock:
+            return self._attempts.get(attempt.job.job_id) is attempt
+
     def _period(self) -> float:
         with self._lock:
             return min([self.interval, *(a.policy.renew_every for a in self._attempts.values())])
 
     def beat_once(self) -> bool:
         """One round trip: renew everything; hand lost leases to ``on_lost``. False if Redis failed."""
-        attempts = self.attempts()
         sent_at = time.monotonic()
         try:
+            # Releases first, then the snapshot: an attempt released in between is not renewed.
             self.flush_deferred()
+            attempts = self.attempts()
+            if not attempts and not self.presence:
+                return True
             codes = self.store.renew(
                 self.adapter, self.worker, self.worker_ttl, [(a.job.job_id, a.token) for a in attempts]
             )
@@ -134,6 +146,8 @@ class Heartbeat:
             if code == "ok":
                 attempt.confirm(sent_at)
                 continue
+            if not self._renewing(attempt):
+                continue  # it ended while the renewal was in flight: its release decides, not this
             if code == "missing":
                 with contained("heartbeat re-establishing a lease"):
                     if attempt.reestablish():

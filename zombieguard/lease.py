@@ -47,6 +47,9 @@ class Outcome(str, Enum):
     HUNG = "hung"
     STOPPED = "stopped"
     LEASE_LOST = "lease_lost"
+    REQUEUED = "requeued"
+    """The job handed its own message back to the broker (Celery ``Reject(requeue=True)``): the
+    same delivery comes again and must not be taken for a stale one."""
 
 
 def text(value: Any) -> str:
@@ -156,6 +159,10 @@ class LeaseRecord:
     stack: str = ""
     """The stack captured when the attempt was given up, if any."""
     history: tuple[AttemptRecord, ...] = field(default=())
+    republished: int = 0
+    """Times a requeued job was published again because no worker started it."""
+    stopped_by: str = ""
+    """Who stopped the job (``zombieguard kill``), and why."""
 
     @classmethod
     def from_hash(cls, raw: Mapping[Any, Any]) -> LeaseRecord:
@@ -193,9 +200,36 @@ class LeaseRecord:
                 reason=h.get("reason", ""),
                 stack=h.get("stack", ""),
                 history=history,
+                republished=int(h.get("republished") or 0),
+                stopped_by=h.get("stopped_by", ""),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise CorruptRecord(f"lease record of {h.get('job', '?')!r} is unreadable: {exc!r}") from None
+
+    def policy(self) -> Policy | None:
+        """The policy the lease was taken under, as far as the lease records it (None if invalid)."""
+        try:
+            return Policy(
+                hard_timeout=self.hard_timeout,
+                progress_timeout=self.progress_timeout,
+                lease_ttl=self.lease_ttl,
+                overdue_grace=self.overdue_grace,
+                max_stalls=self.max_stalls,
+                dead_letter=self.dead_letter,
+            )
+        except ValueError:
+            return None
+
+    def condition(self, now: float) -> str:
+        """At server time ``now``: running, hung (alive, no progress), overdue (past its hard limit)
+        or stalled (lease expired, or being recovered)."""
+        if self.state == "recovering" or self.expires <= now:
+            return "stalled"
+        if self.hard_deadline is not None and self.hard_deadline <= now:
+            return "overdue"
+        if self.progress_deadline is not None and self.progress_deadline <= now:
+            return "hung"
+        return "running"
 
     def ended_attempt(
         self, outcome: str, reason: str, ended: float, stack: str | None = None
@@ -330,7 +364,7 @@ class PendingAcquire:
         return LeaseStore._acquired(job.job_id, replies[-1])
 
 
-_SCRIPTS = ("acquire", "renew", "progress", "release", "reestablish", "abandon", "claim", "finish")
+_SCRIPTS = ("acquire", "renew", "progress", "release", "reestablish", "abandon", "claim", "finish", "seize")
 
 
 def _load_script(name: str) -> str:
@@ -344,6 +378,12 @@ def _connection_from(pool: Any) -> Any:
         return pool.get_connection()
     except TypeError:
         return pool.get_connection("EVALSHA")
+
+
+def _bulk(value: str) -> bytes:
+    """One argument of a command, as the Redis protocol's bulk string."""
+    data = value.encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
 def _ms(seconds: float) -> int:
@@ -372,6 +412,7 @@ class LeaseStore:
         self.prefix = "{" + self.settings.key_prefix + "}"
         self._scripts = {name: client.register_script(_load_script(name)) for name in _SCRIPTS}
         self._loaded = False
+        self._packed_tails: dict[tuple[str, Policy], tuple[int, bytes]] = {}
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> LeaseStore:
@@ -402,6 +443,21 @@ class LeaseStore:
         return f"{self.prefix}:adapters"
 
     @property
+    def queues_key(self) -> str:
+        """The hash of the queues guarded jobs ran from, and the integration of each."""
+        return f"{self.prefix}:queues"
+
+    @property
+    def completed_key(self) -> str:
+        """The hash of when a job of each queue last completed (server time)."""
+        return f"{self.prefix}:completed"
+
+    @property
+    def silence_key(self) -> str:
+        """The hash of the queues now alerted as silent, and since when."""
+        return f"{self.prefix}:silence"
+
+    @property
     def workers_key(self) -> str:
         """The sorted set of live workers, scored by when their presence expires."""
         return f"{self.prefix}:workers"
@@ -426,8 +482,16 @@ class LeaseStore:
             "adapter": job.adapter,
             "task": job.task,
             "queue": job.queue,
-            "worker": worker,
             "payload": job.payload,
+            **self._policy_fields(worker, policy),
+        }
+        return [item for pair in fields.items() for item in pair]
+
+    @staticmethod
+    def _policy_fields(worker: str, policy: Policy) -> dict[str, str]:
+        """The static fields an acquire writes that depend on the worker and the policy only."""
+        return {
+            "worker": worker,
             "lease_ttl": repr(policy.lease_ttl),
             "hard_timeout": "" if policy.hard_timeout is None else repr(policy.hard_timeout),
             "progress_timeout": "" if policy.progress_timeout is None else repr(policy.progress_timeout),
@@ -435,7 +499,45 @@ class LeaseStore:
             "max_stalls": str(policy.max_stalls),
             "dead_letter": "1" if policy.dead_letter else "0",
         }
-        return [item for pair in fields.items() for item in pair]
+
+    def _packed_acquire(
+        self, job: JobSpec, worker: str, policy: Policy, delivery_attempt: int | None
+    ) -> bytes:
+        """The acquire as protocol bytes, the worker's and policy's part encoded once and reused: the
+        generic encoder's per-argument work was most of an acquire's cost to the job."""
+        tail = self._packed_tails.get((worker, policy))
+        if tail is None:
+            pairs = [item for pair in self._policy_fields(worker, policy).items() for item in pair]
+            tail = self._packed_tails[(worker, policy)] = (len(pairs), b"".join(_bulk(p) for p in pairs))
+        head = [
+            "EVALSHA",
+            self._scripts["acquire"].sha,
+            "6",
+            self.lease_key(job.job_id),
+            self.due_key(job.adapter),
+            self.fence_key,
+            self.checkpoint_key(job.job_id),
+            self.adapters_key,
+            self.queues_key,
+            "" if delivery_attempt is None else str(delivery_attempt),
+            "job",
+            job.job_id,
+            "adapter",
+            job.adapter,
+            "task",
+            job.task,
+            "queue",
+            job.queue,
+            "payload",
+            job.payload,
+        ]
+        count, encoded = tail
+        return b"*%d\r\n" % (len(head) + count) + b"".join(_bulk(p) for p in head) + encoded
+
+    def _packed_release(self, release: DeferredRelease) -> bytes:
+        keys, args = self._release_call(release.job, release.token, release.outcome, release.reason, None)
+        parts = ["EVALSHA", self._scripts["release"].sha, str(len(keys)), *keys, *args]
+        return b"*%d\r\n" % len(parts) + b"".join(_bulk(p) for p in parts)
 
     def _acquire_call(
         self, job: JobSpec, worker: str, policy: Policy, delivery_attempt: int | None
@@ -446,6 +548,7 @@ class LeaseStore:
             self.fence_key,
             self.checkpoint_key(job.job_id),
             self.adapters_key,
+            self.queues_key,
         ]
         args = [
             "" if delivery_attempt is None else str(delivery_attempt),
@@ -498,16 +601,13 @@ class LeaseStore:
             for name in ("acquire", "release"):
                 self._scripts[name].sha = text(self.client.script_load(self._scripts[name].script))
             self._loaded = True
-        commands: list[tuple[Any, ...]] = []
-        for release in releases:
-            keys, args = self._release_call(release.job, release.token, release.outcome, release.reason, None)
-            commands.append(("EVALSHA", self._scripts["release"].sha, len(keys), *keys, *args))
-        keys, args = self._acquire_call(job, worker, policy, delivery_attempt)
-        commands.append(("EVALSHA", self._scripts["acquire"].sha, len(keys), *keys, *args))
+        packed = b"".join(self._packed_release(r) for r in releases) + self._packed_acquire(
+            job, worker, policy, delivery_attempt
+        )
         pool = self.client.connection_pool
         connection: Any = _connection_from(pool)
         try:
-            connection.send_packed_command(connection.pack_commands(commands))
+            connection.send_packed_command([packed])
         except BaseException:
             connection.disconnect()
             pool.release(connection)
@@ -580,7 +680,12 @@ class LeaseStore:
     def _release_call(
         self, job: JobSpec, token: int, outcome: Outcome, reason: str, stack: str | None
     ) -> tuple[list[str], list[str]]:
-        keys = [self.lease_key(job.job_id), self.due_key(job.adapter), self.checkpoint_key(job.job_id)]
+        keys = [
+            self.lease_key(job.job_id),
+            self.due_key(job.adapter),
+            self.checkpoint_key(job.job_id),
+            self.completed_key,
+        ]
         args = [
             str(token),
             job.job_id,
@@ -588,6 +693,7 @@ class LeaseStore:
             reason,
             stack or "",
             str(_ms(self.settings.tombstone_ttl)),
+            job.queue,
         ]
         return keys, args
 
@@ -662,12 +768,33 @@ class LeaseStore:
         dead = tuple(DeadWorker(text(entry[0]), _flat_pairs(entry[1])) for entry in raw_dead)
         return Sweep(tuple(claimed), tuple(corrupt), dead)
 
+    def seize(self, job_id: str, claimer: str, stopped_by: str) -> Claimed | None:
+        """Claim a running lease now, to stop its job (``zombieguard kill``); None if not running."""
+        record = self.record(job_id)
+        if record is None:
+            return None
+        keys = [self.lease_key(job_id), self.due_key(record.adapter), self.fence_key]
+        args = [job_id, claimer, repr(self.settings.claim_ttl), stopped_by]
+        reply = self._scripts["seize"](keys=keys, args=args)
+        if text(reply[0]) != "claimed":
+            return None
+        raw = _flat_pairs(reply[1])
+        claimed = LeaseRecord.from_hash(raw)
+        return Claimed(
+            record=claimed,
+            claim_token=claimed.token,
+            reason="stopped",
+            checkpoint=None,
+            claimed_at=float(raw["claimed_at"]),
+        )
+
     def finish(
         self,
         claimed: Claimed,
         state: FinishedState,
-        ended: AttemptRecord,
+        ended: AttemptRecord | None,
         dead_letter_entry: str = "",
+        republish_after: float | None = None,
     ) -> bool:
         """Record what a sweeper did with a claim; False when its claim was taken over meanwhile."""
         job_id = claimed.record.job_id
@@ -681,13 +808,14 @@ class LeaseStore:
             str(claimed.claim_token),
             job_id,
             state.value,
-            ended.to_json(),
+            "" if ended is None else ended.to_json(),
             str(_ms(self.settings.tombstone_ttl)),
             str(_ms(self.settings.state_ttl)),
             dead_letter_entry,
             str(self.settings.dead_letter_max_entries),
             repr(self.settings.dead_letter_max_age),
             self.prefix,
+            "" if republish_after is None else repr(republish_after),
         ]
         return text(self._scripts["finish"](keys=keys, args=args)[0]) == "ok"
 

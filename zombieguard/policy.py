@@ -116,6 +116,13 @@ class Settings:
     """Entries kept in the dead-letter queue; the oldest go first."""
     dead_letter_max_age: float = 2592000.0
     """Age in seconds past which dead-letter entries are dropped."""
+    silence_alert: float | None = None
+    """Alert (``queue_silent``) when no job of a queue completed for this many seconds while jobs
+    of it waited or ran, and again (``queue_recovered``) when one does. None: off."""
+    zombie_thread_share: float = 0.5
+    """Celery threads pool: once this share of the pool's threads is stuck past a hard limit where
+    no interrupt reaches (a blocking call, C code), the worker shuts down warm and exits, for its
+    supervisor to start a fresh one."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -144,13 +151,16 @@ def _field_kind(name: str) -> tuple[type, bool]:
     return hint, False
 
 
-def _check_value(name: str, value: Any, source: str) -> None:
+def _check_value(name: str, value: Any, source: str) -> None:  # noqa: PLR0912 - one branch per kind
     base, optional = _field_kind(name)
     if value is None:
         if optional:
             return
         raise ConfigurationError(f"{source}: {name}=None is invalid: {name} cannot be switched off")
-    if base is float:
+    if name.endswith("_share"):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+            raise ConfigurationError(f"{source}: {name}={value!r} is invalid: it must be a share in (0, 1]")
+    elif base is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigurationError(f"{source}: {name}={value!r} is invalid: it must be a number of seconds")
         if not math.isfinite(value) or value <= 0:

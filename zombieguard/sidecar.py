@@ -5,7 +5,9 @@ C code holding the GIL, no thread of that process runs, not the heartbeat and no
 watchdog. This small process reads the worker's :class:`~zombieguard.slot.JobSlot`; when a job passes
 its hard limit (or its progress limit) by ``grace`` seconds and is still there, it has the worker dump
 its stack (faulthandler), kills the worker with SIGKILL, gives the lease up with the reason and the
-stack, and runs one sweep so that the job is failed the framework's way at once. The worker's
+stack, and, when it can build the integration's adapter (``--adapter module:factory``), runs one sweep
+so that the job is failed the framework's way at once; given only the integration's name, it leaves
+that to the sweepers of the integration's other workers (and of the restarted one). The worker's
 supervisor restarts the worker, as after any crash. It exits by itself when the worker is gone.
 
 Run by the integrations: ``python -m zombieguard.sidecar --pid ... --slot ... --adapter mod:factory``.
@@ -19,13 +21,14 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from zombieguard.adapter import JobAdapter
 from zombieguard.lease import JobSpec, LeaseStore
 from zombieguard.policy import Settings
 from zombieguard.slot import JobSlot, SlotState
+from zombieguard.stats import EventCounter
 from zombieguard.sweeper import Sweeper
 from zombieguard.watchdog import StackDumper
 
@@ -62,25 +65,61 @@ def _load_adapter(spec: str, store: LeaseStore) -> JobAdapter:
     return adapter
 
 
+class SlotFiles:
+    """The slots to watch: one file, or every ``slot*`` file of a directory (one per pool thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._slots: dict[Path, JobSlot] = {}
+        self._listed = -1.0
+
+    def __call__(self) -> list[JobSlot]:
+        """The slots, the directory listed again at most once a second."""
+        now = time.monotonic()
+        if now - self._listed >= 1.0:
+            self._listed = now
+            paths = sorted(self.path.glob("slot*")) if self.path.is_dir() else [self.path]
+            for path in paths:
+                if path not in self._slots:
+                    self._slots[path] = JobSlot(path)
+        return list(self._slots.values())
+
+
 def watch(
-    pid: int, slot: JobSlot, dumper: StackDumper, store: LeaseStore, *, adapter_spec: str, grace: float
+    pid: int,
+    slots: Callable[[], Sequence[JobSlot]],
+    dumper: StackDumper,
+    store: LeaseStore,
+    *,
+    adapter_spec: str,
+    grace: float,
 ) -> str | None:
     """Watch ``pid`` until it exits (None) or has to be killed (the reason)."""
     while _alive(pid):
-        state = slot.read()
-        reason = overdue(state, time.monotonic(), grace)
-        if reason is not None and slot.read().generation == state.generation:
-            stack = dumper.request(pid)
-            os.kill(pid, signal.SIGKILL)
-            log.error("worker %d stuck %s in job %s: killed", pid, reason, state.job_id)
-            adapter = _load_adapter(adapter_spec, store)
-            spec = JobSpec(state.job_id, adapter.name, "", "")
-            store.abandon(spec, state.token, reason, stack)
-            Sweeper(
-                store, {adapter.name: adapter}, name=f"sidecar-of-{pid}", sender=adapter.name
-            ).sweep_once()
-            return reason
+        for slot in slots():
+            reason = _act_on(pid, slot, dumper, store, adapter_spec=adapter_spec, grace=grace)
+            if reason is not None:
+                return reason
         time.sleep(POLL_SECONDS)
+    return None
+
+
+def _act_on(
+    pid: int, slot: JobSlot, dumper: StackDumper, store: LeaseStore, *, adapter_spec: str, grace: float
+) -> str | None:
+    state = slot.read()
+    reason = overdue(state, time.monotonic(), grace)
+    if reason is not None and slot.read().generation == state.generation:
+        stack = dumper.request(pid)
+        os.kill(pid, signal.SIGKILL)
+        log.error("worker %d stuck %s in job %s: killed", pid, reason, state.job_id)
+        if ":" not in adapter_spec:
+            store.abandon(JobSpec(state.job_id, adapter_spec, "", ""), state.token, reason, stack)
+            return reason
+        adapter = _load_adapter(adapter_spec, store)
+        store.abandon(JobSpec(state.job_id, adapter.name, "", ""), state.token, reason, stack)
+        Sweeper(store, {adapter.name: adapter}, name=f"sidecar-of-{pid}", sender=adapter.name).sweep_once()
+        return reason
     return None
 
 
@@ -92,16 +131,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dump", type=Path, required=True)
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--key-prefix", required=True)
-    parser.add_argument("--adapter", required=True, help="module:factory taking a Redis client")
+    parser.add_argument(
+        "--adapter",
+        required=True,
+        help="module:factory taking a Redis client, or the integration's name (abandon only)",
+    )
     parser.add_argument("--grace", type=float, default=0.5)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s zombieguard-sidecar %(message)s")
     # The worker's Ctrl+C reaches its whole process group; this process ends when the worker does.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     store = LeaseStore.from_url(args.redis_url, Settings(key_prefix=args.key_prefix))
+    EventCounter(store)  # what its sweep detects counts like any worker's
     watch(
         args.pid,
-        JobSlot(args.slot),
+        SlotFiles(args.slot),
         StackDumper(args.dump),
         store,
         adapter_spec=args.adapter,

@@ -1,23 +1,28 @@
 """A job slot: shared memory through which a worker tells an enforcer in another process about the
 job it runs (which one, under which fencing token, its deadlines, its last progress).
 
-The enforcer is the RQ worker's parent watching its horse, or the watchdog process beside a worker
-whose jobs run in its own main thread (RQ SimpleWorker, Celery solo): when that thread is stuck in C
-code holding the GIL, nothing inside the process can run, so something outside must act.
+The enforcer is the RQ worker's parent watching its horse, the Celery worker's main process watching
+its prefork pool processes (which also renews their leases from what the slots say), or the watchdog
+process beside a worker whose jobs run in its own main thread (RQ SimpleWorker, Celery solo): when
+that thread is stuck in C code holding the GIL, nothing inside the process can run, so something
+outside must act.
 
 Times are ``time.monotonic()`` values: CLOCK_MONOTONIC is one clock for every process of a machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 # generation, active, token, started, hard_deadline, progress_timeout, last_progress, job id,
-# confirmed_until, outcome
-_FORMAT = "=qqqdddd256sdq"
+# confirmed_until, outcome, soft_deadline, started_at (server time), attempt, stalls, pid, lease_ttl,
+# task name, queue
+_FORMAT = "=qqqdddd256sdqddqqqd128s64s"
 SIZE = struct.calcsize(_FORMAT)
 _GENERATION = struct.Struct("=q")
 _DOUBLE = struct.Struct("=d")
@@ -44,6 +49,16 @@ class SlotState:
     job_id: str
     confirmed_until: float
     outcome: int
+    soft_deadline: float | None
+    started_at: float
+    """Server time of the acquire."""
+    attempt: int
+    stalls: int
+    pid: int
+    """The process that runs the job."""
+    lease_ttl: float
+    task: str
+    queue: str
 
 
 class JobSlot:
@@ -68,6 +83,14 @@ class JobSlot:
         hard_deadline: float | None,
         progress_timeout: float | None,
         confirmed_until: float = 0.0,
+        soft_deadline: float | None = None,
+        started_at: float = 0.0,
+        attempt: int = 0,
+        stalls: int = 0,
+        pid: int = 0,
+        lease_ttl: float = 0.0,
+        task: str = "",
+        queue: str = "",
     ) -> None:
         """Announce a running job (the writer is its own process; one job at a time per slot)."""
         generation = self.read().generation + 1
@@ -87,6 +110,14 @@ class JobSlot:
             job_id.encode()[:256],
             confirmed_until,
             0,
+            soft_deadline or 0.0,
+            started_at,
+            attempt,
+            stalls,
+            pid,
+            lease_ttl,
+            task.encode()[:128],
+            queue.encode()[:64],
         )
         self._map[0:8] = _GENERATION.pack(generation + 1)
 
@@ -121,7 +152,26 @@ class JobSlot:
             raw = struct.unpack_from(_FORMAT, self._map, 0)
             if raw[0] % 2 == 0 and _GENERATION.unpack_from(self._map, 0)[0] == raw[0]:
                 break
-        generation, active, token, started, hard, progress_timeout, last, job_id, confirmed, outcome = raw
+        (
+            generation,
+            active,
+            token,
+            started,
+            hard,
+            progress_timeout,
+            last,
+            job_id,
+            confirmed,
+            outcome,
+            soft,
+            started_at,
+            attempt,
+            stalls,
+            pid,
+            lease_ttl,
+            task,
+            queue,
+        ) = raw
         return SlotState(
             generation=generation,
             active=bool(active),
@@ -133,8 +183,34 @@ class JobSlot:
             job_id=job_id.rstrip(b"\0").decode(errors="replace"),
             confirmed_until=confirmed,
             outcome=outcome,
+            soft_deadline=soft or None,
+            started_at=started_at,
+            attempt=attempt,
+            stalls=stalls,
+            pid=pid,
+            lease_ttl=lease_ttl,
+            task=task.rstrip(b"\0").decode(errors="replace"),
+            queue=queue.rstrip(b"\0").decode(errors="replace"),
         )
 
     def close(self) -> None:
         """Unmap."""
         self._map.close()
+
+
+def remove_stale_workdirs(prefix: str) -> None:
+    """Delete the working directories (``<tmp>/<prefix><pid>-*``, slots and stack dumps) of workers
+    that were killed and could not clean up after themselves."""
+    for path in Path(tempfile.gettempdir()).glob(f"{prefix}*-*"):
+        pid = path.name[len(prefix) :].split("-", 1)[0]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        with contextlib.suppress(OSError):
+            for child in path.iterdir():
+                if child.is_dir():
+                    for grandchild in child.iterdir():
+                        grandchild.unlink()
+                    child.rmdir()
+                else:
+                    child.unlink()
+            path.rmdir()

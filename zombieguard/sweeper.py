@@ -16,16 +16,20 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import redis
 
+from zombieguard import silence
 from zombieguard.adapter import JobAdapter
 from zombieguard.containment import contained, log
 from zombieguard.containment import report as report_error
 from zombieguard.deadletter import DeadLetterEntry
+from zombieguard.errors import ZombieGuardError
 from zombieguard.events import (
+    JobCompleted,
     JobDeadLettered,
     JobEvent,
     JobHung,
@@ -52,6 +56,8 @@ def record_event(kind: type[JobEvent], record: LeaseRecord, reason: str, **extra
         last_beat_at=record.last_beat,
         last_progress_at=record.last_progress,
         stack=record.stack or None,
+        payload=record.payload,
+        policy=record.policy(),
         **extra,  # type: ignore[arg-type]
     )
 
@@ -65,12 +71,31 @@ class SweepReport:
     failed: list[str] = field(default_factory=list)
     ended: list[str] = field(default_factory=list)
     """Leases whose job had ended already in its framework: closed, nothing recovered."""
+    republished: list[str] = field(default_factory=list)
+    """Requeued jobs no worker started in time, published again."""
     corrupt: list[tuple[str, str]] = field(default_factory=list)
     dead_workers: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     """Claims whose adapter step failed; they are retried once the claim expires."""
     full: bool = False
     """A batch came back full: there may be more due right now."""
+
+
+MAX_REPUBLISHED = 3
+"""How many times a requeued job that no worker starts is published again."""
+REPUBLISH_AFTER = 1.0
+"""Seconds after a requeue to look whether a worker started the job (at most a third of lease_ttl);
+twice and four times that for the next looks. A live idle worker starts it in milliseconds; a copy
+that went to a frozen consumer is followed by one that RabbitMQ hands to the next consumer. When
+every worker is busy, the job's extra copies (at most three) are refused as stale once delivered."""
+
+
+def _republish_after(adapter: JobAdapter, record: LeaseRecord, republished: int) -> float | None:
+    """When to look again at a job just requeued, for adapters that publish unstarted jobs again
+    (``republished``: how many times it was published again already)."""
+    if not adapter.republishes_unstarted or republished >= MAX_REPUBLISHED:
+        return None
+    return float(min(REPUBLISH_AFTER, record.lease_ttl / 3) * 2**republished)
 
 
 class Sweeper:
@@ -131,6 +156,12 @@ class Sweeper:
         if claimed.reason == "stalled":
             self._stalled(adapter, claimed, report)
             return
+        if claimed.reason == "unstarted":
+            self._unstarted(adapter, claimed, report)
+            return
+        if claimed.reason == "stopped":
+            self._stopped(adapter, claimed, report)
+            return
         hung = claimed.reason == "hung"
         limit = record.progress_timeout if hung else record.hard_timeout
         why = (
@@ -155,7 +186,9 @@ class Sweeper:
         if stalls <= record.max_stalls:
             if not adapter.requeue(record):
                 self._already_ended(claimed, ended, report)
-            elif self._finish(claimed, FinishedState.QUEUED, ended):
+            elif self._finish(
+                claimed, FinishedState.QUEUED, ended, republish_after=_republish_after(adapter, record, 0)
+            ):
                 report.recovered.append(record.job_id)
                 emit(self.sender, stalled)
                 details = (("stalls", stalls), ("next_attempt", record.attempt + 1))
@@ -176,14 +209,65 @@ class Sweeper:
             emit(self.sender, stalled)
             emit(self.sender, record_event(JobDeadLettered, record, verdict, details=(("stalls", stalls),)))
 
-    def _already_ended(self, claimed: Claimed, ended: AttemptRecord, report: SweepReport) -> None:
+    def kill(self, job_id: str, stopped_by: str) -> bool:
+        """Stop a running job from outside (``zombieguard kill``): it ends failed (stopped), not
+        recovered. False when it is not running. Raises RedisError, or the adapter's error."""
+        claimed = self.store.seize(job_id, self.name, stopped_by)
+        if claimed is None:
+            return False
+        adapter = self.adapters.get(claimed.record.adapter)
+        if adapter is None:
+            raise ZombieGuardError(
+                f"job {job_id} is a {claimed.record.adapter} job and that integration is not available here"
+            )
+        report = SweepReport()
+        self._stopped(adapter, claimed, report)
+        return job_id in report.failed or job_id in report.ended
+
+    def _stopped(self, adapter: JobAdapter, claimed: Claimed, report: SweepReport) -> None:
+        record = claimed.record
+        why = f"stopped by {record.stopped_by or 'an operator'}"
+        with contained(f"{self.name} asking {adapter.name} to stop {record.job_id}"):
+            adapter.stop(record)
+        ended = record.ended_attempt("stopped", why, claimed.claimed_at)
+        if not adapter.fail(record, "stopped", why):
+            self._already_ended(claimed, ended, report)
+        elif self._finish(claimed, FinishedState.FAILED, ended):
+            report.failed.append(record.job_id)
+            details = (("stopped_by", record.stopped_by),)
+            emit(self.sender, record_event(JobCompleted, record, "stopped", details=details))
+
+    def _unstarted(self, adapter: JobAdapter, claimed: Claimed, report: SweepReport) -> None:
+        """A requeued job no worker started: publish it again. The copies carry one attempt number,
+        so whichever is delivered first runs and the others are refused as stale."""
+        record = claimed.record
+        if not adapter.requeue(record):
+            self._already_ended(claimed, None, report)
+            return
+        after = _republish_after(adapter, record, record.republished + 1)
+        if self._finish(claimed, FinishedState.QUEUED, None, republish_after=after):
+            report.republished.append(record.job_id)
+            log.warning(
+                "sweeper %s: job %s was requeued but no worker started it; published it again",
+                self.name,
+                record.job_id,
+            )
+
+    def _already_ended(self, claimed: Claimed, ended: AttemptRecord | None, report: SweepReport) -> None:
         """The framework recorded the job's end but the worker died before the lease's release was
         written (it is written after the end when that is safe): close the lease, nothing to recover."""
         if self._finish(claimed, FinishedState.ENDED, ended):
             report.ended.append(claimed.record.job_id)
 
-    def _finish(self, claimed: Claimed, state: FinishedState, ended: AttemptRecord, entry: str = "") -> bool:
-        if self.store.finish(claimed, state, ended, entry):
+    def _finish(
+        self,
+        claimed: Claimed,
+        state: FinishedState,
+        ended: AttemptRecord | None,
+        entry: str = "",
+        republish_after: float | None = None,
+    ) -> bool:
+        if self.store.finish(claimed, state, ended, entry, republish_after):
             return True
         log.warning(
             "sweeper %s: claim of %s was taken over before it finished (claim_ttl=%gs too short?)",
@@ -195,11 +279,16 @@ class Sweeper:
 
     def _run(self) -> None:
         failures = 0
+        silence_checked = 0.0
         while not self._stop.is_set():
             report = SweepReport()
             try:
                 report = self.sweep_once()
                 failures = 0
+                threshold = self.store.settings.silence_alert
+                if threshold is not None and time.monotonic() - silence_checked >= silence.period(threshold):
+                    silence_checked = time.monotonic()
+                    silence.check_silence(self.store, self.adapters, self.sender)
             except redis.RedisError as exc:
                 failures += 1
                 if failures == 1 or failures % 30 == 0:

@@ -14,14 +14,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from zombieguard.events import ALL_SIGNALS, JobEvent, WorkerEvent
+from zombieguard.events import ALL_SIGNALS, JobEvent, QueueEvent, WorkerEvent
 from zombieguard.policy import Policy
 
 
-class CapturedEvents(list[JobEvent | WorkerEvent]):
+class CapturedEvents(list[JobEvent | WorkerEvent | QueueEvent]):
     """The events sent while capturing, in order, with a filter by kind."""
 
-    def of_kind(self, kind: str) -> list[JobEvent | WorkerEvent]:
+    def of_kind(self, kind: str) -> list[JobEvent | WorkerEvent | QueueEvent]:
         """The captured events of one kind (``"stalled"``, ``"hung"``, ...)."""
         return [event for event in self if event.kind == kind]
 
@@ -31,7 +31,7 @@ def capture_events() -> Iterator[CapturedEvents]:
     """Collect every zombieguard event sent in this process while the block runs."""
     captured = CapturedEvents()
 
-    def receiver(sender: Any, event: JobEvent | WorkerEvent) -> None:
+    def receiver(sender: Any, event: JobEvent | WorkerEvent | QueueEvent) -> None:
         captured.append(event)
 
     for signal in ALL_SIGNALS:

@@ -36,6 +36,14 @@ from zombieguard.policy import Policy
 # RQ's death penalty; SIGUSR2 is free in both (Celery's rdb uses it only when CELERY_RDBSIG is set).
 STACK_DUMP_SIGNAL = signal.SIGUSR2
 
+# Signals that raise zombieguard's interrupts in the process running a job (an RQ horse or simple
+# worker, a Celery prefork pool process or solo worker). Real-time signals: RQ, Celery and billiard
+# use none of them.
+SOFT_SIGNAL = signal.SIGRTMIN + 1
+HARD_SIGNAL = signal.SIGRTMIN + 2
+HUNG_SIGNAL = signal.SIGRTMIN + 3
+LOST_SIGNAL = signal.SIGRTMIN + 4
+
 
 class Limit(str, Enum):
     """A limit an attempt can pass."""

@@ -6,10 +6,14 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.e2e.rq_harness import RQHarness
+
+if TYPE_CHECKING:  # Celery is imported only by the tests that use it (the RQ 2 run has none)
+    from tests.e2e.celery_harness import CeleryHarness
 
 
 @pytest.fixture
@@ -45,3 +49,31 @@ def black_hole() -> Iterator[int]:
     for conn in accepted:
         conn.close()
     server.close()
+
+
+@pytest.fixture
+def celery_harness(redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[CeleryHarness]:
+    """Real celery workers on the Redis broker, on a queue of the test's own."""
+    from tests.e2e.celery_harness import CeleryHarness  # noqa: PLC0415 - not in the RQ 2 run
+
+    harness = CeleryHarness(redis_url, key_prefix, tmp_path)
+    yield harness
+    harness.close()
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def any_broker_harness(
+    request: pytest.FixtureRequest, redis_url: str, key_prefix: str, tmp_path: Path
+) -> Iterator[CeleryHarness]:
+    """Real celery workers on each broker in turn (RabbitMQ skipped, saying why, where none answers)."""
+    from tests.e2e.celery_harness import (  # noqa: PLC0415 - not in the RQ 2 run
+        RABBITMQ_URL,
+        CeleryHarness,
+        rabbitmq_answers,
+    )
+
+    if request.param == "rabbitmq" and not rabbitmq_answers():
+        pytest.skip(f"no RabbitMQ answers at {RABBITMQ_URL}")
+    harness = CeleryHarness(redis_url, key_prefix, tmp_path, broker=request.param)
+    yield harness
+    harness.close()

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.rq_harness import REPO, RQHarness, wait_until
+from tests.e2e.harness import REPO
+from tests.e2e.rq_harness import RQHarness, wait_until
 from zombieguard.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.slow
@@ -166,3 +167,91 @@ def test_the_demo_shows_every_zombie_handled_and_exits_0_well_within_two_minutes
     assert "2 attempt(s)" in lines["worker SIGKILLed"]
     assert "JobDeadLettered" in lines["poison pill"]
     assert "a zombie" not in summary
+
+
+def test_an_rq_queue_that_completes_nothing_while_jobs_wait_is_alerted_and_then_recovers(
+    rq_harness: RQHarness,
+) -> None:
+    rq_harness.start_worker("GuardedWorker", env={"ZOMBIEGUARD_SILENCE_ALERT": "2"})
+    first = rq_harness.enqueue("add", 1, 1)
+    rq_harness.wait_status(first, ["finished"], 15)
+    slow = rq_harness.enqueue("sleep_then_return", rq_harness.notes, 6.0)
+    rq_harness.enqueue("add", 2, 2)  # waits behind it in the RQ queue
+    silence = "{" + rq_harness.key_prefix + "}:silence"
+    wait_until(lambda: rq_harness.client.hexists(silence, rq_harness.queue_name), 10, what="silence alert")
+    rq_harness.wait_status(slow, ["finished"], 15)
+    wait_until(lambda: not rq_harness.client.hexists(silence, rq_harness.queue_name), 10, what="recovery")
+    assert "no job completed for" in rq_harness.log()
+    assert "completing jobs again" in rq_harness.log()
+
+
+def test_a_standalone_sweeper_recovers_the_job_of_a_killed_worker_when_no_worker_is_left(
+    rq_harness: RQHarness,
+) -> None:
+    victim = rq_harness.start_worker("GuardedWorker")
+    job = rq_harness.enqueue("long_job", rq_harness.notes, 30.0)
+    wait_until(lambda: rq_harness.notes_of("started"), 15, what="started")
+    os.killpg(victim.pid, signal.SIGKILL)
+    sweeper = subprocess.Popen(
+        [ZOMBIEGUARD, "--redis-url", rq_harness.redis_url, "sweep"],
+        env={
+            **os.environ,
+            "ZOMBIEGUARD_KEY_PREFIX": rq_harness.key_prefix,
+            "ZOMBIEGUARD_SWEEP_INTERVAL": "0.2",
+        },
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert rq_harness.wait_status(job, ["queued"], 40) == "queued"  # recovered: back on its queue
+    finally:
+        sweeper.terminate()
+        assert sweeper.wait(10) == 0
+    assert cli_json(rq_harness, "sweep", "--once") == {
+        "recovered": [],
+        "failed": [],
+        "dead_lettered": [],
+        "republished": [],
+        "dead_workers": [],
+        "corrupt": [],
+    }
+
+
+def test_status_has_a_line_per_queue_and_watch_keeps_refreshing(rq_harness: RQHarness) -> None:
+    rq_harness.start_worker("GuardedWorker")
+    done = rq_harness.enqueue("add", 1, 1)
+    rq_harness.wait_status(done, ["finished"], 15)
+    rq_harness.enqueue("long_job", rq_harness.notes, 6.0)
+    rq_harness.enqueue("add", 2, 2)  # waits behind it
+    wait_until(lambda: rq_harness.notes_of("started"), 15, what="started")
+    [queue] = cli_json(rq_harness, "status")["queues"]
+    assert (queue["queue"], queue["adapter"], queue["waiting"], queue["running"], queue["zombies"]) == (
+        rq_harness.queue_name,
+        "rq",
+        1,
+        1,
+        0,
+    )
+    assert queue["last_success_age"] is not None
+    assert queue["oldest_age"] >= 0
+    assert f"queue {rq_harness.queue_name} (rq): 1 waiting, 1 running" in cli(rq_harness, "status").stdout
+    watch = subprocess.Popen(
+        [
+            ZOMBIEGUARD,
+            "--redis-url",
+            rq_harness.redis_url,
+            "status",
+            "--watch",
+            "--json",
+            "--interval",
+            "0.2",
+        ],
+        env={**os.environ, "ZOMBIEGUARD_KEY_PREFIX": rq_harness.key_prefix},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert watch.stdout is not None
+    refreshes = [json.loads(watch.stdout.readline()) for _ in range(3)]
+    watch.send_signal(signal.SIGINT)
+    assert watch.wait(10) == 0
+    assert all(r["queues"][0]["running"] == 1 for r in refreshes)

@@ -16,6 +16,7 @@ class RecordingAdapter:
     """An adapter that records what the core asked of it (the framework side is tested per integration)."""
 
     name: str = "test"
+    republishes_unstarted: bool = False
     requeued: list[str] = field(default_factory=list)
     failed: list[tuple[str, str, str]] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
@@ -23,6 +24,8 @@ class RecordingAdapter:
     fail_requeue: bool = False
     ended: bool = False
     """Say the job had already ended in the framework."""
+    backlog: int | None = 0
+    """What :meth:`waiting` says."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def requeue(self, record: LeaseRecord) -> bool:
@@ -44,6 +47,9 @@ class RecordingAdapter:
     def stop(self, record: LeaseRecord) -> None:
         with self.lock:
             self.stopped.append(record.job_id)
+
+    def waiting(self, queue: str) -> int | None:
+        return self.backlog
 
     def republish(self, entry: DeadLetterEntry) -> None:
         with self.lock:

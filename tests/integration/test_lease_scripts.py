@@ -209,3 +209,16 @@ def test_abandon_makes_the_lease_due_now_with_its_reason_and_stack_and_is_fenced
     record = store.record("j1")
     assert record is not None
     assert record.history[-1].stack == "File 'x.py', line 3, in crunch"
+
+
+def test_a_requeued_attempt_lets_the_same_delivery_start_again_and_keeps_its_story(store: LeaseStore) -> None:
+    policy = Policy(lease_ttl=5)
+    first = store.acquire(job("j1"), "w1", policy, delivery_attempt=1)
+    store.release(job("j1"), first.token, Outcome.REQUEUED, "rejected: not now")
+    again = store.acquire(job("j1"), "w2", policy, delivery_attempt=1)
+    assert (again.status, again.attempt) == (AcquireStatus.ACQUIRED, 1)
+    record = store.record("j1")
+    assert record is not None
+    assert [(h.attempt, h.outcome) for h in record.history] == [(1, "requeued")]
+    store.release(job("j1"), again.token, Outcome.FAILED, "boom")
+    assert store.acquire(job("j1"), "w3", policy, delivery_attempt=1).status is AcquireStatus.STALE

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-import gzip
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 import sentry_sdk
 
+from tests.sentry_endpoint import SentryEndpoint
 from tests.waiting import wait_until
-from zombieguard.events import JobDeadLettered, JobStalled, JobTimedOut, emit
+from zombieguard import Policy
+from zombieguard.errors import HardTimeLimitExceeded
+from zombieguard.events import (
+    JobDeadLettered,
+    JobStalled,
+    JobStarted,
+    JobTimedOut,
+    QueueRecovered,
+    QueueSilent,
+    emit,
+)
 from zombieguard.integrations.sentry import ZombieGuardIntegration, stack_frames
 
 FAULTHANDLER_DUMP = """Current thread 0x00007f (most recent call first):
@@ -23,41 +31,19 @@ FAULTHANDLER_DUMP = """Current thread 0x00007f (most recent call first):
 """
 
 
-class _Envelopes(BaseHTTPRequestHandler):
-    received: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
-        lines = body.decode().splitlines()
-        for header, payload in zip(lines[1::2], lines[2::2], strict=False):
-            if json.loads(header).get("type") == "event":
-                self.received.append(json.loads(payload))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        """Quiet."""
-
-
 @pytest.fixture
 def sentry_events() -> Iterator[list[dict[str, Any]]]:
     """sentry-sdk initialised with the integration, sending to a local endpoint; the events it got."""
-    _Envelopes.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Envelopes)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    endpoint = SentryEndpoint()
     sentry_sdk.init(
-        dsn=f"http://public@127.0.0.1:{server.server_address[1]}/1",
+        dsn=endpoint.dsn,
         integrations=[ZombieGuardIntegration(max_events_per_fingerprint=3, rate_limit_window=60)],
         default_integrations=False,
     )
-    yield _Envelopes.received
+    yield endpoint.events
     sentry_sdk.get_client().close()
     sentry_sdk.init(default_integrations=False)  # no DSN: a client that sends nothing
-    server.shutdown()
-    server.server_close()
+    endpoint.close()
 
 
 def _event(kind: type, **extra: Any) -> Any:
@@ -68,7 +54,7 @@ def _event(kind: type, **extra: Any) -> Any:
 def test_a_stopped_job_becomes_one_sentry_event_with_fingerprint_tags_and_the_frame_where_it_hung(
     sentry_events: list[dict[str, Any]],
 ) -> None:
-    emit("rq", _event(JobTimedOut, limit="hard", stack=FAULTHANDLER_DUMP))
+    emit("rq", _event(JobTimedOut, limit="hard", stack=FAULTHANDLER_DUMP, policy=Policy(hard_timeout=30)))
     sentry_sdk.flush(5)
     [event] = wait_until(lambda: list(sentry_events), 5, what="the event arrived")
     assert event["fingerprint"] == ["zombieguard", "timed_out", "billing.charge"]
@@ -81,6 +67,7 @@ def test_a_stopped_job_becomes_one_sentry_event_with_fingerprint_tags_and_the_fr
     assert [f["function"] for f in frames] == ["_execute", "run", "crunch"]  # innermost last
     assert frames[-1]["lineno"] == 12
     assert event["contexts"]["zombieguard"]["job_id"] == "job-1"
+    assert event["contexts"]["zombieguard"]["policy"]["hard_timeout"] == 30  # the policy it ran under
     assert "args" not in json.dumps(event)  # job arguments are never sent
 
 
@@ -105,3 +92,70 @@ def test_a_python_traceback_is_read_oldest_frame_first() -> None:
         '  File "/b.py", line 2, in inner\n'
     )
     assert [f["function"] for f in stack_frames(stack)] == ["outer", "inner"]
+
+
+@pytest.mark.parametrize("pii", [False, True])
+def test_the_job_and_its_arguments_go_to_sentry_only_with_send_default_pii(pii: bool) -> None:
+    endpoint = SentryEndpoint()
+    sentry_sdk.init(
+        dsn=endpoint.dsn,
+        integrations=[ZombieGuardIntegration()],
+        default_integrations=False,
+        send_default_pii=pii,
+    )
+    try:
+        payload = json.dumps({"signature": {"args": ["card-4242-secret"]}})
+        emit("celery", _event(JobStalled, payload=payload))
+        sentry_sdk.flush(5)
+        [event] = wait_until(lambda: list(endpoint.events), 5, what="the event arrived")
+    finally:
+        sentry_sdk.get_client().close()
+        sentry_sdk.init(default_integrations=False)
+        endpoint.close()
+    assert ("card-4242-secret" in json.dumps(event)) is pii
+    if pii:
+        assert event["contexts"]["zombieguard"]["job"] == {"signature": {"args": ["card-4242-secret"]}}
+
+
+def test_the_job_s_own_exceptions_carry_the_attempt_and_interrupts_are_not_reported_twice(
+    sentry_events: list[dict[str, Any]],
+) -> None:
+    emit("rq", _event(JobStarted))
+    try:
+        raise ValueError("the job's own bug")
+    except ValueError:
+        sentry_sdk.capture_exception()
+    try:
+        raise HardTimeLimitExceeded("job passed its hard_timeout of 2 s")
+    except HardTimeLimitExceeded:
+        sentry_sdk.capture_exception()  # the RQ integration's report of zombieguard's interrupt
+    sentry_sdk.flush(5)
+    [own] = wait_until(lambda: list(sentry_events), 5, what="the event arrived")  # flush() sent both
+    assert own["exception"]["values"][-1]["type"] == "ValueError"
+    assert (own["tags"]["zombieguard.attempt"], own["tags"]["zombieguard.worker"]) == ("2", "w1")
+
+
+def test_in_a_dump_of_every_thread_the_job_s_thread_is_the_main_one() -> None:
+    dump = (
+        "Current thread 0x00007f01 (most recent call first):\n"
+        '  File "/usr/lib/python3/threading.py", line 331 in wait\n'
+        '  File "/app/zombieguard/heartbeat.py", line 160 in _run\n'
+        '  File "/usr/lib/python3/threading.py", line 1002 in _bootstrap\n'
+        "\n"
+        "Thread 0x00007f00 (most recent call first):\n"
+        '  File "/app/tasks.py", line 9 in hang\n'
+        '  File "/usr/bin/celery", line 8 in <module>\n'
+    )
+    assert [f["function"] for f in stack_frames(dump)] == ["<module>", "hang"]
+
+
+def test_a_silent_queue_is_an_error_and_its_recovery_an_info_event_in_one_issue(
+    sentry_events: list[dict[str, Any]],
+) -> None:
+    emit("celery", QueueSilent("billing", "celery", 612.0, running=2, waiting=40))
+    emit("celery", QueueRecovered("billing", "celery", 3.0, running=1, waiting=0))
+    sentry_sdk.flush(5)
+    silent, recovered = wait_until(lambda: len(sentry_events) >= 2 and list(sentry_events), 5, what="events")
+    assert silent["fingerprint"] == recovered["fingerprint"] == ["zombieguard", "queue_silent", "billing"]
+    assert (silent["level"], recovered["level"]) == ("error", "info")
+    assert silent["message"] == "queue billing: no job completed 612 s (2 running, 40 waiting)"

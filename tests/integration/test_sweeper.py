@@ -298,3 +298,67 @@ def test_the_dead_letter_queue_is_bounded_by_age(client: redis.Redis, key_prefix
     assert [e.job_id for e in DeadLetterStore(store).entries()[0]] == ["new"]
     for key in client.scan_iter(match="{" + key_prefix + "}*"):
         client.delete(key)
+
+
+def _republish_due_now(store: LeaseStore, job_id: str, adapter: str = "test") -> None:
+    """As if lease_ttl passed since the requeue (no waiting in tests)."""
+    now = store.server_time()
+    store.client.hset(store.lease_key(job_id), "republish_at", repr(now - 0.001))
+    store.client.zadd(store.due_key(adapter), {job_id: now - 0.001})
+
+
+def test_a_requeued_job_no_worker_starts_is_published_again_and_only_one_copy_runs(store: LeaseStore) -> None:
+    adapter = RecordingAdapter(republishes_unstarted=True)
+    sweeper = Sweeper(store, {"test": adapter}, name="s1")
+    policy = Policy(lease_ttl=5)
+    start(store, "j1", policy)
+    expire(store, "j1")
+    assert sweeper.sweep_once().recovered == ["j1"]
+    record = store.record("j1")
+    assert record is not None
+    assert record.state == "queued"
+    # Nothing is due before republish_at; then the job is published again, once per due time.
+    assert sweeper.sweep_once().republished == []
+    _republish_due_now(store, "j1")
+    assert sweeper.sweep_once().republished == ["j1"]
+    assert adapter.requeued == ["j1", "j1"]
+    record = store.record("j1")
+    assert record is not None
+    assert (record.state, record.attempt, record.stalls, record.republished) == ("queued", 1, 1, 1)
+    assert len(record.history) == 1  # publishing again ends no attempt
+    # Both copies say attempt 2: the first delivered runs, the other is stale.
+    first = store.acquire(job("j1"), "w2", policy, delivery_attempt=2)
+    assert (first.status, first.attempt) == (AcquireStatus.ACQUIRED, 2)
+    assert store.acquire(job("j1"), "w3", policy, delivery_attempt=2).status is AcquireStatus.STALE
+    store.release(job("j1"), first.token, Outcome.COMPLETED)
+    assert store.acquire(job("j1"), "w3", policy, delivery_attempt=2).status is AcquireStatus.STALE
+
+
+def test_republishing_looks_after_1s_then_backs_off_and_stops_after_three_times(store: LeaseStore) -> None:
+    adapter = RecordingAdapter(republishes_unstarted=True)
+    sweeper = Sweeper(store, {"test": adapter}, name="s1")
+    start(store, "j1", Policy(lease_ttl=5))
+    expire(store, "j1")
+    sweeper.sweep_once()
+    gaps = []
+    for _ in range(3):
+        before = store.server_time()
+        record = store.record("j1")
+        assert record is not None
+        gaps.append(round(float(store.client.hget(store.lease_key("j1"), "republish_at") or 0) - before, 1))
+        _republish_due_now(store, "j1")
+        assert sweeper.sweep_once().republished == ["j1"]
+    assert gaps == [1.0, 2.0, 4.0]  # then twice and four times that
+    assert store.client.hget(store.lease_key("j1"), "republish_at") is not None
+    assert not store.client.zscore(store.due_key("test"), "j1")  # no fourth time
+    assert len(adapter.requeued) == 4
+
+
+def test_an_adapter_that_does_not_republish_leaves_a_requeued_job_alone(store: LeaseStore) -> None:
+    adapter = RecordingAdapter()
+    sweeper = Sweeper(store, {"test": adapter}, name="s1")
+    start(store, "j1", Policy(lease_ttl=5))
+    expire(store, "j1")
+    sweeper.sweep_once()
+    assert not store.client.zscore(store.due_key("test"), "j1")
+    assert store.client.hget(store.lease_key("j1"), "republish_at") is None

@@ -90,9 +90,21 @@ from zombieguard.lease import (
     text,
 )
 from zombieguard.policy import Config, Policy, current_config, guard_fields
-from zombieguard.slot import OUTCOME_COMPLETED, JobSlot
+from zombieguard.slot import OUTCOME_COMPLETED, JobSlot, remove_stale_workdirs
+from zombieguard.stats import EventCounter
 from zombieguard.sweeper import Sweeper
-from zombieguard.watchdog import Limit, LimitClock, StackDumper, Watchdog, Watched, thread_stack
+from zombieguard.watchdog import (
+    HARD_SIGNAL,
+    HUNG_SIGNAL,
+    LOST_SIGNAL,
+    SOFT_SIGNAL,
+    Limit,
+    LimitClock,
+    StackDumper,
+    Watchdog,
+    Watched,
+    thread_stack,
+)
 
 RQ_VERSION = require("rq", rq.__version__)
 _RQ3 = RQ_VERSION >= (3,)
@@ -109,11 +121,6 @@ def run_failure_callback(job: Job, death_penalty_class: Any, error: BaseExceptio
 
 ADAPTER = "rq"
 
-# Signals raised into the process running a job. Real-time signals: neither RQ nor Celery uses them.
-SOFT_SIGNAL = signal.SIGRTMIN + 1
-HARD_SIGNAL = signal.SIGRTMIN + 2
-HUNG_SIGNAL = signal.SIGRTMIN + 3
-LOST_SIGNAL = signal.SIGRTMIN + 4
 
 ESCALATE_AFTER = 0.5
 """Seconds between the in-process interrupt and SIGKILL of a job that did not end."""
@@ -128,6 +135,7 @@ _EXCEPTION_NAMES = {
     "hung": "zombieguard.JobHung",
     "stalled": "zombieguard.JobStalled",
     "dead_lettered": "zombieguard.JobDeadLettered",
+    "stopped": "zombieguard.JobStopped",
 }
 
 
@@ -135,6 +143,7 @@ class RQAdapter:
     """How the core acts on RQ jobs (requeue, fail, stop, republish)."""
 
     name = ADAPTER
+    republishes_unstarted = False  # RQ would run a second copy of the job id: it carries no attempt
 
     def __init__(
         self,
@@ -196,7 +205,7 @@ class RQAdapter:
         exc_string = f"{name}: {reason}\n" + (
             f"\nStack when it was stopped:\n{record.stack}" if record.stack else ""
         )
-        error = (HardTimeLimitExceeded if outcome == "timed_out" else JobHung)(reason)
+        error = {"timed_out": HardTimeLimitExceeded, "hung": JobHung}.get(outcome, JobInterrupt)(reason)
         with contained(f"on_failure callback of rq job {job.id}"):
             run_failure_callback(job, TimerDeathPenalty, error)
         with self.connection.pipeline() as pipe:
@@ -211,6 +220,10 @@ class RQAdapter:
     def stop(self, record: LeaseRecord) -> None:
         """Ask the worker that runs it to kill its horse (RQ's own command, over pub/sub)."""
         send_kill_horse_command(self.connection, record.worker)
+
+    def waiting(self, queue: str) -> int | None:
+        """Jobs in the RQ queue."""
+        return int(self._queue(queue).count)
 
     def republish(self, entry: DeadLetterEntry) -> None:
         """Enqueue a dead-lettered job again, from RQ's failed registry."""
@@ -268,8 +281,9 @@ class _Guard:
             self.store, ADAPTER, worker.name, self.default_policy.renew_every, on_lost=worker._zg_lost
         )
         self.sweeper = Sweeper(self.store, {ADAPTER: self.adapter}, name=f"rq:{worker.name}", sender=ADAPTER)
+        self.counter = EventCounter(self.store)
         self.watchdog = Watchdog(name=f"zombieguard-watchdog-{worker.name}")
-        _remove_stale_dirs()
+        remove_stale_workdirs(_DIR_PREFIX)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-"))
         self.dumper = StackDumper(self.dir / "stacks.txt")
         self.dumper.path.touch()
@@ -319,6 +333,7 @@ class _Guard:
         self.watchdog.stop()
         self.sweeper.stop()
         self.heartbeat.stop()
+        self.counter.close()
         if self.sidecar is not None:
             self.sidecar.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -333,18 +348,6 @@ class _Guard:
 
 
 _DIR_PREFIX = "zombieguard-rq-"
-
-
-def _remove_stale_dirs() -> None:
-    """Working directories of guarded workers that were killed (they could not clean up)."""
-    for path in Path(tempfile.gettempdir()).glob(f"{_DIR_PREFIX}*-*"):
-        pid = path.name[len(_DIR_PREFIX) :].split("-", 1)[0]
-        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
-            continue
-        with contextlib.suppress(OSError):
-            for child in path.iterdir():
-                child.unlink()
-            path.rmdir()
 
 
 def _url_of(client: redis.Redis) -> str:

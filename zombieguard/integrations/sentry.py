@@ -11,13 +11,19 @@ task are one issue, tags ``zombieguard.kind/task/queue/worker/attempt``, a ``zom
 with the lease's timeline, and the captured stack of the stopped job as the event's stack trace. A
 storm is bounded: at most ``max_events_per_fingerprint`` events per fingerprint per
 ``rate_limit_window`` seconds (the rest are counted, and the count goes with the next event sent).
-Job arguments are never sent. The events are reported in the process that detects them (see the
-integration's docs); sentry-sdk's own RQ and Celery integrations keep reporting the exceptions the
-jobs themselves raise.
+The job itself (its arguments) goes with the event only when ``send_default_pii`` is on. The events
+are reported in the process that detects them (see the integration's docs).
+
+Alongside sentry-sdk's own RQ and Celery integrations: those keep reporting the exceptions the jobs
+themselves raise, tagged here with the attempt (``zombieguard.attempt``, ``zombieguard.worker``);
+their report of zombieguard's own interrupt (the job stopped at a limit, or superseded) is dropped,
+because zombieguard's event reports the same failure, grouped by task and with the stack.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import threading
 import time
@@ -34,7 +40,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from zombieguard import events
-from zombieguard.events import JobEvent, JobTimedOut
+from zombieguard.events import JobEvent, JobStarted, JobTimedOut, QueueEvent
 
 LEVELS = {
     "stalled": "warning",
@@ -49,15 +55,26 @@ _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+),? in (?P<func>\
 
 
 def stack_frames(stack: str) -> list[dict[str, Any]]:
-    """Sentry frames (oldest first) from a captured stack: the first thread's frames."""
-    first_thread = re.split(r"\n\s*\n|(?=\nThread 0x)|(?=\nCurrent thread)", stack.strip())[0]
-    frames = [
-        {"filename": m["file"], "abs_path": m["file"], "lineno": int(m["line"]), "function": m["func"]}
-        for m in _FRAME.finditer(first_thread)
+    """Sentry frames (oldest first) from a captured stack: the job's thread.
+
+    A faulthandler dump lists every thread of the process, the one that caught the signal first;
+    the job's thread is the main thread there (an RQ horse, a Celery pool process or solo worker),
+    the one whose outermost frame is not ``threading``'s ``_bootstrap``.
+    """
+    blocks = [
+        b for b in re.split(r"\n\s*\n|(?=\nThread 0x)|(?=\nCurrent thread)", stack.strip()) if b.strip()
     ]
-    if "most recent call first" in first_thread:
-        frames.reverse()  # faulthandler lists the innermost frame first; Sentry wants it last
-    return frames
+    parsed = []
+    for block in blocks or [""]:
+        frames = [
+            {"filename": m["file"], "abs_path": m["file"], "lineno": int(m["line"]), "function": m["func"]}
+            for m in _FRAME.finditer(block)
+        ]
+        if "most recent call first" in block:
+            frames.reverse()  # faulthandler lists the innermost frame first; Sentry wants it last
+        parsed.append(frames)
+    main = [frames for frames in parsed if frames and frames[0]["function"] != "_bootstrap"]
+    return (main or parsed)[0]
 
 
 class ZombieGuardIntegration(Integration):
@@ -88,6 +105,10 @@ class ZombieGuardIntegration(Integration):
             events.lease_lost,
         ):
             signal.connect(_report, weak=False)
+        events.job_started.connect(_tag_scope, weak=False)
+        events.queue_silent.connect(_report_queue, weak=False)
+        events.queue_recovered.connect(_report_queue, weak=False)
+        sentry_sdk.scope.add_global_event_processor(cast(Any, _drop_interrupt_reports))
 
     def admit(self, fingerprint: tuple[str, ...], now: float) -> int | None:
         """None when rate-limited; else how many events of this fingerprint were dropped before it."""
@@ -100,6 +121,72 @@ class ZombieGuardIntegration(Integration):
             recent.append(now)
             self._sent[fingerprint] = recent
             return self._suppressed.pop(fingerprint, 0)
+
+
+# What zombieguard raises in a job to stop it, as the job's own exception reaches sentry-sdk: the
+# interrupts themselves (RQ), or Celery's TimeLimitExceeded that the Celery integration turns them into.
+_INTERRUPTS = {"HardTimeLimitExceeded", "JobHung", "LeaseLost"}
+
+
+def _tag_scope(sender: Any, event: JobStarted) -> None:
+    """Where the job runs: its own exceptions are reported with the attempt that raised them. The
+    frameworks' integrations report after the attempt's end is recorded, so the tags stay on the scope
+    until the next job sets its own (Celery and RQ give each job a scope of its own anyway)."""
+    if sentry_sdk.get_client().get_integration(ZombieGuardIntegration) is None:
+        return
+    scope = sentry_sdk.get_isolation_scope()
+    scope.set_tag("zombieguard.attempt", str(event.attempt))
+    scope.set_tag("zombieguard.worker", event.worker)
+
+
+def _drop_interrupt_reports(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
+    """Drop another integration's report of zombieguard's own interrupt: zombieguard reported it."""
+    if sentry_sdk.get_client().get_integration(ZombieGuardIntegration) is None:
+        return event
+    for value in (event.get("exception") or {}).get("values") or []:
+        kind, text = value.get("type") or "", str(value.get("value") or "")
+        if kind in _INTERRUPTS or (kind == "TimeLimitExceeded" and "zombieguard:" in text):
+            return None
+    return event
+
+
+def _report_queue(sender: Any, event: QueueEvent) -> None:
+    """A queue went silent (an error), or recovered (info, grouped with it)."""
+    integration = sentry_sdk.get_client().get_integration(ZombieGuardIntegration)
+    if integration is None:
+        return
+    silent = event.kind == "queue_silent"
+    fingerprint = ("zombieguard", "queue_silent", event.queue)
+    suppressed = integration.admit((*fingerprint, event.kind), time.monotonic())
+    if suppressed is None:
+        return
+    waiting = "?" if event.waiting is None else str(event.waiting)
+    what = "no job completed" if silent else "completing jobs again after"
+    counts = f"{event.running} running, {waiting} waiting"
+    sentry_event: dict[str, Any] = {
+        "level": "error" if silent else "info",
+        "logger": "zombieguard",
+        "message": f"queue {event.queue}: {what} {event.silent_for:.0f} s ({counts})",
+        "fingerprint": list(fingerprint),
+        "tags": {"zombieguard.kind": event.kind, "zombieguard.queue": event.queue},
+        "contexts": {
+            "zombieguard": {
+                "adapter": event.adapter,
+                "silent_for": event.silent_for,
+                "running": event.running,
+                "waiting": event.waiting,
+                "suppressed_before_this": suppressed,
+            }
+        },
+    }
+    sentry_sdk.capture_event(cast(Any, sentry_event))
+
+
+def _job_description(payload: str) -> Any:
+    try:
+        return json.loads(payload)
+    except ValueError:
+        return payload
 
 
 def _report(sender: Any, event: JobEvent) -> None:
@@ -137,6 +224,11 @@ def _report(sender: Any, event: JobEvent) -> None:
             }
         },
     }
+    if event.policy is not None:
+        policy = {k: v for k, v in dataclasses.asdict(event.policy).items() if v is not None}
+        sentry_event["contexts"]["zombieguard"]["policy"] = policy
+    if event.payload and sentry_sdk.get_client().should_send_default_pii():
+        sentry_event["contexts"]["zombieguard"]["job"] = _job_description(event.payload)
     frames = stack_frames(event.stack) if event.stack else []
     if frames:
         sentry_event["threads"] = {

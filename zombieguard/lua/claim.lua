@@ -1,6 +1,7 @@
 -- A sweeper claims the leases that are due: abandoned by their worker (with the reason it gave),
 -- past the hard deadline plus grace (timed out, whether the worker is alive or not), expired
--- (stalled), or past the progress deadline plus grace while still renewed (hung). Claiming bumps the fencing
+-- (stalled), past the progress deadline plus grace while still renewed (hung), or requeued and
+-- started by no worker by its republish_at (unstarted: its message may sit in a frozen consumer). Claiming bumps the fencing
 -- token, so the old attempt's writes are refused from here on, and re-scores the lease at the claim's
 -- expiry: a sweeper that dies mid-recovery is replaced after claim_ttl. Atomic, so sweepers racing
 -- over the same leases each get a disjoint set.
@@ -20,7 +21,7 @@ for _, job in ipairs(ids) do
     problem = kind == 'none' and 'lease record is missing' or ('lease key holds a ' .. kind)
   else
     local r = redis.call('HMGET', key, 'state', 'expires', 'hard_deadline', 'progress_deadline',
-      'overdue_grace', 'claim_expires', 'reason', 'abandoned')
+      'overdue_grace', 'claim_expires', 'reason', 'abandoned', 'republish_at')
     if r[1] == 'running' then
       local expires, grace = tonumber(r[2]), tonumber(r[5])
       if expires == nil or grace == nil then
@@ -48,6 +49,12 @@ for _, job in ipairs(ids) do
         reason = r[7]
       else
         redis.call('ZADD', KEYS[1], fmt(claim_expires), job)
+      end
+    elseif r[1] == 'queued' and tonumber(r[9]) then
+      if tonumber(r[9]) <= now then
+        reason = 'unstarted'
+      else
+        redis.call('ZADD', KEYS[1], r[9], job)
       end
     elseif r[1] == 'queued' or r[1] == 'done' then
       redis.call('ZREM', KEYS[1], job)

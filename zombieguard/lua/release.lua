@@ -1,6 +1,8 @@
--- The attempt ended in its worker: completed, failed, timed out, hung or stopped.
--- KEYS: lease, due, checkpoint
--- ARGV: token, job, outcome, reason, stack, tombstone_ttl_ms
+-- The attempt ended in its worker: completed, failed, timed out, hung, stopped, or requeued (its own
+-- message handed back to the broker: the attempt number steps back, so that the same delivery,
+-- coming again, starts this attempt number again instead of being refused as stale).
+-- KEYS: lease, due, checkpoint, completed (queue -> when a job of it last completed)
+-- ARGV: token, job, outcome, reason, stack, tombstone_ttl_ms, queue
 -- A first attempt that completed leaves nothing behind. Any other end leaves a tombstone for
 -- tombstone_ttl, so that a late redelivery of a superseded attempt is recognised as stale.
 -- Returns {'ok', now} or {'lost', state, token} or {'missing'} or {'corrupt', why}
@@ -13,7 +15,10 @@ if r[1] ~= 'running' or r[2] ~= ARGV[1] then return {'lost', r[1] or '', r[2] or
 local now = now_s()
 local outcome = ARGV[3]
 redis.call('ZREM', KEYS[2], ARGV[2])
-if outcome == 'completed' then redis.call('DEL', KEYS[3]) end
+if outcome == 'completed' then
+  redis.call('DEL', KEYS[3])
+  if ARGV[7] ~= '' then redis.call('HSET', KEYS[4], ARGV[7], fmt(now)) end
+end
 if outcome == 'completed' and tonumber(r[3]) == 1 and tonumber(r[4]) == 0 then
   redis.call('DEL', KEYS[1])
 else
@@ -24,6 +29,7 @@ else
   }
   if ARGV[5] ~= '' then entry.stack = ARGV[5] end
   redis.call('HSET', KEYS[1], 'state', 'done', 'outcome', outcome, 'reason', ARGV[4], 'ended', fmt(now))
+  if outcome == 'requeued' then redis.call('HINCRBY', KEYS[1], 'attempt', -1) end
   redis.call('HSET', KEYS[1], 'history', (redis.call('HGET', KEYS[1], 'history') or '') .. cjson.encode(entry) .. '\n')
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
 end

@@ -1,0 +1,162 @@
+"""Celery benchmarks with real workers (python -m bench.celery [--quick]).
+
+1. No-op task throughput with results, guarded / plain, alternated in one run, prefork and threads
+   (one worker, concurrency 2): the tasks are queued first, then one worker drains them.
+2. Recovery latency after SIGKILL of a whole worker (acks_late task), Redis and RabbitMQ brokers, at
+   lease_ttl 2 s: from the kill to the task's next attempt starting on the surviving worker.
+3. Kill latency past hard_timeout (1 s) per pool, for a task hung on a socket and one stuck in C code:
+   from the moment the limit passes to the task recorded FAILURE, or, where the stuck worker itself is
+   killed (C code on threads and solo), to that worker's exit.
+
+Uses the local Redis (database 9, keys of its own, deleted afterwards), else a throwaway redis-server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from celery.result import ResultSet
+
+from bench.core import redis_url
+from tests.e2e.celery_harness import CeleryHarness, rabbitmq_answers
+from tests.waiting import wait_until
+
+# The defaults a deployment would run with, not the tests' short ones.
+_TEST_TIMINGS = (
+    "ZOMBIEGUARD_LEASE_TTL",
+    "ZOMBIEGUARD_HEARTBEAT_INTERVAL",
+    "ZOMBIEGUARD_SWEEP_INTERVAL",
+    "ZOMBIEGUARD_OVERDUE_GRACE",
+)
+
+
+def _harness(url: str, workdir: Path, broker: str = "redis") -> CeleryHarness:
+    own = workdir / uuid.uuid4().hex[:8]
+    own.mkdir()
+    return CeleryHarness(url, f"zgbench-{own.name}", own, broker=broker)
+
+
+def throughput(url: str, workdir: Path, pool: str, guarded: bool, tasks: int) -> float:
+    """Tasks per second for one worker (concurrency 2) draining ``tasks`` queued no-op tasks."""
+    harness = _harness(url, workdir)
+    for name in _TEST_TIMINGS:
+        harness.env.pop(name)
+    if not guarded:
+        harness.env["ZG_CELERY_UNGUARDED"] = "1"
+    try:
+        results = [harness.send("noop") for _ in range(tasks)]
+        t0 = time.perf_counter()
+        harness.start_worker(pool, concurrency=2)
+        ResultSet(results, app=harness.app).get(timeout=600)
+        return tasks / (time.perf_counter() - t0)
+    finally:
+        harness.close()
+
+
+def recovery(url: str, workdir: Path, broker: str, runs: int) -> list[float]:
+    """Seconds from SIGKILL of a whole worker to its task's next attempt starting, ``runs`` times."""
+    samples = []
+    for _ in range(runs):
+        harness = _harness(url, workdir, broker)
+        try:
+            victim = harness.start_worker("prefork")
+            harness.start_worker("prefork")
+            harness.send("long_task", harness.notes, 60.0)
+            wait_until(lambda h=harness: h.notes_of("started"), 15, what="first attempt")
+            if int(harness.notes_of("started")[0].split()[1]) not in harness.children(0):
+                continue  # the survivor took it; this run measures nothing
+            os.killpg(victim.pid, signal.SIGKILL)
+            killed = time.time()
+            second = wait_until(
+                lambda h=harness: len(h.notes_of("started")) > 1 and h.notes_of("started")[1], 30
+            )
+            samples.append(float(second.split()[0]) - killed)
+        finally:
+            harness.close()
+    return samples
+
+
+def kill_latency(url: str, workdir: Path, pool: str, task: str, *, runs: int, port: int) -> list[float]:
+    """Seconds past a 1 s hard limit until the task is stopped, ``runs`` times."""
+    samples = []
+    for _ in range(runs):
+        harness = _harness(url, workdir)
+        try:
+            worker = harness.start_worker(pool, concurrency=4 if pool == "threads" else 2)
+            args: tuple[object, ...] = (harness.notes, port) if task == "hang_on_socket" else (harness.notes,)
+            result = harness.send(task, *args, time_limit=1)
+            started = float(wait_until(lambda h=harness: h.notes_of("started"), 15)[0].split()[0])
+            if task == "stuck_in_c_code" and pool != "prefork":
+                wait_until(lambda w=worker: w.poll() is not None, 15, interval=0.005, what="worker killed")
+            else:
+                harness.wait_state(result, {"FAILURE"}, 15)
+            samples.append(time.time() - started - 1.0)
+        finally:
+            harness.close()
+    return samples
+
+
+def _black_hole() -> socket.socket:
+    """A loopback server that accepts connections and never answers (the kernel's backlog accepts)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    return server
+
+
+def _dist(samples: list[float]) -> str:
+    if not samples:
+        return "no samples"
+    return f"median {statistics.median(samples):.2f} s, max {max(samples):.2f} s (n={len(samples)})"
+
+
+def main() -> None:
+    """Print every figure."""
+    parser = argparse.ArgumentParser(prog="python -m bench.celery")
+    parser.add_argument("--quick", action="store_true", help="fewer tasks and runs")
+    parser.add_argument("--only", choices=["throughput", "recovery", "kill"])
+    parser.add_argument("--pool", choices=["prefork", "threads"], help="throughput of one pool only")
+    parser.add_argument("--tasks", type=int, help="tasks per throughput run")
+    args = parser.parse_args()
+    tasks, pairs, runs = (500, 2, 3) if args.quick else (2000, 5, 10)
+    tasks = args.tasks or tasks
+    with redis_url() as url, tempfile.TemporaryDirectory(prefix="zgbench-") as tmp:
+        workdir = Path(tmp)
+        if args.only in (None, "throughput"):
+            for pool in [args.pool] if args.pool else ["prefork", "threads"]:
+                ratios = []
+                for _ in range(pairs):
+                    plain = throughput(url, workdir, pool, guarded=False, tasks=tasks)
+                    guarded = throughput(url, workdir, pool, guarded=True, tasks=tasks)
+                    ratios.append(guarded / plain)
+                    print(
+                        f"{pool}: plain {plain:.0f}/s, guarded {guarded:.0f}/s, ratio {guarded / plain:.3f}"
+                    )
+                print(f"{pool}: guarded/plain median of {pairs} pairs = {statistics.median(ratios):.3f}")
+        if args.only in (None, "recovery"):
+            for broker in ("redis", "rabbitmq"):
+                if broker == "rabbitmq" and not rabbitmq_answers():
+                    print("rabbitmq: skipped, no broker answers")
+                    continue
+                samples = recovery(url, workdir, broker, runs)
+                print(f"recovery after SIGKILL, {broker} broker, lease_ttl 2 s: {_dist(samples)}")
+        if args.only in (None, "kill"):
+            server = _black_hole()
+            port = server.getsockname()[1]
+            for pool in ("prefork", "threads", "solo"):
+                for task in ("hang_on_socket", "stuck_in_c_code"):
+                    samples = kill_latency(url, workdir, pool, task, runs=max(3, runs // 2), port=port)
+                    print(f"kill latency past hard_timeout, {pool}, {task}: {_dist(samples)}")
+            server.close()
+
+
+if __name__ == "__main__":
+    main()

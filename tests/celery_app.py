@@ -1,0 +1,200 @@
+"""The Celery app the end-to-end tests run real ``celery worker`` processes on.
+
+Built from environment variables the test harness sets: the broker, the result backend, a key prefix
+of the test's own (``global_keyprefix``) and a queue of its own. Tasks record what happened in files
+under a directory the test gives, so the test can count bodies started and completed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.signals import task_failure
+
+import zombieguard
+from tests import job_bodies as bodies
+from tests.job_bodies import note
+from zombieguard.integrations.celery import install
+
+PREFIX = os.environ.get("ZG_CELERY_PREFIX", "zgtest-celery")
+
+app = Celery("zgtests")
+app.conf.update(
+    broker_url=os.environ.get("ZG_CELERY_BROKER", "redis://127.0.0.1:6379/9"),
+    result_backend=os.environ.get("ZG_CELERY_BACKEND", "redis://127.0.0.1:6379/9"),
+    broker_transport_options={"global_keyprefix": f"{PREFIX}:"},
+    result_backend_transport_options={"global_keyprefix": f"{PREFIX}:"},
+    task_default_queue=os.environ.get("ZG_CELERY_QUEUE", "zgq"),
+    broker_connection_retry_on_startup=True,
+    worker_prefetch_multiplier=int(os.environ.get("ZG_CELERY_PREFETCH", "1")),
+    worker_hijack_root_logger=False,
+    result_extended=True,
+)
+if os.environ.get("ZG_CELERY_CONF"):
+    app.conf.zombieguard = json.loads(os.environ["ZG_CELERY_CONF"])
+
+if os.environ.get("ZG_SENTRY_DSN"):  # tests/e2e/test_sentry_workers.py: a local envelope endpoint
+    import sentry_sdk
+    from sentry_sdk.integrations.celery import CeleryIntegration
+
+    from zombieguard.integrations.sentry import ZombieGuardIntegration
+
+    sentry_sdk.init(
+        dsn=os.environ["ZG_SENTRY_DSN"],
+        integrations=[ZombieGuardIntegration(), CeleryIntegration()],
+        send_default_pii=os.environ.get("ZG_SENTRY_PII") == "1",
+    )
+
+if not os.environ.get("ZG_CELERY_UNGUARDED"):  # bench/celery.py measures plain Celery too
+    install(app)
+    install(app)  # idempotent
+
+
+@task_failure.connect
+def _count_task_failure(
+    sender: Any = None, task_id: str = "", exception: Any = None, args: Any = (), **_: Any
+) -> None:
+    if args and isinstance(args[0], str) and Path(args[0]).is_dir():
+        note(args[0], "task_failure", type(exception).__name__)
+
+
+@zombieguard.events.job_timed_out.connect
+def _count_timed_out(sender: str, event: Any) -> None:
+    directory = os.environ.get("ZG_EVENTS_DIR")
+    if directory:
+        note(directory, f"event-{event.kind}-{getattr(event, 'limit', '')}", f"{event.job_id} {os.getpid()}")
+
+
+@zombieguard.events.queue_silent.connect
+@zombieguard.events.queue_recovered.connect
+def _note_queue_event(sender: str, event: Any) -> None:
+    directory = os.environ.get("ZG_EVENTS_DIR")
+    if directory:
+        note(directory, "queue-events", f"{event.kind} {event.queue} {event.running} {event.waiting}")
+
+
+class Recorded(app.Task):  # type: ignore[misc,name-defined]
+    """Records on_failure calls."""
+
+    def on_failure(self, exc: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if args and isinstance(args[0], str):
+            note(args[0], "on_failure", type(exc).__name__)
+
+
+@app.task
+def add(x: int, y: int) -> int:
+    """A healthy task."""
+    return x + y
+
+
+@app.task
+def noop() -> None:
+    """For throughput."""
+
+
+@app.task(base=Recorded)
+def cleans_up_on_soft_timeout(directory: str) -> str:
+    """Catches Celery's soft-limit exception and finishes cleanly. Sleeps in short steps: an interrupt
+    reaches a pool thread only between bytecodes, never inside one blocking call."""
+    note(directory, "started")
+    try:
+        for _ in range(600):
+            time.sleep(0.05)
+    except SoftTimeLimitExceeded:
+        note(directory, "cleaned-up")
+        return "cleaned up"
+    return "never"
+
+
+@app.task
+def long_task_early_ack(directory: str, seconds: float) -> str:
+    """long_task without acks_late: Celery acks it on receipt."""
+    result: str = bodies.long_job(directory, seconds)
+    return result
+
+
+@app.task(bind=True, max_retries=3, default_retry_delay=0)
+def retries_once(self: Any, directory: str) -> str:
+    """Retries itself once (``self.retry``), then succeeds."""
+    note(directory, "started", str(self.request.retries))
+    if self.request.retries == 0:
+        raise self.retry(countdown=0)
+    return "second time"
+
+
+@app.task(time_limit=2)
+def celery_limited_hang(directory: str, port: int) -> None:
+    """Celery's own time_limit, no zombieguard policy: it is the policy's hard_timeout."""
+    bodies.hang_on_socket(directory, port)
+
+
+@app.task(zombieguard={"hard_timeout": 3})
+@zombieguard.guard(hard_timeout=2)
+def guarded_twice(directory: str) -> str:
+    """The decorator beats the task option."""
+    note(directory, "started")
+    time.sleep(30)
+    return "never"
+
+
+@app.task
+def sleeper(directory: str, seconds: float) -> str:
+    """Runs for a while, then succeeds."""
+    note(directory, "started")
+    time.sleep(seconds)
+    note(directory, "completed")
+    return "slept"
+
+
+@app.task
+def echo(value: Any) -> Any:
+    """Returns its argument (for chains, groups, chords)."""
+    return value
+
+
+@app.task
+def total(values: list[int]) -> int:
+    """A chord callback."""
+    return sum(values)
+
+
+def _register(body: Any, **options: Any) -> Any:
+    """A shared job body (tests.job_bodies) as a task of this app, named ``tests.celery_app.<name>``."""
+    return app.task(name=f"{__name__}.{options.pop('name', body.__name__)}", **options)(body)
+
+
+hang_on_socket = _register(bodies.hang_on_socket, base=Recorded)
+stuck_in_c_code = _register(bodies.stuck_in_c_code, base=Recorded)
+beats_then_stalls = _register(bodies.beats_then_stalls, base=Recorded)
+long_task = _register(bodies.long_job, name="long_task", acks_late=True)
+kills_its_process = _register(bodies.kills_its_process, acks_late=True, reject_on_worker_lost=True)
+checkpointed = _register(bodies.checkpointed, acks_late=True)
+dies_the_first_times = _register(bodies.dies_the_first_times, acks_late=True, reject_on_worker_lost=True)
+
+
+@app.task(bind=True, acks_late=True)
+def rejects_once(self: Any, directory: str) -> str:
+    """Hands its message back to the broker once (``Reject(requeue=True)``), then succeeds."""
+    note(directory, "started")
+    if len(bodies.notes(directory, "started")) == 1:
+        raise Reject("not now", requeue=True)
+    return "second delivery"
+
+
+@app.task(rate_limit="4/s")
+def rate_limited(directory: str) -> None:
+    """At most four a second per worker."""
+    note(directory, "ran")
+
+
+@app.task
+def fails(directory: str) -> None:
+    """Raises an ordinary exception: the job's own bug."""
+    note(directory, "started")
+    raise ValueError("the task's own bug")

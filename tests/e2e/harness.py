@@ -1,0 +1,70 @@
+"""What the end-to-end harnesses of both frameworks share: worker processes in their own process
+groups, a notes directory the jobs write to, and cleanup of the test's keys."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import redis
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class WorkerHarness:
+    """Worker processes and notes of one test; subclasses start the workers."""
+
+    def __init__(self, redis_url: str, key_prefix: str, workdir: Path) -> None:
+        self.redis_url = redis_url
+        self.client = redis.Redis.from_url(redis_url)
+        self.key_prefix = key_prefix
+        self.workdir = workdir
+        self.notes = str(workdir / "notes")
+        Path(self.notes).mkdir(exist_ok=True)
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.worker_names: list[str] = []
+
+    def notes_of(self, name: str) -> list[str]:
+        """Lines a job wrote to one of its notes files."""
+        path = Path(self.notes) / name
+        return path.read_text().splitlines() if path.exists() else []
+
+    def children(self, index: int = 0) -> list[int]:
+        """Child processes of a worker (a horse, pool processes, a watchdog process)."""
+        return children(self.workers[index].pid)
+
+    def log(self, index: int = 0) -> str:
+        """A worker's output so far."""
+        return (self.workdir / f"{self.worker_names[index]}.log").read_text(errors="replace")
+
+    def kill_workers(self) -> None:
+        """SIGKILL every worker's whole process group (woken first, if frozen)."""
+        for process in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGCONT)
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(5)
+
+    def delete_keys(self, *patterns: str) -> None:
+        """Delete the keys matching ``patterns`` (the test's own), and the zombieguard keys."""
+        keys = [k for p in patterns for k in self.client.scan_iter(match=p, count=1000)]
+        keys += list(self.client.scan_iter(match="{" + self.key_prefix + "}*", count=1000))
+        for start in range(0, len(keys), 500):
+            self.client.delete(*keys[start : start + 500])
+
+
+def children(pid: int) -> list[int]:
+    """Child pids of ``pid`` (Linux /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out

@@ -1,0 +1,118 @@
+"""Celery: leases and recovery with real celery workers, on the Redis and RabbitMQ brokers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.e2e.celery_harness import CeleryHarness
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+LEASE_TTL = 2.0  # the harness's ZOMBIEGUARD_LEASE_TTL
+
+
+def _pids_started(harness: CeleryHarness) -> list[int]:
+    return [int(line.split()[1]) for line in harness.notes_of("started")]
+
+
+def _next_attempt_started(harness: CeleryHarness) -> float:
+    """When the second attempt's body started (waits for it)."""
+    line = wait_until(
+        lambda: len(harness.notes_of("started")) >= 2 and harness.notes_of("started")[1],
+        15,
+        what="next attempt",
+    )
+    return float(line.split()[0])
+
+
+@pytest.mark.parametrize("task", ["long_task", "long_task_early_ack"])
+def test_a_task_of_a_sigkilled_worker_is_rerun_by_another_within_lease_ttl_plus_2s_same_id_and_args(
+    any_broker_harness: CeleryHarness, task: str
+) -> None:
+    harness = any_broker_harness
+    victim = harness.start_worker("prefork")
+    result = harness.send(task, harness.notes, 2.0)
+    wait_until(lambda: harness.notes_of("started"), 15, what="first attempt started")
+    harness.start_worker("prefork")
+    os.killpg(victim.pid, signal.SIGKILL)
+    killed_at = time.time()
+    assert _next_attempt_started(harness) - killed_at < LEASE_TTL + 2
+    assert result.get(timeout=15) == "done"
+    assert len(harness.notes_of("completed")) == 1
+    meta = harness.app.backend.get_task_meta(result.id)
+    assert meta["args"] == [harness.notes, 2.0]  # same id, same arguments
+    assert meta["queue"] == harness.queue  # same routing
+
+
+def test_a_frozen_worker_s_task_is_rerun_and_the_woken_attempt_is_fenced(
+    any_broker_harness: CeleryHarness,
+) -> None:
+    # On RabbitMQ the re-published message may go to the frozen consumer (it has prefetch room): the
+    # sweeper publishes it again when no worker started it, and the broker hands that to the next one.
+    harness = any_broker_harness
+    # Celery's default prefetch: the frozen worker has room for several more messages.
+    frozen = harness.start_worker("prefork", env={"ZG_CELERY_PREFETCH": "4"})
+    result = harness.send("long_task", harness.notes, 2.5)
+    wait_until(lambda: harness.notes_of("started"), 15, what="first attempt started")
+    harness.start_worker("prefork")
+    os.killpg(frozen.pid, signal.SIGSTOP)
+    stopped_at = time.time()
+    assert _next_attempt_started(harness) - stopped_at < LEASE_TTL + 2
+    time.sleep(0.5)  # let the frozen attempt's body overlap with the new one
+    os.killpg(frozen.pid, signal.SIGCONT)
+    assert result.get(timeout=15) == "done"
+    time.sleep(2)  # the woken attempt would have completed by now
+    completed = [int(line.split()[1]) for line in harness.notes_of("completed")]
+    assert completed == [_pids_started(harness)[1]]  # only the new attempt's body completed
+    assert harness.state(result) == "SUCCESS"
+
+
+def test_a_pool_process_killed_mid_task_is_a_stall_recovered_at_once(celery_harness: CeleryHarness) -> None:
+    celery_harness.start_worker("prefork")
+    result = celery_harness.send("long_task", celery_harness.notes, 2.0)
+    wait_until(lambda: celery_harness.notes_of("started"), 15, what="first attempt started")
+    os.kill(_pids_started(celery_harness)[0], signal.SIGKILL)
+    killed_at = time.time()
+    assert _next_attempt_started(celery_harness) - killed_at < 2.0
+    assert result.get(timeout=15) == "done"
+
+
+def test_a_late_redelivery_of_a_superseded_attempt_does_not_run_the_body_again(
+    celery_harness: CeleryHarness,
+) -> None:
+    victim = celery_harness.start_worker("prefork")
+    result = celery_harness.send("long_task", celery_harness.notes, 1.0)
+    wait_until(lambda: celery_harness.notes_of("started"), 15, what="first attempt started")
+    celery_harness.start_worker("prefork")
+    os.killpg(victim.pid, signal.SIGKILL)
+    assert result.get(timeout=15) == "done"
+    # The original message again, as a visibility timeout or a reconnect would deliver it.
+    celery_harness.send("long_task", celery_harness.notes, 1.0, task_id=result.id)
+    marker = celery_harness.send("add", 1, 1)
+    assert marker.get(timeout=15) == 2
+    time.sleep(1.5)
+    assert len(celery_harness.notes_of("started")) == 2
+    assert "not run: delivery of attempt 1 is stale" in celery_harness.log(1)
+    assert celery_harness.state(result) == "SUCCESS"
+
+
+def test_a_poison_pill_is_dead_lettered_after_max_stalls_even_with_reject_on_worker_lost(
+    celery_harness: CeleryHarness,
+) -> None:
+    celery_harness.start_worker("prefork")
+    result = celery_harness.send("kills_its_process", celery_harness.notes)
+    wait_until(
+        lambda: celery_harness.client.hexists("{" + celery_harness.key_prefix + "}:dlq", result.id),
+        30,
+        what="dead-lettered",
+    )
+    time.sleep(1)
+    # max_stalls (3) recoveries, then quarantine: four runs, not an endless loop.
+    assert len(celery_harness.notes_of("started")) == 4
+    marker = celery_harness.send("add", 1, 2)
+    assert marker.get(timeout=15) == 3

@@ -1,0 +1,96 @@
+"""Celery: hard, soft and progress limits on every pool, with real celery workers."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.celery_harness import CeleryHarness
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+POOLS = ["prefork", "threads", "solo"]
+
+
+def _started_at(harness: CeleryHarness) -> float:
+    return float(wait_until(lambda: harness.notes_of("started"), 15, what="task started")[0].split()[0])
+
+
+def _worker_goes_on(harness: CeleryHarness) -> None:
+    result = harness.send("add", 2, 3)
+    assert result.get(timeout=15) == 5
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_task_hung_on_a_socket_is_stopped_within_1s_of_hard_timeout_on_every_pool(
+    celery_harness: CeleryHarness, black_hole: int, pool: str
+) -> None:
+    # Four threads: one stuck thread is a zombie, below the share that restarts the worker.
+    worker = celery_harness.start_worker(pool, concurrency=4 if pool == "threads" else 2)
+    result = celery_harness.send("hang_on_socket", celery_harness.notes, black_hole, time_limit=2)
+    started = _started_at(celery_harness)
+    celery_harness.wait_state(result, {"FAILURE"}, 15)
+    assert time.time() - started < 3.0
+    assert type(result.result).__name__ == "TimeLimitExceeded"
+    # task_failure and on_failure ran once each.
+    wait_until(lambda: celery_harness.notes_of("on_failure"), 5, what="on_failure")
+    time.sleep(0.5)
+    assert [line.split()[1] for line in celery_harness.notes_of("on_failure")] == ["TimeLimitExceeded"]
+    assert [line.split()[1] for line in celery_harness.notes_of("task_failure")] == ["TimeLimitExceeded"]
+    # The job_timed_out signal, received by a receiver connected in the app's module, once, in the
+    # process that detected it: the worker's main process on every pool.
+    [event] = celery_harness.notes_of("event-timed_out-hard")
+    assert event.split()[1:] == [result.id, str(worker.pid)]
+    if pool == "threads":  # the stuck thread is counted where the metrics read it
+        description = "{" + celery_harness.key_prefix + "}:worker:" + celery_harness.worker_names[0]
+        assert celery_harness.client.hget(description, "zombie_threads") == b"1"
+    _worker_goes_on(celery_harness)
+
+
+def test_a_prefork_task_stuck_in_c_code_is_killed_within_1s_of_hard_timeout_and_the_worker_goes_on(
+    celery_harness: CeleryHarness,
+) -> None:
+    celery_harness.start_worker("prefork")
+    result = celery_harness.send("stuck_in_c_code", celery_harness.notes, time_limit=2)
+    started = _started_at(celery_harness)
+    celery_harness.wait_state(result, {"FAILURE"}, 15)
+    assert time.time() - started < 3.0
+    assert type(result.result).__name__ == "TimeLimitExceeded"
+    time.sleep(0.5)
+    assert [line.split()[1] for line in celery_harness.notes_of("task_failure")] == ["TimeLimitExceeded"]
+    _worker_goes_on(celery_harness)
+
+
+@pytest.mark.parametrize("pool", ["solo", "threads"])
+def test_a_worker_stuck_in_c_code_is_killed_by_its_watchdog_process_and_the_task_fails_as_timed_out(
+    celery_harness: CeleryHarness, pool: str
+) -> None:
+    # C code holding the GIL: no thread of the worker runs, so the process beside it acts.
+    solo = celery_harness.start_worker(pool)
+    result = celery_harness.send("stuck_in_c_code", celery_harness.notes, time_limit=2)
+    started = _started_at(celery_harness)
+    # The worker is killed 0.5 s past the limit; its supervisor (here: the test) starts another.
+    wait_until(lambda: solo.poll() is not None, 10, what="the stuck solo worker killed")
+    assert time.time() - started < 3.0
+    celery_harness.start_worker("prefork")
+    celery_harness.wait_state(result, {"FAILURE"}, 10)
+    assert type(result.result).__name__ == "TimeLimitExceeded"
+    assert "stuck_in_c_code" in str(result.result)  # the stack, dumped while it held the GIL
+    _worker_goes_on(celery_harness)
+
+
+def test_a_threads_worker_restarts_itself_once_zombie_threads_reach_their_share_of_the_pool(
+    celery_harness: CeleryHarness, black_hole: int
+) -> None:
+    worker = celery_harness.start_worker("threads", concurrency=2)
+    first = celery_harness.send("hang_on_socket", celery_harness.notes, black_hole, time_limit=1)
+    celery_harness.wait_state(first, {"FAILURE"}, 10)
+    assert type(first.result).__name__ == "TimeLimitExceeded"
+    # One of two threads stuck is half the pool (the default share): warm shutdown, then exit.
+    assert worker.wait(15) == 1
+    log = celery_harness.log()
+    assert "1 of 2 threads are zombies" in log
+    assert "Warm shutdown" in log
+    assert [line.split()[1] for line in celery_harness.notes_of("task_failure")] == ["TimeLimitExceeded"]

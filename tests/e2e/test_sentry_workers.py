@@ -1,0 +1,84 @@
+"""Sentry with real workers of both frameworks: a real sentry-sdk in the workers (with sentry-sdk's
+own Celery or RQ integration alongside), posting to a local endpoint in the test."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.celery_harness import CeleryHarness
+from tests.e2e.rq_harness import RQHarness
+from tests.sentry_endpoint import SentryEndpoint
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def endpoint() -> Iterator[SentryEndpoint]:
+    """Where the workers' sentry-sdk sends its envelopes."""
+    server = SentryEndpoint()
+    yield server
+    server.close()
+
+
+def _zombieguard_events(endpoint: SentryEndpoint) -> list[dict[str, Any]]:
+    return [e for e in endpoint.events if (e.get("fingerprint") or [""])[0] == "zombieguard"]
+
+
+def _exception_types(endpoint: SentryEndpoint) -> list[str]:
+    return [e["exception"]["values"][-1]["type"] for e in endpoint.events if e.get("exception")]
+
+
+def _check_timed_out(event: dict[str, Any], task: str, notes: str, pii: bool) -> None:
+    assert event["fingerprint"] == ["zombieguard", "timed_out", task]
+    assert event["tags"]["zombieguard.kind"] == "timed_out"
+    assert event["tags"]["zombieguard.attempt"] == "1"
+    frames = event["threads"]["values"][0]["stacktrace"]["frames"]
+    assert "hang_on_socket" in [f["function"] for f in frames]  # where it was stuck
+    assert (notes in json.dumps(event)) is pii  # the job's arguments only with send_default_pii
+
+
+@pytest.mark.parametrize("pii", [False, True])
+def test_a_celery_task_stopped_at_its_limit_is_one_sentry_issue_and_its_own_bugs_carry_the_attempt(
+    celery_harness: CeleryHarness, endpoint: SentryEndpoint, black_hole: int, pii: bool
+) -> None:
+    celery_harness.start_worker(
+        "prefork", env={"ZG_SENTRY_DSN": endpoint.dsn, "ZG_SENTRY_PII": "1" if pii else "0"}
+    )
+    hung = celery_harness.send("hang_on_socket", celery_harness.notes, black_hole, time_limit=2)
+    celery_harness.wait_state(hung, {"FAILURE"}, 15)
+    buggy = celery_harness.send("fails", celery_harness.notes)
+    celery_harness.wait_state(buggy, {"FAILURE"}, 15)
+    wait_until(lambda: _zombieguard_events(endpoint) and "ValueError" in _exception_types(endpoint), 15)
+    events = _zombieguard_events(endpoint)
+    assert [e["fingerprint"] for e in events] == [
+        ["zombieguard", "timed_out", "tests.celery_app.hang_on_socket"]
+    ]
+    _check_timed_out(events[0], "tests.celery_app.hang_on_socket", celery_harness.notes, pii)
+    # sentry-sdk's Celery integration reported the task's own bug, tagged; not the limit a second time.
+    assert _exception_types(endpoint) == ["ValueError"]
+    [bug] = [e for e in endpoint.events if e.get("exception")]
+    assert bug["tags"]["zombieguard.attempt"] == "1"
+
+
+def test_an_rq_job_stopped_at_its_limit_is_one_sentry_issue_alongside_the_rq_integration(
+    rq_harness: RQHarness, endpoint: SentryEndpoint, black_hole: int
+) -> None:
+    rq_harness.start_worker("GuardedWorker", env={"ZG_SENTRY_DSN": endpoint.dsn})
+    job = rq_harness.enqueue("hang_on_socket", rq_harness.notes, black_hole, job_timeout=2)
+    rq_harness.wait_status(job, ["failed"], 15)
+    buggy = rq_harness.enqueue("fails", rq_harness.notes)
+    rq_harness.wait_status(buggy, ["failed"], 15)
+    wait_until(lambda: _zombieguard_events(endpoint) and "ValueError" in _exception_types(endpoint), 15)
+    events = _zombieguard_events(endpoint)
+    assert [e["fingerprint"] for e in events] == [
+        ["zombieguard", "timed_out", "tests.rq_jobs.hang_on_socket"]
+    ]
+    _check_timed_out(events[0], "tests.rq_jobs.hang_on_socket", rq_harness.notes, pii=False)
+    assert _exception_types(endpoint) == ["ValueError"]
+    [bug] = [e for e in endpoint.events if e.get("exception")]
+    assert bug["tags"]["zombieguard.attempt"] == "1"

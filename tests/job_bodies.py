@@ -1,0 +1,93 @@
+"""Job bodies both frameworks' end-to-end tests run (``tests.rq_jobs`` enqueues them for RQ,
+``tests.celery_app`` registers them as Celery tasks). Each records what happened in files under a
+directory the test gives, so the test can count bodies started and completed."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import zombieguard
+
+
+def note(directory: str, name: str, text: str = "") -> None:
+    with (Path(directory) / name).open("a") as f:
+        f.write(f"{time.time()!r} {text}\n")
+
+
+def notes(directory: str, name: str) -> list[str]:
+    """Lines of one notes file (empty when none)."""
+    path = Path(directory) / name
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def hang_on_socket(directory: str, port: int) -> None:
+    """Connects to a server that never answers and waits for it: the seed incident."""
+    note(directory, "started")
+    conn = socket.create_connection(("127.0.0.1", port))
+    conn.recv(1)
+    note(directory, "completed")
+
+
+def stuck_in_c_code(directory: str) -> None:
+    """Holds the GIL in C code: no signal handler, no other thread of this process runs."""
+    note(directory, "started")
+    collections.deque(itertools.repeat(None, 10**12), maxlen=0)
+
+
+def beats_then_stalls(directory: str, beats: int) -> None:
+    """Proves progress for a while, then stays alive without progress (the seven-day zombie)."""
+    note(directory, "started")
+    for i in range(beats):
+        zombieguard.beat(progress=f"{i + 1}/{beats}")
+        time.sleep(0.2)
+    note(directory, "stopped-beating")
+    while True:
+        time.sleep(0.05)
+
+
+def long_job(directory: str, seconds: float) -> str:
+    """Beats until done; used to kill or freeze its worker mid-job.
+
+    Its last side effect (the "completed" note) is fenced by a beat just before it, the way a job
+    guards a write that must not happen twice: a superseded attempt gets LeaseLost there instead.
+    """
+    note(directory, "started", str(os.getpid()))
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        zombieguard.beat()
+        time.sleep(0.05)
+    zombieguard.beat(progress="finishing")
+    note(directory, "completed", str(os.getpid()))
+    return "done"
+
+
+def kills_its_process(directory: str) -> None:
+    """A poison pill: every process that runs it dies."""
+    note(directory, "started")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def checkpointed(directory: str, items: int, die_at: int) -> list[int]:
+    """Processes items with a checkpoint; the first attempt dies at ``die_at``."""
+    done = []
+    for item in zombieguard.checkpoint().iterate(range(items)):
+        if item == die_at and not notes(directory, "died"):
+            note(directory, "died")
+            os.kill(os.getpid(), signal.SIGKILL)
+        note(directory, "item", str(item))
+        done.append(item)
+    return done
+
+
+def dies_the_first_times(directory: str, times: int) -> str:
+    """Kills its process on its first ``times`` runs, then succeeds (a transient poison)."""
+    note(directory, "started")
+    if len(notes(directory, "started")) <= times:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"

@@ -1,0 +1,1414 @@
+"""Celery integration: one line in the module that builds the app.
+
+    from zombieguard.integrations.celery import install
+    install(app)
+
+Configuration comes from ``app.conf.zombieguard = {...}`` (Django: ``CELERY_ZOMBIEGUARD``), else from
+``zombieguard.configure()`` and ``ZOMBIEGUARD_*`` variables. Celery's own ``time_limit`` and
+``soft_time_limit`` are the policy's limits when nothing else says otherwise. Per task:
+``@app.task(zombieguard={...})`` or ``@zombieguard.guard(...)`` on the function under ``@app.task``.
+
+What :func:`install` adds, all through Celery's extension points:
+
+- a Task class (the app's own, subclassed): each task body runs under its lease, acquired in the
+  process that runs it; a delivery of an attempt already superseded is ignored (acked, not run);
+- a Request class (worker main process): a pool process that dies mid-task is a stall, recovered by
+  re-publishing the task, not Celery's failure or endless requeue; Celery's own time limits on prefork
+  become a backstop 2 s past the policy's;
+- a worker bootstep: the worker's presence, a sweeper, and per pool (docs/celery.md has the table):
+
+  - **prefork**: each pool process writes its running task to a shared-memory slot; the main process
+    renews those leases and enforces the limits (soft and hard interrupts by signal, SIGKILL 0.5 s
+    later for a process stuck in C code, with its stack dumped first);
+  - **threads**: a watchdog thread raises the interrupts in the task's thread; a thread that no
+    interrupt reaches (a blocking call, C code) is failed at the limit and counted as a zombie thread;
+    once ``zombie_thread_share`` of the pool is stuck, the worker shuts down warm and exits;
+  - **solo**: interrupts by signal in the main thread; a watchdog process beside the worker kills it
+    when the task is stuck in C code, and other guarded workers fail the task as timed out.
+
+Events are sent in the process that detects them: limits and kills in the worker's main process
+(prefork) or the worker process (threads, solo); started, completed and lease lost in the process
+that runs the task; stalled, recovered, dead-lettered by the sweeper that acted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from zombieguard.containment import contained, log
+from zombieguard.errors import (
+    ConfigurationError,
+    HardTimeLimitExceeded,
+    IntegrationNotAvailable,
+    JobHung,
+    JobInterrupt,
+    LeaseLost,
+    ZombieGuardError,
+)
+from zombieguard.errors import SoftTimeLimitExceeded as GuardSoftTimeLimitExceeded
+from zombieguard.integrations import require
+
+try:
+    import billiard.process
+    import celery
+    from billiard.einfo import ExceptionInfo
+    from billiard.exceptions import WorkerLostError
+    from celery import Celery, bootsteps, signals, states
+    from celery.app.task import Context, Task
+    from celery.app.trace import task_has_custom
+    from celery.exceptions import Ignore, Reject, Retry, Terminated, TimeLimitExceeded
+    from celery.exceptions import SoftTimeLimitExceeded as CelerySoftTimeLimitExceeded
+    from celery.utils.imports import symbol_by_name
+    from celery.worker import state as worker_state
+    from kombu.transport.virtual import Channel as VirtualChannel
+    from kombu.utils import json as kombu_json
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise IntegrationNotAvailable(
+        f"zombieguard.integrations.celery needs Celery ({exc}): pip install 'zombieguard[celery]'"
+    ) from exc
+
+from zombieguard.attempt import Attempt, running
+from zombieguard.deadletter import DeadLetterEntry
+from zombieguard.events import JobCompleted, JobStarted, JobTimedOut, WorkerZombie, emit
+from zombieguard.events import JobHung as JobHungEvent
+from zombieguard.heartbeat import Heartbeat
+from zombieguard.lease import (
+    AcquireStatus,
+    DeferredRelease,
+    JobSpec,
+    LeaseRecord,
+    LeaseStore,
+    Outcome,
+    text,
+)
+from zombieguard.policy import Config, Policy, check_fields, current_config, guard_fields
+from zombieguard.slot import JobSlot, SlotState, remove_stale_workdirs
+from zombieguard.stats import EventCounter
+from zombieguard.sweeper import Sweeper
+from zombieguard.watchdog import (
+    HARD_SIGNAL,
+    HUNG_SIGNAL,
+    LOST_SIGNAL,
+    SOFT_SIGNAL,
+    Limit,
+    LimitClock,
+    StackDumper,
+    Watchdog,
+    Watched,
+    interrupt_thread,
+    thread_stack,
+)
+
+CELERY_VERSION = require("celery", celery.__version__)
+
+ADAPTER = "celery"
+ATTEMPT_HEADER = "zombieguard_attempt"
+"""Message header with the attempt number a delivery is for (absent: the first)."""
+
+
+ESCALATE_AFTER = 0.5
+"""Seconds between the in-process interrupt and the kill (or zombie verdict) of a task that did not end."""
+RECOVERING_WAIT = 5.0
+"""How long a delivery waits for the attempt before it to end (a retry) or to finish being recovered."""
+BACKSTOP_SECONDS = 2
+"""Celery's own prefork time limits stay armed this long past the policy's, in case all else fails."""
+MONITOR_PERIOD = 0.05
+"""How often a prefork worker's main process reads its pool processes' slots."""
+
+
+class SoftTimeLimit(GuardSoftTimeLimitExceeded, CelerySoftTimeLimitExceeded):  # type: ignore[misc]
+    """Raised in a task past its ``soft_timeout``: both zombieguard's and Celery's soft-limit exception,
+    so that ``except celery.exceptions.SoftTimeLimitExceeded`` keeps working on every pool."""
+
+
+# -- configuration --------------------------------------------------------------------------------
+
+
+def app_config(app: Celery) -> Config:
+    """The configuration of ``app``: ``app.conf.zombieguard`` if set, else ``configure()``/environment."""
+    mapping = app.conf.get("zombieguard")
+    if mapping is None:
+        return current_config()
+    if not isinstance(mapping, Mapping):
+        raise ConfigurationError(
+            f"app.conf.zombieguard={mapping!r} is invalid: it must be a mapping of settings, "
+            "'defaults' and 'policies'"
+        )
+    return Config.from_mapping(mapping, source="app.conf.zombieguard")
+
+
+def leases_url(app: Celery, config: Config) -> str:
+    """Where the leases live: ``redis_url``, else the broker or result backend when it is Redis."""
+    if config.settings.redis_url:
+        return config.settings.redis_url
+    for url in (app.conf.broker_url, app.conf.result_backend):
+        if isinstance(url, str) and url.startswith(("redis://", "rediss://", "unix://")):
+            return url.split(";")[0]
+    raise ConfigurationError(
+        "app.conf.zombieguard: redis_url is not set, and neither broker_url nor result_backend is a "
+        "Redis URL: zombieguard keeps its leases in Redis; set redis_url"
+    )
+
+
+def task_option(task: Task) -> Mapping[str, Any]:
+    """The task's ``zombieguard={...}`` option, checked (unknown keys and bad values name the task)."""
+    option = getattr(task, "zombieguard", None) or {}
+    if not isinstance(option, Mapping):
+        raise ConfigurationError(
+            f"task {task.name!r}: zombieguard={option!r} is invalid: it must be a mapping"
+        )
+    return check_fields(Policy, option, f"task {task.name!r} option zombieguard")
+
+
+def task_policy(config: Config, task: Task, time_limits: Any = None) -> Policy:
+    """The policy of one run of ``task``; ``time_limits`` is the message's ``(hard, soft)``, if any."""
+    hard, soft = time_limits or (None, None)
+    hard = hard or task.time_limit
+    soft = soft or task.soft_time_limit
+    framework: dict[str, Any] = {}
+    if hard:
+        framework["hard_timeout"] = float(hard)
+    if soft:
+        framework["soft_timeout"] = float(soft)
+    decorator = {**task_option(task), **guard_fields(task.run)}
+    return config.policy_for(task.name, framework=framework, decorator=decorator)
+
+
+def _delivery_attempt(request: Any) -> int:
+    value = getattr(request, ATTEMPT_HEADER, None)
+    if value is None:
+        value = (getattr(request, "headers", None) or {}).get(ATTEMPT_HEADER)
+    try:
+        return max(1, int(value)) if value is not None else 1
+    except (TypeError, ValueError):
+        return 1
+
+
+def _queue_of(request: Any) -> str:
+    info = getattr(request, "delivery_info", None) or {}
+    return str(info.get("routing_key") or info.get("queue") or "")
+
+
+# -- the adapter: how sweepers and the CLI act on Celery tasks ------------------------------------
+
+
+class CeleryAdapter:
+    """Requeue, fail, stop and republish Celery tasks, through the app's own producer and backend."""
+
+    name = ADAPTER
+    republishes_unstarted = True
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    @staticmethod
+    def _signature(payload: str) -> dict[str, Any]:
+        try:
+            data = kombu_json.loads(payload)  # type: ignore[no-untyped-call]
+            signature = data["signature"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ZombieGuardError(f"the lease holds no task message to act on ({exc})") from None
+        if not isinstance(signature, dict):
+            raise ZombieGuardError("the lease holds no task message to act on")
+        return signature
+
+    def _ended(self, task_id: str) -> bool:
+        """Whether the result backend says the task ended (False when there is no backend)."""
+        with contextlib.suppress(Exception):
+            return self.app.AsyncResult(task_id).state in states.READY_STATES
+        return False
+
+    def _publish(self, signature: dict[str, Any], attempt: int | None) -> None:
+        sig = self.app.signature(signature)
+        headers = dict(sig.options.get("headers") or {})
+        headers.pop(ATTEMPT_HEADER, None)
+        if attempt is not None:
+            headers[ATTEMPT_HEADER] = attempt
+        sig.apply_async(headers=headers)
+
+    def requeue(self, record: LeaseRecord) -> bool:
+        """Publish the task again, same id, arguments, routing and options, as the next attempt."""
+        if self._ended(record.job_id):
+            return False
+        self._publish(self._signature(record.payload), record.attempt + 1)
+        return True
+
+    def fail(self, record: LeaseRecord, outcome: str, reason: str) -> bool:
+        """Record the task failed the Celery way: FAILURE with ``TimeLimitExceeded``, errbacks,
+        ``on_failure``, ``task_failure``. False if the result backend says it ended already."""
+        if self._ended(record.job_id):
+            return False
+        signature = self._signature(record.payload)
+        options = signature.get("options") or {}
+        args, kwargs = list(signature.get("args") or ()), dict(signature.get("kwargs") or {})
+        message = f"zombieguard: {reason}" + (
+            f"\n\nStack when it was stopped:\n{record.stack}" if record.stack else ""
+        )
+        # A limit is Celery's TimeLimitExceeded; a dead-lettered task lost its worker every time; a
+        # task stopped by an operator was terminated.
+        exc: Exception
+        if outcome in ("timed_out", "hung"):
+            exc = TimeLimitExceeded(message)
+        elif outcome == "stopped":
+            exc = Terminated(message)
+        else:
+            exc = WorkerLostError(message)
+        try:
+            raise exc
+        except Exception:
+            einfo = ExceptionInfo()
+        context = Context(
+            id=record.job_id,
+            task=record.task,
+            args=args,
+            kwargs=kwargs,
+            root_id=options.get("root_id"),
+            parent_id=options.get("parent_id"),
+            group=options.get("group_id"),
+            group_index=options.get("group_index"),
+            chord=options.get("chord"),
+            callbacks=options.get("link"),
+            errbacks=options.get("link_error"),
+            reply_to=options.get("reply_to"),
+            ignore_result=options.get("ignore_result", False),
+            delivery_info={"routing_key": record.queue},
+        )
+        task = self.app.tasks.get(record.task)
+        backend = task.backend if task is not None else self.app.backend
+        backend.mark_as_failure(record.job_id, exc, traceback=einfo.traceback, request=context)
+        if task is not None:
+            task.request_stack.push(context)
+            try:
+                with contained(f"on_failure of celery task {record.job_id}"):
+                    task.on_failure(exc, record.job_id, args, kwargs, einfo)
+                signals.task_failure.send(
+                    sender=task,
+                    task_id=record.job_id,
+                    exception=exc,
+                    args=args,
+                    kwargs=kwargs,
+                    traceback=einfo.tb,
+                    einfo=einfo,
+                )
+            finally:
+                task.request_stack.pop()
+        return True
+
+    def stop(self, record: LeaseRecord) -> None:
+        """Nothing to send: the claim fenced the attempt off, and its worker stops it at the next
+        renewal (within ``heartbeat_interval``). Celery's own ``revoke(terminate=True)`` would record
+        the task REVOKED over the failure the claimer records."""
+
+    def waiting(self, queue: str) -> int | None:
+        """Messages ready in the broker's queue. On RabbitMQ a passive declare (it creates nothing);
+        on kombu's virtual transports (Redis) a plain declare, which only reads the queue's length
+        there (their passive declare says "not found" for an empty queue, and under
+        ``global_keyprefix`` for every queue)."""
+        with self.app.connection_for_read() as connection:
+            channel = connection.default_channel
+            try:
+                declared = channel.queue_declare(queue=queue, passive=not isinstance(channel, VirtualChannel))
+            except connection.channel_errors as exc:
+                if getattr(exc, "reply_code", None) == 404:  # RabbitMQ: no such queue, nothing waits
+                    return 0
+                raise
+        return int(declared.message_count)
+
+    def republish(self, entry: DeadLetterEntry) -> None:
+        """Send a dead-lettered task again (``send_task`` with its original options), same id."""
+        signature = self._signature(entry.payload)
+        options = dict(signature.get("options") or {})
+        options.pop("headers", None)
+        headers = {
+            k: v
+            for k, v in (signature.get("options", {}).get("headers") or {}).items()
+            if k != ATTEMPT_HEADER
+        }
+        self.app.send_task(
+            signature["task"],
+            args=signature.get("args") or (),
+            kwargs=signature.get("kwargs") or {},
+            headers=headers or None,
+            **options,
+        )
+
+
+def cli_adapter(connection: redis.Redis) -> CeleryAdapter:
+    """The adapter the CLI loads: the app named by ``ZOMBIEGUARD_CELERY_APP`` (``module:attribute``)."""
+    spec = os.environ.get("ZOMBIEGUARD_CELERY_APP")
+    if not spec:
+        raise ZombieGuardError(
+            "acting on Celery tasks needs the Celery app: pass --celery-app module:app "
+            "(or set ZOMBIEGUARD_CELERY_APP)"
+        )
+    if os.getcwd() not in sys.path:  # like ``celery -A``: the app's module is found from here
+        sys.path.insert(0, os.getcwd())
+    app = symbol_by_name(spec)
+    if not isinstance(app, Celery):
+        raise ZombieGuardError(f"--celery-app {spec!r} is a {type(app).__name__}, not a Celery app")
+    return CeleryAdapter(app)
+
+
+# -- per process: what runs task bodies -----------------------------------------------------------
+
+_guard: WorkerGuard | None = None
+"""This worker's guard (main process; inherited by prefork pool processes)."""
+_executor: Executor | None = None
+"""What runs task bodies under their leases in this process (set where tasks run)."""
+
+
+@dataclass
+class _Running:
+    """The attempt running in one thread, and how it is being stopped."""
+
+    attempt: Attempt
+    interrupt: str | None = None
+    body_done: bool = False
+    stack: str | None = None
+
+
+class Executor:
+    """Runs task bodies under their leases, in the process that runs them.
+
+    Subclasses say how the running attempt is announced to its enforcer and renewed: through a slot
+    that the worker's main process reads (prefork), or the worker's own heartbeat and watchdog
+    (threads, solo).
+    """
+
+    def __init__(self, guard: WorkerGuard, releases: Heartbeat) -> None:
+        self.guard = guard
+        self.store = guard.store
+        self.releases = releases
+        self._local = threading.local()
+
+    @property
+    def current(self) -> _Running | None:
+        """The attempt running in this thread."""
+        running_now: _Running | None = getattr(self._local, "running", None)
+        return running_now
+
+    def run(self, task: Task, call: Callable[[], Any]) -> Any:
+        """Run ``call`` (the task's body) under the task's lease."""
+        request = task.request
+        try:
+            policy = task_policy(self.guard.config, task, getattr(request, "timelimit", None))
+        except ConfigurationError as exc:
+            log.error("celery task %s[%s] runs unguarded: %s", task.name, request.id, exc)
+            return call()
+        spec = JobSpec(request.id, ADAPTER, task.name, _queue_of(request), _payload(task, request))
+        attempt = self._acquire(spec, policy, _delivery_attempt(request))
+        if attempt is None:
+            return call()
+        state = _Running(attempt)
+        self._local.running = state
+        self.begin(state)
+        try:
+            with running(attempt):
+                result = call()
+            state.body_done = True
+        except JobInterrupt as exc:
+            state.body_done = True
+            self._interrupted(state, exc)
+        except Retry:
+            state.body_done = True
+            self._release(attempt, Outcome.FAILED, "retry")
+            raise
+        except Reject as exc:
+            state.body_done = True
+            self._release(
+                attempt, Outcome.REQUEUED if exc.requeue else Outcome.FAILED, f"rejected: {exc.reason}"
+            )
+            raise
+        except BaseException as exc:
+            state.body_done = True
+            if not self._release(attempt, Outcome.FAILED, f"{type(exc).__name__}: {exc}"[:500]):
+                raise Ignore() from None
+            raise
+        finally:
+            self.end(state)
+            self._local.running = None
+        if attempt.safe_to_finish():
+            self.releases.defer(DeferredRelease(attempt.job, attempt.token, Outcome.COMPLETED))
+            self._completed(attempt)
+        elif not self._release(attempt, Outcome.COMPLETED):
+            raise Ignore()
+        return result
+
+    def _acquire(self, spec: JobSpec, policy: Policy, delivery: int) -> Attempt | None:
+        """The lease, as a new attempt; None to run unguarded (Redis away). Ignore when not to run."""
+        worker = self.guard.name
+        releases = self.releases.take_deferred()
+        sent_at = time.monotonic()
+        try:
+            acquired = self.store.send_acquire(spec, worker, policy, releases, delivery).result()
+            wait_until = time.monotonic() + RECOVERING_WAIT
+            while acquired.status is AcquireStatus.BUSY and time.monotonic() < wait_until:
+                # A retry published before its attempt's end was written, or a recovery being recorded.
+                if acquired.holder_state != "recovering" and acquired.attempt >= delivery:
+                    break
+                time.sleep(0.02)
+                sent_at = time.monotonic()
+                acquired = self.store.acquire(spec, worker, policy, delivery)
+        except redis.RedisError as exc:
+            for release in releases:
+                self.releases.defer(release)
+            log.warning("celery task %s runs unguarded: Redis for leases unreachable (%s)", spec.job_id, exc)
+            return None
+        if acquired.status is not AcquireStatus.ACQUIRED:
+            log.warning(
+                "celery task %s[%s] not run: delivery of attempt %d is %s (attempt %d is %s on %s)",
+                spec.task,
+                spec.job_id,
+                delivery,
+                acquired.status.value,
+                acquired.attempt,
+                acquired.holder_state or "superseded",
+                acquired.holder or "-",
+            )
+            raise Ignore()
+        attempt = Attempt(self.store, spec, worker, policy, acquired, sent_at=sent_at)
+        emit(ADAPTER, attempt.event(JobStarted))
+        return attempt
+
+    def _interrupted(self, state: _Running, exc: JobInterrupt) -> None:
+        """Turn zombieguard's interrupt into Celery's outcome (raises)."""
+        attempt, policy = state.attempt, state.attempt.policy
+        stack = state.stack or "".join(traceback.format_exception(exc))
+        if isinstance(exc, LeaseLost) or state.interrupt == "lost":
+            raise Ignore() from None  # superseded: nothing of this attempt is recorded
+        if isinstance(exc, HardTimeLimitExceeded) or state.interrupt == "hard":
+            reason = f"ran past its hard_timeout of {policy.hard_timeout:g} s"
+            if not self._release(attempt, Outcome.TIMED_OUT, reason, stack):
+                raise Ignore() from None
+            raise TimeLimitExceeded(f"zombieguard: {reason}") from None
+        reason = f"made no progress within its progress_timeout of {policy.progress_timeout:g} s"
+        if not self._release(attempt, Outcome.HUNG, reason, stack):
+            raise Ignore() from None
+        raise TimeLimitExceeded(f"zombieguard: {reason}") from None
+
+    def _release(
+        self, attempt: Attempt, outcome: Outcome, reason: str = "", stack: str | None = None
+    ) -> bool:
+        """End the attempt; False when a newer attempt holds the task (this one's end is refused)."""
+        try:
+            attempt.release(outcome, reason, stack)
+        except LeaseLost as exc:
+            attempt.mark_lost(exc)
+            log.warning(
+                "celery task %s: this attempt's %s is refused: %s", attempt.job.job_id, outcome.value, exc
+            )
+            return False
+        except redis.RedisError as exc:
+            log.warning("celery task %s: end not recorded, Redis unreachable (%s)", attempt.job.job_id, exc)
+        duration = time.monotonic() - attempt.started_monotonic
+        emit(ADAPTER, attempt.event(JobCompleted, reason=outcome.value, stack=stack, duration=duration))
+        return True
+
+    @staticmethod
+    def _completed(attempt: Attempt) -> None:
+        duration = time.monotonic() - attempt.started_monotonic
+        emit(ADAPTER, attempt.event(JobCompleted, reason=Outcome.COMPLETED.value, duration=duration))
+
+    def begin(self, state: _Running) -> None:
+        """Announce the attempt to whatever renews its lease and enforces its limits."""
+        raise NotImplementedError
+
+    def end(self, state: _Running) -> None:
+        """The attempt ended: stop renewing and enforcing."""
+        raise NotImplementedError
+
+    def raise_interrupt(self, kind: str) -> None:
+        """In the thread running a task: raise zombieguard's interrupt ``kind`` (from a signal)."""
+        state = self.current
+        if state is None or state.body_done:
+            return  # no task, or it returned just before the limit: its end is being recorded
+        if kind == "lost":
+            # The main process saw a renewal refused; the signal may be late, meant for an attempt
+            # that ended before this one began in the same process: only Redis can tell.
+            state.attempt.verify()  # raises LeaseLost when this attempt is superseded
+            return
+        policy = state.attempt.policy
+        state.interrupt = kind
+        if kind == "soft":
+            raise SoftTimeLimit(f"task passed its soft_timeout of {policy.soft_timeout:g} s")
+        if kind == "hard":
+            raise HardTimeLimitExceeded(f"task passed its hard_timeout of {policy.hard_timeout:g} s")
+        if kind == "hung":
+            raise JobHung(
+                f"task made no progress within its progress_timeout of {policy.progress_timeout:g} s"
+            )
+
+
+def _payload(task: Task, request: Any) -> str:
+    """What a sweeper needs to publish the task again (and ``status`` shows)."""
+    try:
+        signature = dict(task.signature_from_request(request))
+        return str(kombu_json.dumps({"signature": signature}))  # type: ignore[no-untyped-call]
+    except Exception as exc:  # e.g. arguments only pickle can carry
+        log.warning("celery task %s: cannot be recovered by re-publishing (%s)", request.id, exc)
+        return json.dumps({"unpublishable": str(exc)})
+
+
+def announce(slot: JobSlot, attempt: Attempt) -> None:
+    """Write ``attempt`` to ``slot``, for the process that renews or enforces from outside."""
+    policy, started = attempt.policy, attempt.started_monotonic
+    slot.start(
+        attempt.job.job_id,
+        attempt.token,
+        started,
+        hard_deadline=started + policy.hard_timeout if policy.hard_timeout is not None else None,
+        soft_deadline=started + policy.soft_timeout if policy.soft_timeout is not None else None,
+        progress_timeout=policy.progress_timeout,
+        confirmed_until=attempt.confirmed_until,
+        started_at=attempt.started_at,
+        attempt=attempt.number,
+        stalls=attempt.stalls,
+        pid=os.getpid(),
+        lease_ttl=policy.lease_ttl,
+        task=attempt.job.task,
+        queue=attempt.job.queue,
+    )
+
+
+def _install_interrupt_handlers(executor: Executor) -> None:
+    """Signal handlers raising zombieguard's interrupts in the main thread (where the task runs)."""
+
+    def raiser(kind: str) -> Callable[[int, FrameType | None], None]:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            executor.raise_interrupt(kind)
+
+        return handler
+
+    for sig, kind in (
+        (SOFT_SIGNAL, "soft"),
+        (HARD_SIGNAL, "hard"),
+        (HUNG_SIGNAL, "hung"),
+        (LOST_SIGNAL, "lost"),
+    ):
+        signal.signal(sig, raiser(kind))
+
+
+class PoolProcessExecutor(Executor):
+    """Prefork: a pool process. The worker's main process renews and enforces through the slot."""
+
+    def __init__(self, guard: WorkerGuard, index: int) -> None:
+        releases = Heartbeat(
+            guard.store, ADAPTER, guard.name, guard.default_policy.renew_every, presence=False
+        )
+        super().__init__(guard, releases)
+        self.slot = JobSlot(guard.dir / f"slot-{index}")
+        self.dumper = StackDumper(guard.dir / f"stacks-{index}.txt")
+        self.dumper.install()
+        _install_interrupt_handlers(self)
+        releases.start()
+
+    def begin(self, state: _Running) -> None:
+        """Write the slot: the main process renews the lease and watches the limits from it."""
+        announce(self.slot, state.attempt)
+        attempt = state.attempt
+        attempt.on_progress = self.slot.progress
+        attempt.confirmations = self.slot.confirmed_until
+
+    def end(self, state: _Running) -> None:
+        """Clear the slot."""
+        self.slot.clear()
+
+
+class InProcessExecutor(Executor):
+    """Threads and solo pools: the worker's own heartbeat renews, its watchdog enforces."""
+
+    def __init__(self, guard: WorkerGuard, signals_main_thread: bool) -> None:
+        super().__init__(guard, guard.heartbeat)
+        self.signals_main_thread = signals_main_thread
+        self._watched: dict[int, Watched] = {}
+        self._states: dict[int, _Running] = {}
+        if signals_main_thread:
+            _install_interrupt_handlers(self)
+
+    def begin(self, state: _Running) -> None:
+        """Renew the lease with the worker's heartbeat; enforce the limits with its watchdog."""
+        guard, attempt = self.guard, state.attempt
+        ident = threading.get_ident()
+        guard.heartbeat.add(attempt)
+        clock = LimitClock(attempt.policy, attempt.started_monotonic, lambda: attempt.last_progress_monotonic)
+        watched = Watched(
+            clock,
+            stop=lambda w, limit, stack: self._stop(state, ident, limit, stack),
+            capture=lambda: thread_stack(ident),
+            escalate=lambda w: guard.stuck(state, ident, w),
+            escalate_after=ESCALATE_AFTER,
+            label=attempt.job.job_id,
+        )
+        self._states[ident] = state
+        self._watched[ident] = guard.watchdog.watch(watched)
+        # The watchdog process beside the worker reads it, for when no thread of this one can run.
+        slot = guard.thread_slot(ident)
+        announce(slot, attempt)
+        attempt.on_progress = slot.progress
+
+    def end(self, state: _Running) -> None:
+        """Stop renewing and enforcing."""
+        guard = self.guard
+        self._states.pop(threading.get_ident(), None)
+        watched = self._watched.pop(threading.get_ident(), None)
+        if watched is not None:
+            guard.watchdog.unwatch(watched)
+        guard.heartbeat.remove(state.attempt)
+        guard.thread_slot(threading.get_ident()).clear()
+        guard.thread_ended(threading.get_ident())
+
+    def _stop(self, state: _Running, ident: int, limit: Limit, stack: str | None) -> None:
+        attempt = state.attempt
+        kind = {Limit.SOFT: "soft", Limit.HARD: "hard", Limit.PROGRESS: "hung"}[limit]
+        policy = attempt.policy
+        seconds = {Limit.SOFT: policy.soft_timeout, Limit.HARD: policy.hard_timeout}.get(
+            limit, policy.progress_timeout
+        )
+        _emit_limit(attempt.event, limit, seconds, stack)
+        if limit is not Limit.SOFT:
+            state.stack = stack
+        if self.signals_main_thread:
+            os.kill(os.getpid(), {"soft": SOFT_SIGNAL, "hard": HARD_SIGNAL, "hung": HUNG_SIGNAL}[kind])
+            return
+        if state.body_done:
+            return
+        state.interrupt = kind
+        exc_type: type[BaseException] = {
+            "soft": SoftTimeLimit,
+            "hard": HardTimeLimitExceeded,
+            "hung": JobHung,
+        }[kind]
+        interrupt_thread(ident, exc_type)
+
+    def lost(self, attempt: Attempt) -> None:
+        """The heartbeat found this attempt superseded: stop it."""
+        for ident, state in list(self._states.items()):
+            if state.attempt is not attempt or state.body_done:
+                continue
+            if self.signals_main_thread:
+                os.kill(os.getpid(), LOST_SIGNAL)
+            else:
+                state.interrupt = "lost"
+                interrupt_thread(ident, JobInterrupt)
+
+
+def _emit_limit(make: Callable[..., Any], limit: Limit, seconds: float | None, stack: str | None) -> None:
+    """The event for a limit a task passed (``seconds``: that limit's value)."""
+    if limit is Limit.SOFT:
+        emit(ADAPTER, make(JobTimedOut, reason="soft_timeout passed", limit="soft"))
+    elif limit is Limit.HARD:
+        reason = f"ran past its hard_timeout of {seconds or 0:g} s"
+        emit(ADAPTER, make(JobTimedOut, reason=reason, stack=stack, limit="hard"))
+    else:
+        reason = f"no progress within its progress_timeout of {seconds or 0:g} s"
+        emit(ADAPTER, make(JobHungEvent, reason=reason, stack=stack))
+
+
+# -- the worker's main process --------------------------------------------------------------------
+
+
+@dataclass
+class _Tracked:
+    """A pool process's running attempt, as the worker's main process follows it."""
+
+    path: Path
+    state: SlotState
+    renewed: float
+    soft_fired: bool = False
+    stopped: str | None = None
+    stopped_at: float = 0.0
+    stack: str | None = None
+    killed: bool = False
+
+
+class SlotMonitor:
+    """Prefork: renews the leases of the pool processes' attempts and enforces their limits."""
+
+    def __init__(self, guard: WorkerGuard) -> None:
+        self.guard = guard
+        self.slots: dict[Path, JobSlot] = {}
+        self.tracked: dict[Path, _Tracked] = {}
+        self.killed: dict[str, str] = {}
+        """Tasks whose pool process this monitor killed, and why (timed_out, hung, lost)."""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._listed = 0.0
+
+    def _refresh(self, now: float) -> None:
+        if now - self._listed < 1.0:
+            return
+        self._listed = now
+        for path in self.guard.dir.glob("slot-*"):
+            if path not in self.slots:
+                with contextlib.suppress(OSError, ValueError):
+                    self.slots[path] = JobSlot(path)
+
+    def check(self, now: float) -> None:
+        """One look at every slot: renew what is due, act on every limit that passed."""
+        self._refresh(now)
+        due: list[_Tracked] = []
+        with self._lock:
+            for path, slot in list(self.slots.items()):
+                state = slot.read()
+                tracked = self.tracked.get(path)
+                if tracked is not None and (not state.active or state.generation != tracked.state.generation):
+                    del self.tracked[path]
+                    tracked = None
+                if not state.active:
+                    continue
+                if tracked is None:
+                    # The acquire itself set the lease's expiry: the first renewal is due a third in.
+                    tracked = self.tracked[path] = _Tracked(path, state, renewed=state.started)
+                tracked.state = state
+                with contained(f"prefork monitor, task {state.job_id}"):
+                    self._enforce(tracked, now)
+                if not tracked.killed and now - tracked.renewed >= state.lease_ttl / 3:
+                    due.append(tracked)
+        if due:
+            self._renew(due)
+
+    def _event(self, state: SlotState) -> Callable[..., Any]:
+        """Events about a pool process's task; the job's description is read from its lease (the slot
+        does not hold it), one round trip, only when a limit fires."""
+        payload = ""
+        with contextlib.suppress(redis.RedisError):
+            payload = text(
+                self.guard.store.client.hget(self.guard.store.lease_key(state.job_id), "payload") or ""
+            )
+
+        def make(kind: type[Any], reason: str = "", stack: str | None = None, **extra: Any) -> Any:
+            return kind(
+                job_id=state.job_id,
+                task=state.task,
+                queue=state.queue,
+                attempt=state.attempt,
+                worker=self.guard.name,
+                adapter=ADAPTER,
+                reason=reason,
+                started_at=state.started_at,
+                stack=stack,
+                payload=payload,
+                **extra,
+            )
+
+        return make
+
+    def _enforce(self, tracked: _Tracked, now: float) -> None:
+        state = tracked.state
+        if tracked.stopped is not None:
+            if not tracked.killed and now >= tracked.stopped_at + ESCALATE_AFTER:
+                self._kill(tracked)
+            return
+        if state.hard_deadline is not None and now >= state.hard_deadline:
+            self._stop_task(tracked, "timed_out", now)
+        elif state.progress_timeout is not None and now >= state.last_progress + state.progress_timeout:
+            self._stop_task(tracked, "hung", now)
+        elif state.soft_deadline is not None and not tracked.soft_fired and now >= state.soft_deadline:
+            tracked.soft_fired = True
+            _emit_limit(self._event(state), Limit.SOFT, None, None)
+            _signal(state.pid, SOFT_SIGNAL)
+
+    def _dumper(self, tracked: _Tracked) -> StackDumper:
+        index = tracked.path.name.removeprefix("slot-")
+        return StackDumper(self.guard.dir / f"stacks-{index}.txt")
+
+    def _stop_task(self, tracked: _Tracked, kind: str, now: float) -> None:
+        state = tracked.state
+        stack = self._dumper(tracked).request(state.pid)
+        limit = Limit.HARD if kind == "timed_out" else Limit.PROGRESS
+        _emit_limit(self._event(state), limit, _seconds(state, kind), stack)
+        tracked.stopped, tracked.stopped_at, tracked.stack = kind, time.monotonic(), stack
+        _signal(state.pid, HARD_SIGNAL if kind == "timed_out" else HUNG_SIGNAL)
+
+    def _kill(self, tracked: _Tracked) -> None:
+        """The task did not end after its interrupt (C code holding the GIL): kill its process."""
+        state = tracked.state
+        tracked.killed = True
+        kind = tracked.stopped or "timed_out"
+        self.killed[state.job_id] = kind
+        log.error("celery task %s[%s] %s: killing pool process %d", state.task, state.job_id, kind, state.pid)
+        if kind == "lost":
+            _signal(state.pid, signal.SIGKILL)
+            return
+        limit = _seconds(state, kind)
+        what = "hard_timeout" if kind == "timed_out" else "progress_timeout"
+        reason = f"ran past its {what} of {limit:g} s and was killed (stuck where no Python code runs)"
+        spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
+        with contextlib.suppress(LeaseLost, redis.RedisError):
+            self.guard.store.release(spec, state.token, Outcome(kind), reason, tracked.stack)
+        _signal(state.pid, signal.SIGKILL)
+        job_id = state.job_id
+        self.guard.in_loop(lambda: self.guard.record_timeout(job_id, limit))
+
+    def _renew(self, due: list[_Tracked]) -> None:
+        guard = self.guard
+        sent_at = time.monotonic()
+        try:
+            codes = guard.store.renew(
+                ADAPTER,
+                guard.name,
+                guard.heartbeat.worker_ttl,
+                [(t.state.job_id, t.state.token) for t in due],
+            )
+        except redis.RedisError as exc:
+            log.warning("celery worker %s: renewing pool processes' leases failed: %s", guard.name, exc)
+            return
+        for tracked, code in zip(due, codes, strict=True):
+            state = tracked.state
+            if code == "ok":
+                tracked.renewed = sent_at
+                self.slots[tracked.path].confirm(sent_at + state.lease_ttl)
+            elif code == "missing":
+                # Redis lost it (restart without persistence); the attempt re-establishes it when it
+                # next writes. Renewing again later is harmless.
+                tracked.renewed = sent_at
+            elif tracked.stopped is None and self._still_running(tracked):
+                log.warning(
+                    "celery task %s[%s]: a newer attempt holds it; stopping this one",
+                    state.task,
+                    state.job_id,
+                )
+                tracked.stopped, tracked.stopped_at = "lost", time.monotonic()
+                _signal(state.pid, LOST_SIGNAL)
+
+    def _still_running(self, tracked: _Tracked) -> bool:
+        """Whether the task a renewal was sent for is still in its slot (it may have ended since)."""
+        state = self.slots[tracked.path].read()
+        return state.active and state.generation == tracked.state.generation
+
+    def forget(self, job_id: str) -> SlotState | None:
+        """A pool process died: clear the slot it left for ``job_id``; its state, if it had one."""
+        with self._lock:
+            for path, slot in self.slots.items():
+                state = slot.read()
+                if state.active and state.job_id == job_id:
+                    slot.clear()
+                    self.tracked.pop(path, None)
+                    return state
+        return None
+
+    def _run(self) -> None:
+        while not self._stop.wait(MONITOR_PERIOD):
+            with contained("prefork monitor"):
+                self.check(time.monotonic())
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread = threading.Thread(target=self._run, name="zombieguard-prefork-monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+def _seconds(state: SlotState, kind: str) -> float:
+    """The limit a slot's task passed: its hard_timeout (``timed_out``) or progress_timeout."""
+    if kind == "timed_out":
+        return (state.hard_deadline or state.started) - state.started
+    return state.progress_timeout or 0.0
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signum)
+
+
+_DIR_PREFIX = "zombieguard-celery-"
+
+
+def _pool_kind(pool_cls: Any) -> str:
+    module = (pool_cls if isinstance(pool_cls, str) else getattr(pool_cls, "__module__", "")) or ""
+    for kind, marker in (
+        ("prefork", "prefork"),
+        ("threads", "thread"),
+        ("solo", "solo"),
+        ("gevent", "gevent"),
+        ("eventlet", "eventlet"),
+    ):
+        if marker in module:
+            return kind
+    return "prefork" if "processes" in module else "unknown"
+
+
+class WorkerGuard:
+    """What one Celery worker runs beside Celery: presence, heartbeat, sweeper, enforcement."""
+
+    def __init__(self, worker: Any) -> None:
+        app: Celery = worker.app
+        self.app = app
+        self.config = app_config(app)
+        unguarded = []
+        for name, task in app.tasks.items():
+            task_policy(self.config, task)  # bad configuration fails the worker's start, naming the task
+            if not isinstance(task, GuardedTask) and not name.startswith("celery."):
+                unguarded.append(name)
+        if unguarded:
+            log.warning(
+                "zombieguard: tasks not guarded (their base class does not derive from app.Task as it was "
+                "after install(app)): %s",
+                ", ".join(sorted(unguarded)),
+            )
+        settings = self.config.settings
+        self.name: str = worker.hostname
+        self.pool = _pool_kind(worker.pool_cls)
+        self.pool_size = int(worker.concurrency or 1)
+        self.store = LeaseStore.from_url(leases_url(app, self.config), settings)
+        self.default_policy = self.config.policy_for("")
+        self.adapter = CeleryAdapter(app)
+        self.heartbeat = Heartbeat(
+            self.store, ADAPTER, self.name, self.default_policy.renew_every, on_lost=self._lost
+        )
+        self.sweeper = Sweeper(
+            self.store, {ADAPTER: self.adapter}, name=f"celery:{self.name}", sender=ADAPTER
+        )
+        self.counter = EventCounter(self.store)
+        self.watchdog = Watchdog(name="zombieguard-watchdog")
+        remove_stale_workdirs(_DIR_PREFIX)
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-"))
+        self.monitor = SlotMonitor(self) if self.pool == "prefork" else None
+        self.hub = getattr(worker, "hub", None)
+        self.slots_dir = self.dir / "slots"
+        self._thread_slots: dict[int, JobSlot] = {}
+        self._slots_lock = threading.Lock()
+        self.sidecar: subprocess.Popen[bytes] | None = None
+        self.dumper: StackDumper | None = None
+        self.zombies: dict[int, str] = {}
+        """Threads stuck past a limit, and the task each holds."""
+        self._restarting = False
+
+    # -- lifetime ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Register, sweep once, start the threads (and the executor where tasks run here)."""
+        global _executor
+        if self.pool not in ("prefork", "threads", "solo"):
+            log.warning(
+                "zombieguard: the %s pool is not supported; this worker's tasks run unguarded "
+                "(its sweeper still recovers other workers' tasks)",
+                self.pool,
+            )
+        elif self.pool != "prefork":
+            self.slots_dir.mkdir()
+            self.dumper = StackDumper(self.dir / "stacks.txt")
+            self.dumper.path.touch()
+            self.dumper.install()
+            self._start_sidecar()
+            _executor = InProcessExecutor(self, signals_main_thread=self.pool == "solo")
+        with contained(f"registering celery worker {self.name}"):
+            try:
+                self.store.register_worker(
+                    self.name,
+                    {
+                        "adapter": ADAPTER,
+                        "host": socket.gethostname(),
+                        "pid": str(os.getpid()),
+                        "pool": self.pool,
+                        "concurrency": str(self.pool_size),
+                    },
+                    self.heartbeat.worker_ttl,
+                )
+                self.sweeper.sweep_once()
+            except redis.RedisError as exc:
+                log.warning(
+                    "celery worker %s: Redis for leases unreachable at start (%s); retrying", self.name, exc
+                )
+        self.heartbeat.start()
+        self.sweeper.start()
+        self.watchdog.start()
+        if self.monitor is not None:
+            self.monitor.start()
+
+    def _start_sidecar(self) -> None:
+        assert self.dumper is not None
+        command = [sys.executable, "-m", "zombieguard.sidecar"]
+        options = {
+            "--pid": str(os.getpid()),
+            "--slot": str(self.slots_dir),
+            "--dump": str(self.dumper.path),
+            "--redis-url": leases_url(self.app, self.config),
+            "--key-prefix": self.config.settings.key_prefix,
+            "--adapter": ADAPTER,
+            # Threads: a thread stuck in a blocking call is this process's to handle, 0.5 s past its
+            # limit; the watchdog process acts only when no thread here can (C code holding the GIL).
+            "--grace": "0.5" if self.pool == "solo" else "0.8",
+        }
+        for option, value in options.items():
+            command += [option, value]
+        self.sidecar = subprocess.Popen(command)
+
+    def stop(self) -> None:
+        """Stop everything and leave cleanly (not a zombie)."""
+        if self.monitor is not None:
+            self.monitor.stop()
+        self.watchdog.stop()
+        self.sweeper.stop()
+        self.heartbeat.stop()
+        self.counter.close()
+        if self.sidecar is not None:
+            self.sidecar.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.sidecar.wait(5)
+            self.sidecar = None
+        with contained(f"deregistering celery worker {self.name}"), contextlib.suppress(redis.RedisError):
+            self.store.deregister_worker(self.name)
+        if self.dumper is not None:
+            self.dumper.close()
+        with contextlib.suppress(OSError):
+            for child in self.dir.iterdir():
+                child.unlink()
+            self.dir.rmdir()
+
+    def thread_slot(self, ident: int) -> JobSlot:
+        """The slot of one pool thread (created at its first task)."""
+        with self._slots_lock:
+            slot = self._thread_slots.get(ident)
+            if slot is None:
+                slot = JobSlot(self.slots_dir / f"slot-{len(self._thread_slots)}")
+                self._thread_slots[ident] = slot
+            return slot
+
+    def in_loop(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` where Celery runs its request callbacks: the prefork worker's event loop
+        (kombu < 5.7 wakes it only at its next poll, within a second); in place on the threads pool,
+        whose request callbacks Celery itself runs from pool threads."""
+        if self.hub is not None and self.pool == "prefork":
+            self.hub.call_soon(callback)
+        else:
+            callback()
+
+    def record_timeout(self, job_id: str, limit: float) -> None:
+        """In the event loop: record a killed task as timed out, Celery's way (once)."""
+        for request in list(worker_state.active_requests):
+            if request.id == job_id:
+                with contained(f"failing celery task {job_id}"):
+                    request.zg_timed_out(limit)
+
+    # -- events from the pool ----------------------------------------------------------------------
+    def _lost(self, attempt: Attempt, error: LeaseLost) -> None:
+        if isinstance(_executor, InProcessExecutor):
+            _executor.lost(attempt)
+
+    def pool_process_lost(self, request: Any, terminated: bool) -> str | None:
+        """Prefork: the process running ``request`` died. What zombieguard makes of it:
+
+        ``timed_out`` / ``hung`` (this worker killed it at a limit), ``lost`` (superseded),
+        ``stalled`` (it died by itself: recovered or dead-lettered), None (Celery's own handling).
+        """
+        if self.monitor is None:
+            return None
+        job_id = request.id
+        killed = self.monitor.killed.pop(job_id, None)
+        state = self.monitor.forget(job_id)
+        if killed is not None:
+            return killed
+        record = None
+        with contextlib.suppress(Exception):
+            record = self.store.record(job_id)
+        if record is None or record.state != "running" or record.worker != self.name:
+            return None
+        token = state.token if state is not None else record.token
+        spec = JobSpec(job_id, ADAPTER, record.task, record.queue)
+        try:
+            if terminated:
+                self.store.release(spec, token, Outcome.STOPPED, "revoked with terminate=True")
+                return None
+            log.warning("celery task %s[%s]: its pool process died; recovering it", record.task, job_id)
+            self.store.abandon(spec, token, "stalled")
+            self.sweeper.sweep_once()
+        except (redis.RedisError, LeaseLost) as exc:
+            log.warning("celery task %s: could not give the lease up (%s); it expires instead", job_id, exc)
+        return "stalled"
+
+    def stuck(self, state: _Running, ident: int, watched: Watched) -> None:
+        """Threads pool: the task's thread ignored its interrupt (a blocking call, C code)."""
+        attempt = state.attempt
+        if self.pool != "threads" or state.body_done:
+            return  # solo: the watchdog process beside the worker kills it
+        kind = "timed_out" if watched.stopped_by is Limit.HARD else "hung"
+        policy = attempt.policy
+        limit = policy.hard_timeout if kind == "timed_out" else policy.progress_timeout
+        what = "hard_timeout" if kind == "timed_out" else "progress_timeout"
+        reason = f"ran past its {what} of {limit:g} s; its thread is stuck"
+        with contextlib.suppress(LeaseLost, redis.RedisError):
+            attempt.release(Outcome(kind), reason, state.stack)
+        self.thread_slot(ident).clear()  # the watchdog process must not kill the worker for it
+        job_id = attempt.job.job_id
+        self.zombies[ident] = attempt.job.job_id
+        self._publish_zombie_threads()
+        share = len(self.zombies) / self.pool_size
+        emit(
+            ADAPTER,
+            WorkerZombie(
+                self.name,
+                ADAPTER,
+                f"a thread is stuck in task {attempt.job.task}[{attempt.job.job_id}] past its limit",
+                info=(
+                    ("task", attempt.job.task),
+                    ("job_id", attempt.job.job_id),
+                    ("zombie_threads", str(len(self.zombies))),
+                    ("pool_size", str(self.pool_size)),
+                ),
+            ),
+        )
+        log.error(
+            "celery worker %s: %d of %d threads are zombies (stuck past a limit)",
+            self.name,
+            len(self.zombies),
+            self.pool_size,
+        )
+        restart = share >= self.config.settings.zombie_thread_share and not self._restarting
+        self._restarting = self._restarting or restart
+
+        def record() -> None:  # the failure first: a warm shutdown stops the event loop
+            self.record_timeout(job_id, limit or 0)
+            if restart:
+                self._restart()
+
+        self.in_loop(record)
+
+    def thread_ended(self, ident: int) -> None:
+        """A pool thread's task ended (a zombie thread that came back is a thread again)."""
+        if self.zombies.pop(ident, None) is not None:
+            self._publish_zombie_threads()
+
+    def _publish_zombie_threads(self) -> None:
+        """In the worker's description: how many of its threads are zombies (a metric reads it)."""
+        with contextlib.suppress(redis.RedisError):
+            self.store.client.hset(self.store.worker_key(self.name), "zombie_threads", str(len(self.zombies)))
+
+    def _restart(self) -> None:
+        """Warm shutdown, then exit once only zombie threads are left, for the supervisor to restart."""
+        log.error(
+            "celery worker %s: zombie threads reached %g of the pool: shutting down warm to be restarted",
+            self.name,
+            self.config.settings.zombie_thread_share,
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
+
+        def exit_when_only_zombies() -> None:
+            while True:
+                time.sleep(0.2)
+                active = {r.id for r in list(worker_state.active_requests)}
+                if active <= set(self.zombies.values()):
+                    break
+            self.stop()
+            os._exit(1)
+
+        threading.Thread(target=exit_when_only_zombies, name="zombieguard-restart", daemon=True).start()
+
+
+class WorkerGuardStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """The worker bootstep :func:`install` adds: builds the :class:`WorkerGuard` (bad configuration
+    fails the worker's start here), after the pool is created and before its processes start."""
+
+    label = "zombieguard"
+    requires = ("celery.worker.components:Pool",)
+
+    def create(self, worker: Any) -> WorkerGuard:
+        """Build the guard (pool processes forked later inherit it)."""
+        global _guard
+        _guard = WorkerGuard(worker)
+        return _guard
+
+
+# -- the Task and Request classes -----------------------------------------------------------------
+
+
+class GuardedTask(Task):  # type: ignore[misc]
+    """Runs the body under the task's lease in a guarded worker; unchanged anywhere else."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """The task's body, under its lease when a guarded worker runs it."""
+        executor = _executor
+        request = self.request
+        if executor is None or request.called_directly or request.is_eager:
+            return super().__call__(*args, **kwargs)
+        return executor.run(self, lambda: super(GuardedTask, self).__call__(*args, **kwargs))
+
+
+class GuardedRequestMixin:
+    """The worker main process's view of one task message, guarded."""
+
+    _zg_limits: Any = None
+    _zg_timed_out = False
+
+    if TYPE_CHECKING:
+        id: str
+        task: Task
+        args: Any
+        kwargs: Any
+        store_errors: bool
+        _context: Any
+
+        def acknowledge(self) -> None: ...
+        def reject(self, requeue: bool = False) -> Any: ...
+        def send_event(self, type: str, **fields: Any) -> None: ...
+
+    @property
+    def time_limits(self) -> Any:
+        """Celery's own time limits, moved past the policy's: the prefork pool's timer is a backstop."""
+        hard, soft = self._zg_limits or (None, None)
+        guard = _guard
+        if guard is None or guard.pool != "prefork":
+            return (hard, soft)
+        with contextlib.suppress(Exception):
+            policy = task_policy(guard.config, self.task, self._zg_limits)
+            if policy.hard_timeout is not None:
+                hard = int(policy.hard_timeout) + 1 + BACKSTOP_SECONDS
+            if policy.soft_timeout is not None:
+                soft = int(policy.soft_timeout) + 1 + BACKSTOP_SECONDS
+        return (hard, soft)
+
+    @time_limits.setter
+    def time_limits(self, value: Any) -> None:
+        self._zg_limits = value
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        """Celery's, once per task for the hard limit (whoever noticed it first)."""
+        if not soft:
+            if self._zg_timed_out:
+                return
+            self._zg_timed_out = True
+        super().on_timeout(soft, timeout)  # type: ignore[misc]
+
+    def zg_timed_out(self, limit: float) -> None:
+        """Record the task as past its hard limit, once, as Celery 5.7 records a prefork hard timeout:
+        FAILURE with ``TimeLimitExceeded``, ``on_failure``, ``after_return``, ``task_failure``, the
+        ``task-failed`` event, then the ack (Celery before 5.7 runs none of the hooks itself)."""
+        if self._zg_timed_out:
+            return
+        self._zg_timed_out = True
+        task = self.task
+        worker_state.task_ready(self)
+        log.error("Hard time limit (%ss) exceeded for %s[%s]", limit, task.name, self.id)
+        exc = TimeLimitExceeded(limit)
+        task.backend.mark_as_failure(self.id, exc, request=self._context, store_result=self.store_errors)
+        try:
+            raise exc
+        except TimeLimitExceeded:
+            einfo = ExceptionInfo()
+        with contained(f"on_failure of celery task {self.id}"):
+            task.on_failure(exc, self.id, self.args, self.kwargs, einfo)
+            if task_has_custom(task, "after_return"):
+                task.after_return(states.FAILURE, exc, self.id, self.args, self.kwargs, None)
+        signals.task_failure.send(
+            sender=task,
+            task_id=self.id,
+            exception=exc,
+            args=self.args,
+            kwargs=self.kwargs,
+            traceback=einfo.tb,
+            einfo=einfo,
+        )
+        self.send_event("task-failed", exception=repr(exc), traceback=einfo.traceback)
+        if task.acks_late:
+            if getattr(task, "acks_on_timeout", task.acks_on_failure_or_timeout):
+                self.acknowledge()
+            else:
+                self.reject(requeue=True)
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        """Celery's, except where zombieguard has the verdict: a pool process that died in a guarded
+        task is a stall (recovered, not failed or requeued forever) or a kill at a limit (timed out,
+        recorded once)."""
+        exc = getattr(exc_info, "exception", None)
+        exc = getattr(exc, "exc", exc)  # ExceptionWithTraceback
+        if self._zg_timed_out:
+            worker_state.task_ready(self)
+            return  # already recorded as timed out; the late news of its process is not another failure
+        guard = _guard
+        lost = isinstance(exc, WorkerLostError | SystemExit | KeyboardInterrupt)
+        terminated = type(exc).__name__ == "Terminated"
+        if guard is not None and (lost or terminated):
+            verdict = None
+            with contained(f"celery task {self.id}: its pool process died"):
+                verdict = guard.pool_process_lost(self, terminated)
+            if verdict in ("timed_out", "hung"):
+                policy = task_policy(guard.config, self.task, self._zg_limits)
+                limit = policy.hard_timeout if verdict == "timed_out" else policy.progress_timeout
+                self.zg_timed_out(limit or 0)
+                return
+            if verdict in ("stalled", "lost"):
+                worker_state.task_ready(self)
+                self.acknowledge()
+                return
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)  # type: ignore[misc]
+
+
+# -- install -------------------------------------------------------------------------------------
+
+_connected = False
+_connect_lock = threading.Lock()
+
+
+def _on_pool_process_init(**_: Any) -> None:
+    """In each prefork pool process: the executor that runs task bodies under their leases."""
+    global _executor
+    guard = _guard
+    if guard is None or guard.pool != "prefork":
+        return
+    index = int(getattr(billiard.process.current_process(), "index", 0) or 0)
+    _executor = PoolProcessExecutor(guard, index)
+
+
+def _stamp_retry(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """A task re-publishing itself (``self.retry``) publishes the next attempt."""
+    executor = _executor
+    if executor is None or headers is None:
+        return
+    state = executor.current
+    if state is not None and headers.get("id") == state.attempt.job.job_id:
+        headers[ATTEMPT_HEADER] = state.attempt.number + 1
+
+
+def _connect_signals() -> None:
+    global _connected
+    with _connect_lock:
+        if _connected:
+            return
+        signals.worker_process_init.connect(_on_pool_process_init, weak=False)
+        signals.before_task_publish.connect(_stamp_retry, weak=False)
+        _connected = True
+
+
+def install(app: Celery) -> Celery:
+    """Guard ``app``'s tasks in its workers. Idempotent; call it where the app is built, before its
+    tasks are defined (tasks with a ``base=`` class of their own need it to derive from ``app.Task``)."""
+    if app.__dict__.get("_zombieguard_installed"):
+        return app
+    base = app.Task
+    if not issubclass(base, GuardedTask):
+        request_base = symbol_by_name(base.Request)
+        request_cls = type("GuardedRequest", (GuardedRequestMixin, request_base), {"__module__": __name__})
+        app.Task = type(
+            base.__name__,
+            (GuardedTask, base),
+            {"__module__": base.__module__, "Request": request_cls, "__qualname__": base.__qualname__},
+        )
+    app.steps["worker"].add(WorkerGuardStep)
+    _connect_signals()
+    app.__dict__["_zombieguard_installed"] = True
+    return app
+
+
+__all__ = ["CeleryAdapter", "GuardedTask", "SoftTimeLimit", "WorkerGuard", "install"]
