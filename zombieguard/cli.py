@@ -410,6 +410,41 @@ def cmd_kill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check the deployment and its configuration; exit 1 naming each problem and its fix."""
+    from zombieguard import doctor  # noqa: PLC0415
+
+    app: Any = None
+    config = current_config()
+    url = args.redis_url
+    if args.celery_app:
+        from zombieguard.integrations.celery import app_config, leases_url, load_app  # noqa: PLC0415
+
+        app = load_app(args.celery_app)
+        config = app_config(app)
+        url = url or leases_url(app, config)
+    url = url or config.settings.redis_url
+    if not url:
+        raise UsageError("no Redis named: pass --redis-url or set ZOMBIEGUARD_REDIS_URL")
+    findings = doctor.check_policies(config)
+    store, unreachable = doctor.check_redis(url, lambda u: LeaseStore.from_url(u, config.settings))
+    findings += unreachable
+    if store is not None:
+        findings += doctor.check_clock(store)
+        findings += doctor.check_rq_workers(store)
+    if app is not None:
+        findings += doctor.check_celery(app)
+
+    def report() -> str:
+        if not findings:
+            return "no problems found"
+        lines = [f"problem ({f.check}): {f.problem}\n  fix: {f.fix}" for f in findings]
+        return "\n".join([*lines, f"{len(findings)} problem(s)"])
+
+    _print(args, {"problems": [f.as_dict() for f in findings]}, report)
+    return 1 if findings else 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from zombieguard.demo import run_demo  # noqa: PLC0415 - the demo pulls in RQ; only it needs it
 
@@ -484,6 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--once", action="store_true", help="one sweep, then exit (for cron)")
     sweep.add_argument("--celery-app", help="module:app of the Celery app, to sweep Celery tasks too")
     sweep.set_defaults(run=cmd_sweep)
+
+    doctor = commands.add_parser(
+        "doctor", parents=[common], help="check the deployment and its configuration (exit 1 on problems)"
+    )
+    doctor.add_argument("--celery-app", help="module:app of the Celery app, to check its tasks too")
+    doctor.set_defaults(run=cmd_doctor)
 
     metrics = commands.add_parser("metrics", parents=[common], help="serve metrics for Prometheus")
     metrics.add_argument("--port", type=int, default=9808, help="port to listen on (0: any free one)")

@@ -358,12 +358,17 @@ def cli_adapter(connection: redis.Redis) -> CeleryAdapter:
             "acting on Celery tasks needs the Celery app: pass --celery-app module:app "
             "(or set ZOMBIEGUARD_CELERY_APP)"
         )
-    if os.getcwd() not in sys.path:  # like ``celery -A``: the app's module is found from here
+    return CeleryAdapter(load_app(spec))
+
+
+def load_app(spec: str) -> Celery:
+    """The Celery app named ``module:attribute``, found like ``celery -A`` finds it."""
+    if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     app = symbol_by_name(spec)
     if not isinstance(app, Celery):
         raise ZombieGuardError(f"--celery-app {spec!r} is a {type(app).__name__}, not a Celery app")
-    return CeleryAdapter(app)
+    return app
 
 
 # -- per process: what runs task bodies -----------------------------------------------------------
