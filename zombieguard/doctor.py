@@ -74,7 +74,7 @@ def _check_policy(name: str, policy: Policy) -> list[Finding]:
             f"{name}: heartbeat_interval {interval:g} s is more than half of"
             f" lease_ttl {policy.lease_ttl:g} s: one late renewal lets the lease expire"
             " and a live job be recovered (run twice)",
-            f"set heartbeat_interval to at most {policy.lease_ttl / 3:g} s"
+            f"set heartbeat_interval to at most {policy.lease_ttl / 3:.3g} s"
             " (a third of lease_ttl, the default)",
         )
     ]

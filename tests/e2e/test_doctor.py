@@ -115,3 +115,17 @@ def test_the_doctor_reports_clock_skew_between_this_machine_and_redis(rq_harness
     [finding] = check_clock(store, local_time=lambda: store.server_time() - 5)
     assert finding.check == "clock"
     assert "behind Redis's" in finding.problem
+
+
+def test_a_celery_app_that_cannot_be_imported_is_one_line_of_bad_input(rq_harness: RQHarness) -> None:
+    result = subprocess.run(
+        [ZOMBIEGUARD, "doctor", "--redis-url", rq_harness.redis_url, "--celery-app", "no_such_module:app"],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("zombieguard: --celery-app 'no_such_module:app' cannot be imported")
+    assert "Traceback" not in result.stderr

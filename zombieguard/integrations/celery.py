@@ -365,9 +365,12 @@ def load_app(spec: str) -> Celery:
     """The Celery app named ``module:attribute``, found like ``celery -A`` finds it."""
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    app = symbol_by_name(spec)
+    try:
+        app = symbol_by_name(spec)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigurationError(f"--celery-app {spec!r} cannot be imported: {exc}") from None
     if not isinstance(app, Celery):
-        raise ZombieGuardError(f"--celery-app {spec!r} is a {type(app).__name__}, not a Celery app")
+        raise ConfigurationError(f"--celery-app {spec!r} is a {type(app).__name__}, not a Celery app")
     return app
 
 
