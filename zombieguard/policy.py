@@ -388,6 +388,7 @@ _POLICY_CACHE_SIZE = 1024
 
 _lock = threading.Lock()
 _current: Config | None = None
+_source: Callable[[], Config] | None = None
 
 
 def configure(
@@ -412,9 +413,22 @@ def configure(
     return config
 
 
+def use_config_source(source: Callable[[], Config] | None) -> None:
+    """Read the configuration from ``source`` at each use (a framework's settings, read lazily),
+    unless :func:`configure` sets one; ``None`` stops."""
+    global _source
+    with _lock:
+        _source = source
+
+
 def current_config() -> Config:
-    """The configuration set by :func:`configure`, or one built from the environment alone."""
+    """The configuration set by :func:`configure`, else the one a framework's settings give
+    (:func:`use_config_source`), else one built from the environment alone."""
     global _current
+    with _lock:
+        source = _source if _current is None else None
+    if source is not None:
+        return source()
     with _lock:
         if _current is None:
             _current = Config.build()

@@ -1,0 +1,1 @@
+"""Management commands of zombieguard's Django app."""
