@@ -4,6 +4,7 @@ runs the CLI with them against real Redis."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -101,3 +102,44 @@ def test_manage_py_zombieguard_runs_the_cli_with_the_django_settings(
     wrong = manage(project(tmp_path, risky), "zombieguard", "doctor")
     assert wrong.returncode == 1
     assert "problem (heartbeat): defaults: heartbeat_interval 8 s" in wrong.stdout
+
+
+def test_a_django_rq_worker_with_the_guarded_class_enforces_the_limits_of_settings_zombieguard(
+    tmp_path: Path, rq_harness: RQHarness
+) -> None:
+    if importlib.util.find_spec("django_rq") is None:
+        pytest.skip("django-rq is not installed (pip install '.[test]' installs it)")
+    where = project(tmp_path, {})
+    (where / "settings.py").write_text(
+        'SECRET_KEY = "test"\n'
+        'INSTALLED_APPS = ["django_rq", "zombieguard.integrations.django"]\n'
+        f"RQ_QUEUES = {{{rq_harness.queue_name!r}: {{'URL': {rq_harness.redis_url!r}}}}}\n"
+        f"ZOMBIEGUARD = {{'REDIS_URL': {rq_harness.redis_url!r}, 'KEY_PREFIX': {rq_harness.key_prefix!r},"
+        " 'DEFAULTS': {'hard_timeout': 1, 'lease_ttl': 2, 'overdue_grace': 1}}\n"
+    )
+    name = f"zgw-django-{rq_harness.queue_name}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZOMBIEGUARD_")}
+    log = (rq_harness.workdir / f"{name}.log").open("wb")
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "manage.py",
+            "rqworker",
+            "--worker-class",
+            "zombieguard.integrations.rq.GuardedWorker",
+            "--name",
+            name,
+            rq_harness.queue_name,
+        ],
+        cwd=where,
+        env={**env, "PYTHONPATH": f"{where}:{REPO}"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    rq_harness.workers.append(worker)
+    rq_harness.worker_names.append(name)
+    job = rq_harness.enqueue("sleep_then_return", rq_harness.notes, 30)  # RQ's own limit: 180 s
+    assert rq_harness.wait_status(job, ["failed"], 20) == "failed"
+    job.refresh()
+    assert "hard_timeout of 1 s" in (job.latest_result().exc_string or ""), rq_harness.log(-1)
