@@ -7,6 +7,7 @@ through a context variable (per thread, so thread pools work).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 import time
@@ -221,7 +222,10 @@ def running(attempt: Attempt) -> Iterator[Attempt]:
     try:
         yield attempt
     finally:
-        _current.reset(reset)
+        # ValueError: finalised from another context, when the process exits while a thread is still
+        # stuck in the block (a zombie thread); nothing is left to reset then.
+        with contextlib.suppress(ValueError):
+            _current.reset(reset)
 
 
 def beat(progress: object = None, message: str | None = None) -> None:

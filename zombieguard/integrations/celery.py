@@ -390,6 +390,9 @@ class _Running:
     interrupt: str | None = None
     body_done: bool = False
     stack: str | None = None
+    recorded: bool = False
+    """Its end was recorded for it (threads pool: failed at its limit while its thread was stuck);
+    whatever the thread does when it comes back is not recorded."""
 
 
 class Executor:
@@ -436,26 +439,28 @@ class Executor:
             self._interrupted(state, exc)
         except Retry:
             state.body_done = True
-            self._release(attempt, Outcome.FAILED, "retry")
+            self._release(state, Outcome.FAILED, "retry")
             raise
         except Reject as exc:
             state.body_done = True
             self._release(
-                attempt, Outcome.REQUEUED if exc.requeue else Outcome.FAILED, f"rejected: {exc.reason}"
+                state, Outcome.REQUEUED if exc.requeue else Outcome.FAILED, f"rejected: {exc.reason}"
             )
             raise
         except BaseException as exc:
             state.body_done = True
-            if not self._release(attempt, Outcome.FAILED, f"{type(exc).__name__}: {exc}"[:500]):
+            if not self._release(state, Outcome.FAILED, f"{type(exc).__name__}: {exc}"[:500]):
                 raise Ignore() from None
             raise
         finally:
             self.end(state)
             self._local.running = None
+        if state.recorded:
+            raise Ignore()
         if attempt.safe_to_finish():
             self.releases.defer(DeferredRelease(attempt.job, attempt.token, Outcome.COMPLETED))
             self._completed(attempt)
-        elif not self._release(attempt, Outcome.COMPLETED):
+        elif not self._release(state, Outcome.COMPLETED):
             raise Ignore()
         return result
 
@@ -497,24 +502,26 @@ class Executor:
 
     def _interrupted(self, state: _Running, exc: JobInterrupt) -> None:
         """Turn zombieguard's interrupt into Celery's outcome (raises)."""
-        attempt, policy = state.attempt, state.attempt.policy
+        policy = state.attempt.policy
         stack = state.stack or "".join(traceback.format_exception(exc))
         if isinstance(exc, LeaseLost) or state.interrupt == "lost":
             raise Ignore() from None  # superseded: nothing of this attempt is recorded
         if isinstance(exc, HardTimeLimitExceeded) or state.interrupt == "hard":
             reason = f"ran past its hard_timeout of {policy.hard_timeout:g} s"
-            if not self._release(attempt, Outcome.TIMED_OUT, reason, stack):
+            if not self._release(state, Outcome.TIMED_OUT, reason, stack):
                 raise Ignore() from None
             raise TimeLimitExceeded(f"zombieguard: {reason}") from None
         reason = f"made no progress within its progress_timeout of {policy.progress_timeout:g} s"
-        if not self._release(attempt, Outcome.HUNG, reason, stack):
+        if not self._release(state, Outcome.HUNG, reason, stack):
             raise Ignore() from None
         raise TimeLimitExceeded(f"zombieguard: {reason}") from None
 
-    def _release(
-        self, attempt: Attempt, outcome: Outcome, reason: str = "", stack: str | None = None
-    ) -> bool:
-        """End the attempt; False when a newer attempt holds the task (this one's end is refused)."""
+    def _release(self, state: _Running, outcome: Outcome, reason: str = "", stack: str | None = None) -> bool:
+        """End the attempt; False when its end is not this thread's to record: a newer attempt holds
+        the task (this one's end is refused), or it was recorded already (a zombie thread's task)."""
+        if state.recorded:
+            return False
+        attempt = state.attempt
         try:
             attempt.release(outcome, reason, stack)
         except LeaseLost as exc:
@@ -1157,6 +1164,7 @@ class WorkerGuard:
         limit = policy.hard_timeout if kind == "timed_out" else policy.progress_timeout
         what = "hard_timeout" if kind == "timed_out" else "progress_timeout"
         reason = f"ran past its {what} of {limit:g} s; its thread is stuck"
+        state.recorded = True
         with contextlib.suppress(LeaseLost, redis.RedisError):
             attempt.release(Outcome(kind), reason, state.stack)
         self.thread_slot(ident).clear()  # the watchdog process must not kill the worker for it

@@ -20,7 +20,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         return [
             checks.Error(
                 str(exc),
-                hint=f"fix {SOURCE}; every key and value is listed in the configuration reference (docs/configuration.md)",
+                hint=f"fix {SOURCE}; the configuration reference (docs/configuration.md) lists every key",
                 id="zombieguard.E001",
             )
         ]
