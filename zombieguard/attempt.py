@@ -65,6 +65,9 @@ class Attempt:
         knows: a renewal's send time plus ``lease_ttl`` (the server set expiry after it was sent)."""
         self.on_confirm: Callable[[float], None] | None = None
         """Called with each new ``confirmed_until`` (e.g. to tell a horse through shared memory)."""
+        self.ending: Callable[[], bool] | None = None
+        """Whether the body has ended and its end is being recorded (perhaps by another process): a
+        renewal refused from then on is that record, not a lost lease."""
         self.confirmations: Callable[[], float] | None = None
         """Another process's ``confirmed_until`` for this attempt (a horse reads its parent's)."""
 

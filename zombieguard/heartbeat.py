@@ -146,8 +146,10 @@ class Heartbeat:
             if code == "ok":
                 attempt.confirm(sent_at)
                 continue
-            if not self._renewing(attempt):
-                continue  # it ended while the renewal was in flight: its release decides, not this
+            if not self._renewing(attempt) or (attempt.ending is not None and attempt.ending()):
+                # It ended while the renewal was in flight: its release decides, not this.
+                self.remove(attempt)
+                continue
             if code == "missing":
                 with contained("heartbeat re-establishing a lease"):
                     if attempt.reestablish():

@@ -34,6 +34,10 @@ OUTCOME_COMPLETED = 1
 """The job's process recorded a completion that was safe without asking Redis (see
 ``Attempt.safe_to_finish``); the watching process writes the lease's release."""
 
+OUTCOME_RECORDING = 2
+"""The job's body ended and its own process is recording the end: a renewal refused from now on is
+that record landing, not a lost lease."""
+
 
 @dataclass(frozen=True)
 class SlotState:

@@ -90,7 +90,7 @@ from zombieguard.lease import (
     text,
 )
 from zombieguard.policy import Config, Policy, current_config, guard_fields
-from zombieguard.slot import OUTCOME_COMPLETED, JobSlot, remove_stale_workdirs
+from zombieguard.slot import OUTCOME_COMPLETED, OUTCOME_RECORDING, JobSlot, remove_stale_workdirs
 from zombieguard.stats import EventCounter
 from zombieguard.sweeper import Sweeper
 from zombieguard.watchdog import (
@@ -501,6 +501,8 @@ class _GuardedMixin:
         )
         attempt.on_progress = zg.slot.progress
         attempt.on_confirm = zg.slot.confirm
+        slot = zg.slot
+        attempt.ending = lambda: slot.read().outcome != 0
         zg.heartbeat.add(attempt)
         self._zg_attempt = attempt
         emit(ADAPTER, attempt.event(JobStarted))
@@ -614,6 +616,8 @@ class _GuardedMixin:
         self._zg_body_done = True
         if self._zg_attempt is not None:
             job.timeout = self._zg_job_timeout
+            if self._zg is not None:
+                self._zg.slot.set_outcome(OUTCOME_RECORDING)  # the heartbeat: its release is coming
         super().handle_execution_ended(job, queue, heartbeat_ttl)  # type: ignore[misc]
 
     def handle_job_success(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
