@@ -22,21 +22,27 @@ pytestmark = pytest.mark.slow
 ZOMBIEGUARD = str(Path(sys.executable).with_name("zombieguard"))
 
 
-def doctor(harness: RQHarness, *args: str, env: dict[str, str] | None = None) -> tuple[int, Any]:
-    """Run ``zombieguard doctor --json``; its exit code and parsed report."""
-    result = subprocess.run(
-        [ZOMBIEGUARD, "doctor", "--redis-url", harness.redis_url, *args, "--json"],
-        env={
-            **os.environ,
-            "ZOMBIEGUARD_KEY_PREFIX": harness.key_prefix,
-            "PYTHONPATH": str(REPO),
-            **(env or {}),
-        },
+def run_doctor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``zombieguard doctor ARGS``."""
+    return subprocess.run(
+        [ZOMBIEGUARD, "doctor", *args],
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+    )
+
+
+def doctor(harness: RQHarness, *args: str, env: dict[str, str] | None = None) -> tuple[int, Any]:
+    """``zombieguard doctor --json`` on the harness's Redis and prefix; its exit code and parsed report."""
+    result = run_doctor(
+        "--redis-url",
+        harness.redis_url,
+        *args,
+        "--json",
+        env={"ZOMBIEGUARD_KEY_PREFIX": harness.key_prefix, **(env or {})},
     )
     assert result.stderr == "", result.stderr
     return result.returncode, json.loads(result.stdout)
@@ -71,14 +77,7 @@ def test_the_doctor_names_an_unguarded_rq_worker_on_a_queue_where_guarded_jobs_r
 
 
 def test_the_doctor_reports_an_unreachable_redis_in_one_line_and_fails(rq_harness: RQHarness) -> None:
-    result = subprocess.run(
-        [ZOMBIEGUARD, "doctor", "--redis-url", "redis://127.0.0.1:1/0"],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_doctor("--redis-url", "redis://127.0.0.1:1/0")
     assert result.returncode == 1
     assert "problem (redis): Redis at redis://127.0.0.1:1/0 is unreachable" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
@@ -118,14 +117,7 @@ def test_the_doctor_reports_clock_skew_between_this_machine_and_redis(rq_harness
 
 
 def test_a_celery_app_that_cannot_be_imported_is_one_line_of_bad_input(rq_harness: RQHarness) -> None:
-    result = subprocess.run(
-        [ZOMBIEGUARD, "doctor", "--redis-url", rq_harness.redis_url, "--celery-app", "no_such_module:app"],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_doctor("--redis-url", rq_harness.redis_url, "--celery-app", "no_such_module:app")
     assert result.returncode == 2
     assert result.stderr.startswith("zombieguard: --celery-app 'no_such_module:app' cannot be imported")
     assert "Traceback" not in result.stderr
