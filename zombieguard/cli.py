@@ -26,6 +26,7 @@ import redis
 
 from zombieguard.adapter import JobAdapter
 from zombieguard.deadletter import DeadLetterEntry, DeadLetterFilter, DeadLetterStore
+from zombieguard.demo import FRAMEWORKS, run_demo
 from zombieguard.errors import ConfigurationError, IntegrationNotAvailable, ZombieGuardError
 from zombieguard.lease import LeaseRecord, LeaseStore, text
 from zombieguard.policy import Config, current_config
@@ -446,9 +447,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from zombieguard.demo import run_demo  # noqa: PLC0415 - the demo pulls in RQ; only it needs it
-
-    return run_demo(unguarded=args.unguarded, redis_url=args.redis_url)
+    return run_demo(unguarded=args.unguarded, redis_url=args.redis_url, only=args.only)
 
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:
@@ -498,7 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", parents=[common], help="run the seed incident live, guarded or not")
-    demo.add_argument("--unguarded", action="store_true", help="run it with plain RQ workers")
+    demo.add_argument("--unguarded", action="store_true", help="run it with plain workers")
+    demo.add_argument(
+        "--only", choices=sorted(FRAMEWORKS), help="one framework (default: each that is installed)"
+    )
     demo.set_defaults(run=_demo)
 
     status = commands.add_parser(

@@ -7,11 +7,14 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import redis
 
 REPO = Path(__file__).resolve().parents[2]
+ZOMBIEGUARD = str(Path(sys.executable).with_name("zombieguard"))
+"""The ``zombieguard`` command of the environment running the tests."""
 
 
 class WorkerHarness:
@@ -68,3 +71,15 @@ def children(pid: int) -> list[int]:
             if int(fields[1]) == pid:
                 out.append(int(entry.name))
     return out
+
+
+def unconfigured(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run the zombieguard command with no Redis named in the environment."""
+    return subprocess.run(
+        [ZOMBIEGUARD, *args],
+        env={k: v for k, v in os.environ.items() if k != "ZOMBIEGUARD_REDIS_URL"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

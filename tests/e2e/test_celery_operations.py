@@ -6,22 +6,18 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.celery_harness import CeleryHarness
-from tests.e2e.harness import REPO
+from tests.e2e.harness import REPO, ZOMBIEGUARD
 from tests.e2e.rq_harness import RQHarness
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
-
-ZOMBIEGUARD = str(Path(sys.executable).with_name("zombieguard"))
 
 
 def cli(harness: CeleryHarness, *args: str) -> Any:

@@ -6,20 +6,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.harness import REPO
+from tests.e2e.harness import REPO, ZOMBIEGUARD
 from tests.e2e.rq_harness import RQHarness
 from zombieguard.doctor import check_clock
 from zombieguard.lease import LeaseStore
 
 pytestmark = pytest.mark.slow
-
-ZOMBIEGUARD = str(Path(sys.executable).with_name("zombieguard"))
 
 
 def run_doctor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

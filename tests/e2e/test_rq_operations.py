@@ -1,4 +1,4 @@
-"""RQ: the operator's commands on real workers, the demo, and Redis going away mid-job."""
+"""RQ: the operator's commands on real workers, and Redis going away mid-job."""
 
 from __future__ import annotations
 
@@ -6,20 +6,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.harness import REPO
+from tests.e2e.harness import REPO, ZOMBIEGUARD, unconfigured
 from tests.e2e.rq_harness import RQHarness, wait_until
 from zombieguard.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.slow
-
-ZOMBIEGUARD = str(Path(sys.executable).with_name("zombieguard"))
 
 
 def cli(harness: RQHarness, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -35,18 +32,6 @@ def cli(harness: RQHarness, *args: str, check: bool = True) -> subprocess.Comple
     if check:
         assert result.returncode == 0, result.stderr
     return result
-
-
-def unconfigured(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run the zombieguard command with no Redis named in the environment."""
-    return subprocess.run(
-        [ZOMBIEGUARD, *args],
-        env={k: v for k, v in os.environ.items() if k != "ZOMBIEGUARD_REDIS_URL"},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def cli_json(harness: RQHarness, *args: str) -> Any:
@@ -149,24 +134,6 @@ def test_redis_going_away_for_a_few_seconds_mid_job_loses_nothing(
     finally:
         harness.close()
         server.close()
-
-
-def test_the_demo_shows_every_zombie_handled_and_exits_0_well_within_two_minutes() -> None:
-    t0 = time.monotonic()
-    result = unconfigured("demo", timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert time.monotonic() - t0 < 90
-    out = result.stdout
-    assert "normal jobs finished: 24/24" in out
-    summary = out.split("summary after", 1)[1]
-    lines = {line.strip().split("  ")[0]: line for line in summary.splitlines()[1:] if line.startswith("  ")}
-    assert "failed" in lines["hung on a socket"]
-    assert "HardTimeLimitExceeded" in lines["hung on a socket"]
-    assert "failed" in lines["stuck in C code"]
-    assert "finished" in lines["worker SIGKILLed"]
-    assert "2 attempt(s)" in lines["worker SIGKILLed"]
-    assert "JobDeadLettered" in lines["poison pill"]
-    assert "a zombie" not in summary
 
 
 def test_an_rq_queue_that_completes_nothing_while_jobs_wait_is_alerted_and_then_recovers(
