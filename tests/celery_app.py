@@ -193,8 +193,8 @@ def rate_limited(directory: str) -> None:
     note(directory, "ran")
 
 
-@app.task
+@app.task(track_started=True)
 def fails(directory: str) -> None:
-    """Raises an ordinary exception: the job's own bug."""
+    """Raises an ordinary exception: the job's own bug. Recorded STARTED when it starts."""
     note(directory, "started")
     raise ValueError("the task's own bug")

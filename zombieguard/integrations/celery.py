@@ -73,6 +73,7 @@ try:
     from celery import Celery, bootsteps, signals, states
     from celery.app.task import Context, Task
     from celery.app.trace import task_has_custom
+    from celery.backends.base import BaseKeyValueStoreBackend
     from celery.exceptions import Ignore, Reject, Retry, Terminated, TimeLimitExceeded
     from celery.exceptions import SoftTimeLimitExceeded as CelerySoftTimeLimitExceeded
     from celery.utils.imports import symbol_by_name
@@ -485,6 +486,8 @@ class Executor:
             log.warning("celery task %s runs unguarded: Redis for leases unreachable (%s)", spec.job_id, exc)
             return None
         if acquired.status is not AcquireStatus.ACQUIRED:
+            if acquired.status is AcquireStatus.STALE:
+                self._put_back_result(spec.job_id)
             log.warning(
                 "celery task %s[%s] not run: delivery of attempt %d is %s (attempt %d is %s on %s)",
                 spec.task,
@@ -496,9 +499,30 @@ class Executor:
                 acquired.holder or "-",
             )
             raise Ignore()
+        self._local.kept = None
         attempt = Attempt(self.store, spec, worker, policy, acquired, sent_at=sent_at)
         emit(ADAPTER, attempt.event(JobStarted))
         return attempt
+
+    def keep_result(self, task: Task, task_id: str) -> None:
+        """Before Celery records a copy of a recovered attempt ``STARTED`` (``task_track_started``),
+        keep what the result backend holds for it, for :meth:`_put_back_result`."""
+        self._local.kept = None
+        backend = task.backend
+        if isinstance(backend, BaseKeyValueStoreBackend):
+            self._local.kept = (task_id, backend, backend.get(backend.get_key_for_task(task_id)))
+
+    def _put_back_result(self, task_id: str) -> None:
+        """A copy refused as stale: its attempt ended, and Celery has just recorded the task
+        ``STARTED`` over that end. Put the end back."""
+        kept = getattr(self._local, "kept", None)
+        self._local.kept = None
+        if kept is None or kept[0] != task_id or kept[2] is None:
+            return
+        _, backend, raw = kept
+        with contained(f"celery task {task_id}: its recorded end not put back"):
+            if backend.decode_result(raw).get("status") in states.READY_STATES:
+                backend.set(backend.get_key_for_task(task_id), raw)
 
     def _interrupted(self, state: _Running, exc: JobInterrupt) -> None:
         """Turn zombieguard's interrupt into Celery's outcome (raises)."""
@@ -1387,6 +1411,21 @@ def _on_pool_process_init(**_: Any) -> None:
     _executor = PoolProcessExecutor(guard, index)
 
 
+def _before_started(task_id: str = "", task: Any = None, **_: Any) -> None:
+    """``task_prerun``, where the task runs, before Celery may record it ``STARTED``: for a copy of a
+    recovered attempt (or a redelivery), keep the task's recorded result, to put back if the copy is
+    refused as stale."""
+    executor = _executor
+    if executor is None or not isinstance(task, GuardedTask) or not task.track_started:
+        return
+    request = task.request
+    redelivered = (request.delivery_info or {}).get("redelivered")
+    if getattr(request, ATTEMPT_HEADER, None) is None and not redelivered:
+        return
+    with contained(f"celery task {task_id}: its recorded result not kept"):
+        executor.keep_result(task, task_id)
+
+
 def _stamp_retry(headers: dict[str, Any] | None = None, **_: Any) -> None:
     """A task re-publishing itself (``self.retry``) publishes the next attempt."""
     executor = _executor
@@ -1404,6 +1443,7 @@ def _connect_signals() -> None:
             return
         signals.worker_process_init.connect(_on_pool_process_init, weak=False)
         signals.before_task_publish.connect(_stamp_retry, weak=False)
+        signals.task_prerun.connect(_before_started, weak=False)
         _connected = True
 
 
