@@ -57,7 +57,7 @@ def throughput(url: str, workdir: Path, pool: str, guarded: bool, tasks: int) ->
         harness.start_worker(pool, concurrency=2)
         ResultSet(results, app=harness.app).get(timeout=600)
         done = sorted(result.date_done.timestamp() for result in results)
-        return (len(done) - 1) / (done[-1] - done[0])
+        return (len(done) - 1) / max(done[-1] - done[0], 1e-6)
     finally:
         harness.close()
 

@@ -50,12 +50,18 @@ def make_app(url: str, prefix: str, guarded: bool) -> Celery:
     return app
 
 
-app = make_app(
-    os.environ.get("ZOMBIEGUARD_REDIS_URL", "redis://127.0.0.1:6379/0"),
-    os.environ.get("ZOMBIEGUARD_KEY_PREFIX", "zgdemo"),
-    guarded=os.environ.get("ZGDEMO_UNGUARDED") != "1",
-)
-"""The app the demo's workers run."""
+def __getattr__(name: str) -> Celery:
+    """``app``: the app the demo's workers run, built from their environment when ``celery -A``
+    first asks for it (importing this module builds none)."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    built = make_app(
+        os.environ.get("ZOMBIEGUARD_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        os.environ.get("ZOMBIEGUARD_KEY_PREFIX", "zgdemo"),
+        guarded=os.environ.get("ZGDEMO_UNGUARDED") != "1",
+    )
+    globals()["app"] = built
+    return built
 
 
 class CeleryDemo(demo.Framework):
@@ -71,7 +77,7 @@ class CeleryDemo(demo.Framework):
 
     def worker_command(self, name: str) -> list[str]:
         return [
-            *(sys.executable, "-m", "celery", "-A", __name__, "worker"),
+            *(sys.executable, "-m", "celery", "-A", f"{__name__}:app", "worker"),
             *("--pool", "prefork", "--concurrency", "2", "--hostname", f"{name}@%h"),
             *("--queues", self.queue, "--loglevel", "warning"),
             *("--without-gossip", "--without-mingle", "--without-heartbeat"),
@@ -109,4 +115,5 @@ class CeleryDemo(demo.Framework):
         return ""
 
     def cleanup(self) -> None:
+        self.app.pool.force_close_all()
         self.app.close()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import importlib
 import importlib.util
 import itertools
 import os
@@ -295,6 +294,7 @@ def _run(kind: type[Framework], url: str, where: str, unguarded: bool) -> None:
         if keys:
             client.delete(*keys)
         framework.cleanup()
+        client.close()
 
 
 def _show(framework: Framework, workers: dict[str, subprocess.Popen[bytes]], *, port: int) -> None:

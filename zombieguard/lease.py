@@ -262,7 +262,8 @@ class Acquired:
     """For BUSY, the worker holding the live attempt."""
     holder_state: str = ""
     """For BUSY, ``running``, or ``recovering`` while a sweeper requeues the job (this delivery is
-    probably that requeue: wait for the sweeper to finish, then acquire again)."""
+    probably that requeue: wait for the sweeper to finish, then acquire again). For STALE, the
+    lease's state (``done`` and the sweepers' final states when the job ended)."""
 
 
 @dataclass(frozen=True)
@@ -432,6 +433,11 @@ class LeaseStore:
         """The sorted set of one integration's running leases, scored by when a sweeper must look."""
         return f"{self.prefix}:due:{adapter}"
 
+    def kept_result_key(self, job_id: str) -> str:
+        """A Celery task's recorded end, kept while stale copies of it may be delivered (see
+        ``integrations.celery``); expires with the lease's tombstone."""
+        return f"{self.prefix}:kept-result:{job_id}"
+
     @property
     def fence_key(self) -> str:
         """The counter fencing tokens come from."""
@@ -565,7 +571,7 @@ class LeaseStore:
                 status, attempt=int(reply[1] or 0), holder=reply[3] or "", holder_state=reply[2] or ""
             )
         if status is AcquireStatus.STALE:
-            return Acquired(status, attempt=int(reply[1] or 0))
+            return Acquired(status, attempt=int(reply[1] or 0), holder_state=reply[2] or "")
         if reply[6]:
             log.warning("job %s: replaced a corrupt lease record (%s)", job_id, reply[6])
         return Acquired(

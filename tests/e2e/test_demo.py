@@ -21,11 +21,12 @@ def summaries(out: str) -> dict[str, dict[str, str]]:
     return found
 
 
-def test_the_demo_shows_every_zombie_handled_on_rq_and_on_celery_and_exits_0_within_two_minutes() -> None:
+@pytest.mark.timeout(300)
+def test_the_demo_shows_every_zombie_handled_on_rq_and_on_celery_and_exits_0_within_three_minutes() -> None:
     t0 = time.monotonic()
-    result = unconfigured("demo", timeout=150)
+    result = unconfigured("demo", timeout=280)
     assert result.returncode == 0, result.stderr
-    assert time.monotonic() - t0 < 120
+    assert time.monotonic() - t0 < 180
     assert "a zombie" not in result.stdout
     found = summaries(result.stdout)
     assert sorted(found) == ["Celery", "RQ"]

@@ -93,6 +93,7 @@ from zombieguard.heartbeat import Heartbeat
 from zombieguard.lease import (
     AcquireStatus,
     DeferredRelease,
+    FinishedState,
     JobSpec,
     LeaseRecord,
     LeaseStore,
@@ -122,6 +123,10 @@ CELERY_VERSION = require("celery", celery.__version__)
 ADAPTER = "celery"
 ATTEMPT_HEADER = "zombieguard_attempt"
 """Message header with the attempt number a delivery is for (absent: the first)."""
+_ENDED = frozenset(
+    {"done", FinishedState.FAILED.value, FinishedState.DEAD_LETTERED.value, FinishedState.ENDED.value}
+)
+"""Lease states in which the task's last attempt ended (no newer one is running or due)."""
 
 
 ESCALATE_AFTER = 0.5
@@ -192,10 +197,16 @@ def task_policy(config: Config, task: Task, time_limits: Any = None) -> Policy:
     return config.policy_for(task.name, framework=framework, decorator=decorator)
 
 
-def _delivery_attempt(request: Any) -> int:
+def _attempt_header(request: Any) -> Any:
+    """The attempt number a delivery carries (zombieguard's requeue, ``self.retry``), or None."""
     value = getattr(request, ATTEMPT_HEADER, None)
     if value is None:
         value = (getattr(request, "headers", None) or {}).get(ATTEMPT_HEADER)
+    return value
+
+
+def _delivery_attempt(request: Any) -> int:
+    value = _attempt_header(request)
     try:
         return max(1, int(value)) if value is not None else 1
     except (TypeError, ValueError):
@@ -425,7 +436,7 @@ class Executor:
             log.error("celery task %s[%s] runs unguarded: %s", task.name, request.id, exc)
             return call()
         spec = JobSpec(request.id, ADAPTER, task.name, _queue_of(request), _payload(task, request))
-        attempt = self._acquire(spec, policy, _delivery_attempt(request))
+        attempt = self._acquire(task, spec, policy, _delivery_attempt(request))
         if attempt is None:
             return call()
         state = _Running(attempt)
@@ -465,7 +476,7 @@ class Executor:
             raise Ignore()
         return result
 
-    def _acquire(self, spec: JobSpec, policy: Policy, delivery: int) -> Attempt | None:
+    def _acquire(self, task: Task, spec: JobSpec, policy: Policy, delivery: int) -> Attempt | None:
         """The lease, as a new attempt; None to run unguarded (Redis away). Ignore when not to run."""
         worker = self.guard.name
         releases = self.releases.take_deferred()
@@ -486,8 +497,9 @@ class Executor:
             log.warning("celery task %s runs unguarded: Redis for leases unreachable (%s)", spec.job_id, exc)
             return None
         if acquired.status is not AcquireStatus.ACQUIRED:
-            if acquired.status is AcquireStatus.STALE:
-                self._put_back_result(spec.job_id)
+            if acquired.status is AcquireStatus.STALE and acquired.holder_state in _ENDED:
+                with contained(f"celery task {spec.job_id}: its recorded end not put back"):
+                    self._put_back_result(task, spec.job_id)
             log.warning(
                 "celery task %s[%s] not run: delivery of attempt %d is %s (attempt %d is %s on %s)",
                 spec.task,
@@ -499,30 +511,35 @@ class Executor:
                 acquired.holder or "-",
             )
             raise Ignore()
-        self._local.kept = None
         attempt = Attempt(self.store, spec, worker, policy, acquired, sent_at=sent_at)
         emit(ADAPTER, attempt.event(JobStarted))
         return attempt
 
     def keep_result(self, task: Task, task_id: str) -> None:
-        """Before Celery records a copy of a recovered attempt ``STARTED`` (``task_track_started``),
-        keep what the result backend holds for it, for :meth:`_put_back_result`."""
-        self._local.kept = None
-        backend = task.backend
-        if isinstance(backend, BaseKeyValueStoreBackend):
-            self._local.kept = (task_id, backend, backend.get(backend.get_key_for_task(task_id)))
+        """Before Celery records a copy of a recovered attempt ``STARTED`` (``task_track_started``):
+        keep the failure the result backend holds for the task, for whichever copy is refused.
 
-    def _put_back_result(self, task_id: str) -> None:
-        """A copy refused as stale: its attempt ended, and Celery has just recorded the task
-        ``STARTED`` over that end. Put the end back."""
-        kept = getattr(self._local, "kept", None)
-        self._local.kept = None
-        if kept is None or kept[0] != task_id or kept[2] is None:
+        Kept in Redis, not in this process: two copies running at once in two processes would
+        otherwise see each other's ``STARTED`` and the last one would leave it there.
+        """
+        backend = task.backend
+        if not isinstance(backend, BaseKeyValueStoreBackend):
             return
-        _, backend, raw = kept
-        with contained(f"celery task {task_id}: its recorded end not put back"):
-            if backend.decode_result(raw).get("status") in states.READY_STATES:
-                backend.set(backend.get_key_for_task(task_id), raw)
+        raw = backend.get(backend.get_key_for_task(task_id))
+        # Celery never overwrites a SUCCESS itself; a FAILURE or REVOKED it does.
+        if raw is not None and backend.decode_result(raw).get("status") in states.PROPAGATE_STATES:
+            ttl = int(self.store.settings.tombstone_ttl * 1000)
+            self.store.client.set(self.store.kept_result_key(task_id), raw, px=ttl)
+
+    def _put_back_result(self, task: Task, task_id: str) -> None:
+        """A copy refused as stale, its task ended: Celery has just recorded it ``STARTED`` over
+        that end. Put the end back, as Celery stores one (expiry included)."""
+        backend = task.backend
+        raw = self.store.client.get(self.store.kept_result_key(task_id))
+        if raw is None or not isinstance(backend, BaseKeyValueStoreBackend):
+            return
+        status = backend.decode_result(raw).get("status")
+        backend._set_with_state(backend.get_key_for_task(task_id), raw, status)
 
     def _interrupted(self, state: _Running, exc: JobInterrupt) -> None:
         """Turn zombieguard's interrupt into Celery's outcome (raises)."""
@@ -1412,17 +1429,18 @@ def _on_pool_process_init(**_: Any) -> None:
 
 
 def _before_started(task_id: str = "", task: Any = None, **_: Any) -> None:
-    """``task_prerun``, where the task runs, before Celery may record it ``STARTED``: for a copy of a
-    recovered attempt (or a redelivery), keep the task's recorded result, to put back if the copy is
-    refused as stale."""
+    """``task_prerun``, where the task runs, before Celery may record it ``STARTED``: for a delivery
+    that may be a stale copy (it carries an attempt number, or the broker redelivered it), keep the
+    task's recorded end, to put back if the copy is refused."""
     executor = _executor
-    if executor is None or not isinstance(task, GuardedTask) or not task.track_started:
+    if executor is None or not isinstance(task, GuardedTask):
         return
     request = task.request
-    redelivered = (request.delivery_info or {}).get("redelivered")
-    if getattr(request, ATTEMPT_HEADER, None) is None and not redelivered:
-        return
-    with contained(f"celery task {task_id}: its recorded result not kept"):
+    if not task.track_started or task.ignore_result or getattr(request, "ignore_result", False):
+        return  # Celery records no STARTED
+    if _attempt_header(request) is None and not (request.delivery_info or {}).get("redelivered"):
+        return  # a first delivery: no earlier end to keep
+    with contained(f"celery task {task_id}: its recorded end not kept"):
         executor.keep_result(task, task_id)
 
 
