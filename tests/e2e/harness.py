@@ -43,6 +43,16 @@ class WorkerHarness:
         """A worker's output so far."""
         return (self.workdir / f"{self.worker_names[index]}.log").read_text(errors="replace")
 
+    def diagnosis(self, job_id: str) -> str:
+        """What the job's lease and the workers' logs say: for the message of a wait that failed."""
+        lease = {
+            k.decode(): v.decode(errors="replace")[:200]
+            for k, v in self.client.hgetall("{" + self.key_prefix + "}:lease:" + job_id).items()
+            if k not in (b"payload", b"history")
+        }
+        logs = [f"--- {name}, end of log:\n{self.log(i)[-2000:]}" for i, name in enumerate(self.worker_names)]
+        return "\n".join([f"lease: {lease}", *logs])
+
     def kill_workers(self) -> None:
         """SIGKILL every worker's whole process group (woken first, if frozen)."""
         for process in self.workers:
