@@ -94,14 +94,24 @@ def test_a_python_traceback_is_read_oldest_frame_first() -> None:
     assert [f["function"] for f in stack_frames(stack)] == ["outer", "inner"]
 
 
-@pytest.mark.parametrize("pii", [False, True])
-def test_the_job_and_its_arguments_go_to_sentry_only_with_send_default_pii(pii: bool) -> None:
+@pytest.mark.parametrize(
+    ("settings", "pii"),
+    [
+        ({"send_default_pii": False}, False),
+        ({"send_default_pii": True}, True),
+        ({"data_collection": {"queues": False}}, False),
+        ({"data_collection": {"queues": True}}, True),
+        ({"data_collection": {"queues": False}, "send_default_pii": True}, False),
+    ],
+)
+def test_the_job_and_its_arguments_go_to_sentry_only_where_sentry_settings_let_job_arguments_go(
+    settings: dict[str, Any], pii: bool
+) -> None:
+    # As sentry-sdk's own Celery and RQ integrations decide: data_collection["queues"] where
+    # data_collection is given (it wins over send_default_pii), else send_default_pii.
     endpoint = SentryEndpoint()
     sentry_sdk.init(
-        dsn=endpoint.dsn,
-        integrations=[ZombieGuardIntegration()],
-        default_integrations=False,
-        send_default_pii=pii,
+        dsn=endpoint.dsn, integrations=[ZombieGuardIntegration()], default_integrations=False, **settings
     )
     try:
         payload = json.dumps({"signature": {"args": ["card-4242-secret"]}})

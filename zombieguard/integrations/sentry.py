@@ -11,7 +11,9 @@ task are one issue, tags ``zombieguard.kind/task/queue/worker/attempt``, a ``zom
 with the lease's timeline, and the captured stack of the stopped job as the event's stack trace. A
 storm is bounded: at most ``max_events_per_fingerprint`` events per fingerprint per
 ``rate_limit_window`` seconds (the rest are counted, and the count goes with the next event sent).
-The job itself (its arguments) goes with the event only when ``send_default_pii`` is on. The events
+The job itself (its arguments) goes with the event only where sentry-sdk's own Celery and RQ
+integrations would send job arguments: ``data_collection["queues"]`` when ``data_collection`` is
+configured (sentry-sdk 2.7x), else ``send_default_pii``. The events
 are reported in the process that detects them (see the integration's docs).
 
 Alongside sentry-sdk's own RQ and Celery integrations: those keep reporting the exceptions the jobs
@@ -182,6 +184,17 @@ def _report_queue(sender: Any, event: QueueEvent) -> None:
     sentry_sdk.capture_event(cast(Any, sentry_event))
 
 
+def _job_arguments_allowed() -> bool:
+    """Whether the user's Sentry settings let a job's arguments go with an event, decided as
+    sentry-sdk's Celery and RQ integrations decide it."""
+    client = sentry_sdk.get_client()
+    options = getattr(client, "options", None) or {}
+    data_collection = options.get("data_collection")
+    if isinstance(data_collection, dict) and data_collection.get("provided_by_user"):
+        return bool(data_collection.get("queues"))
+    return bool(client.should_send_default_pii())
+
+
 def _job_description(payload: str) -> Any:
     try:
         return json.loads(payload)
@@ -227,7 +240,7 @@ def _report(sender: Any, event: JobEvent) -> None:
     if event.policy is not None:
         policy = {k: v for k, v in dataclasses.asdict(event.policy).items() if v is not None}
         sentry_event["contexts"]["zombieguard"]["policy"] = policy
-    if event.payload and sentry_sdk.get_client().should_send_default_pii():
+    if event.payload and _job_arguments_allowed():
         sentry_event["contexts"]["zombieguard"]["job"] = _job_description(event.payload)
     frames = stack_frames(event.stack) if event.stack else []
     if frames:
