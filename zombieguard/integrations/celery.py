@@ -37,10 +37,7 @@ import contextlib
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -101,9 +98,8 @@ from zombieguard.lease import (
     text,
 )
 from zombieguard.policy import Config, Policy, check_fields, current_config, guard_fields
-from zombieguard.slot import JobSlot, SlotState, remove_stale_workdirs
-from zombieguard.stats import EventCounter
-from zombieguard.sweeper import Sweeper
+from zombieguard.runtime import WorkerRuntime
+from zombieguard.slot import JobSlot, SlotState
 from zombieguard.watchdog import (
     HARD_SIGNAL,
     HUNG_SIGNAL,
@@ -112,7 +108,6 @@ from zombieguard.watchdog import (
     Limit,
     LimitClock,
     StackDumper,
-    Watchdog,
     Watched,
     interrupt_thread,
     thread_stack,
@@ -1007,7 +1002,7 @@ def _pool_kind(pool_cls: Any) -> str:
     return "prefork" if "processes" in module else "unknown"
 
 
-class WorkerGuard:
+class WorkerGuard(WorkerRuntime):
     """What one Celery worker runs beside Celery: presence, heartbeat, sweeper, enforcement."""
 
     def __init__(self, worker: Any) -> None:
@@ -1025,29 +1020,25 @@ class WorkerGuard:
                 "after install(app)): %s",
                 ", ".join(sorted(unguarded)),
             )
-        settings = self.config.settings
         self.name: str = worker.hostname
         self.pool = _pool_kind(worker.pool_cls)
         self.pool_size = int(worker.concurrency or 1)
-        self.store = LeaseStore.from_url(leases_url(app, self.config), settings)
         self.default_policy = self.config.policy_for("")
         self.adapter = CeleryAdapter(app)
-        self.heartbeat = Heartbeat(
-            self.store, ADAPTER, self.name, self.default_policy.renew_every, on_lost=self._lost
+        super().__init__(
+            LeaseStore.from_url(leases_url(app, self.config), self.config.settings),
+            self.adapter,
+            worker=self.name,
+            renew_every=self.default_policy.renew_every,
+            on_lost=self._lost,
+            dir_prefix=_DIR_PREFIX,
+            watchdog_name="zombieguard-watchdog",
         )
-        self.sweeper = Sweeper(
-            self.store, {ADAPTER: self.adapter}, name=f"celery:{self.name}", sender=ADAPTER
-        )
-        self.counter = EventCounter(self.store)
-        self.watchdog = Watchdog(name="zombieguard-watchdog")
-        remove_stale_workdirs(_DIR_PREFIX)
-        self.dir = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-"))
         self.monitor = SlotMonitor(self) if self.pool == "prefork" else None
         self.hub = getattr(worker, "hub", None)
         self.slots_dir = self.dir / "slots"
         self._thread_slots: dict[int, JobSlot] = {}
         self._slots_lock = threading.Lock()
-        self.sidecar: subprocess.Popen[bytes] | None = None
         self.dumper: StackDumper | None = None
         self.zombies: dict[int, str] = {}
         """Threads stuck past a limit, and the task each holds."""
@@ -1068,71 +1059,28 @@ class WorkerGuard:
             self.dumper = StackDumper(self.dir / "stacks.txt")
             self.dumper.path.touch()
             self.dumper.install()
-            self._start_sidecar()
+            self.start_sidecar(
+                slot=self.slots_dir,
+                dump=self.dumper.path,
+                redis_url=leases_url(self.app, self.config),
+                adapter=ADAPTER,
+                # Threads: a thread stuck in a blocking call is this process's to handle, 0.5 s past
+                # its limit; the watchdog process acts only when no thread here can (C code, the GIL).
+                grace="0.5" if self.pool == "solo" else "0.8",
+            )
             _executor = InProcessExecutor(self, signals_main_thread=self.pool == "solo")
-        with contained(f"registering celery worker {self.name}"):
-            try:
-                self.store.register_worker(
-                    self.name,
-                    {
-                        "adapter": ADAPTER,
-                        "host": socket.gethostname(),
-                        "pid": str(os.getpid()),
-                        "pool": self.pool,
-                        "concurrency": str(self.pool_size),
-                    },
-                    self.heartbeat.worker_ttl,
-                )
-                self.sweeper.sweep_once()
-            except redis.RedisError as exc:
-                log.warning(
-                    "celery worker %s: Redis for leases unreachable at start (%s); retrying", self.name, exc
-                )
-        self.heartbeat.start()
-        self.sweeper.start()
-        self.watchdog.start()
+        self.launch({"pool": self.pool, "concurrency": str(self.pool_size)})
         if self.monitor is not None:
             self.monitor.start()
-
-    def _start_sidecar(self) -> None:
-        assert self.dumper is not None
-        command = [sys.executable, "-m", "zombieguard.sidecar"]
-        options = {
-            "--pid": str(os.getpid()),
-            "--slot": str(self.slots_dir),
-            "--dump": str(self.dumper.path),
-            "--redis-url": leases_url(self.app, self.config),
-            "--key-prefix": self.config.settings.key_prefix,
-            "--adapter": ADAPTER,
-            # Threads: a thread stuck in a blocking call is this process's to handle, 0.5 s past its
-            # limit; the watchdog process acts only when no thread here can (C code holding the GIL).
-            "--grace": "0.5" if self.pool == "solo" else "0.8",
-        }
-        for option, value in options.items():
-            command += [option, value]
-        self.sidecar = subprocess.Popen(command)
 
     def stop(self) -> None:
         """Stop everything and leave cleanly (not a zombie)."""
         if self.monitor is not None:
             self.monitor.stop()
-        self.watchdog.stop()
-        self.sweeper.stop()
-        self.heartbeat.stop()
-        self.counter.close()
-        if self.sidecar is not None:
-            self.sidecar.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.sidecar.wait(5)
-            self.sidecar = None
-        with contained(f"deregistering celery worker {self.name}"), contextlib.suppress(redis.RedisError):
-            self.store.deregister_worker(self.name)
+        self.shutdown()
         if self.dumper is not None:
             self.dumper.close()
-        with contextlib.suppress(OSError):
-            for child in self.dir.iterdir():
-                child.unlink()
-            self.dir.rmdir()
+        self.remove_dir()
 
     def thread_slot(self, ident: int) -> JobSlot:
         """The slot of one pool thread (created at its first task)."""

@@ -34,14 +34,9 @@ import json
 import math
 import os
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +73,6 @@ from zombieguard.attempt import Attempt, running
 from zombieguard.deadletter import DeadLetterEntry
 from zombieguard.events import JobCompleted, JobStarted, JobTimedOut, emit
 from zombieguard.events import JobHung as JobHungEvent
-from zombieguard.heartbeat import Heartbeat
 from zombieguard.lease import (
     AcquireStatus,
     DeferredRelease,
@@ -90,9 +84,8 @@ from zombieguard.lease import (
     text,
 )
 from zombieguard.policy import Config, Policy, current_config, guard_fields
-from zombieguard.slot import OUTCOME_COMPLETED, OUTCOME_RECORDING, JobSlot, remove_stale_workdirs
-from zombieguard.stats import EventCounter
-from zombieguard.sweeper import Sweeper
+from zombieguard.runtime import WorkerRuntime
+from zombieguard.slot import OUTCOME_COMPLETED, OUTCOME_RECORDING, JobSlot
 from zombieguard.watchdog import (
     HARD_SIGNAL,
     HUNG_SIGNAL,
@@ -101,7 +94,6 @@ from zombieguard.watchdog import (
     Limit,
     LimitClock,
     StackDumper,
-    Watchdog,
     Watched,
     thread_stack,
 )
@@ -262,14 +254,13 @@ class _Sent:
     pending: PendingAcquire
 
 
-class _Guard:
+class _Guard(WorkerRuntime):
     """What one guarded worker process runs beside RQ: leases, heartbeat, sweeper, watchdog."""
 
     def __init__(self, worker: Any, with_sidecar: bool) -> None:
         self.config: Config = current_config()
         settings = self.config.settings
         self.client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else worker.connection
-        self.store = LeaseStore(self.client, settings)
         self.default_policy = self.config.policy_for("")
         self.adapter = RQAdapter(
             worker.connection,
@@ -277,74 +268,37 @@ class _Guard:
             queue_class=worker.queue_class,
             serializer=worker.serializer,
         )
-        self.heartbeat = Heartbeat(
-            self.store, ADAPTER, worker.name, self.default_policy.renew_every, on_lost=worker._zg_lost
+        super().__init__(
+            LeaseStore(self.client, settings),
+            self.adapter,
+            worker=worker.name,
+            renew_every=self.default_policy.renew_every,
+            on_lost=worker._zg_lost,
+            dir_prefix=_DIR_PREFIX,
+            watchdog_name=f"zombieguard-watchdog-{worker.name}",
         )
-        self.sweeper = Sweeper(self.store, {ADAPTER: self.adapter}, name=f"rq:{worker.name}", sender=ADAPTER)
-        self.counter = EventCounter(self.store)
-        self.watchdog = Watchdog(name=f"zombieguard-watchdog-{worker.name}")
-        remove_stale_workdirs(_DIR_PREFIX)
-        self.dir = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-"))
         self.dumper = StackDumper(self.dir / "stacks.txt")
         self.dumper.path.touch()
         self.slot = JobSlot(self.dir / "slot" if with_sidecar else None)
-        self.sidecar: subprocess.Popen[bytes] | None = None
         if with_sidecar:
             # Jobs run in this process: the sidecar asks it for its stacks before killing it.
             self.dumper.install()
-            options = {
-                "--pid": str(os.getpid()),
-                "--slot": str(self.slot.path),
-                "--dump": str(self.dumper.path),
-                "--redis-url": settings.redis_url or _url_of(self.client),
-                "--key-prefix": settings.key_prefix,
-                "--adapter": "zombieguard.integrations.rq:sidecar_adapter",
-            }
-            command = [sys.executable, "-m", "zombieguard.sidecar"]
-            for option, value in options.items():
-                command += [option, value]
-            self.sidecar = subprocess.Popen(command)
-        with contained(f"registering rq worker {worker.name}"):
-            try:
-                self.store.register_worker(
-                    worker.name,
-                    {
-                        "adapter": ADAPTER,
-                        "host": socket.gethostname(),
-                        "pid": str(os.getpid()),
-                        "class": type(worker).__name__,
-                        "queues": ",".join(worker.queue_names()),
-                    },
-                    self.heartbeat.worker_ttl,
-                )
-                # Before RQ's own maintenance runs: recover what dead workers left, so that RQ's
-                # abandoned-job cleanup does not fail it first.
-                self.sweeper.sweep_once()
-            except redis.RedisError as exc:
-                log.warning(
-                    "rq worker %s: Redis for leases unreachable at start (%s); retrying", worker.name, exc
-                )
-        self.heartbeat.start()
-        self.sweeper.start()
-        self.watchdog.start()
+            self.start_sidecar(
+                slot=self.dir / "slot",
+                dump=self.dumper.path,
+                redis_url=settings.redis_url or _url_of(self.client),
+                adapter="zombieguard.integrations.rq:sidecar_adapter",
+            )
+        # Before RQ's own maintenance runs: the first sweep recovers what dead workers left, so that
+        # RQ's abandoned-job cleanup does not fail it first.
+        self.launch({"class": type(worker).__name__, "queues": ",".join(worker.queue_names())})
 
-    def close(self, worker_name: str) -> None:
+    def close(self) -> None:
         """Stop everything, leave cleanly (not a zombie)."""
-        self.watchdog.stop()
-        self.sweeper.stop()
-        self.heartbeat.stop()
-        self.counter.close()
-        if self.sidecar is not None:
-            self.sidecar.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.sidecar.wait(5)
-        with contained(f"deregistering rq worker {worker_name}"), contextlib.suppress(redis.RedisError):
-            self.store.deregister_worker(worker_name)
+        self.shutdown()
         self.dumper.close()
         self.slot.close()
-        for child in self.dir.iterdir():
-            child.unlink()
-        self.dir.rmdir()
+        self.remove_dir()
 
 
 _DIR_PREFIX = "zombieguard-rq-"
@@ -392,7 +346,7 @@ class _GuardedMixin:
         """RQ's teardown, then zombieguard's; the worker leaves cleanly."""
         super().teardown()  # type: ignore[misc]
         if self._zg is not None and not self.is_horse:
-            self._zg.close(self.name)
+            self._zg.close()
             self._zg = None
 
     def _zg_install_interrupts(self) -> None:

@@ -1,0 +1,127 @@
+"""What every guarded worker process runs beside its framework, whichever the framework.
+
+Each integration's worker guard derives from :class:`WorkerRuntime` and adds what is its own (how
+its jobs run, how they are announced and stopped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import redis
+
+from zombieguard.adapter import JobAdapter
+from zombieguard.containment import contained, log
+from zombieguard.heartbeat import Heartbeat, LostCallback
+from zombieguard.lease import LeaseStore
+from zombieguard.slot import remove_stale_workdirs
+from zombieguard.stats import EventCounter
+from zombieguard.sweeper import Sweeper
+from zombieguard.watchdog import Watchdog
+
+
+class WorkerRuntime:
+    """One guarded worker process's presence and heartbeat, its sweeper, its watchdog thread, its
+    working directory and, where jobs run in the worker's own process, the watchdog process beside it.
+    """
+
+    def __init__(
+        self,
+        store: LeaseStore,
+        adapter: JobAdapter,
+        *,
+        worker: str,
+        renew_every: float,
+        on_lost: LostCallback,
+        dir_prefix: str,
+        watchdog_name: str,
+    ) -> None:
+        self.store = store
+        self.framework = adapter.name
+        self.worker = worker
+        self.heartbeat = Heartbeat(store, adapter.name, worker, renew_every, on_lost=on_lost)
+        self.sweeper = Sweeper(
+            store, {adapter.name: adapter}, name=f"{adapter.name}:{worker}", sender=adapter.name
+        )
+        self.counter = EventCounter(store)
+        self.watchdog = Watchdog(name=watchdog_name)
+        remove_stale_workdirs(dir_prefix)
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{dir_prefix}{os.getpid()}-"))
+        self.sidecar: subprocess.Popen[bytes] | None = None
+
+    def start_sidecar(self, *, slot: Path, dump: Path, redis_url: str, adapter: str, grace: str = "") -> None:
+        """Start the watchdog process beside this one: it kills this process when a job stuck in it
+        passes its limit and no thread here can act (C code holding the GIL). ``adapter``: how the
+        sidecar loads the integration's adapter; ``grace``: seconds it leaves this process first."""
+        options = {
+            "--pid": str(os.getpid()),
+            "--slot": str(slot),
+            "--dump": str(dump),
+            "--redis-url": redis_url,
+            "--key-prefix": self.store.settings.key_prefix,
+            "--adapter": adapter,
+        }
+        if grace:
+            options["--grace"] = grace
+        command = [sys.executable, "-m", "zombieguard.sidecar"]
+        for option, value in options.items():
+            command += [option, value]
+        self.sidecar = subprocess.Popen(command)
+
+    def launch(self, info: Mapping[str, str]) -> None:
+        """Register the worker (``info``: what ``status`` shows of it), recover what dead workers left
+        before the framework's own clean-up can fail it, then start the threads."""
+        with contained(f"registering {self.framework} worker {self.worker}"):
+            try:
+                self.store.register_worker(
+                    self.worker,
+                    {
+                        "adapter": self.framework,
+                        "host": socket.gethostname(),
+                        "pid": str(os.getpid()),
+                        **info,
+                    },
+                    self.heartbeat.worker_ttl,
+                )
+                self.sweeper.sweep_once()
+            except redis.RedisError as exc:
+                log.warning(
+                    "%s worker %s: Redis for leases unreachable at start (%s); retrying",
+                    self.framework,
+                    self.worker,
+                    exc,
+                )
+        self.heartbeat.start()
+        self.sweeper.start()
+        self.watchdog.start()
+
+    def shutdown(self) -> None:
+        """Stop the threads and the watchdog process, and leave cleanly (not a zombie)."""
+        self.watchdog.stop()
+        self.sweeper.stop()
+        self.heartbeat.stop()
+        self.counter.close()
+        if self.sidecar is not None:
+            self.sidecar.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.sidecar.wait(5)
+            self.sidecar = None
+        with (
+            contained(f"deregistering {self.framework} worker {self.worker}"),
+            contextlib.suppress(redis.RedisError),
+        ):
+            self.store.deregister_worker(self.worker)
+
+    def remove_dir(self) -> None:
+        """Delete the working directory (its files are closed)."""
+        with contextlib.suppress(OSError):
+            for child in self.dir.iterdir():
+                child.unlink()
+            self.dir.rmdir()
