@@ -82,7 +82,8 @@ class JobEvent:
     """The policy the attempt ran under, where known."""
     payload: str = field(default="", repr=False)
     """The job as its framework described it (its arguments among it), where known. Personal data,
-    perhaps: the Sentry integration sends it only with ``send_default_pii``."""
+    perhaps: the Sentry integration sends it only where sentry-sdk's settings let job arguments go
+    (``data_collection["queues"]``, else ``send_default_pii``)."""
 
     @property
     def kind(self) -> str:

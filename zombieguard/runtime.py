@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -120,8 +121,5 @@ class WorkerRuntime:
             self.store.deregister_worker(self.worker)
 
     def remove_dir(self) -> None:
-        """Delete the working directory (its files are closed)."""
-        with contextlib.suppress(OSError):
-            for child in self.dir.iterdir():
-                child.unlink()
-            self.dir.rmdir()
+        """Delete the working directory and what is in it (its files are closed)."""
+        shutil.rmtree(self.dir, ignore_errors=True)
