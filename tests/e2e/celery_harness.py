@@ -118,13 +118,7 @@ class CeleryHarness(WorkerHarness):
 
     def wait_state(self, result: AsyncResult, states: set[str], timeout: float) -> str:
         """Wait for the task to reach one of ``states``."""
-        try:
-            return str(wait_until(lambda: (s := self.state(result)) in states and s, timeout))
-        except AssertionError:
-            raise AssertionError(
-                f"not within {timeout} s: {result.id} in {states} (it is {self.state(result)})\n"
-                + self.diagnosis(result.id)
-            ) from None
+        return self.wait_for_state(result.id, lambda: self.state(result), states, timeout)
 
     def close(self) -> None:
         """Kill every worker (whole process groups) and delete what the test wrote."""

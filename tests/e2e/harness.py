@@ -8,9 +8,12 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import redis
+
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 ZOMBIEGUARD = str(Path(sys.executable).with_name("zombieguard"))
@@ -42,6 +45,18 @@ class WorkerHarness:
     def log(self, index: int = 0) -> str:
         """A worker's output so far."""
         return (self.workdir / f"{self.worker_names[index]}.log").read_text(errors="replace")
+
+    def wait_for_state(
+        self, job_id: str, current: Callable[[], str], wanted: Iterable[str], timeout: float
+    ) -> str:
+        """Wait until ``current()`` is one of ``wanted``; fail saying what it is, with the diagnosis."""
+        wanted = {str(w) for w in wanted}
+        try:
+            return str(wait_until(lambda: (s := current()) in wanted and s, timeout))
+        except AssertionError:
+            raise AssertionError(
+                f"not within {timeout} s: {job_id} in {wanted} (it is {current()})\n" + self.diagnosis(job_id)
+            ) from None
 
     def diagnosis(self, job_id: str) -> str:
         """What the job's lease and the workers' logs say: for the message of a wait that failed."""

@@ -72,14 +72,7 @@ class RQHarness(WorkerHarness):
 
     def wait_status(self, job: Job, statuses: Iterable[str], timeout: float) -> str:
         """Wait for the job to reach one of ``statuses``; return it."""
-        wanted = {str(s) for s in statuses}
-        try:
-            return str(wait_until(lambda: (s := self.status(job)) in wanted and s, timeout))
-        except AssertionError:
-            raise AssertionError(
-                f"not within {timeout} s: {job.id} in {wanted} (it is {self.status(job)})\n"
-                + self.diagnosis(job.id)
-            ) from None
+        return self.wait_for_state(job.id, lambda: self.status(job), statuses, timeout)
 
     def close(self) -> None:
         """Stop every worker (whole process groups) and delete what the test wrote."""
