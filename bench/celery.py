@@ -1,6 +1,7 @@
 """Celery benchmarks with real workers (python -m bench.celery [--quick]).
 
-1. No-op task throughput with results, guarded / plain, alternated in one run, prefork and threads
+1. Task throughput with results (no-op tasks, or tasks waiting `--work` seconds), guarded / plain,
+   alternated in one run, prefork and threads
    (one worker, concurrency 2): the tasks are queued first, then one worker drains them.
 2. Recovery latency after SIGKILL of a whole worker (acks_late task), Redis and RabbitMQ brokers, at
    lease_ttl 2 s: from the kill to the task's next attempt starting on the surviving worker.
@@ -44,16 +45,17 @@ def _harness(url: str, workdir: Path, broker: str = "redis") -> CeleryHarness:
     return CeleryHarness(url, f"zgbench-{own.name}", own, broker=broker)
 
 
-def throughput(url: str, workdir: Path, pool: str, guarded: bool, tasks: int) -> float:
-    """Tasks per second for one worker (concurrency 2) draining ``tasks`` queued no-op tasks: the
-    steady rate, from the first task's result to the last one's (the worker's start-up is not in it)."""
+def throughput(url: str, workdir: Path, pool: str, *, guarded: bool, tasks: int, work: float = 0.0) -> float:
+    """Tasks per second for one worker (concurrency 2) draining ``tasks`` queued tasks, each waiting
+    ``work`` seconds (0: no-op tasks): the steady rate, from the first task's result to the last
+    one's (the worker's start-up is not in it)."""
     harness = _harness(url, workdir)
     for name in _TEST_TIMINGS:
         harness.env.pop(name)
     if not guarded:
         harness.env["ZG_CELERY_UNGUARDED"] = "1"
     try:
-        results = [harness.send("noop") for _ in range(tasks)]
+        results = [harness.send("work", work) if work else harness.send("noop") for _ in range(tasks)]
         harness.start_worker(pool, concurrency=2)
         ResultSet(results, app=harness.app).get(timeout=600)
         done = sorted(result.date_done.timestamp() for result in results)
@@ -126,6 +128,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["throughput", "recovery", "kill"])
     parser.add_argument("--pool", choices=["prefork", "threads"], help="throughput of one pool only")
     parser.add_argument("--tasks", type=int, help="tasks per throughput run")
+    parser.add_argument("--work", type=float, default=0.0, help="seconds each throughput task waits")
     args = parser.parse_args()
     tasks, pairs, runs = (500, 2, 3) if args.quick else (2000, 5, 10)
     tasks = args.tasks or tasks
@@ -135,8 +138,8 @@ def main() -> None:
             for pool in [args.pool] if args.pool else ["prefork", "threads"]:
                 ratios = []
                 for _ in range(pairs):
-                    plain = throughput(url, workdir, pool, guarded=False, tasks=tasks)
-                    guarded = throughput(url, workdir, pool, guarded=True, tasks=tasks)
+                    plain = throughput(url, workdir, pool, guarded=False, tasks=tasks, work=args.work)
+                    guarded = throughput(url, workdir, pool, guarded=True, tasks=tasks, work=args.work)
                     ratios.append(guarded / plain)
                     print(
                         f"{pool}: plain {plain:.0f}/s, guarded {guarded:.0f}/s, ratio {guarded / plain:.3f}"

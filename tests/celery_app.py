@@ -98,6 +98,12 @@ def noop() -> None:
     """For throughput."""
 
 
+@app.task
+def work(seconds: float) -> None:
+    """For throughput with some work: waits ``seconds`` (I/O, as most tasks do)."""
+    time.sleep(seconds)
+
+
 @app.task(base=Recorded)
 def cleans_up_on_soft_timeout(directory: str) -> str:
     """Catches Celery's soft-limit exception and finishes cleanly. Sleeps in short steps: an interrupt
