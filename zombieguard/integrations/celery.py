@@ -816,6 +816,7 @@ class SlotMonitor:
         """One look at every slot: renew what is due, act on every limit that passed."""
         self._refresh(now)
         due: list[_Tracked] = []
+        died: list[SlotState] = []
         with self._lock:
             for path, slot in list(self.slots.items()):
                 state = slot.read()
@@ -824,6 +825,11 @@ class SlotMonitor:
                     del self.tracked[path]
                     tracked = None
                 if not state.active:
+                    continue
+                if _process_gone(state.pid):
+                    slot.clear()
+                    self.tracked.pop(path, None)
+                    died.append(state)
                     continue
                 if tracked is None:
                     # The acquire itself set the lease's expiry: the first renewal is due a third in.
@@ -835,6 +841,27 @@ class SlotMonitor:
                     due.append(tracked)
         if due:
             self._renew(due)
+        for state in died:
+            self._died(state)
+
+    def _died(self, state: SlotState) -> None:
+        """A pool process died mid-task, and Celery has not said so yet (under load its pool notices
+        only every few seconds): recover the task now. Celery's news of it, when it comes, finds the
+        task handled (``pool_process_lost`` returns ``stalled``)."""
+        self.killed[state.job_id] = "stalled"
+        log.warning(
+            "celery task %s[%s]: its pool process %d died; recovering it", state.task, state.job_id, state.pid
+        )
+        spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
+        try:
+            self.guard.store.abandon(spec, state.token, "stalled")
+            self.guard.sweeper.sweep_once()
+        except LeaseLost:
+            self.killed.pop(state.job_id, None)  # Celery's news came first: it was handled then
+        except redis.RedisError as exc:
+            log.warning(
+                "celery task %s: could not give the lease up (%s); it expires instead", state.job_id, exc
+            )
 
     def _event(self, state: SlotState) -> Callable[..., Any]:
         """Events about a pool process's task; the job's description is read from its lease (the slot
@@ -978,6 +1005,21 @@ def _seconds(state: SlotState, kind: str) -> float:
     if kind == "timed_out":
         return (state.hard_deadline or state.started) - state.started
     return state.progress_timeout or 0.0
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (one its parent has not reaped yet counts as exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no /proc here: only kill's answer
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def _signal(pid: int, signum: int) -> None:
