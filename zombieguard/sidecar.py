@@ -30,21 +30,11 @@ from zombieguard.policy import Settings
 from zombieguard.slot import JobSlot, SlotState
 from zombieguard.stats import EventCounter
 from zombieguard.sweeper import Sweeper
-from zombieguard.watchdog import StackDumper
+from zombieguard.watchdog import StackDumper, process_exited
 
 log = logging.getLogger("zombieguard.sidecar")
 
 POLL_SECONDS = 0.05
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def overdue(state: SlotState, now: float, grace: float) -> str | None:
@@ -95,7 +85,7 @@ def watch(
     grace: float,
 ) -> str | None:
     """Watch ``pid`` until it exits (None) or has to be killed (the reason)."""
-    while _alive(pid):
+    while not process_exited(pid):
         for slot in slots():
             reason = _act_on(pid, slot, dumper, store, adapter_spec=adapter_spec, grace=grace)
             if reason is not None:

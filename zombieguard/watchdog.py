@@ -45,6 +45,21 @@ HUNG_SIGNAL = signal.SIGRTMIN + 3
 LOST_SIGNAL = signal.SIGRTMIN + 4
 
 
+def process_exited(pid: int) -> bool:
+    """Whether process ``pid`` has exited (one its parent has not reaped yet counts as exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no /proc here, or it went just now: the next look says
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
 class Limit(str, Enum):
     """A limit an attempt can pass."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
@@ -13,6 +12,7 @@ from tests.e2e.rq_harness import RQHarness, wait_until
 from zombieguard.deadletter import DeadLetterStore
 from zombieguard.lease import LeaseStore
 from zombieguard.policy import Settings
+from zombieguard.watchdog import process_exited
 
 pytestmark = pytest.mark.slow
 
@@ -57,15 +57,7 @@ def test_a_worker_killed_mid_job_has_its_job_recovered_within_lease_ttl_plus_2s(
         assert recovered_after < 1.0  # its parent saw it die and gave the lease up at once
     rq_harness.wait_status(job, ["finished"], 10)
     _assert_finished_once(rq_harness, job.id)
-    wait_until(lambda: not _alive(horse), 5, what="the orphaned horse is gone")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # not a zombie process
+    wait_until(lambda: process_exited(horse), 5, what="the orphaned horse is gone")
 
 
 def test_a_simple_worker_killed_mid_job_has_its_job_recovered_by_another(rq_harness: RQHarness) -> None:

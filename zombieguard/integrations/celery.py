@@ -110,6 +110,7 @@ from zombieguard.watchdog import (
     StackDumper,
     Watched,
     interrupt_thread,
+    process_exited,
     thread_stack,
 )
 
@@ -826,7 +827,7 @@ class SlotMonitor:
                     tracked = None
                 if not state.active:
                     continue
-                if _process_gone(state.pid):
+                if process_exited(state.pid):
                     slot.clear()
                     self.tracked.pop(path, None)
                     died.append(state)
@@ -1005,21 +1006,6 @@ def _seconds(state: SlotState, kind: str) -> float:
     if kind == "timed_out":
         return (state.hard_deadline or state.started) - state.started
     return state.progress_timeout or 0.0
-
-
-def _process_gone(pid: int) -> bool:
-    """Whether process ``pid`` has exited (one its parent has not reaped yet counts as exited)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False  # no /proc here: only kill's answer
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def _signal(pid: int, signum: int) -> None:
