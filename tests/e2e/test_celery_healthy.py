@@ -11,6 +11,8 @@ from celery import chain, chord, group
 from tests.e2e.celery_harness import CeleryHarness
 from tests.waiting import wait_until
 
+LEASE_TTL = 2.0  # the harness's ZOMBIEGUARD_LEASE_TTL
+
 pytestmark = pytest.mark.slow
 
 
@@ -56,6 +58,22 @@ def test_an_eta_task_waiting_in_a_worker_is_not_running_and_revoke_still_works(
     assert later.get(timeout=15) == 10
     celery_harness.wait_state(revoked, {"REVOKED"}, 10)
     assert celery_harness.notes_of("started") == []
+
+
+def test_a_running_task_revoked_with_terminate_ends_revoked_and_is_not_run_again(
+    celery_harness: CeleryHarness,
+) -> None:
+    celery_harness.start_worker("prefork")
+    running = celery_harness.send("sleeper", celery_harness.notes, 30.0)
+    wait_until(lambda: celery_harness.notes_of("started"), 15, what="started")
+    celery_harness.app.control.revoke(running.id, terminate=True, signal="SIGKILL")
+    celery_harness.wait_state(running, {"REVOKED"}, 10)
+    marker = celery_harness.send("add", 1, 1)
+    assert marker.get(timeout=15) == 2
+    time.sleep(LEASE_TTL + 1)  # past a lease expiry and a sweep: nothing brings it back
+    assert len(celery_harness.notes_of("started")) == 1
+    assert celery_harness.state(running) == "REVOKED"
+    assert "recovering it" not in celery_harness.log()
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])

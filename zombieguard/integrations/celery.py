@@ -827,7 +827,7 @@ class SlotMonitor:
                     tracked = None
                 if not state.active:
                     continue
-                if process_exited(state.pid):
+                if process_exited(state.pid) and _died_by_itself(state, tracked):
                     slot.clear()
                     self.tracked.pop(path, None)
                     died.append(state)
@@ -850,19 +850,9 @@ class SlotMonitor:
         only every few seconds): recover the task now. Celery's news of it, when it comes, finds the
         task handled (``pool_process_lost`` returns ``stalled``)."""
         self.killed[state.job_id] = "stalled"
-        log.warning(
-            "celery task %s[%s]: its pool process %d died; recovering it", state.task, state.job_id, state.pid
-        )
         spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
-        try:
-            self.guard.store.abandon(spec, state.token, "stalled")
-            self.guard.sweeper.sweep_once()
-        except LeaseLost:
+        if not self.guard.recover_stalled(spec, state.token):
             self.killed.pop(state.job_id, None)  # Celery's news came first: it was handled then
-        except redis.RedisError as exc:
-            log.warning(
-                "celery task %s: could not give the lease up (%s); it expires instead", state.job_id, exc
-            )
 
     def _event(self, state: SlotState) -> Callable[..., Any]:
         """Events about a pool process's task; the job's description is read from its lease (the slot
@@ -999,6 +989,13 @@ class SlotMonitor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+
+
+def _died_by_itself(state: SlotState, tracked: _Tracked | None) -> bool:
+    """Whether a pool process that exited mid-task died on its own: not killed by this monitor (at
+    a limit, or superseded) nor terminated by ``revoke(terminate=True)``, both of which Celery's
+    report of the death settles."""
+    return not (tracked is not None and tracked.killed) and state.job_id not in worker_state.revoked
 
 
 def _seconds(state: SlotState, kind: str) -> float:
@@ -1160,16 +1157,27 @@ class WorkerGuard(WorkerRuntime):
             return None
         token = state.token if state is not None else record.token
         spec = JobSpec(job_id, ADAPTER, record.task, record.queue)
-        try:
-            if terminated:
+        if terminated:
+            try:
                 self.store.release(spec, token, Outcome.STOPPED, "revoked with terminate=True")
-                return None
-            log.warning("celery task %s[%s]: its pool process died; recovering it", record.task, job_id)
+            except (redis.RedisError, LeaseLost) as exc:
+                log.warning("celery task %s: its stop not recorded (%s)", job_id, exc)
+            return None
+        self.recover_stalled(spec, token)
+        return "stalled"
+
+    def recover_stalled(self, spec: JobSpec, token: int) -> bool:
+        """A pool process died in the middle of ``spec``'s task: give its lease up as stalled and sweep
+        at once (the task is recovered or dead-lettered). False when it was given up already."""
+        log.warning("celery task %s[%s]: its pool process died; recovering it", spec.task, spec.job_id)
+        try:
             self.store.abandon(spec, token, "stalled")
             self.sweeper.sweep_once()
-        except (redis.RedisError, LeaseLost) as exc:
-            log.warning("celery task %s: could not give the lease up (%s); it expires instead", job_id, exc)
-        return "stalled"
+        except LeaseLost:
+            return False
+        except redis.RedisError as exc:
+            log.warning("celery task %s: lease not given up (%s); it expires instead", spec.job_id, exc)
+        return True
 
     def stuck(self, state: _Running, ident: int, watched: Watched) -> None:
         """Threads pool: the task's thread ignored its interrupt (a blocking call, C code)."""
