@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ import redis
 from zombieguard.containment import log
 from zombieguard.errors import LeaseLost, NotInGuardedJob
 from zombieguard.events import JobEvent, LeaseLostEvent, emit
-from zombieguard.lease import Acquired, CorruptRecord, JobSpec, LeaseStore, Outcome
+from zombieguard.lease import Acquired, AcquireStatus, CorruptRecord, JobSpec, LeaseStore, Outcome
 from zombieguard.policy import Policy
 
 # A beat is recorded locally at once (the watchdog reads it); it reaches Redis at most this often,
@@ -39,19 +40,29 @@ class Attempt:
         job: JobSpec,
         worker: str,
         policy: Policy,
-        acquired: Acquired,
+        acquired: Acquired | None,
         *,
         sent_at: float | None = None,
+        payload_of: Callable[[], str] | None = None,
     ) -> None:
         self.store = store
         self.job = job
+        self._payload_of = payload_of
+        """Computes the job's payload when it is first needed (a pending lease that ends unwritten
+        never needs it)."""
         self.worker = worker
         self.policy = policy
+        self._pending = acquired is None
+        """The lease is not written yet (a first delivery running within its ``lease_delay``):
+        :meth:`acquire_now` writes it, or :meth:`finish_unleased` ends the attempt without it."""
+        self._acquire_lock = threading.Lock()
+        if acquired is None:
+            acquired = Acquired(AcquireStatus.ACQUIRED, attempt=1, started=time.time())
         self.token = acquired.token
         self.number = acquired.attempt
         self.stalls = acquired.stalls
         self.started_at = acquired.started
-        """Server time at acquire."""
+        """Server time at acquire (this process's clock while the lease is pending)."""
         self.checkpoint_json = acquired.checkpoint
         self.started_monotonic = time.monotonic()
         self.last_progress_monotonic = self.started_monotonic
@@ -70,6 +81,52 @@ class Attempt:
         renewal refused from then on is that record, not a lost lease."""
         self.confirmations: Callable[[], float] | None = None
         """Another process's ``confirmed_until`` for this attempt (a horse reads its parent's)."""
+        self.on_acquired: Callable[[Attempt], None] | None = None
+        """Called once a pending lease is written (from whichever thread wrote it)."""
+        self.on_refused: Callable[[Attempt], None] | None = None
+        """Called when a pending lease is refused (another attempt holds the job) and this attempt
+        is marked lost, so that its body can be stopped."""
+
+    @property
+    def pending(self) -> bool:
+        """Whether the lease is still to be written (see :meth:`acquire_now`)."""
+        return self._pending
+
+    def acquire_now(self) -> None:
+        """Write a pending lease (nothing when it is written already or the attempt ended without
+        it). When another attempt holds the job, this one is marked lost (``on_refused`` is told).
+        Raises ``redis.RedisError`` with the lease still pending."""
+        if not self._pending:
+            return
+        with self._acquire_lock:
+            if not self._pending:
+                return
+            sent_at = time.monotonic()
+            acquired = self.store.acquire(self._described(), self.worker, self.policy, self.number)
+            self._pending = False
+            if acquired.status is AcquireStatus.ACQUIRED:
+                self.token = acquired.token
+                self.number = acquired.attempt
+                self.stalls = acquired.stalls
+                self.started_at = acquired.started
+                self.checkpoint_json = acquired.checkpoint
+                self.confirmed_until = sent_at + self.policy.lease_ttl
+                if self.on_acquired is not None:
+                    self.on_acquired(self)
+                return
+        holder = f"attempt {acquired.attempt} is {acquired.holder_state or 'superseded'}"
+        self.mark_lost(LeaseLost(self.job.job_id, 0, f"its lease was refused after it started: {holder}"))
+        if self.on_refused is not None:
+            self.on_refused(self)
+
+    def finish_unleased(self) -> bool:
+        """End a pending attempt without ever writing its lease (it ended within its
+        ``lease_delay``); False when the lease is written (or being written): release it then."""
+        with self._acquire_lock:
+            if not self._pending:
+                return False
+            self._pending = False
+            return True
 
     @property
     def lost(self) -> LeaseLost | None:
@@ -84,8 +141,17 @@ class Attempt:
             self._lost = error
         emit(self.job.adapter, self.event(LeaseLostEvent, reason=error.detail))
 
+    def _described(self) -> JobSpec:
+        """The job, its payload computed now if that was left for later."""
+        payload_of = self._payload_of
+        if payload_of is not None:
+            self.job = dataclasses.replace(self.job, payload=payload_of())
+            self._payload_of = None
+        return self.job
+
     def event(self, kind: type[E], reason: str = "", stack: str | None = None, **extra: Any) -> E:
         """An event about this attempt."""
+        self._described()
         return kind(
             job_id=self.job.job_id,
             task=self.job.task,
@@ -126,6 +192,8 @@ class Attempt:
         a stop has taken the job, mark it lost and raise :class:`~zombieguard.LeaseLost`. Redis
         unreachable or the record unreadable: assumed held (the next renewal asks again)."""
         self._raise_if_lost()
+        if self._pending:
+            return  # no lease written yet: nothing can have superseded it
         try:
             record = self.store.record(self.job.job_id)
         except (redis.RedisError, CorruptRecord) as exc:
@@ -155,7 +223,7 @@ class Attempt:
         recently enough. A margin of a tenth of ``lease_ttl`` (and 0.1 s) covers clocks that run at
         slightly different rates. Any claim that comes after the end is recorded finds the job ended.
         """
-        if self._lost is not None:
+        if self._lost is not None or self._pending:
             return False
         now = time.monotonic() if now is None else now
         policy = self.policy
@@ -176,6 +244,8 @@ class Attempt:
     def _send(self, progress: str = "", message: str = "", checkpoint: str | None = None) -> None:
         sent_at = time.monotonic()
         try:
+            self.acquire_now()
+            self._raise_if_lost()
             code = self.store.progress(self.job, self.token, progress, message, checkpoint)
             if code == "missing":
                 self.reestablish()
@@ -209,7 +279,10 @@ class Attempt:
         return created
 
     def release(self, outcome: Outcome, reason: str = "", stack: str | None = None) -> None:
-        """End the attempt. Raises LeaseLost when a newer attempt exists: its completion is refused."""
+        """End the attempt (writing a pending lease first). Raises LeaseLost when a newer attempt
+        exists: its completion is refused."""
+        self.acquire_now()
+        self._raise_if_lost()
         code = self.store.release(self.job, self.token, outcome, reason, stack)
         if code == "missing" and self.reestablish():
             self.store.release(self.job, self.token, outcome, reason, stack)

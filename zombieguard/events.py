@@ -228,6 +228,12 @@ SIGNAL_OF: dict[type, Signal] = {
 }
 
 
+def listened(kind: type) -> bool:
+    """Whether any receiver is connected to the signal of event ``kind`` (to skip building events
+    that no one receives, on a job's path)."""
+    return bool(SIGNAL_OF[kind].receivers)
+
+
 def emit(sender: str, event: JobEvent | WorkerEvent | QueueEvent) -> None:
     """Send ``event`` on its signal; a receiver that raises is logged, never propagated."""
     signal = SIGNAL_OF[type(event)]

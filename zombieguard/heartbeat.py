@@ -28,6 +28,8 @@ LostCallback = Callable[[Attempt, LeaseLost], None]
 _FIRST_RETRY = 0.1
 # Deferred releases usually ride along with the next acquire; when no job follows, this soon.
 DEFERRED_FLUSH = 0.2
+# Queues' last successes of jobs that ended before their leases were written: at most this often.
+COMPLETED_EVERY = 1.0
 
 
 class Heartbeat:
@@ -59,8 +61,13 @@ class Heartbeat:
         self.failures = 0
         """Round trips failed in a row."""
         self._deferred: list[DeferredRelease] = []
+        self._pending: list[Attempt] = []
+        self._completed: set[str] = set()
+        self._completed_written = 0.0
         self._renew_now = False
         self._idle = True
+        self._waiting = 0.0
+        """How long the thread's current wait lasts."""
 
     @property
     def worker_ttl(self) -> float:
@@ -90,14 +97,58 @@ class Heartbeat:
         if idle:
             self._wake.set()
 
+    def defer_acquire(self, attempt: Attempt) -> None:
+        """Write ``attempt``'s pending lease once it has run for half its ``lease_delay`` (unless it
+        ends before: :meth:`Attempt.finish_unleased`)."""
+        with self._lock:
+            self._pending.append(attempt)
+            # Woken only when it would look too late: not per job while jobs keep coming.
+            wake = self._idle or _half_delay(attempt) < self._waiting
+            self._idle = False
+        if wake:
+            self._wake.set()
+
+    def completed_unleased(self, queue: str) -> None:
+        """A job of ``queue`` completed before its lease was written: record the queue's last
+        success soon (within :data:`COMPLETED_EVERY`)."""
+        if queue not in self._completed:
+            with self._lock:
+                self._completed.add(queue)
+
+    def acquire_due(self, now: float | None = None) -> None:
+        """Write the pending leases that are due (the others wait; ended ones are dropped)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            pending = [a for a in self._pending if a.pending]
+            due = [a for a in pending if now - a.started_monotonic >= _half_delay(a)]
+            self._pending = [a for a in pending if now - a.started_monotonic < _half_delay(a)]
+        for index, attempt in enumerate(due):
+            try:
+                attempt.acquire_now()
+            except redis.RedisError:
+                with self._lock:
+                    self._pending[:0] = due[index:]
+                raise
+
     def take_deferred(self) -> list[DeferredRelease]:
         """The deferred releases not yet written; the caller writes them."""
         with self._lock:
             taken, self._deferred = self._deferred, []
         return taken
 
-    def flush_deferred(self) -> None:
-        """Write the deferred releases now (put back when Redis is unreachable)."""
+    def flush_deferred(self, *, now: float | None = None) -> None:
+        """Write the deferred releases now (put back when Redis is unreachable), and the queues'
+        last successes when :data:`COMPLETED_EVERY` passed (``now=None``: whatever the time)."""
+        if self._completed and (now is None or now - self._completed_written >= COMPLETED_EVERY):
+            with self._lock:
+                queues, self._completed = self._completed, set()
+            try:
+                self.store.record_completed(self.adapter, sorted(queues))
+            except redis.RedisError:
+                with self._lock:
+                    self._completed |= queues
+                raise
+            self._completed_written = time.monotonic() if now is None else now
         taken = self.take_deferred()
         if not taken:
             return
@@ -116,6 +167,10 @@ class Heartbeat:
     def _renewing(self, attempt: Attempt) -> bool:
         with self._lock:
             return self._attempts.get(attempt.job.job_id) is attempt
+
+    def _poll(self) -> float:
+        """How often to look for deferred work while jobs run (called holding the lock)."""
+        return min([DEFERRED_FLUSH, *(_half_delay(a) for a in self._pending)])
 
     def _period(self) -> float:
         with self._lock:
@@ -179,15 +234,18 @@ class Heartbeat:
                 with self._lock:
                     # While jobs run, look for deferred releases every DEFERRED_FLUSH; idle, sleep long
                     # (defer() wakes an idle thread). Never woken per job: that costs the job.
-                    self._idle = not self._attempts and not self._deferred
+                    self._idle = not (self._attempts or self._deferred or self._pending or self._completed)
                     renew_now, self._renew_now = self._renew_now, False
+                    self._waiting = remaining if self._idle else min(remaining, self._poll())
                 if renew_now:
                     break
-                if self._wake.wait(remaining if self._idle else min(remaining, DEFERRED_FLUSH)):
+                if self._wake.wait(self._waiting):
                     self._wake.clear()
                     continue
-                with contained("heartbeat writing deferred releases"), contextlib.suppress(redis.RedisError):
-                    self.flush_deferred()
+                with contained("heartbeat writing deferred leases"), contextlib.suppress(redis.RedisError):
+                    now = time.monotonic()
+                    self.acquire_due(now)
+                    self.flush_deferred(now=now)
 
     def start(self) -> None:
         """Start the background thread (idempotent)."""
@@ -207,3 +265,9 @@ class Heartbeat:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+
+def _half_delay(attempt: Attempt) -> float:
+    """A pending lease is written once its job has run for half its ``lease_delay``: a job shorter
+    than that never needs one, a longer one has it within ``lease_delay``."""
+    return (attempt.policy.lease_delay or 0.0) / 2

@@ -365,7 +365,18 @@ class PendingAcquire:
         return LeaseStore._acquired(job.job_id, replies[-1])
 
 
-_SCRIPTS = ("acquire", "renew", "progress", "release", "reestablish", "abandon", "claim", "finish", "seize")
+_SCRIPTS = (
+    "acquire",
+    "renew",
+    "progress",
+    "release",
+    "reestablish",
+    "abandon",
+    "claim",
+    "finish",
+    "seize",
+    "completed",
+)
 
 
 def _load_script(name: str) -> str:
@@ -719,6 +730,15 @@ class LeaseStore:
             self._scripts["release"](keys=keys, args=args, client=pipe)
         for release, raw in zip(releases, pipe.execute(raise_on_error=False), strict=True):
             log_deferred_release(release, raw)
+
+    def record_completed(self, adapter: str, queues: Sequence[str]) -> None:
+        """Jobs of ``queues`` completed without leases written for them: record each queue's last
+        success (what the silence watch and ``status`` read), as a completed release does."""
+        named = [queue for queue in queues if queue]
+        if named:
+            self._scripts["completed"](
+                keys=[self.completed_key, self.queues_key, self.adapters_key], args=[adapter, *named]
+            )
 
     def abandon(self, job: JobSpec, token: int, reason: str, stack: str | None = None) -> str:
         """Give an attempt up now (its process died or was killed): the sweeper acts on ``reason``

@@ -61,6 +61,11 @@ class Policy:
     """How long past a hard or progress limit a sweeper waits for the worker to stop the job itself."""
     capture_stack: bool = True
     """Capture the job's stack before stopping it, for the event and the dead-letter record."""
+    lease_delay: float | None = 0.05
+    """Celery: a task's first delivery starts at once, and its lease is written once it has run for
+    half of this (so within it). A task that ends sooner costs no round trip to Redis; a whole worker
+    killed or frozen within this window leaves that task to the broker. ``None``: every lease is
+    written before its task starts. RQ always writes it first."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -71,6 +76,11 @@ class Policy:
             raise ConfigurationError(
                 f"heartbeat_interval={self.heartbeat_interval!r} is invalid: it must be shorter than "
                 f"lease_ttl={self.lease_ttl!r}, or every lease would expire between two renewals"
+            )
+        if self.lease_delay is not None and self.lease_delay >= self.lease_ttl:
+            raise ConfigurationError(
+                f"lease_delay={self.lease_delay!r} is invalid: it must be shorter than "
+                f"lease_ttl={self.lease_ttl!r}"
             )
         if (
             self.soft_timeout is not None

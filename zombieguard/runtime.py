@@ -68,6 +68,7 @@ class WorkerRuntime:
             "--redis-url": redis_url,
             "--key-prefix": self.store.settings.key_prefix,
             "--adapter": adapter,
+            "--worker": self.worker,
         }
         if grace:
             options["--grace"] = grace

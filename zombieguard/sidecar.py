@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from zombieguard.adapter import JobAdapter
-from zombieguard.lease import JobSpec, LeaseStore
-from zombieguard.policy import Settings
+from zombieguard.lease import AcquireStatus, JobSpec, LeaseStore
+from zombieguard.policy import Policy, Settings
 from zombieguard.slot import JobSlot, SlotState
 from zombieguard.stats import EventCounter
 from zombieguard.sweeper import Sweeper
@@ -83,11 +83,14 @@ def watch(
     *,
     adapter_spec: str,
     grace: float,
+    worker: str = "",
 ) -> str | None:
-    """Watch ``pid`` until it exits (None) or has to be killed (the reason)."""
+    """Watch ``pid`` until it exits (None) or has to be killed (the reason). ``worker``: the
+    worker's name, for a lease this process has to write for it."""
+    worker = worker or f"pid {pid}"
     while not process_exited(pid):
         for slot in slots():
-            reason = _act_on(pid, slot, dumper, store, adapter_spec=adapter_spec, grace=grace)
+            reason = _act_on(pid, slot, dumper, store, adapter_spec=adapter_spec, grace=grace, worker=worker)
             if reason is not None:
                 return reason
         time.sleep(POLL_SECONDS)
@@ -95,7 +98,14 @@ def watch(
 
 
 def _act_on(
-    pid: int, slot: JobSlot, dumper: StackDumper, store: LeaseStore, *, adapter_spec: str, grace: float
+    pid: int,
+    slot: JobSlot,
+    dumper: StackDumper,
+    store: LeaseStore,
+    *,
+    adapter_spec: str,
+    grace: float,
+    worker: str,
 ) -> str | None:
     state = slot.read()
     reason = overdue(state, time.monotonic(), grace)
@@ -103,14 +113,30 @@ def _act_on(
         stack = dumper.request(pid)
         os.kill(pid, signal.SIGKILL)
         log.error("worker %d stuck %s in job %s: killed", pid, reason, state.job_id)
-        if ":" not in adapter_spec:
-            store.abandon(JobSpec(state.job_id, adapter_spec, "", ""), state.token, reason, stack)
-            return reason
-        adapter = _load_adapter(adapter_spec, store)
-        store.abandon(JobSpec(state.job_id, adapter.name, "", ""), state.token, reason, stack)
-        Sweeper(store, {adapter.name: adapter}, name=f"sidecar-of-{pid}", sender=adapter.name).sweep_once()
+        adapter = _load_adapter(adapter_spec, store) if ":" in adapter_spec else None
+        name = adapter_spec if adapter is None else adapter.name
+        token = state.token or _write_lease(store, slot, state, name, worker)
+        if token:
+            store.abandon(JobSpec(state.job_id, name, "", ""), token, reason, stack)
+        if adapter is not None:
+            Sweeper(store, {name: adapter}, name=f"sidecar-of-{pid}", sender=name).sweep_once()
         return reason
     return None
+
+
+def _write_lease(store: LeaseStore, slot: JobSlot, state: SlotState, adapter: str, worker: str) -> int:
+    """The job got stuck before its lease was written (Celery's ``lease_delay``; the worker's own
+    threads could not run since): write it from the slot, so that the job ends as any stuck job
+    does. Its token, or 0 when another attempt holds the job."""
+    spec = JobSpec(state.job_id, adapter, state.task, state.queue, slot.payload())
+    policy = Policy(
+        lease_ttl=state.lease_ttl,
+        hard_timeout=state.hard_deadline - state.started if state.hard_deadline is not None else None,
+        progress_timeout=state.progress_timeout,
+        lease_delay=None,
+    )
+    acquired = store.acquire(spec, worker, policy, state.attempt or 1)
+    return acquired.token if acquired.status is AcquireStatus.ACQUIRED else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="module:factory taking a Redis client, or the integration's name (abandon only)",
     )
     parser.add_argument("--grace", type=float, default=0.5)
+    parser.add_argument("--worker", default="", help="the worker's name")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s zombieguard-sidecar %(message)s")
     # The worker's Ctrl+C reaches its whole process group; this process ends when the worker does.
@@ -140,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         store,
         adapter_spec=args.adapter,
         grace=args.grace,
+        worker=args.worker,
     )
     return 0
 

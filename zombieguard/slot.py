@@ -23,9 +23,14 @@ from pathlib import Path
 # confirmed_until, outcome, soft_deadline, started_at (server time), attempt, stalls, pid, lease_ttl,
 # task name, queue
 _FORMAT = "=qqqdddd256sdqddqqqd128s64s"
-SIZE = struct.calcsize(_FORMAT)
+PAYLOAD_ROOM = 16384
+"""Bytes of a job's payload a slot keeps, for a watchdog process that must write the job's lease
+(Celery's ``lease_delay``: the lease may not be written yet when the job gets stuck)."""
+_PAYLOAD_OFFSET = struct.calcsize(_FORMAT)
+SIZE = _PAYLOAD_OFFSET + 8 + PAYLOAD_ROOM
 _GENERATION = struct.Struct("=q")
 _DOUBLE = struct.Struct("=d")
+_TOKEN_OFFSET = struct.calcsize("=qq")
 _LAST_PROGRESS_OFFSET = struct.calcsize("=qqqddd")
 _CONFIRMED_OFFSET = struct.calcsize("=qqqdddd256s")
 _OUTCOME_OFFSET = struct.calcsize("=qqqdddd256sd")
@@ -95,11 +100,18 @@ class JobSlot:
         lease_ttl: float = 0.0,
         task: str = "",
         queue: str = "",
+        payload: str = "",
     ) -> None:
-        """Announce a running job (the writer is its own process; one job at a time per slot)."""
+        """Announce a running job (the writer is its own process; one job at a time per slot).
+        ``payload`` is kept when it fits :data:`PAYLOAD_ROOM` (see :meth:`payload`)."""
         generation = self.read().generation + 1
         # Odd generation while writing: a reader that sees it, or sees it change, reads again.
         self._map[0:8] = _GENERATION.pack(generation)
+        kept = payload.encode()
+        if len(kept) > PAYLOAD_ROOM:
+            kept = b""
+        end = _PAYLOAD_OFFSET + 8 + len(kept)
+        self._map[_PAYLOAD_OFFSET:end] = _GENERATION.pack(len(kept)) + kept
         struct.pack_into(
             _FORMAT,
             self._map,
@@ -125,6 +137,11 @@ class JobSlot:
         )
         self._map[0:8] = _GENERATION.pack(generation + 1)
 
+    def set_token(self, token: int) -> None:
+        """The job's lease was written after the job was announced (token 0 until then): one
+        8-byte store, never torn for a reader."""
+        struct.pack_into("=q", self._map, _TOKEN_OFFSET, token)
+
     def progress(self, now: float) -> None:
         """Record the job's last progress (one 8-byte store: never torn for a reader)."""
         self._map[_LAST_PROGRESS_OFFSET : _LAST_PROGRESS_OFFSET + 8] = _DOUBLE.pack(now)
@@ -141,6 +158,15 @@ class JobSlot:
     def set_outcome(self, outcome: int) -> None:
         """Record how the job ended, for the watching process."""
         struct.pack_into("=q", self._map, _OUTCOME_OFFSET, outcome)
+
+    def payload(self) -> str:
+        """The payload the job was announced with ("" when none was kept). Read it only while the
+        job's process cannot write the slot (stuck, or dead), or check the generation around it."""
+        (length,) = _GENERATION.unpack_from(self._map, _PAYLOAD_OFFSET)
+        if not 0 < length <= PAYLOAD_ROOM:
+            return ""
+        start = _PAYLOAD_OFFSET + 8
+        return self._map[start : start + length].decode(errors="replace")
 
     def clear(self) -> None:
         """The job ended."""

@@ -58,6 +58,16 @@ class WorkerHarness:
                 f"not within {timeout} s: {job_id} in {wanted} (it is {current()})\n" + self.diagnosis(job_id)
             ) from None
 
+    def lease_state(self, job_id: str) -> str:
+        """The state of the job's lease ("" when none is written)."""
+        key = "{" + self.key_prefix + "}:lease:" + job_id
+        return (self.client.hget(key, "state") or b"").decode()
+
+    def wait_leased(self, job_id: str, timeout: float = 15) -> None:
+        """Wait until the job's lease is written and running (a Celery first delivery writes it
+        within its ``lease_delay``; a kill before that is the broker's to handle)."""
+        self.wait_for_state(job_id, lambda: self.lease_state(job_id), {"running"}, timeout)
+
     def diagnosis(self, job_id: str) -> str:
         """What the job's lease and the workers' logs say: for the message of a wait that failed."""
         lease = {

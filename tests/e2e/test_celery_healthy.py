@@ -136,3 +136,27 @@ def test_rate_limits_still_hold_for_guarded_tasks(celery_harness: CeleryHarness)
     ran = sorted(float(line.split()[0]) for line in celery_harness.notes_of("ran"))
     assert len(ran) == 8
     assert ran[-1] - ran[0] >= 1.0  # 4/s: eight take well over a second
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_tasks_that_end_within_lease_delay_write_no_lease_and_record_their_queue_s_last_success(
+    celery_harness: CeleryHarness, pool: str
+) -> None:
+    # The throughput of short tasks: no round trip to Redis for a lease they never needed.
+    celery_harness.start_worker(pool, env={"ZOMBIEGUARD_LEASE_DELAY": "1.5"})
+    results = [celery_harness.send("add", i, i) for i in range(20)]
+    assert [result.get(timeout=15) for result in results] == [2 * i for i in range(20)]
+    prefix = "{" + celery_harness.key_prefix + "}"
+    assert not celery_harness.client.exists(f"{prefix}:fence")  # no fencing token was ever drawn
+    wait_until(
+        lambda: celery_harness.client.hget(f"{prefix}:completed", celery_harness.queue),
+        5,
+        what="the queue's last success",
+    )
+    # A task that runs longer than half its lease_delay holds a lease from then on.
+    long = celery_harness.send("long_task", celery_harness.notes, 3.0)
+    wait_until(lambda: celery_harness.notes_of("started"), 15, what="started")
+    started = time.monotonic()
+    celery_harness.wait_leased(long.id, 5)
+    assert 0.5 <= time.monotonic() - started < 1.5 + 0.5
+    assert long.get(timeout=15) == "done"

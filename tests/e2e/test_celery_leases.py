@@ -37,7 +37,7 @@ def test_a_task_of_a_sigkilled_worker_is_rerun_by_another_within_lease_ttl_plus_
     harness = any_broker_harness
     victim = harness.start_worker("prefork")
     result = harness.send(task, harness.notes, 2.0)
-    wait_until(lambda: harness.notes_of("started"), 15, what="first attempt started")
+    harness.wait_leased(result.id)
     harness.start_worker("prefork")
     os.killpg(victim.pid, signal.SIGKILL)
     killed_at = time.time()
@@ -58,7 +58,7 @@ def test_a_frozen_worker_s_task_is_rerun_and_the_woken_attempt_is_fenced(
     # Celery's default prefetch: the frozen worker has room for several more messages.
     frozen = harness.start_worker("prefork", env={"ZG_CELERY_PREFETCH": "4"})
     result = harness.send("long_task", harness.notes, 2.5)
-    wait_until(lambda: harness.notes_of("started"), 15, what="first attempt started")
+    harness.wait_leased(result.id)
     harness.start_worker("prefork")
     os.killpg(frozen.pid, signal.SIGSTOP)
     stopped_at = time.time()
@@ -72,10 +72,17 @@ def test_a_frozen_worker_s_task_is_rerun_and_the_woken_attempt_is_fenced(
     assert harness.state(result) == "SUCCESS"
 
 
-def test_a_pool_process_killed_mid_task_is_a_stall_recovered_at_once(celery_harness: CeleryHarness) -> None:
-    celery_harness.start_worker("prefork")
+@pytest.mark.parametrize("lease", ["written", "not yet written"])
+def test_a_pool_process_killed_mid_task_is_a_stall_recovered_at_once(
+    celery_harness: CeleryHarness, lease: str
+) -> None:
+    # Not yet written: killed within its lease_delay; the worker writes the lease from its own copy
+    # of the request, and recovers the task the same way.
+    delay = "1.5" if lease == "not yet written" else "none"
+    celery_harness.start_worker("prefork", env={"ZOMBIEGUARD_LEASE_DELAY": delay})
     result = celery_harness.send("long_task", celery_harness.notes, 2.0)
     wait_until(lambda: celery_harness.notes_of("started"), 15, what="first attempt started")
+    assert celery_harness.lease_state(result.id) == ("running" if lease == "written" else "")
     os.kill(_pids_started(celery_harness)[0], signal.SIGKILL)
     killed_at = time.time()
     assert _next_attempt_started(celery_harness) - killed_at < 2.0
@@ -87,12 +94,15 @@ def test_a_late_redelivery_of_a_superseded_attempt_does_not_run_the_body_again(
 ) -> None:
     victim = celery_harness.start_worker("prefork")
     result = celery_harness.send("long_task", celery_harness.notes, 1.0)
-    wait_until(lambda: celery_harness.notes_of("started"), 15, what="first attempt started")
+    celery_harness.wait_leased(result.id)
     celery_harness.start_worker("prefork")
     os.killpg(victim.pid, signal.SIGKILL)
     assert result.get(timeout=15) == "done"
-    # The original message again, as a visibility timeout or a reconnect would deliver it.
-    celery_harness.send("long_task", celery_harness.notes, 1.0, task_id=result.id)
+    # The original message again, as kombu restores it after a visibility timeout (the Redis
+    # transport marks it redelivered in its headers; AMQP brokers set the delivery's flag).
+    celery_harness.send(
+        "long_task", celery_harness.notes, 1.0, task_id=result.id, headers={"redelivered": True}
+    )
     marker = celery_harness.send("add", 1, 1)
     assert marker.get(timeout=15) == 2
     time.sleep(1.5)
@@ -113,7 +123,7 @@ def test_a_poison_pill_is_dead_lettered_after_max_stalls_even_with_reject_on_wor
     )
     time.sleep(1)
     # max_stalls (3) recoveries, then quarantine: four runs, not an endless loop.
-    assert len(celery_harness.notes_of("started")) == 4
+    assert len(celery_harness.notes_of("started")) == 4, celery_harness.log()[-3000:]
     marker = celery_harness.send("add", 1, 2)
     assert marker.get(timeout=15) == 3
 

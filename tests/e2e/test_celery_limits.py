@@ -67,7 +67,8 @@ def test_a_prefork_task_stuck_in_c_code_is_killed_within_1s_of_hard_timeout_and_
 def test_a_worker_stuck_in_c_code_is_killed_by_its_watchdog_process_and_the_task_fails_as_timed_out(
     celery_harness: CeleryHarness, pool: str
 ) -> None:
-    # C code holding the GIL: no thread of the worker runs, so the process beside it acts.
+    # C code holding the GIL: no thread of the worker runs, so the process beside it acts. The task
+    # got stuck at once, before its lease was written (lease_delay): the watchdog process writes it.
     solo = celery_harness.start_worker(pool)
     result = celery_harness.send("stuck_in_c_code", celery_harness.notes, time_limit=2)
     started = _started_at(celery_harness)

@@ -78,6 +78,7 @@ def test_the_metrics_exporter_serves_the_stall_a_celery_worker_recovered(
     celery_harness.start_worker("prefork")
     result = celery_harness.send("long_task", celery_harness.notes, 1.0)
     started = wait_until(lambda: celery_harness.notes_of("started"), 15, what="started")
+    celery_harness.wait_leased(result.id)
     os.kill(int(started[0].split()[1]), signal.SIGKILL)  # its pool process: a stall, recovered at once
     assert result.get(timeout=15) == "done"
     exporter = subprocess.Popen(

@@ -34,6 +34,7 @@ that runs the task; stalled, recovered, dead-lettered by the sweeper that acted.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -84,7 +85,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from zombieguard.attempt import Attempt, running
 from zombieguard.deadletter import DeadLetterEntry
-from zombieguard.events import JobCompleted, JobStarted, JobTimedOut, WorkerZombie, emit
+from zombieguard.events import JobCompleted, JobStarted, JobTimedOut, WorkerZombie, emit, listened
 from zombieguard.events import JobHung as JobHungEvent
 from zombieguard.heartbeat import Heartbeat
 from zombieguard.lease import (
@@ -99,7 +100,7 @@ from zombieguard.lease import (
 )
 from zombieguard.policy import Config, Policy, check_fields, current_config, guard_fields
 from zombieguard.runtime import WorkerRuntime
-from zombieguard.slot import JobSlot, SlotState
+from zombieguard.slot import PAYLOAD_ROOM, JobSlot, SlotState
 from zombieguard.watchdog import (
     HARD_SIGNAL,
     HUNG_SIGNAL,
@@ -199,6 +200,14 @@ def _attempt_header(request: Any) -> Any:
     if value is None:
         value = (getattr(request, "headers", None) or {}).get(ATTEMPT_HEADER)
     return value
+
+
+def _first_delivery(request: Any) -> bool:
+    """Whether nothing can have run this delivery's task before: no attempt number (zombieguard's
+    requeue, ``self.retry``) and not redelivered by the broker (a restored or requeued message)."""
+    if _attempt_header(request) is not None:
+        return False
+    return not ((request.delivery_info or {}).get("redelivered") or getattr(request, "redelivered", False))
 
 
 def _delivery_attempt(request: Any) -> int:
@@ -403,6 +412,9 @@ class _Running:
     whatever the thread does when it comes back is not recorded."""
 
 
+_POLICIES_CACHED = 1024
+
+
 class Executor:
     """Runs task bodies under their leases, in the process that runs them.
 
@@ -415,7 +427,9 @@ class Executor:
         self.guard = guard
         self.store = guard.store
         self.releases = releases
+        """Writes deferred leases and releases: this process's heartbeat."""
         self._local = threading.local()
+        self._policies: dict[tuple[str, Any], Policy] = {}
 
     @property
     def current(self) -> _Running | None:
@@ -427,17 +441,18 @@ class Executor:
         """Run ``call`` (the task's body) under the task's lease."""
         request = task.request
         try:
-            policy = task_policy(self.guard.config, task, getattr(request, "timelimit", None))
+            policy = self._policy(task, getattr(request, "timelimit", None))
         except ConfigurationError as exc:
             log.error("celery task %s[%s] runs unguarded: %s", task.name, request.id, exc)
             return call()
-        spec = JobSpec(request.id, ADAPTER, task.name, _queue_of(request), _payload(task, request))
-        attempt = self._acquire(task, spec, policy, _delivery_attempt(request))
+        attempt = self._start(task, policy, request)
         if attempt is None:
             return call()
         state = _Running(attempt)
         self._local.running = state
         self.begin(state)
+        if attempt.pending:
+            self.releases.defer_acquire(attempt)
         try:
             with running(attempt):
                 result = call()
@@ -461,16 +476,53 @@ class Executor:
                 raise Ignore() from None
             raise
         finally:
+            unleased = attempt.finish_unleased()  # after this, its lease is never written
             self.end(state)
             self._local.running = None
         if state.recorded:
             raise Ignore()
-        if attempt.safe_to_finish():
+        self._succeeded(state, unleased)
+        return result
+
+    def _policy(self, task: Task, time_limits: Any) -> Policy:
+        """The task's policy for these time limits (the worker's configuration is fixed: cached)."""
+        key = (task.name, tuple(time_limits) if time_limits else None)
+        policy = self._policies.get(key)
+        if policy is None:
+            if len(self._policies) >= _POLICIES_CACHED:  # messages' own time limits vary without bound
+                self._policies.clear()
+            policy = self._policies[key] = task_policy(self.guard.config, task, time_limits)
+        return policy
+
+    def _start(self, task: Task, policy: Policy, request: Any) -> Attempt | None:
+        """The task's attempt: pending for a first delivery (``lease_delay``), else acquired now."""
+        spec = JobSpec(request.id, ADAPTER, task.name, _queue_of(request))
+        if policy.lease_delay is not None and _first_delivery(request):
+            # Nothing can have run it before: its lease is written only if it runs long enough.
+            attempt = self.pending(spec, policy, lambda: _payload(task, request))
+            if attempt is not None:
+                attempt.on_refused = self.refused
+                if listened(JobStarted):
+                    emit(ADAPTER, attempt.event(JobStarted))
+                return attempt
+        spec = dataclasses.replace(spec, payload=_payload(task, request))
+        return self._acquire(task, spec, policy, _delivery_attempt(request))
+
+    def pending(self, spec: JobSpec, policy: Policy, payload_of: Callable[[], str]) -> Attempt | None:
+        """A first delivery's attempt, its lease to be written later; None to write it now."""
+        return Attempt(self.store, spec, self.guard.name, policy, None, payload_of=payload_of)
+
+    def _succeeded(self, state: _Running, unleased: bool) -> None:
+        """Record a body that returned (raises ``Ignore`` when the end is not this attempt's)."""
+        attempt = state.attempt
+        if unleased:
+            self.releases.completed_unleased(attempt.job.queue)
+            self._completed(attempt)
+        elif attempt.safe_to_finish():
             self.releases.defer(DeferredRelease(attempt.job, attempt.token, Outcome.COMPLETED))
             self._completed(attempt)
         elif not self._release(state, Outcome.COMPLETED):
             raise Ignore()
-        return result
 
     def _acquire(self, task: Task, spec: JobSpec, policy: Policy, delivery: int) -> Attempt | None:
         """The lease, as a new attempt; None to run unguarded (Redis away). Ignore when not to run."""
@@ -575,11 +627,18 @@ class Executor:
 
     @staticmethod
     def _completed(attempt: Attempt) -> None:
+        if not listened(JobCompleted):
+            return
         duration = time.monotonic() - attempt.started_monotonic
         emit(ADAPTER, attempt.event(JobCompleted, reason=Outcome.COMPLETED.value, duration=duration))
 
     def begin(self, state: _Running) -> None:
         """Announce the attempt to whatever renews its lease and enforces its limits."""
+        raise NotImplementedError
+
+    def refused(self, attempt: Attempt) -> None:
+        """A first delivery's lease, written after its body started, was refused (another attempt
+        holds the task): stop the body; nothing of it is recorded."""
         raise NotImplementedError
 
     def end(self, state: _Running) -> None:
@@ -636,6 +695,8 @@ def announce(slot: JobSlot, attempt: Attempt) -> None:
         lease_ttl=policy.lease_ttl,
         task=attempt.job.task,
         queue=attempt.job.queue,
+        # For the watchdog process to write the lease of a task stuck before it was written.
+        payload=attempt.job.payload if attempt.pending else "",
     )
 
 
@@ -672,11 +733,22 @@ class PoolProcessExecutor(Executor):
         releases.start()
 
     def begin(self, state: _Running) -> None:
-        """Write the slot: the main process renews the lease and watches the limits from it."""
+        """Write the slot: the main process renews the lease and watches the limits from it (the
+        limits at once; the lease once it is written, when the token reaches the slot)."""
         announce(self.slot, state.attempt)
         attempt = state.attempt
         attempt.on_progress = self.slot.progress
         attempt.confirmations = self.slot.confirmed_until
+        attempt.on_acquired = self._acquired
+
+    def _acquired(self, attempt: Attempt) -> None:
+        self.slot.set_token(attempt.token)
+        self.slot.confirm(attempt.confirmed_until)
+
+    def refused(self, attempt: Attempt) -> None:
+        """Interrupt the task in the main thread (the signal handler raises ``LeaseLost``)."""
+        log.warning("celery task %s: %s; stopping it", attempt.job.job_id, attempt.lost)
+        os.kill(os.getpid(), LOST_SIGNAL)
 
     def end(self, state: _Running) -> None:
         """Clear the slot."""
@@ -698,7 +770,8 @@ class InProcessExecutor(Executor):
         """Renew the lease with the worker's heartbeat; enforce the limits with its watchdog."""
         guard, attempt = self.guard, state.attempt
         ident = threading.get_ident()
-        guard.heartbeat.add(attempt)
+        if not attempt.pending:
+            guard.heartbeat.add(attempt)
         clock = LimitClock(attempt.policy, attempt.started_monotonic, lambda: attempt.last_progress_monotonic)
         watched = Watched(
             clock,
@@ -714,6 +787,24 @@ class InProcessExecutor(Executor):
         slot = guard.thread_slot(ident)
         announce(slot, attempt)
         attempt.on_progress = slot.progress
+        attempt.on_acquired = lambda written: self._acquired(written, slot)
+
+    def pending(self, spec: JobSpec, policy: Policy, payload_of: Callable[[], str]) -> Attempt | None:
+        """Only when the thread's slot can keep the payload, computed now: the watchdog process beside
+        the worker writes the lease of a task stuck in C code before it could (no thread here runs)."""
+        payload = payload_of()
+        if len(payload.encode()) > PAYLOAD_ROOM:
+            return None
+        return Attempt(self.store, dataclasses.replace(spec, payload=payload), self.guard.name, policy, None)
+
+    def _acquired(self, attempt: Attempt, slot: JobSlot) -> None:
+        self.guard.heartbeat.add(attempt)
+        slot.set_token(attempt.token)
+
+    def refused(self, attempt: Attempt) -> None:
+        """Interrupt the task's thread, as for a lease found superseded."""
+        log.warning("celery task %s: %s; stopping it", attempt.job.job_id, attempt.lost)
+        self.lost(attempt)
 
     def end(self, state: _Running) -> None:
         """Stop renewing and enforcing."""
@@ -804,8 +895,8 @@ class SlotMonitor:
         self._thread: threading.Thread | None = None
         self._listed = 0.0
 
-    def _refresh(self, now: float) -> None:
-        if now - self._listed < 1.0:
+    def _refresh(self, now: float, *, force: bool = False) -> None:
+        if now - self._listed < 1.0 and not force:
             return
         self._listed = now
         for path in self.guard.dir.glob("slot-*"):
@@ -828,6 +919,9 @@ class SlotMonitor:
                 if not state.active:
                     continue
                 if process_exited(state.pid) and _died_by_itself(state, tracked):
+                    # Marked before the slot is cleared: Celery's report, if it comes in between,
+                    # must find the task handled here, not take it for one with no lease.
+                    self.killed[state.job_id] = "stalled"
                     slot.clear()
                     self.tracked.pop(path, None)
                     died.append(state)
@@ -838,7 +932,7 @@ class SlotMonitor:
                 tracked.state = state
                 with contained(f"prefork monitor, task {state.job_id}"):
                     self._enforce(tracked, now)
-                if not tracked.killed and now - tracked.renewed >= state.lease_ttl / 3:
+                if state.token and not tracked.killed and now - tracked.renewed >= state.lease_ttl / 3:
                     due.append(tracked)
         if due:
             self._renew(due)
@@ -849,9 +943,13 @@ class SlotMonitor:
         """A pool process died mid-task, and Celery has not said so yet (under load its pool notices
         only every few seconds): recover the task now. Celery's news of it, when it comes, finds the
         task handled (``pool_process_lost`` returns ``stalled``)."""
-        self.killed[state.job_id] = "stalled"
         spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
-        if not self.guard.recover_stalled(spec, state.token):
+        token = state.token
+        if not token:  # it died within its lease_delay: write the lease it had not written yet
+            request = next((r for r in list(worker_state.active_requests) if r.id == state.job_id), None)
+            leased = self.guard.lease_for(request) if request is not None else None
+            spec, token = leased or (spec, 0)
+        if not token or not self.guard.recover_stalled(spec, token):
             self.killed.pop(state.job_id, None)  # Celery's news came first: it was handled then
 
     def _event(self, state: SlotState) -> Callable[..., Any]:
@@ -921,8 +1019,9 @@ class SlotMonitor:
         what = "hard_timeout" if kind == "timed_out" else "progress_timeout"
         reason = f"ran past its {what} of {limit:g} s and was killed (stuck where no Python code runs)"
         spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
-        with contextlib.suppress(LeaseLost, redis.RedisError):
-            self.guard.store.release(spec, state.token, Outcome(kind), reason, tracked.stack)
+        if state.token:  # else no lease was written (stuck within its lease_delay): Celery's record only
+            with contextlib.suppress(LeaseLost, redis.RedisError):
+                self.guard.store.release(spec, state.token, Outcome(kind), reason, tracked.stack)
         _signal(state.pid, signal.SIGKILL)
         job_id = state.job_id
         self.guard.in_loop(lambda: self.guard.record_timeout(job_id, limit))
@@ -966,7 +1065,9 @@ class SlotMonitor:
     def forget(self, job_id: str) -> SlotState | None:
         """A pool process died: clear the slot it left for ``job_id``; its state, if it had one."""
         with self._lock:
-            for path, slot in self.slots.items():
+            # A pool process started since the last listing has a slot this monitor does not know.
+            self._refresh(time.monotonic(), force=True)
+            for path, slot in list(self.slots.items()):
                 state = slot.read()
                 if state.active and state.job_id == job_id:
                     slot.clear()
@@ -1153,9 +1254,13 @@ class WorkerGuard(WorkerRuntime):
         record = None
         with contextlib.suppress(Exception):
             record = self.store.record(job_id)
+        if record is None and not (state is not None and state.token) and not terminated:
+            # It died within its lease_delay: write the lease it had not written yet, and recover.
+            leased = self.lease_for(request)
+            return "stalled" if leased is not None and self.recover_stalled(*leased) else None
         if record is None or record.state != "running" or record.worker != self.name:
             return None
-        token = state.token if state is not None else record.token
+        token = state.token if state is not None and state.token else record.token
         spec = JobSpec(job_id, ADAPTER, record.task, record.queue)
         if terminated:
             try:
@@ -1165,6 +1270,24 @@ class WorkerGuard(WorkerRuntime):
             return None
         self.recover_stalled(spec, token)
         return "stalled"
+
+    def lease_for(self, request: Any) -> tuple[JobSpec, int] | None:
+        """Prefork: write the lease of a task whose pool process died before writing it (within its
+        ``lease_delay``), from the worker's own copy of the request; its spec and token, or None
+        when another attempt holds the task or Redis is away."""
+        task = request.task
+        context = Context(request.request_dict, args=request.args, kwargs=request.kwargs)
+        context.delivery_info = request.delivery_info
+        try:
+            policy = task_policy(self.config, task, getattr(context, "timelimit", None))
+            spec = JobSpec(request.id, ADAPTER, task.name, _queue_of(context), _payload(task, context))
+            acquired = self.store.acquire(spec, self.name, policy, 1)
+        except (ConfigurationError, redis.RedisError) as exc:
+            log.warning("celery task %s: its lease not written for recovery (%s)", request.id, exc)
+            return None
+        if acquired.status is not AcquireStatus.ACQUIRED:
+            return None
+        return spec, acquired.token
 
     def recover_stalled(self, spec: JobSpec, token: int) -> bool:
         """A pool process died in the middle of ``spec``'s task: give its lease up as stalled and sweep
@@ -1422,8 +1545,8 @@ def _before_started(task_id: str = "", task: Any = None, **_: Any) -> None:
     request = task.request
     if not task.track_started or task.ignore_result or getattr(request, "ignore_result", False):
         return  # Celery records no STARTED
-    if _attempt_header(request) is None and not (request.delivery_info or {}).get("redelivered"):
-        return  # a first delivery: no earlier end to keep
+    if _first_delivery(request):
+        return  # no earlier end to keep
     with contained(f"celery task {task_id}: its recorded end not kept"):
         executor.keep_result(task, task_id)
 

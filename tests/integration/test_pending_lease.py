@@ -1,0 +1,101 @@
+"""Leases written behind (Celery's ``lease_delay``): a first delivery starts before its lease exists;
+the lease is written once it has run for half its delay, or never when it ends sooner."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.integration.conftest import job, start
+from tests.waiting import wait_until
+from zombieguard import LeaseLost, Policy
+from zombieguard.attempt import Attempt
+from zombieguard.errors import ConfigurationError
+from zombieguard.heartbeat import Heartbeat
+from zombieguard.lease import LeaseStore, Outcome, text
+
+POLICY = Policy(lease_ttl=5, lease_delay=0.2)
+
+
+def pending(store: LeaseStore, job_id: str, policy: Policy = POLICY) -> Attempt:
+    return Attempt(store, job(job_id), "w1", policy, None)
+
+
+def test_a_job_that_ends_within_half_its_lease_delay_writes_no_lease_only_its_queues_last_success(
+    store: LeaseStore,
+) -> None:
+    heartbeat = Heartbeat(store, "test", "w1", interval=1.0, presence=False)
+    heartbeat.start()
+    try:
+        attempt = pending(store, "quick")
+        heartbeat.defer_acquire(attempt)
+        assert attempt.finish_unleased()
+        heartbeat.completed_unleased("default")
+        time.sleep(0.3)  # past the delay: nothing is written for an attempt that ended
+        assert store.record("quick") is None
+        assert not store.client.exists(store.fence_key)  # no token was ever drawn
+    finally:
+        heartbeat.stop()
+    assert text(store.client.hget(store.completed_key, "default"))
+    assert text(store.client.hget(store.queues_key, "default")) == "test"
+
+
+def test_a_job_still_running_at_half_its_lease_delay_holds_its_lease_within_the_delay(
+    store: LeaseStore,
+) -> None:
+    heartbeat = Heartbeat(store, "test", "w1", interval=1.0, presence=False)
+    acquired: list[float] = []
+    heartbeat.start()
+    try:
+        attempt = pending(store, "long")
+        attempt.on_acquired = lambda a: acquired.append(time.monotonic() - a.started_monotonic)
+        heartbeat.defer_acquire(attempt)  # wakes the idle thread
+        wait_until(lambda: acquired, 2, what="lease written")
+        record = store.record("long")
+        assert record is not None
+        assert record.state == "running"
+        assert record.token == attempt.token > 0
+        assert 0.1 <= acquired[0] < 0.2 + 0.05
+        assert not attempt.pending
+        assert not attempt.finish_unleased()  # written: its end is a release now
+    finally:
+        heartbeat.stop()
+
+
+def test_a_pending_lease_refused_because_another_attempt_holds_the_job_marks_this_one_lost(
+    store: LeaseStore,
+) -> None:
+    holder = start(store, "dup", POLICY)
+    refused: list[Attempt] = []
+    attempt = pending(store, "dup")
+    attempt.on_refused = refused.append
+    attempt.acquire_now()
+    assert refused == [attempt]
+    assert attempt.lost is not None
+    with pytest.raises(LeaseLost):
+        attempt.beat("1/2")
+    record = store.record("dup")
+    assert record is not None
+    assert record.token == holder.token
+
+
+def test_a_checkpoint_or_a_failure_writes_a_pending_lease_first(store: LeaseStore) -> None:
+    attempt = pending(store, "ckpt")
+    attempt.save_checkpoint('{"done": 3}')
+    record = store.record("ckpt")
+    assert record is not None
+    assert record.token == attempt.token > 0
+    assert store.client.get(store.checkpoint_key("ckpt")) == b'{"done": 3}'
+    failing = pending(store, "fails")
+    failing.release(Outcome.FAILED, "boom")
+    record = store.record("fails")
+    assert record is not None
+    assert record.state == "done"
+    assert record.history[-1].outcome == "failed"
+
+
+def test_lease_delay_must_be_shorter_than_lease_ttl() -> None:
+    with pytest.raises(ConfigurationError, match="lease_delay=5 is invalid"):
+        Policy(lease_ttl=5, lease_delay=5)
+    assert Policy(lease_delay=None).lease_delay is None
