@@ -45,13 +45,24 @@ def _harness(url: str, workdir: Path, broker: str = "redis") -> CeleryHarness:
     return CeleryHarness(url, f"zgbench-{own.name}", own, broker=broker)
 
 
-def throughput(url: str, workdir: Path, pool: str, *, guarded: bool, tasks: int, work: float = 0.0) -> float:
+def throughput(
+    url: str,
+    workdir: Path,
+    pool: str,
+    *,
+    guarded: bool,
+    tasks: int,
+    work: float = 0.0,
+    lease_delay: str = "",
+) -> float:
     """Tasks per second for one worker (concurrency 2) draining ``tasks`` queued tasks, each waiting
     ``work`` seconds (0: no-op tasks): the steady rate, from the first task's result to the last
-    one's (the worker's start-up is not in it)."""
+    one's (the worker's start-up is not in it). ``lease_delay``: the policy's, when not the default."""
     harness = _harness(url, workdir)
     for name in _TEST_TIMINGS:
         harness.env.pop(name)
+    if lease_delay:
+        harness.env["ZOMBIEGUARD_LEASE_DELAY"] = lease_delay
     if not guarded:
         harness.env["ZG_CELERY_UNGUARDED"] = "1"
     try:
@@ -129,9 +140,11 @@ def main() -> None:
     parser.add_argument("--pool", choices=["prefork", "threads"], help="throughput of one pool only")
     parser.add_argument("--tasks", type=int, help="tasks per throughput run")
     parser.add_argument("--work", type=float, default=0.0, help="seconds each throughput task waits")
+    parser.add_argument("--lease-delay", default="", help="the guarded worker's lease_delay (e.g. none)")
+    parser.add_argument("--pairs", type=int, help="guarded/plain pairs per throughput figure")
     args = parser.parse_args()
     tasks, pairs, runs = (500, 2, 3) if args.quick else (2000, 5, 10)
-    tasks = args.tasks or tasks
+    tasks, pairs = args.tasks or tasks, args.pairs or pairs
     with redis_url() as url, tempfile.TemporaryDirectory(prefix="zgbench-") as tmp:
         workdir = Path(tmp)
         if args.only in (None, "throughput"):
@@ -139,7 +152,15 @@ def main() -> None:
                 ratios = []
                 for _ in range(pairs):
                     plain = throughput(url, workdir, pool, guarded=False, tasks=tasks, work=args.work)
-                    guarded = throughput(url, workdir, pool, guarded=True, tasks=tasks, work=args.work)
+                    guarded = throughput(
+                        url,
+                        workdir,
+                        pool,
+                        guarded=True,
+                        tasks=tasks,
+                        work=args.work,
+                        lease_delay=args.lease_delay,
+                    )
                     ratios.append(guarded / plain)
                     print(
                         f"{pool}: plain {plain:.0f}/s, guarded {guarded:.0f}/s, ratio {guarded / plain:.3f}"

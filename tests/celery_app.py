@@ -33,6 +33,7 @@ app.conf.update(
     task_default_queue=os.environ.get("ZG_CELERY_QUEUE", "zgq"),
     broker_connection_retry_on_startup=True,
     worker_prefetch_multiplier=int(os.environ.get("ZG_CELERY_PREFETCH", "1")),
+    worker_max_tasks_per_child=int(os.environ.get("ZG_CELERY_MAX_TASKS_PER_CHILD", "0")) or None,
     worker_hijack_root_logger=False,
     result_extended=True,
 )

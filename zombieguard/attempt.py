@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,19 +42,19 @@ class Attempt:
         acquired: Acquired | None,
         *,
         sent_at: float | None = None,
-        payload_of: Callable[[], str] | None = None,
     ) -> None:
         self.store = store
         self.job = job
-        self._payload_of = payload_of
-        """Computes the job's payload when it is first needed (a pending lease that ends unwritten
-        never needs it)."""
         self.worker = worker
         self.policy = policy
         self._pending = acquired is None
         """The lease is not written yet (a first delivery running within its ``lease_delay``):
         :meth:`acquire_now` writes it, or :meth:`finish_unleased` ends the attempt without it."""
         self._acquire_lock = threading.Lock()
+        self._unanswered = False
+        """A try to write the pending lease failed in Redis (it may have been written all the same)."""
+        self._unguarded = False
+        """The pending lease could not be written: nothing of this attempt is recorded in Redis."""
         if acquired is None:
             acquired = Acquired(AcquireStatus.ACQUIRED, attempt=1, started=time.time())
         self.token = acquired.token
@@ -102,7 +101,11 @@ class Attempt:
             if not self._pending:
                 return
             sent_at = time.monotonic()
-            acquired = self.store.acquire(self._described(), self.worker, self.policy, self.number)
+            try:
+                acquired = self.store.acquire(self.job, self.worker, self.policy, self.number)
+            except redis.RedisError:
+                self._unanswered = True
+                raise
             self._pending = False
             if acquired.status is AcquireStatus.ACQUIRED:
                 self.token = acquired.token
@@ -114,16 +117,24 @@ class Attempt:
                 if self.on_acquired is not None:
                     self.on_acquired(self)
                 return
-        holder = f"attempt {acquired.attempt} is {acquired.holder_state or 'superseded'}"
-        self.mark_lost(LeaseLost(self.job.job_id, 0, f"its lease was refused after it started: {holder}"))
+            holder = f"attempt {acquired.attempt} is {acquired.holder_state or 'superseded'}"
+            if self._unanswered:
+                # An earlier try may have written the lease before its reply was lost: the holder
+                # may be this attempt itself. Run on unguarded rather than stop it for that.
+                log.warning("job %s runs unguarded: its lease is uncertain (%s)", self.job.job_id, holder)
+                self._unguarded = True
+                return
+            # Lost before the lock is left: the task's own thread, ending, must find it so.
+            self.mark_lost(LeaseLost(self.job.job_id, 0, f"its lease was refused after it started: {holder}"))
         if self.on_refused is not None:
             self.on_refused(self)
 
     def finish_unleased(self) -> bool:
         """End a pending attempt without ever writing its lease (it ended within its
-        ``lease_delay``); False when the lease is written (or being written): release it then."""
+        ``lease_delay``, or its lease could not be written); False when the lease is written (or
+        being written): release it then."""
         with self._acquire_lock:
-            if not self._pending:
+            if not (self._pending or self._unguarded):
                 return False
             self._pending = False
             return True
@@ -141,17 +152,8 @@ class Attempt:
             self._lost = error
         emit(self.job.adapter, self.event(LeaseLostEvent, reason=error.detail))
 
-    def _described(self) -> JobSpec:
-        """The job, its payload computed now if that was left for later."""
-        payload_of = self._payload_of
-        if payload_of is not None:
-            self.job = dataclasses.replace(self.job, payload=payload_of())
-            self._payload_of = None
-        return self.job
-
     def event(self, kind: type[E], reason: str = "", stack: str | None = None, **extra: Any) -> E:
         """An event about this attempt."""
-        self._described()
         return kind(
             job_id=self.job.job_id,
             task=self.job.task,
@@ -246,6 +248,8 @@ class Attempt:
         try:
             self.acquire_now()
             self._raise_if_lost()
+            if self._unguarded:
+                raise redis.ConnectionError("this job runs unguarded: its lease could not be written")
             code = self.store.progress(self.job, self.token, progress, message, checkpoint)
             if code == "missing":
                 self.reestablish()
@@ -283,6 +287,8 @@ class Attempt:
         exists: its completion is refused."""
         self.acquire_now()
         self._raise_if_lost()
+        if self._unguarded:
+            return
         code = self.store.release(self.job, self.token, outcome, reason, stack)
         if code == "missing" and self.reestablish():
             self.store.release(self.job, self.token, outcome, reason, stack)

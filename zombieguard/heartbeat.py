@@ -17,7 +17,7 @@ from collections.abc import Callable
 import redis
 
 from zombieguard.attempt import Attempt
-from zombieguard.containment import contained, log
+from zombieguard.containment import contained, log, report
 from zombieguard.errors import LeaseLost
 from zombieguard.events import HeartbeatFailed, emit
 from zombieguard.lease import DeferredRelease, LeaseStore
@@ -129,6 +129,8 @@ class Heartbeat:
                 with self._lock:
                     self._pending[:0] = due[index:]
                 raise
+            except Exception as exc:  # reported; the others' leases are written all the same
+                report(f"heartbeat writing the lease of job {attempt.job.job_id}", exc)
 
     def take_deferred(self) -> list[DeferredRelease]:
         """The deferred releases not yet written; the caller writes them."""

@@ -136,7 +136,12 @@ def _write_lease(store: LeaseStore, slot: JobSlot, state: SlotState, adapter: st
         lease_delay=None,
     )
     acquired = store.acquire(spec, worker, policy, state.attempt or 1)
-    return acquired.token if acquired.status is AcquireStatus.ACQUIRED else 0
+    if acquired.status is AcquireStatus.ACQUIRED:
+        return acquired.token
+    # Written by the worker itself just before it got stuck, its token not yet in the slot.
+    record = store.record(state.job_id)
+    mine = record is not None and record.state == "running" and record.worker == worker
+    return record.token if mine and record is not None else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

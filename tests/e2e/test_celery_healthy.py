@@ -160,3 +160,20 @@ def test_tasks_that_end_within_lease_delay_write_no_lease_and_record_their_queue
     celery_harness.wait_leased(long.id, 5)
     assert 0.5 <= time.monotonic() - started < 1.5 + 0.5
     assert long.get(timeout=15) == "done"
+
+
+def test_a_pool_process_that_exits_after_its_task_still_records_its_queue_s_last_success(
+    celery_harness: CeleryHarness,
+) -> None:
+    # max_tasks_per_child=1: each pool process exits right after its one task, long before its
+    # heartbeat would have written the queue's last success.
+    celery_harness.start_worker(
+        "prefork", env={"ZOMBIEGUARD_LEASE_DELAY": "1.5", "ZG_CELERY_MAX_TASKS_PER_CHILD": "1"}
+    )
+    assert celery_harness.send("add", 1, 1).get(timeout=15) == 2
+    prefix = "{" + celery_harness.key_prefix + "}"
+    wait_until(
+        lambda: celery_harness.client.hget(f"{prefix}:completed", celery_harness.queue),
+        3,
+        what="the queue's last success",
+    )

@@ -4,8 +4,10 @@ the lease is written once it has run for half its delay, or never when it ends s
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
+import redis
 
 from tests.integration.conftest import job, start
 from tests.waiting import wait_until
@@ -99,3 +101,33 @@ def test_lease_delay_must_be_shorter_than_lease_ttl() -> None:
     with pytest.raises(ConfigurationError, match="lease_delay=5 is invalid"):
         Policy(lease_ttl=5, lease_delay=5)
     assert Policy(lease_delay=None).lease_delay is None
+
+
+class _ReplyLostOnce(LeaseStore):
+    """The first acquire reaches Redis but its reply is lost (a connection dropped after the write)."""
+
+    lost = False
+
+    def acquire(self, *args: Any, **kwargs: Any) -> Any:
+        acquired = super().acquire(*args, **kwargs)
+        if not self.lost:
+            self.lost = True
+            raise redis.ConnectionError("connection lost while reading the reply")
+        return acquired
+
+
+def test_a_pending_lease_whose_first_reply_was_lost_runs_on_unguarded_instead_of_stopping_itself(
+    store: LeaseStore,
+) -> None:
+    flaky = _ReplyLostOnce(store.client, store.settings)
+    refused: list[Attempt] = []
+    attempt = Attempt(flaky, job("lost-reply"), "w1", POLICY, None)
+    attempt.on_refused = refused.append
+    with pytest.raises(redis.ConnectionError):
+        attempt.acquire_now()
+    assert attempt.pending  # the heartbeat tries again
+    attempt.acquire_now()  # finds the lease its first try wrote: possibly its own
+    assert attempt.lost is None
+    assert refused == []
+    assert attempt.finish_unleased()  # nothing of it is recorded
+    attempt.release(Outcome.COMPLETED)  # a no-op for an unguarded attempt

@@ -11,7 +11,9 @@ Configuration comes from ``app.conf.zombieguard = {...}`` (Django: ``CELERY_ZOMB
 What :func:`install` adds, all through Celery's extension points:
 
 - a Task class (the app's own, subclassed): each task body runs under its lease, acquired in the
-  process that runs it; a delivery of an attempt already superseded is ignored (acked, not run);
+  process that runs it (a first delivery's behind, within ``lease_delay``, by that process's
+  heartbeat thread; a task that ends sooner needs none); a delivery of an attempt already superseded
+  is ignored (acked, not run);
 - a Request class (worker main process): a pool process that dies mid-task is a stall, recovered by
   re-publishing the task, not Celery's failure or endless requeue; Celery's own time limits on prefork
   become a backstop 2 s past the policy's;
@@ -34,7 +36,6 @@ that runs the task; stalled, recovered, dead-lettered by the sweeper that acted.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import signal
@@ -496,21 +497,21 @@ class Executor:
 
     def _start(self, task: Task, policy: Policy, request: Any) -> Attempt | None:
         """The task's attempt: pending for a first delivery (``lease_delay``), else acquired now."""
-        spec = JobSpec(request.id, ADAPTER, task.name, _queue_of(request))
-        if policy.lease_delay is not None and _first_delivery(request):
+        # The payload before the body runs: a body may change its arguments in place.
+        spec = JobSpec(request.id, ADAPTER, task.name, _queue_of(request), _payload(task, request))
+        if (
+            policy.lease_delay is not None
+            and _first_delivery(request)
+            # The slot keeps it, for whoever must write the lease of a process that cannot.
+            and len(spec.payload.encode()) <= PAYLOAD_ROOM
+        ):
             # Nothing can have run it before: its lease is written only if it runs long enough.
-            attempt = self.pending(spec, policy, lambda: _payload(task, request))
-            if attempt is not None:
-                attempt.on_refused = self.refused
-                if listened(JobStarted):
-                    emit(ADAPTER, attempt.event(JobStarted))
-                return attempt
-        spec = dataclasses.replace(spec, payload=_payload(task, request))
+            attempt = Attempt(self.store, spec, self.guard.name, policy, None)
+            attempt.on_refused = self.refused
+            if listened(JobStarted):
+                emit(ADAPTER, attempt.event(JobStarted))
+            return attempt
         return self._acquire(task, spec, policy, _delivery_attempt(request))
-
-    def pending(self, spec: JobSpec, policy: Policy, payload_of: Callable[[], str]) -> Attempt | None:
-        """A first delivery's attempt, its lease to be written later; None to write it now."""
-        return Attempt(self.store, spec, self.guard.name, policy, None, payload_of=payload_of)
 
     def _succeeded(self, state: _Running, unleased: bool) -> None:
         """Record a body that returned (raises ``Ignore`` when the end is not this attempt's)."""
@@ -695,7 +696,8 @@ def announce(slot: JobSlot, attempt: Attempt) -> None:
         lease_ttl=policy.lease_ttl,
         task=attempt.job.task,
         queue=attempt.job.queue,
-        # For the watchdog process to write the lease of a task stuck before it was written.
+        # For the process that must write the lease of a task whose own process could not: the
+        # prefork main process (the pool process died), the watchdog process (C code, the GIL).
         payload=attempt.job.payload if attempt.pending else "",
     )
 
@@ -788,14 +790,6 @@ class InProcessExecutor(Executor):
         announce(slot, attempt)
         attempt.on_progress = slot.progress
         attempt.on_acquired = lambda written: self._acquired(written, slot)
-
-    def pending(self, spec: JobSpec, policy: Policy, payload_of: Callable[[], str]) -> Attempt | None:
-        """Only when the thread's slot can keep the payload, computed now: the watchdog process beside
-        the worker writes the lease of a task stuck in C code before it could (no thread here runs)."""
-        payload = payload_of()
-        if len(payload.encode()) > PAYLOAD_ROOM:
-            return None
-        return Attempt(self.store, dataclasses.replace(spec, payload=payload), self.guard.name, policy, None)
 
     def _acquired(self, attempt: Attempt, slot: JobSlot) -> None:
         self.guard.heartbeat.add(attempt)
@@ -908,7 +902,7 @@ class SlotMonitor:
         """One look at every slot: renew what is due, act on every limit that passed."""
         self._refresh(now)
         due: list[_Tracked] = []
-        died: list[SlotState] = []
+        died: list[tuple[SlotState, str]] = []
         with self._lock:
             for path, slot in list(self.slots.items()):
                 state = slot.read()
@@ -922,9 +916,9 @@ class SlotMonitor:
                     # Marked before the slot is cleared: Celery's report, if it comes in between,
                     # must find the task handled here, not take it for one with no lease.
                     self.killed[state.job_id] = "stalled"
+                    died.append((state, "" if state.token else slot.payload()))
                     slot.clear()
                     self.tracked.pop(path, None)
-                    died.append(state)
                     continue
                 if tracked is None:
                     # The acquire itself set the lease's expiry: the first renewal is due a third in.
@@ -936,19 +930,18 @@ class SlotMonitor:
                     due.append(tracked)
         if due:
             self._renew(due)
-        for state in died:
-            self._died(state)
+        for state, payload in died:
+            self._died(state, payload)
 
-    def _died(self, state: SlotState) -> None:
+    def _died(self, state: SlotState, payload: str) -> None:
         """A pool process died mid-task, and Celery has not said so yet (under load its pool notices
         only every few seconds): recover the task now. Celery's news of it, when it comes, finds the
-        task handled (``pool_process_lost`` returns ``stalled``)."""
+        task handled (``pool_process_lost`` returns ``stalled``). ``payload``: the slot's, for a
+        task that died before writing its lease."""
         spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
         token = state.token
-        if not token:  # it died within its lease_delay: write the lease it had not written yet
-            request = next((r for r in list(worker_state.active_requests) if r.id == state.job_id), None)
-            leased = self.guard.lease_for(request) if request is not None else None
-            spec, token = leased or (spec, 0)
+        if not token:
+            spec, token = self.guard.lease_from_slot(state, payload) or (spec, 0)
         if not token or not self.guard.recover_stalled(spec, token):
             self.killed.pop(state.job_id, None)  # Celery's news came first: it was handled then
 
@@ -1062,17 +1055,19 @@ class SlotMonitor:
         state = self.slots[tracked.path].read()
         return state.active and state.generation == tracked.state.generation
 
-    def forget(self, job_id: str) -> SlotState | None:
-        """A pool process died: clear the slot it left for ``job_id``; its state, if it had one."""
+    def forget(self, job_id: str) -> tuple[SlotState, str] | None:
+        """A pool process died: clear the slot it left for ``job_id``; its state and the payload it
+        kept (for a lease not yet written), if it had one."""
         with self._lock:
             # A pool process started since the last listing has a slot this monitor does not know.
             self._refresh(time.monotonic(), force=True)
             for path, slot in list(self.slots.items()):
                 state = slot.read()
                 if state.active and state.job_id == job_id:
+                    payload = "" if state.token else slot.payload()
                     slot.clear()
                     self.tracked.pop(path, None)
-                    return state
+                    return state, payload
         return None
 
     def _run(self) -> None:
@@ -1248,15 +1243,16 @@ class WorkerGuard(WorkerRuntime):
             return None
         job_id = request.id
         killed = self.monitor.killed.pop(job_id, None)
-        state = self.monitor.forget(job_id)
+        slot = self.monitor.forget(job_id)
+        state = slot[0] if slot is not None else None
         if killed is not None:
             return killed
         record = None
         with contextlib.suppress(Exception):
             record = self.store.record(job_id)
-        if record is None and not (state is not None and state.token) and not terminated:
-            # It died within its lease_delay: write the lease it had not written yet, and recover.
-            leased = self.lease_for(request)
+        if record is None and slot is not None and not slot[0].token and not terminated:
+            # Its lease not written yet (within its lease_delay): write it from the slot, recover.
+            leased = self.lease_from_slot(*slot)
             return "stalled" if leased is not None and self.recover_stalled(*leased) else None
         if record is None or record.state != "running" or record.worker != self.name:
             return None
@@ -1271,19 +1267,19 @@ class WorkerGuard(WorkerRuntime):
         self.recover_stalled(spec, token)
         return "stalled"
 
-    def lease_for(self, request: Any) -> tuple[JobSpec, int] | None:
+    def lease_from_slot(self, state: SlotState, payload: str) -> tuple[JobSpec, int] | None:
         """Prefork: write the lease of a task whose pool process died before writing it (within its
-        ``lease_delay``), from the worker's own copy of the request; its spec and token, or None
-        when another attempt holds the task or Redis is away."""
-        task = request.task
-        context = Context(request.request_dict, args=request.args, kwargs=request.kwargs)
-        context.delivery_info = request.delivery_info
+        ``lease_delay``), from its slot; its spec and token, or None when another attempt holds the
+        task or Redis is away."""
+        task = self.app.tasks.get(state.task)
+        spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue, payload)
+        hard = state.hard_deadline - state.started if state.hard_deadline is not None else None
+        soft = state.soft_deadline - state.started if state.soft_deadline is not None else None
         try:
-            policy = task_policy(self.config, task, getattr(context, "timelimit", None))
-            spec = JobSpec(request.id, ADAPTER, task.name, _queue_of(context), _payload(task, context))
-            acquired = self.store.acquire(spec, self.name, policy, 1)
+            policy = task_policy(self.config, task, (hard, soft)) if task is not None else self.default_policy
+            acquired = self.store.acquire(spec, self.name, policy, state.attempt or 1)
         except (ConfigurationError, redis.RedisError) as exc:
-            log.warning("celery task %s: its lease not written for recovery (%s)", request.id, exc)
+            log.warning("celery task %s: its lease not written for recovery (%s)", state.job_id, exc)
             return None
         if acquired.status is not AcquireStatus.ACQUIRED:
             return None
@@ -1561,12 +1557,22 @@ def _stamp_retry(headers: dict[str, Any] | None = None, **_: Any) -> None:
         headers[ATTEMPT_HEADER] = state.attempt.number + 1
 
 
+def _on_pool_process_exit(**_: Any) -> None:
+    """``worker_process_shutdown``, in a prefork pool process about to exit (``max_tasks_per_child``,
+    a shrinking pool): write what its heartbeat still holds (releases, queues' last successes)."""
+    executor = _executor
+    if isinstance(executor, PoolProcessExecutor):
+        with contained("pool process writing its deferred releases"), contextlib.suppress(redis.RedisError):
+            executor.releases.flush_deferred()
+
+
 def _connect_signals() -> None:
     global _connected
     with _connect_lock:
         if _connected:
             return
         signals.worker_process_init.connect(_on_pool_process_init, weak=False)
+        signals.worker_process_shutdown.connect(_on_pool_process_exit, weak=False)
         signals.before_task_publish.connect(_stamp_retry, weak=False)
         signals.task_prerun.connect(_before_started, weak=False)
         _connected = True
