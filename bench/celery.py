@@ -3,8 +3,9 @@
 1. Task throughput with results (no-op tasks, or tasks waiting `--work` seconds), guarded / plain,
    alternated in one run, prefork and threads
    (one worker, concurrency 2): the tasks are queued first, then one worker drains them.
-2. Recovery latency after SIGKILL of a whole worker (acks_late task), Redis and RabbitMQ brokers, at
-   lease_ttl 2 s: from the kill to the task's next attempt starting on the surviving worker.
+2. Recovery latency after SIGKILL of a whole worker (acks_late task, its lease written), Redis and
+   RabbitMQ brokers, at lease_ttl 2 s: from the kill to the task's next attempt starting on the
+   surviving worker.
 3. Kill latency past hard_timeout (1 s) per pool, for a task hung on a socket and one stuck in C code:
    from the moment the limit passes to the task recorded FAILURE, or, where the stuck worker itself is
    killed (C code on threads and solo), to that worker's exit.
@@ -83,8 +84,10 @@ def recovery(url: str, workdir: Path, broker: str, runs: int) -> list[float]:
         try:
             victim = harness.start_worker("prefork")
             harness.start_worker("prefork")
-            harness.send("long_task", harness.notes, 60.0)
+            result = harness.send("long_task", harness.notes, 60.0)
             wait_until(lambda h=harness: h.notes_of("started"), 15, what="first attempt")
+            # Its lease written (within lease_delay): before that, a killed worker's task is the broker's.
+            harness.wait_leased(result.id)
             if int(harness.notes_of("started")[0].split()[1]) not in harness.children(0):
                 continue  # the survivor took it; this run measures nothing
             os.killpg(victim.pid, signal.SIGKILL)
