@@ -104,7 +104,7 @@ class JobSlot:
     ) -> None:
         """Announce a running job (the writer is its own process; one job at a time per slot).
         ``payload`` is kept when it fits :data:`PAYLOAD_ROOM` (see :meth:`payload`)."""
-        generation = self.read().generation + 1
+        generation = _GENERATION.unpack_from(self._map, 0)[0] + 1  # only this process writes it
         # Odd generation while writing: a reader that sees it, or sees it change, reads again.
         self._map[0:8] = _GENERATION.pack(generation)
         kept = payload.encode()
@@ -170,10 +170,10 @@ class JobSlot:
 
     def clear(self) -> None:
         """The job ended."""
-        state = self.read()
-        self._map[0:8] = _GENERATION.pack(state.generation + 1)
+        generation = _GENERATION.unpack_from(self._map, 0)[0]  # its writer ended, or is this process
+        self._map[0:8] = _GENERATION.pack(generation + 1)
         struct.pack_into("=q", self._map, 8, 0)
-        self._map[0:8] = _GENERATION.pack(state.generation + 2)
+        self._map[0:8] = _GENERATION.pack(generation + 2)
 
     def read(self) -> SlotState:
         """A consistent snapshot (retries while a write is under way, a bounded number of times: a
