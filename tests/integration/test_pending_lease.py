@@ -58,7 +58,7 @@ def test_a_job_still_running_at_half_its_lease_delay_holds_its_lease_within_the_
         assert record is not None
         assert record.state == "running"
         assert record.token == attempt.token > 0
-        assert 0.1 <= acquired[0] < 0.2 + 0.05
+        assert 0.1 <= acquired[0] < 0.2 + 0.3  # within the delay, and a loaded machine's thread wake-up
         assert not attempt.pending
         assert not attempt.finish_unleased()  # written: its end is a release now
     finally:
