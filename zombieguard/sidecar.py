@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from zombieguard.adapter import JobAdapter
-from zombieguard.lease import AcquireStatus, JobSpec, LeaseStore
+from zombieguard.lease import AcquireStatus, CorruptRecord, JobSpec, LeaseStore
 from zombieguard.policy import Policy, Settings
 from zombieguard.slot import JobSlot, SlotState
 from zombieguard.stats import EventCounter
@@ -115,7 +115,15 @@ def _act_on(
         log.error("worker %d stuck %s in job %s: killed", pid, reason, state.job_id)
         adapter = _load_adapter(adapter_spec, store) if ":" in adapter_spec else None
         name = adapter_spec if adapter is None else adapter.name
-        token = state.token or _write_lease(store, slot, state, name, worker)
+        token = state.token
+        if not token:  # the lease was still to be written (Celery): the slot says all it needs
+            policy = Policy(
+                lease_ttl=state.lease_ttl,
+                hard_timeout=state.hard_timeout,
+                progress_timeout=state.progress_timeout,
+                lease_delay=None,
+            )
+            token = lease_from_slot(store, state, slot.payload(), adapter=name, worker=worker, policy=policy)
         if token:
             store.abandon(JobSpec(state.job_id, name, "", ""), token, reason, stack)
         if adapter is not None:
@@ -124,24 +132,24 @@ def _act_on(
     return None
 
 
-def _write_lease(store: LeaseStore, slot: JobSlot, state: SlotState, adapter: str, worker: str) -> int:
-    """The job got stuck before its lease was written (Celery's ``lease_delay``; the worker's own
-    threads could not run since): write it from the slot, so that the job ends as any stuck job
-    does. Its token, or 0 when another attempt holds the job."""
-    spec = JobSpec(state.job_id, adapter, state.task, state.queue, slot.payload())
-    policy = Policy(
-        lease_ttl=state.lease_ttl,
-        hard_timeout=state.hard_deadline - state.started if state.hard_deadline is not None else None,
-        progress_timeout=state.progress_timeout,
-        lease_delay=None,
-    )
+def lease_from_slot(
+    store: LeaseStore, state: SlotState, payload: str, *, adapter: str, worker: str, policy: Policy
+) -> int:
+    """Write the lease of a job whose own process could not (Celery's ``lease_delay``: it got stuck
+    or died before), from its slot: the job then ends as any stuck or dead job does. Its token, or 0
+    when another attempt holds the job. A running lease of ``worker`` for it, written just before
+    its process stopped (the token not yet in the slot), is taken as that lease."""
+    spec = JobSpec(state.job_id, adapter, state.task, state.queue, payload)
     acquired = store.acquire(spec, worker, policy, state.attempt or 1)
     if acquired.status is AcquireStatus.ACQUIRED:
         return acquired.token
-    # Written by the worker itself just before it got stuck, its token not yet in the slot.
-    record = store.record(state.job_id)
-    mine = record is not None and record.state == "running" and record.worker == worker
-    return record.token if mine and record is not None else 0
+    try:
+        record = store.record(state.job_id)
+    except CorruptRecord:
+        return 0
+    if record is not None and record.state == "running" and record.worker == worker:
+        return record.token
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -69,6 +69,16 @@ class SlotState:
     task: str
     queue: str
 
+    @property
+    def hard_timeout(self) -> float | None:
+        """The job's hard limit, as its deadline says."""
+        return self.hard_deadline - self.started if self.hard_deadline is not None else None
+
+    @property
+    def soft_timeout(self) -> float | None:
+        """The job's soft limit, as its deadline says."""
+        return self.soft_deadline - self.started if self.soft_deadline is not None else None
+
 
 class JobSlot:
     """The shared memory. Anonymous (inherited across ``fork``) or backed by a file (any process)."""

@@ -101,6 +101,7 @@ from zombieguard.lease import (
 )
 from zombieguard.policy import Config, Policy, check_fields, current_config, guard_fields
 from zombieguard.runtime import WorkerRuntime
+from zombieguard.sidecar import lease_from_slot
 from zombieguard.slot import PAYLOAD_ROOM, JobSlot, SlotState
 from zombieguard.watchdog import (
     HARD_SIGNAL,
@@ -1272,18 +1273,20 @@ class WorkerGuard(WorkerRuntime):
         ``lease_delay``), from its slot; its spec and token, or None when another attempt holds the
         task or Redis is away."""
         task = self.app.tasks.get(state.task)
-        spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue, payload)
-        hard = state.hard_deadline - state.started if state.hard_deadline is not None else None
-        soft = state.soft_deadline - state.started if state.soft_deadline is not None else None
         try:
-            policy = task_policy(self.config, task, (hard, soft)) if task is not None else self.default_policy
-            acquired = self.store.acquire(spec, self.name, policy, state.attempt or 1)
+            policy = (
+                task_policy(self.config, task, (state.hard_timeout, state.soft_timeout))
+                if task is not None
+                else self.default_policy
+            )
+            token = lease_from_slot(
+                self.store, state, payload, adapter=ADAPTER, worker=self.name, policy=policy
+            )
         except (ConfigurationError, redis.RedisError) as exc:
             log.warning("celery task %s: its lease not written for recovery (%s)", state.job_id, exc)
             return None
-        if acquired.status is not AcquireStatus.ACQUIRED:
-            return None
-        return spec, acquired.token
+        spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue, payload)
+        return (spec, token) if token else None
 
     def recover_stalled(self, spec: JobSpec, token: int) -> bool:
         """A pool process died in the middle of ``spec``'s task: give its lease up as stalled and sweep
