@@ -119,6 +119,15 @@ def cleans_up_on_soft_timeout(directory: str) -> str:
     return "never"
 
 
+@app.task(acks_late=True)
+def changes_its_arguments(directory: str, items: list[str], seconds: float) -> str:
+    """Notes the arguments it was given, changes them in place, then runs as long_task does."""
+    note(directory, "given", ",".join(items))
+    items.append("changed")
+    result: str = bodies.long_job(directory, seconds)
+    return result
+
+
 @app.task
 def long_task_early_ack(directory: str, seconds: float) -> str:
     """long_task without acks_late: Celery acks it on receipt."""

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
@@ -85,6 +85,10 @@ class Attempt:
         self.on_refused: Callable[[Attempt], None] | None = None
         """Called when a pending lease is refused (another attempt holds the job) and this attempt
         is marked lost, so that its body can be stopped."""
+        self.describe: Callable[[], str] | None = None
+        """Computes ``job.payload`` when it is first needed (the lease written, an event), for a
+        pending attempt whose payload costs more than a job ending within its ``lease_delay`` should
+        pay; None once ``job.payload`` holds it."""
 
     @property
     def pending(self) -> bool:
@@ -100,9 +104,10 @@ class Attempt:
         with self._acquire_lock:
             if not self._pending:
                 return
+            job = self.described()
             sent_at = time.monotonic()
             try:
-                acquired = self.store.acquire(self.job, self.worker, self.policy, self.number)
+                acquired = self.store.acquire(job, self.worker, self.policy, self.number)
             except redis.RedisError:
                 self._unanswered = True
                 raise
@@ -152,6 +157,15 @@ class Attempt:
             self._lost = error
         emit(self.job.adapter, self.event(LeaseLostEvent, reason=error.detail))
 
+    def described(self) -> JobSpec:
+        """The job, its payload computed (see :attr:`describe`)."""
+        describe = self.describe
+        if describe is not None:
+            # Two threads may both compute it: the same payload, from the same snapshot.
+            self.job = dataclasses.replace(self.job, payload=describe())
+            self.describe = None
+        return self.job
+
     def event(self, kind: type[E], reason: str = "", stack: str | None = None, **extra: Any) -> E:
         """An event about this attempt."""
         return kind(
@@ -164,7 +178,7 @@ class Attempt:
             reason=reason,
             started_at=self.started_at,
             stack=stack,
-            payload=self.job.payload,
+            payload=self.described().payload,
             policy=self.policy,
             **extra,
         )
@@ -297,17 +311,30 @@ class Attempt:
 _current: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar("zombieguard_attempt", default=None)
 
 
-@contextmanager
-def running(attempt: Attempt) -> Iterator[Attempt]:
+class _Current:
+    """The context manager :func:`running` returns (a class: cheaper per job than a generator)."""
+
+    __slots__ = ("_reset", "attempt")
+
+    def __init__(self, attempt: Attempt) -> None:
+        self.attempt = attempt
+
+    def __enter__(self) -> Attempt:
+        self._reset = _current.set(self.attempt)
+        return self.attempt
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:  # noqa: SIM105 - contextlib.suppress costs each job more than the reset itself
+            _current.reset(self._reset)
+        except ValueError:
+            # Finalised from another context, when the process exits while a thread is still stuck
+            # in the block (a zombie thread); nothing is left to reset then.
+            pass
+
+
+def running(attempt: Attempt) -> contextlib.AbstractContextManager[Attempt]:
     """Make ``attempt`` the current one for the block (the job's body runs inside)."""
-    reset = _current.set(attempt)
-    try:
-        yield attempt
-    finally:
-        # ValueError: finalised from another context, when the process exits while a thread is still
-        # stuck in the block (a zombie thread); nothing is left to reset then.
-        with contextlib.suppress(ValueError):
-            _current.reset(reset)
+    return _Current(attempt)
 
 
 def beat(progress: object = None, message: str | None = None) -> None:

@@ -87,6 +87,26 @@ def test_a_pool_process_killed_mid_task_is_a_stall_recovered_at_once(
     killed_at = time.time()
     assert _next_attempt_started(celery_harness) - killed_at < 2.0
     assert result.get(timeout=15) == "done"
+    meta = celery_harness.app.backend.get_task_meta(result.id)
+    assert meta["args"] == [celery_harness.notes, 2.0]  # same id, same arguments
+    assert meta["queue"] == celery_harness.queue  # same routing
+
+
+@pytest.mark.parametrize("lease", ["written", "not yet written"])
+def test_a_task_that_changed_its_arguments_in_place_is_recovered_with_the_arguments_it_was_sent(
+    celery_harness: CeleryHarness, lease: str
+) -> None:
+    delay = "1.5" if lease == "not yet written" else "0.05"
+    celery_harness.start_worker("prefork", env={"ZOMBIEGUARD_LEASE_DELAY": delay})
+    result = celery_harness.send("changes_its_arguments", celery_harness.notes, ["sent"], 3.0)
+    wait_until(lambda: celery_harness.notes_of("started"), 15, what="first attempt started")
+    if lease == "written":
+        celery_harness.wait_leased(result.id)  # written after the body changed its arguments
+    assert celery_harness.lease_state(result.id) == ("running" if lease == "written" else "")
+    os.kill(_pids_started(celery_harness)[0], signal.SIGKILL)
+    _next_attempt_started(celery_harness)
+    assert [line.split()[1] for line in celery_harness.notes_of("given")] == ["sent", "sent"]
+    assert result.get(timeout=15) == "done"
 
 
 def test_a_late_redelivery_of_a_superseded_attempt_does_not_run_the_body_again(

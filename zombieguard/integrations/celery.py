@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -431,7 +432,6 @@ class Executor:
         self.releases = releases
         """Writes deferred leases and releases: this process's heartbeat."""
         self._local = threading.local()
-        self._policies: dict[tuple[str, Any], Policy] = {}
 
     @property
     def current(self) -> _Running | None:
@@ -439,11 +439,10 @@ class Executor:
         running_now: _Running | None = getattr(self._local, "running", None)
         return running_now
 
-    def run(self, task: Task, call: Callable[[], Any]) -> Any:
-        """Run ``call`` (the task's body) under the task's lease."""
-        request = task.request
+    def run(self, task: Task, request: Any, call: Callable[[], Any]) -> Any:
+        """Run ``call`` (the body of ``task``, for ``request``) under the task's lease."""
         try:
-            policy = self._policy(task, getattr(request, "timelimit", None))
+            policy = self.guard.policy(task, getattr(request, "timelimit", None))
         except ConfigurationError as exc:
             log.error("celery task %s[%s] runs unguarded: %s", task.name, request.id, exc)
             return call()
@@ -486,33 +485,27 @@ class Executor:
         self._succeeded(state, unleased)
         return result
 
-    def _policy(self, task: Task, time_limits: Any) -> Policy:
-        """The task's policy for these time limits (the worker's configuration is fixed: cached)."""
-        key = (task.name, tuple(time_limits) if time_limits else None)
-        policy = self._policies.get(key)
-        if policy is None:
-            if len(self._policies) >= _POLICIES_CACHED:  # messages' own time limits vary without bound
-                self._policies.clear()
-            policy = self._policies[key] = task_policy(self.guard.config, task, time_limits)
-        return policy
-
     def _start(self, task: Task, policy: Policy, request: Any) -> Attempt | None:
         """The task's attempt: pending for a first delivery (``lease_delay``), else acquired now."""
-        # The payload before the body runs: a body may change its arguments in place.
-        spec = JobSpec(request.id, ADAPTER, task.name, _queue_of(request), _payload(task, request))
-        if (
-            policy.lease_delay is not None
-            and _first_delivery(request)
-            # The slot keeps it, for whoever must write the lease of a process that cannot.
-            and len(spec.payload.encode()) <= PAYLOAD_ROOM
-        ):
+        spec = JobSpec(request.id, ADAPTER, task.name, _queue_of(request))
+        if policy.lease_delay is not None and _first_delivery(request):
             # Nothing can have run it before: its lease is written only if it runs long enough.
             attempt = Attempt(self.store, spec, self.guard.name, policy, None)
-            attempt.on_refused = self.refused
-            if listened(JobStarted):
-                emit(ADAPTER, attempt.event(JobStarted))
-            return attempt
+            if self.describe_later(attempt, task, request):
+                attempt.on_refused = self.refused
+                if listened(JobStarted):
+                    emit(ADAPTER, attempt.event(JobStarted))
+                return attempt
+            spec = attempt.described()
+        else:
+            # The payload before the body runs: a body may change its arguments in place.
+            spec = JobSpec(spec.job_id, ADAPTER, spec.task, spec.queue, _payload(task, request))
         return self._acquire(task, spec, policy, _delivery_attempt(request))
+
+    def describe_later(self, attempt: Attempt, task: Task, request: Any) -> bool:
+        """Give a pending attempt its payload, or the means to compute it when its lease is written.
+        False when the attempt must not be pending (its payload, then computed, is kept)."""
+        raise NotImplementedError
 
     def _succeeded(self, state: _Running, unleased: bool) -> None:
         """Record a body that returned (raises ``Ignore`` when the end is not this attempt's)."""
@@ -669,10 +662,11 @@ class Executor:
             )
 
 
-def _payload(task: Task, request: Any) -> str:
-    """What a sweeper needs to publish the task again (and ``status`` shows)."""
+def _payload(task: Task, request: Any, args: Any = None, kwargs: Any = None) -> str:
+    """What a sweeper needs to publish the task again (and ``status`` shows); ``args`` and
+    ``kwargs``: the ones to publish, when not the request's."""
     try:
-        signature = dict(task.signature_from_request(request))
+        signature = dict(task.signature_from_request(request, args, kwargs))
         return str(kombu_json.dumps({"signature": signature}))  # type: ignore[no-untyped-call]
     except Exception as exc:  # e.g. arguments only pickle can carry
         log.warning("celery task %s: cannot be recovered by re-publishing (%s)", request.id, exc)
@@ -744,6 +738,19 @@ class PoolProcessExecutor(Executor):
         attempt.confirmations = self.slot.confirmed_until
         attempt.on_acquired = self._acquired
 
+    def describe_later(self, attempt: Attempt, task: Task, request: Any) -> bool:
+        """Only a snapshot of the arguments now (a body may change them in place): the payload is
+        computed if the lease is written, which most tasks end before. A pool process that dies
+        before is recovered from Celery's request in the main process."""
+        try:
+            frozen = pickle.dumps((request.args, request.kwargs), pickle.HIGHEST_PROTOCOL)
+        except Exception:  # arguments only a serializer of their own can carry: computed now
+            payload = _payload(task, request)
+            attempt.describe = lambda: payload
+            return True
+        attempt.describe = lambda: _payload(task, request, *pickle.loads(frozen))
+        return True
+
     def _acquired(self, attempt: Attempt) -> None:
         self.slot.set_token(attempt.token)
         self.slot.confirm(attempt.confirmed_until)
@@ -791,6 +798,13 @@ class InProcessExecutor(Executor):
         announce(slot, attempt)
         attempt.on_progress = slot.progress
         attempt.on_acquired = lambda written: self._acquired(written, slot)
+
+    def describe_later(self, attempt: Attempt, task: Task, request: Any) -> bool:
+        """The payload now, for the slot: the watchdog process writes the lease from it when no
+        thread here can (C code holding the GIL). False when too large for the slot."""
+        job = attempt.job
+        attempt.job = JobSpec(job.job_id, ADAPTER, job.task, job.queue, _payload(task, request))
+        return len(attempt.job.payload.encode()) <= PAYLOAD_ROOM
 
     def _acquired(self, attempt: Attempt, slot: JobSlot) -> None:
         self.guard.heartbeat.add(attempt)
@@ -884,7 +898,11 @@ class SlotMonitor:
         self.slots: dict[Path, JobSlot] = {}
         self.tracked: dict[Path, _Tracked] = {}
         self.killed: dict[str, str] = {}
-        """Tasks whose pool process this monitor killed, and why (timed_out, hung, lost)."""
+        """Tasks whose pool process this monitor killed, and why (timed_out, hung, lost), or saw die
+        (stalled: recovered)."""
+        self.unleased: dict[str, SlotState] = {}
+        """Tasks whose pool process died before their lease was written, to recover in the event
+        loop (from Celery's request) by whichever comes first: this monitor's news or Celery's."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -903,7 +921,7 @@ class SlotMonitor:
         """One look at every slot: renew what is due, act on every limit that passed."""
         self._refresh(now)
         due: list[_Tracked] = []
-        died: list[tuple[SlotState, str]] = []
+        died: list[SlotState] = []
         with self._lock:
             for path, slot in list(self.slots.items()):
                 state = slot.read()
@@ -915,9 +933,13 @@ class SlotMonitor:
                     continue
                 if process_exited(state.pid) and _died_by_itself(state, tracked):
                     # Marked before the slot is cleared: Celery's report, if it comes in between,
-                    # must find the task handled here, not take it for one with no lease.
-                    self.killed[state.job_id] = "stalled"
-                    died.append((state, "" if state.token else slot.payload()))
+                    # must find the task handled here (or to be handled), not take it for one with
+                    # no lease.
+                    if state.token:
+                        self.killed[state.job_id] = "stalled"
+                    else:
+                        self.unleased[state.job_id] = state
+                    died.append(state)
                     slot.clear()
                     self.tracked.pop(path, None)
                     continue
@@ -931,19 +953,20 @@ class SlotMonitor:
                     due.append(tracked)
         if due:
             self._renew(due)
-        for state, payload in died:
-            self._died(state, payload)
+        for state in died:
+            self._died(state)
 
-    def _died(self, state: SlotState, payload: str) -> None:
+    def _died(self, state: SlotState) -> None:
         """A pool process died mid-task, and Celery has not said so yet (under load its pool notices
         only every few seconds): recover the task now. Celery's news of it, when it comes, finds the
-        task handled (``pool_process_lost`` returns ``stalled``). ``payload``: the slot's, for a
-        task that died before writing its lease."""
+        task handled (``pool_process_lost`` returns ``stalled``). A task that died before writing
+        its lease is recovered in the event loop, from Celery's request for it."""
+        if not state.token:
+            job_id = state.job_id
+            self.guard.in_loop(lambda: self.guard.recover_unleased(job_id))
+            return
         spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
-        token = state.token
-        if not token:
-            spec, token = self.guard.lease_from_slot(state, payload) or (spec, 0)
-        if not token or not self.guard.recover_stalled(spec, token):
+        if not self.guard.recover_stalled(spec, state.token):
             self.killed.pop(state.job_id, None)  # Celery's news came first: it was handled then
 
     def _event(self, state: SlotState) -> Callable[..., Any]:
@@ -1056,19 +1079,17 @@ class SlotMonitor:
         state = self.slots[tracked.path].read()
         return state.active and state.generation == tracked.state.generation
 
-    def forget(self, job_id: str) -> tuple[SlotState, str] | None:
-        """A pool process died: clear the slot it left for ``job_id``; its state and the payload it
-        kept (for a lease not yet written), if it had one."""
+    def forget(self, job_id: str) -> SlotState | None:
+        """A pool process died: clear the slot it left for ``job_id``; its state, if it had one."""
         with self._lock:
             # A pool process started since the last listing has a slot this monitor does not know.
             self._refresh(time.monotonic(), force=True)
             for path, slot in list(self.slots.items()):
                 state = slot.read()
                 if state.active and state.job_id == job_id:
-                    payload = "" if state.token else slot.payload()
                     slot.clear()
                     self.tracked.pop(path, None)
-                    return state, payload
+                    return state
         return None
 
     def _run(self) -> None:
@@ -1164,7 +1185,18 @@ class WorkerGuard(WorkerRuntime):
         self.dumper: StackDumper | None = None
         self.zombies: dict[int, str] = {}
         """Threads stuck past a limit, and the task each holds."""
+        self._policies: dict[tuple[str, Any], Policy] = {}
         self._restarting = False
+
+    def policy(self, task: Task, time_limits: Any = None) -> Policy:
+        """:func:`task_policy` for this worker's configuration, which is fixed: cached."""
+        key = (task.name, tuple(time_limits) if time_limits else None)
+        policy = self._policies.get(key)
+        if policy is None:
+            if len(self._policies) >= _POLICIES_CACHED:  # messages' own time limits vary without bound
+                self._policies.clear()
+            policy = self._policies[key] = task_policy(self.config, task, time_limits)
+        return policy
 
     # -- lifetime ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -1244,17 +1276,16 @@ class WorkerGuard(WorkerRuntime):
             return None
         job_id = request.id
         killed = self.monitor.killed.pop(job_id, None)
-        slot = self.monitor.forget(job_id)
-        state = slot[0] if slot is not None else None
+        unleased = self.monitor.unleased.pop(job_id, None)  # seen dead by the monitor, not recovered
+        state = self.monitor.forget(job_id) or unleased
         if killed is not None:
             return killed
         record = None
         with contextlib.suppress(Exception):
             record = self.store.record(job_id)
-        if record is None and slot is not None and not slot[0].token and not terminated:
-            # Its lease not written yet (within its lease_delay): write it from the slot, recover.
-            leased = self.lease_from_slot(*slot)
-            return "stalled" if leased is not None and self.recover_stalled(*leased) else None
+        if record is None and state is not None and not state.token and not terminated:
+            # Its lease not written yet (within its lease_delay): write it, recover.
+            return "stalled" if self._recover_unleased(state, request) else None
         if record is None or record.state != "running" or record.worker != self.name:
             return None
         token = state.token if state is not None and state.token else record.token
@@ -1268,14 +1299,33 @@ class WorkerGuard(WorkerRuntime):
         self.recover_stalled(spec, token)
         return "stalled"
 
+    def recover_unleased(self, job_id: str) -> None:
+        """In the event loop: recover a task whose pool process the monitor saw die before its lease
+        was written, unless Celery's news of it came first (``pool_process_lost`` recovered it)."""
+        state = self.monitor.unleased.pop(job_id, None) if self.monitor is not None else None
+        if state is None:
+            return
+        request = worker_state.requests.get(job_id)
+        if request is None:
+            log.warning("celery task %s: its pool process died; no request left to recover it", job_id)
+        elif self._recover_unleased(state, request) and self.monitor is not None:
+            self.monitor.killed[job_id] = "stalled"  # Celery's news, when it comes: handled
+
+    def _recover_unleased(self, state: SlotState, request: Any) -> bool:
+        """Write the lease of a task whose pool process died before it could, with the payload of
+        Celery's request for it (the message as it came), and recover the task."""
+        payload = _payload(request.task, request._context, request.args, request.kwargs)
+        leased = self.lease_from_slot(state, payload)
+        return leased is not None and self.recover_stalled(*leased)
+
     def lease_from_slot(self, state: SlotState, payload: str) -> tuple[JobSpec, int] | None:
         """Prefork: write the lease of a task whose pool process died before writing it (within its
-        ``lease_delay``), from its slot; its spec and token, or None when another attempt holds the
-        task or Redis is away."""
+        ``lease_delay``), from its slot and ``payload``; its spec and token, or None when another
+        attempt holds the task or Redis is away."""
         task = self.app.tasks.get(state.task)
         try:
             policy = (
-                task_policy(self.config, task, (state.hard_timeout, state.soft_timeout))
+                self.policy(task, (state.hard_timeout, state.soft_timeout))
                 if task is not None
                 else self.default_policy
             )
@@ -1406,7 +1456,7 @@ class GuardedTask(Task):  # type: ignore[misc]
         request = self.request
         if executor is None or request.called_directly or request.is_eager:
             return super().__call__(*args, **kwargs)
-        return executor.run(self, lambda: super(GuardedTask, self).__call__(*args, **kwargs))
+        return executor.run(self, request, lambda: super(GuardedTask, self).__call__(*args, **kwargs))
 
 
 class GuardedRequestMixin:
@@ -1435,7 +1485,7 @@ class GuardedRequestMixin:
         if guard is None or guard.pool != "prefork":
             return (hard, soft)
         with contextlib.suppress(Exception):
-            policy = task_policy(guard.config, self.task, self._zg_limits)
+            policy = guard.policy(self.task, self._zg_limits)
             if policy.hard_timeout is not None:
                 hard = int(policy.hard_timeout) + 1 + BACKSTOP_SECONDS
             if policy.soft_timeout is not None:
@@ -1507,7 +1557,7 @@ class GuardedRequestMixin:
             with contained(f"celery task {self.id}: its pool process died"):
                 verdict = guard.pool_process_lost(self, terminated)
             if verdict in ("timed_out", "hung"):
-                policy = task_policy(guard.config, self.task, self._zg_limits)
+                policy = guard.policy(self.task, self._zg_limits)
                 limit = policy.hard_timeout if verdict == "timed_out" else policy.progress_timeout
                 self.zg_timed_out(limit or 0)
                 return
