@@ -131,3 +131,32 @@ def test_a_pending_lease_whose_first_reply_was_lost_runs_on_unguarded_instead_of
     assert refused == []
     assert attempt.finish_unleased()  # nothing of it is recorded
     attempt.release(Outcome.COMPLETED)  # a no-op for an unguarded attempt
+
+
+def test_jobs_coming_one_after_another_make_the_heartbeat_look_once_a_lease_delay_and_write_no_lease(
+    store: LeaseStore,
+) -> None:
+    heartbeat = Heartbeat(store, "test", "w1", interval=5.0, presence=False)
+    looks: list[float] = []
+    look = heartbeat.acquire_due
+
+    def counted(now: float | None = None) -> None:
+        looks.append(time.monotonic())
+        look(now)
+
+    heartbeat.acquire_due = counted  # type: ignore[method-assign]
+    heartbeat.start()
+    try:
+        started = time.monotonic()
+        index = 0
+        while time.monotonic() - started < 1.0:  # 10 ms jobs, back to back, for a second
+            attempt = pending(store, f"short-{index}")
+            heartbeat.defer_acquire(attempt)
+            time.sleep(0.01)
+            assert attempt.finish_unleased()
+            index += 1
+        # lease_delay 0.2: a look by the end of each running job's delay, not every half delay.
+        assert 3 <= len(looks) <= 7, looks
+        assert not store.client.exists(store.fence_key)  # none of them wrote a lease
+    finally:
+        heartbeat.stop()
