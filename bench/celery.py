@@ -99,19 +99,28 @@ def throughput(harness: CeleryHarness, tasks: int, work: float = 0.0) -> float:
 
 
 def throughput_pairs(
-    url: str, workdir: Path, pool: str, *, pairs: int, tasks: int, work: float, lease_delay: str
+    url: str,
+    workdir: Path,
+    pool: str,
+    *,
+    pairs: int,
+    tasks: int,
+    work: float,
+    lease_delay: str,
+    noise_floor: bool = False,
 ) -> list[float]:
     """Guarded / plain throughput ratios, ``pairs`` times. Both workers run throughout, each pair
     drains the same number of tasks through each, in alternating order, so that the machine's ups and
     downs fall on both alike. The workers are started twice, in both orders, half of the pairs each:
-    here the worker started second drained a few per cent faster, guarded or plain alike."""
+    here the worker started second drained a few per cent faster, guarded or plain alike.
+    ``noise_floor``: the "guarded" worker is plain too (the ratios show the measurement's noise)."""
     ratios: list[float] = []
     for half, guarded_first in ((pairs - pairs // 2, False), (pairs // 2, True)):
         workers: dict[bool, CeleryHarness] = {}
         try:
             for guarded in (guarded_first, not guarded_first):
                 workers[guarded] = throughput_worker(
-                    url, workdir, pool, guarded=guarded, lease_delay=lease_delay
+                    url, workdir, pool, guarded=guarded and not noise_floor, lease_delay=lease_delay
                 )
             for harness in workers.values():
                 throughput(harness, tasks, work)  # warm-up: pool processes, connections
@@ -198,6 +207,9 @@ def main() -> None:
     parser.add_argument("--work", type=float, default=0.0, help="seconds each throughput task waits")
     parser.add_argument("--lease-delay", default="", help="the guarded worker's lease_delay (e.g. none)")
     parser.add_argument("--pairs", type=int, help="guarded/plain pairs per throughput figure")
+    parser.add_argument(
+        "--noise-floor", action="store_true", help="throughput of plain against plain: the noise"
+    )
     args = parser.parse_args()
     tasks, pairs, runs = (400, 10, 3) if args.quick else (400, 60, 10)
     tasks, pairs = args.tasks or tasks, args.pairs or pairs
@@ -213,8 +225,13 @@ def main() -> None:
                     tasks=tasks,
                     work=args.work,
                     lease_delay=args.lease_delay,
+                    noise_floor=args.noise_floor,
                 )
-                print(f"{pool}: guarded/plain median of {pairs} pairs = {statistics.median(ratios):.3f}")
+                low, median, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+                print(
+                    f"{pool}: guarded/plain median of {pairs} pairs = {median:.3f} "
+                    f"(quartiles {low:.3f}, {high:.3f})"
+                )
         if args.only in (None, "recovery"):
             for broker in ("redis", "rabbitmq"):
                 if broker == "rabbitmq" and not rabbitmq_answers():
