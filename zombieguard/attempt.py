@@ -324,12 +324,7 @@ class _Current:
         return self.attempt
 
     def __exit__(self, *exc_info: object) -> None:
-        try:  # noqa: SIM105 - contextlib.suppress costs each job more than the reset itself
-            _current.reset(self._reset)
-        except ValueError:
-            # Finalised from another context, when the process exits while a thread is still stuck
-            # in the block (a zombie thread); nothing is left to reset then.
-            pass
+        _current.reset(self._reset)
 
 
 def running(attempt: Attempt) -> contextlib.AbstractContextManager[Attempt]:

@@ -175,9 +175,13 @@ class Heartbeat:
         """How long to wait before looking for deferred work while jobs run (called holding the
         lock): a pending lease is looked at by the end of its job's ``lease_delay``. Jobs coming one
         after the other make the thread look once a ``lease_delay``, whatever their number: each
-        look finds the running job younger than half its delay and waits for the end of it."""
-        return max(
-            0.0, min([DEFERRED_FLUSH, *(a.started_monotonic + _delay(a) - now for a in self._pending)])
+        look finds the running job younger than half its delay and waits for the end of it. A
+        lease whose write failed (Redis away) is tried again every half delay, not in a busy loop."""
+        return min(
+            [
+                DEFERRED_FLUSH,
+                *(max(a.started_monotonic + _delay(a) - now, _half_delay(a)) for a in self._pending),
+            ]
         )
 
     def _period(self) -> float:

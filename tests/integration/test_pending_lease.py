@@ -1,5 +1,6 @@
 """Leases written behind (Celery's ``lease_delay``): a first delivery starts before its lease exists;
-the lease is written once it has run for half its delay, or never when it ends sooner."""
+the lease is written once it has run for half its delay, by the end of the delay if it still runs,
+or never when it ends sooner."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def test_a_job_that_ends_within_half_its_lease_delay_writes_no_lease_only_its_qu
     assert text(store.client.hget(store.queues_key, "default")) == "test"
 
 
-def test_a_job_still_running_at_half_its_lease_delay_holds_its_lease_within_the_delay(
+def test_a_job_still_running_at_the_end_of_its_lease_delay_holds_its_lease_a_round_trip_later(
     store: LeaseStore,
 ) -> None:
     heartbeat = Heartbeat(store, "test", "w1", interval=1.0, presence=False)
@@ -58,7 +59,7 @@ def test_a_job_still_running_at_half_its_lease_delay_holds_its_lease_within_the_
         assert record is not None
         assert record.state == "running"
         assert record.token == attempt.token > 0
-        assert 0.1 <= acquired[0] < 0.2 + 0.3  # within the delay, and a loaded machine's thread wake-up
+        assert 0.1 <= acquired[0] < 0.2 + 0.3  # by the end of the delay, and a loaded machine's thread wake-up
         assert not attempt.pending
         assert not attempt.finish_unleased()  # written: its end is a release now
     finally:

@@ -417,6 +417,10 @@ class _Running:
 
 _POLICIES_CACHED = 1024
 
+_MUTABLE = ("chain", "callbacks", "errbacks", "chord", "headers", "delivery_info")
+"""A task request's fields that a body may change in place (``self.request.chain = None`` stops a
+chain), kept as they were at the start for the payload computed later."""
+
 
 class Executor:
     """Runs task bodies under their leases, in the process that runs them.
@@ -673,8 +677,10 @@ def _payload(task: Task, request: Any, args: Any = None, kwargs: Any = None) -> 
         return json.dumps({"unpublishable": str(exc)})
 
 
-def announce(slot: JobSlot, attempt: Attempt) -> None:
-    """Write ``attempt`` to ``slot``, for the process that renews or enforces from outside."""
+def announce(slot: JobSlot, attempt: Attempt, *, keep_payload: bool) -> None:
+    """Write ``attempt`` to ``slot``, for the process that renews or enforces from outside;
+    ``keep_payload``: with the payload of a pending attempt, for a process that may have to write its
+    lease (the watchdog process, when no thread of the task's process can run)."""
     policy, started = attempt.policy, attempt.started_monotonic
     slot.start(
         attempt.job.job_id,
@@ -691,9 +697,7 @@ def announce(slot: JobSlot, attempt: Attempt) -> None:
         lease_ttl=policy.lease_ttl,
         task=attempt.job.task,
         queue=attempt.job.queue,
-        # For the process that must write the lease of a task whose own process could not: the
-        # prefork main process (the pool process died), the watchdog process (C code, the GIL).
-        payload=attempt.job.payload if attempt.pending else "",
+        payload=attempt.job.payload if keep_payload and attempt.pending else "",
     )
 
 
@@ -732,23 +736,36 @@ class PoolProcessExecutor(Executor):
     def begin(self, state: _Running) -> None:
         """Write the slot: the main process renews the lease and watches the limits from it (the
         limits at once; the lease once it is written, when the token reaches the slot)."""
-        announce(self.slot, state.attempt)
+        announce(self.slot, state.attempt, keep_payload=False)
         attempt = state.attempt
         attempt.on_progress = self.slot.progress
         attempt.confirmations = self.slot.confirmed_until
         attempt.on_acquired = self._acquired
 
     def describe_later(self, attempt: Attempt, task: Task, request: Any) -> bool:
-        """Only a snapshot of the arguments now (a body may change them in place): the payload is
-        computed if the lease is written, which most tasks end before. A pool process that dies
-        before is recovered from Celery's request in the main process."""
+        """Only a snapshot of what a body may change in place now (its arguments, its request's
+        chain, callbacks and headers): the payload is computed from it if the lease is written,
+        which most tasks end before. A pool process that dies before is recovered from Celery's
+        request in the main process."""
         try:
-            frozen = pickle.dumps((request.args, request.kwargs), pickle.HIGHEST_PROTOCOL)
-        except Exception:  # arguments only a serializer of their own can carry: computed now
+            frozen = pickle.dumps(
+                (request.args, request.kwargs, {name: getattr(request, name, None) for name in _MUTABLE}),
+                pickle.HIGHEST_PROTOCOL,
+            )
+        except Exception:  # what only a serializer of its own can carry: the payload now
             payload = _payload(task, request)
             attempt.describe = lambda: payload
             return True
-        attempt.describe = lambda: _payload(task, request, *pickle.loads(frozen))
+
+        def describe() -> str:
+            try:
+                args, kwargs, fields = pickle.loads(frozen)
+            except Exception as exc:  # e.g. an argument's own __setstate__
+                log.warning("celery task %s: its arguments as they are now (%s)", request.id, exc)
+                return _payload(task, request)
+            return _payload(task, Context(vars(request), **fields), args, kwargs)
+
+        attempt.describe = describe
         return True
 
     def _acquired(self, attempt: Attempt) -> None:
@@ -795,7 +812,7 @@ class InProcessExecutor(Executor):
         self._watched[ident] = guard.watchdog.watch(watched)
         # The watchdog process beside the worker reads it, for when no thread of this one can run.
         slot = guard.thread_slot(ident)
-        announce(slot, attempt)
+        announce(slot, attempt, keep_payload=True)
         attempt.on_progress = slot.progress
         attempt.on_acquired = lambda written: self._acquired(written, slot)
 
@@ -1275,9 +1292,12 @@ class WorkerGuard(WorkerRuntime):
         if self.monitor is None:
             return None
         job_id = request.id
+        # The slot first: the monitor records what it saw (killed, or dead before its lease was
+        # written) before it clears a slot, under the same lock.
+        state = self.monitor.forget(job_id)
         killed = self.monitor.killed.pop(job_id, None)
         unleased = self.monitor.unleased.pop(job_id, None)  # seen dead by the monitor, not recovered
-        state = self.monitor.forget(job_id) or unleased
+        state = state or unleased
         if killed is not None:
             return killed
         record = None
@@ -1308,8 +1328,13 @@ class WorkerGuard(WorkerRuntime):
         request = worker_state.requests.get(job_id)
         if request is None:
             log.warning("celery task %s: its pool process died; no request left to recover it", job_id)
-        elif self._recover_unleased(state, request) and self.monitor is not None:
-            self.monitor.killed[job_id] = "stalled"  # Celery's news, when it comes: handled
+            return
+        # Celery's news of the death runs in this thread too, so it comes before or after, not
+        # during (a prefork worker without an event loop, on a transport that has none, runs this in
+        # the monitor's thread: there the two may overlap).
+        with contained(f"celery task {job_id}: recovering it"):
+            if self._recover_unleased(state, request) and self.monitor is not None:
+                self.monitor.killed[job_id] = "stalled"  # Celery's news, when it comes: handled
 
     def _recover_unleased(self, state: SlotState, request: Any) -> bool:
         """Write the lease of a task whose pool process died before it could, with the payload of
