@@ -66,8 +66,8 @@ class Heartbeat:
         self._completed_written = 0.0
         self._renew_now = False
         self._idle = True
-        self._wake_at = 0.0
-        """When the thread's current wait ends (monotonic)."""
+        self._waiting = 0.0
+        """How long the thread's current wait lasts."""
 
     @property
     def worker_ttl(self) -> float:
@@ -98,12 +98,12 @@ class Heartbeat:
             self._wake.set()
 
     def defer_acquire(self, attempt: Attempt) -> None:
-        """Write ``attempt``'s pending lease by the end of its ``lease_delay``, if it runs that long
-        (it may end before: :meth:`Attempt.finish_unleased`)."""
+        """Write ``attempt``'s pending lease once it has run for half its ``lease_delay`` (unless it
+        ends before: :meth:`Attempt.finish_unleased`)."""
         with self._lock:
             self._pending.append(attempt)
             # Woken only when it would look too late: not per job while jobs keep coming.
-            wake = self._idle or attempt.started_monotonic + _delay(attempt) < self._wake_at
+            wake = self._idle or _half_delay(attempt) < self._waiting
             self._idle = False
         if wake:
             self._wake.set()
@@ -116,8 +116,7 @@ class Heartbeat:
                 self._completed.add(queue)
 
     def acquire_due(self, now: float | None = None) -> None:
-        """Write the pending leases that are due, those of jobs that have run for half their
-        ``lease_delay`` (the others wait; ended ones are dropped)."""
+        """Write the pending leases that are due (the others wait; ended ones are dropped)."""
         now = time.monotonic() if now is None else now
         with self._lock:
             pending = [a for a in self._pending if a.pending]
@@ -171,18 +170,9 @@ class Heartbeat:
         with self._lock:
             return self._attempts.get(attempt.job.job_id) is attempt
 
-    def _poll(self, now: float) -> float:
-        """How long to wait before looking for deferred work while jobs run (called holding the
-        lock): a pending lease is looked at by the end of its job's ``lease_delay``. Jobs coming one
-        after the other make the thread look once a ``lease_delay``, whatever their number: each
-        look finds the running job younger than half its delay and waits for the end of it. A
-        lease whose write failed (Redis away) is tried again every half delay, not in a busy loop."""
-        return min(
-            [
-                DEFERRED_FLUSH,
-                *(max(a.started_monotonic + _delay(a) - now, _half_delay(a)) for a in self._pending),
-            ]
-        )
+    def _poll(self) -> float:
+        """How often to look for deferred work while jobs run (called holding the lock)."""
+        return min([DEFERRED_FLUSH, *(_half_delay(a) for a in self._pending)])
 
     def _period(self) -> float:
         with self._lock:
@@ -248,12 +238,10 @@ class Heartbeat:
                     # (defer() wakes an idle thread). Never woken per job: that costs the job.
                     self._idle = not (self._attempts or self._deferred or self._pending or self._completed)
                     renew_now, self._renew_now = self._renew_now, False
-                    now = time.monotonic()
-                    waiting = remaining if self._idle else min(remaining, self._poll(now))
-                    self._wake_at = now + waiting
+                    self._waiting = remaining if self._idle else min(remaining, self._poll())
                 if renew_now:
                     break
-                if self._wake.wait(waiting):
+                if self._wake.wait(self._waiting):
                     self._wake.clear()
                     continue
                 with contained("heartbeat writing deferred leases"), contextlib.suppress(redis.RedisError):
@@ -281,12 +269,7 @@ class Heartbeat:
             self._thread = None
 
 
-def _delay(attempt: Attempt) -> float:
-    return attempt.policy.lease_delay or 0.0
-
-
 def _half_delay(attempt: Attempt) -> float:
-    """A pending lease is written at the first look after its job has run for half its
-    ``lease_delay``, and there is a look by the end of the delay: a job still running then has its
-    lease; a shorter one has one only when a look found it older than half its delay."""
-    return _delay(attempt) / 2
+    """A pending lease is written once its job has run for half its ``lease_delay``: a job shorter
+    than that never needs one, a longer one has it within ``lease_delay``."""
+    return (attempt.policy.lease_delay or 0.0) / 2

@@ -63,10 +63,9 @@ class Policy:
     """Capture the job's stack before stopping it, for the event and the dead-letter record."""
     lease_delay: float | None = 0.05
     """Celery: a task's first delivery starts at once, and its lease is written once it has run for
-    half of this, by the end of it (a round trip later) if it is still running then. A task that ends
-    sooner mostly costs no round trip to Redis; a whole worker killed or frozen within this window
-    leaves that task to the broker. ``None``: every lease is written before its task starts. RQ
-    always writes it first."""
+    half of this (so within it). A task that ends sooner costs no round trip to Redis; a whole worker
+    killed or frozen within this window leaves that task to the broker. ``None``: every lease is
+    written before its task starts. RQ always writes it first."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

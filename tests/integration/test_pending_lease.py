@@ -1,6 +1,5 @@
 """Leases written behind (Celery's ``lease_delay``): a first delivery starts before its lease exists;
-the lease is written once it has run for half its delay, by the end of the delay if it still runs,
-or never when it ends sooner."""
+the lease is written once it has run for half its delay, or never when it ends sooner."""
 
 from __future__ import annotations
 
@@ -44,7 +43,7 @@ def test_a_job_that_ends_within_half_its_lease_delay_writes_no_lease_only_its_qu
     assert text(store.client.hget(store.queues_key, "default")) == "test"
 
 
-def test_a_job_still_running_at_the_end_of_its_lease_delay_holds_its_lease_a_round_trip_later(
+def test_a_job_still_running_at_half_its_lease_delay_holds_its_lease_within_the_delay(
     store: LeaseStore,
 ) -> None:
     heartbeat = Heartbeat(store, "test", "w1", interval=1.0, presence=False)
@@ -59,7 +58,7 @@ def test_a_job_still_running_at_the_end_of_its_lease_delay_holds_its_lease_a_rou
         assert record is not None
         assert record.state == "running"
         assert record.token == attempt.token > 0
-        assert 0.1 <= acquired[0] < 0.2 + 0.3  # by the end of the delay, and a loaded machine's thread wake-up
+        assert 0.1 <= acquired[0] < 0.2 + 0.3  # within the delay, and a loaded machine's thread wake-up
         assert not attempt.pending
         assert not attempt.finish_unleased()  # written: its end is a release now
     finally:
@@ -132,32 +131,3 @@ def test_a_pending_lease_whose_first_reply_was_lost_runs_on_unguarded_instead_of
     assert refused == []
     assert attempt.finish_unleased()  # nothing of it is recorded
     attempt.release(Outcome.COMPLETED)  # a no-op for an unguarded attempt
-
-
-def test_jobs_coming_one_after_another_make_the_heartbeat_look_once_a_lease_delay_and_write_no_lease(
-    store: LeaseStore,
-) -> None:
-    heartbeat = Heartbeat(store, "test", "w1", interval=5.0, presence=False)
-    looks: list[float] = []
-    look = heartbeat.acquire_due
-
-    def counted(now: float | None = None) -> None:
-        looks.append(time.monotonic())
-        look(now)
-
-    heartbeat.acquire_due = counted  # type: ignore[method-assign]
-    heartbeat.start()
-    try:
-        started = time.monotonic()
-        index = 0
-        while time.monotonic() - started < 1.0:  # 10 ms jobs, back to back, for a second
-            attempt = pending(store, f"short-{index}")
-            heartbeat.defer_acquire(attempt)
-            time.sleep(0.01)
-            assert attempt.finish_unleased()
-            index += 1
-        # lease_delay 0.2: a look by the end of each running job's delay, not every half delay.
-        assert 3 <= len(looks) <= 7, looks
-        assert not store.client.exists(store.fence_key)  # none of them wrote a lease
-    finally:
-        heartbeat.stop()
