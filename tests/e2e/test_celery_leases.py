@@ -7,6 +7,7 @@ import signal
 import time
 
 import pytest
+from celery.result import AsyncResult
 
 from tests.e2e.celery_harness import CeleryHarness
 from tests.waiting import wait_until
@@ -72,19 +73,29 @@ def test_a_frozen_worker_s_task_is_rerun_and_the_woken_attempt_is_fenced(
     assert harness.state(result) == "SUCCESS"
 
 
+def _kill_the_pool_process_mid_task(
+    harness: CeleryHarness, lease: str, written_delay: str, task: str, *args: object
+) -> tuple[AsyncResult, float]:
+    """Start a prefork worker, send ``task``, kill its pool process once it started (its lease
+    ``written`` or ``not yet written``); its result and when the kill happened."""
+    delay = "1.5" if lease == "not yet written" else written_delay
+    harness.start_worker("prefork", env={"ZOMBIEGUARD_LEASE_DELAY": delay})
+    result = harness.send(task, harness.notes, *args)
+    wait_until(lambda: harness.notes_of("started"), 15, what="first attempt started")
+    if lease == "written":
+        harness.wait_leased(result.id)
+    assert harness.lease_state(result.id) == ("running" if lease == "written" else "")
+    os.kill(_pids_started(harness)[0], signal.SIGKILL)
+    return result, time.time()
+
+
 @pytest.mark.parametrize("lease", ["written", "not yet written"])
 def test_a_pool_process_killed_mid_task_is_a_stall_recovered_at_once(
     celery_harness: CeleryHarness, lease: str
 ) -> None:
     # Not yet written: killed within its lease_delay; the worker writes the lease from its own copy
     # of the request, and recovers the task the same way.
-    delay = "1.5" if lease == "not yet written" else "none"
-    celery_harness.start_worker("prefork", env={"ZOMBIEGUARD_LEASE_DELAY": delay})
-    result = celery_harness.send("long_task", celery_harness.notes, 2.0)
-    wait_until(lambda: celery_harness.notes_of("started"), 15, what="first attempt started")
-    assert celery_harness.lease_state(result.id) == ("running" if lease == "written" else "")
-    os.kill(_pids_started(celery_harness)[0], signal.SIGKILL)
-    killed_at = time.time()
+    result, killed_at = _kill_the_pool_process_mid_task(celery_harness, lease, "none", "long_task", 2.0)
     assert _next_attempt_started(celery_harness) - killed_at < 2.0
     assert result.get(timeout=15) == "done"
     meta = celery_harness.app.backend.get_task_meta(result.id)
@@ -96,14 +107,10 @@ def test_a_pool_process_killed_mid_task_is_a_stall_recovered_at_once(
 def test_a_task_that_changed_its_arguments_in_place_is_recovered_with_the_arguments_it_was_sent(
     celery_harness: CeleryHarness, lease: str
 ) -> None:
-    delay = "1.5" if lease == "not yet written" else "0.05"
-    celery_harness.start_worker("prefork", env={"ZOMBIEGUARD_LEASE_DELAY": delay})
-    result = celery_harness.send("changes_its_arguments", celery_harness.notes, ["sent"], 3.0)
-    wait_until(lambda: celery_harness.notes_of("started"), 15, what="first attempt started")
-    if lease == "written":
-        celery_harness.wait_leased(result.id)  # written after the body changed its arguments
-    assert celery_harness.lease_state(result.id) == ("running" if lease == "written" else "")
-    os.kill(_pids_started(celery_harness)[0], signal.SIGKILL)
+    # Written: by the lease thread, after the body changed its arguments.
+    result, _ = _kill_the_pool_process_mid_task(
+        celery_harness, lease, "0.05", "changes_its_arguments", ["sent"], 3.0
+    )
     _next_attempt_started(celery_harness)
     assert [line.split()[1] for line in celery_harness.notes_of("given")] == ["sent", "sent"]
     assert result.get(timeout=15) == "done"
