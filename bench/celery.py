@@ -211,7 +211,7 @@ def main() -> None:
         "--noise-floor", action="store_true", help="throughput of plain against plain: the noise"
     )
     args = parser.parse_args()
-    tasks, pairs, runs = (400, 10, 3) if args.quick else (400, 60, 10)
+    tasks, pairs, runs = (400, 10, 3) if args.quick else (400, 160, 10)
     tasks, pairs = args.tasks or tasks, args.pairs or pairs
     with redis_url() as url, tempfile.TemporaryDirectory(prefix="zgbench-") as tmp:
         workdir = Path(tmp)
