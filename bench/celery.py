@@ -98,6 +98,10 @@ def throughput(harness: CeleryHarness, tasks: int, work: float = 0.0) -> float:
     return (len(done) - 1) / max(done[-1] - done[0], 1e-6)
 
 
+PAIRS_PER_START = 10
+"""Pairs measured between two starts of the workers (see :func:`throughput_pairs`)."""
+
+
 def throughput_pairs(
     url: str,
     workdir: Path,
@@ -109,22 +113,24 @@ def throughput_pairs(
     lease_delay: str,
     noise_floor: bool = False,
 ) -> list[float]:
-    """Guarded / plain throughput ratios, ``pairs`` times. Both workers run throughout, each pair
+    """Guarded / plain throughput ratios, ``pairs`` times. Two workers run side by side; each pair
     drains the same number of tasks through each, in alternating order, so that the machine's ups and
-    downs fall on both alike. The workers are started twice, in both orders, half of the pairs each:
-    here the worker started second drained a few per cent faster, guarded or plain alike.
-    ``noise_floor``: the "guarded" worker is plain too (the ratios show the measurement's noise)."""
+    downs fall on both alike. The workers are started again every :data:`PAIRS_PER_START` pairs, in
+    alternating order: here a worker kept its own speed, a few per cent off the other's, for as long as
+    it ran (the one started second was often the faster), so a figure needs many starts, not only
+    many pairs. ``noise_floor``: the "guarded" worker is plain too (the ratios show the noise)."""
     ratios: list[float] = []
-    for half, guarded_first in ((pairs - pairs // 2, False), (pairs // 2, True)):
+    for start in range(0, pairs, PAIRS_PER_START):
         workers: dict[bool, CeleryHarness] = {}
         try:
+            guarded_first = (start // PAIRS_PER_START) % 2 == 1
             for guarded in (guarded_first, not guarded_first):
                 workers[guarded] = throughput_worker(
                     url, workdir, pool, guarded=guarded and not noise_floor, lease_delay=lease_delay
                 )
             for harness in workers.values():
                 throughput(harness, tasks, work)  # warm-up: pool processes, connections
-            for index in range(half):
+            for index in range(min(PAIRS_PER_START, pairs - start)):
                 rates = {}
                 for guarded in (False, True) if index % 2 == 0 else (True, False):
                     rates[guarded] = throughput(workers[guarded], tasks, work)
