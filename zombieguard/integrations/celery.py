@@ -761,7 +761,12 @@ class PoolProcessExecutor(Executor):
             try:
                 args, kwargs, fields = pickle.loads(frozen)
             except Exception as exc:  # e.g. an argument's own __setstate__
-                log.warning("celery task %s: its arguments as they are now (%s)", request.id, exc)
+                log.warning(
+                    "celery task %s: the copy of its arguments does not load (%s); its payload "
+                    "takes them as they are now",
+                    request.id,
+                    exc,
+                )
                 return _payload(task, request)
             return _payload(task, Context(vars(request), **fields), args, kwargs)
 
