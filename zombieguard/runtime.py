@@ -57,10 +57,20 @@ class WorkerRuntime:
         self.dir = Path(tempfile.mkdtemp(prefix=f"{dir_prefix}{os.getpid()}-"))
         self.sidecar: subprocess.Popen[bytes] | None = None
 
-    def start_sidecar(self, *, slot: Path, dump: Path, redis_url: str, adapter: str, grace: str = "") -> None:
+    def start_sidecar(
+        self,
+        *,
+        slot: Path,
+        dump: Path,
+        redis_url: str,
+        adapter: str,
+        grace: str = "",
+        slot_payload: str = "",
+    ) -> None:
         """Start the watchdog process beside this one: it kills this process when a job stuck in it
         passes its limit and no thread here can act (C code holding the GIL). ``adapter``: how the
-        sidecar loads the integration's adapter; ``grace``: seconds it leaves this process first."""
+        sidecar loads the integration's adapter; ``grace``: seconds it leaves this process first;
+        ``slot_payload``: how it reads a payload a slot keeps (``module:function``)."""
         options = {
             "--pid": str(os.getpid()),
             "--slot": str(slot),
@@ -72,6 +82,8 @@ class WorkerRuntime:
         }
         if grace:
             options["--grace"] = grace
+        if slot_payload:
+            options["--slot-payload"] = slot_payload
         command = [sys.executable, "-m", "zombieguard.sidecar"]
         for option, value in options.items():
             command += [option, value]

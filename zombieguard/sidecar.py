@@ -7,7 +7,9 @@ its hard limit (or its progress limit) by ``grace`` seconds and is still there, 
 its stack (faulthandler), kills the worker with SIGKILL, gives the lease up with the reason and the
 stack, and, when it can build the integration's adapter (``--adapter module:factory``), runs one sweep
 so that the job is failed the framework's way at once; given only the integration's name, it leaves
-that to the sweepers of the integration's other workers (and of the restarted one). The worker's
+that to the sweepers of the integration's other workers (and of the restarted one). A job whose lease
+was still to be written (Celery's ``lease_delay``) has it written from its slot first
+(``--slot-payload module:function`` reads what the slot keeps). The worker's
 supervisor restarts the worker, as after any crash. It exits by itself when the worker is gone.
 
 Run by the integrations: ``python -m zombieguard.sidecar --pid ... --slot ... --adapter mod:factory``.
@@ -23,6 +25,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from zombieguard.adapter import JobAdapter
 from zombieguard.lease import AcquireStatus, CorruptRecord, JobSpec, LeaseStore
@@ -48,11 +51,19 @@ def overdue(state: SlotState, now: float, grace: float) -> str | None:
     return None
 
 
-def _load_adapter(spec: str, store: LeaseStore) -> JobAdapter:
+def _load(spec: str) -> Any:
     module, _, attribute = spec.partition(":")
-    factory = getattr(importlib.import_module(module), attribute)
-    adapter: JobAdapter = factory(store.client)
+    return getattr(importlib.import_module(module), attribute)
+
+
+def _load_adapter(spec: str, store: LeaseStore) -> JobAdapter:
+    adapter: JobAdapter = _load(spec)(store.client)
     return adapter
+
+
+def _text(state: SlotState, kept: bytes) -> str:
+    """A slot's payload, as text (the payload a lease holds)."""
+    return kept.decode(errors="replace")
 
 
 class SlotFiles:
@@ -84,13 +95,24 @@ def watch(
     adapter_spec: str,
     grace: float,
     worker: str = "",
+    payload_spec: str = "",
 ) -> str | None:
     """Watch ``pid`` until it exits (None) or has to be killed (the reason). ``worker``: the
-    worker's name, for a lease this process has to write for it."""
+    worker's name, for a lease this process has to write for it; ``payload_spec``: the function
+    (``module:function``) that turns what a slot keeps into that lease's payload (default: as text)."""
     worker = worker or f"pid {pid}"
     while not process_exited(pid):
         for slot in slots():
-            reason = _act_on(pid, slot, dumper, store, adapter_spec=adapter_spec, grace=grace, worker=worker)
+            reason = _act_on(
+                pid,
+                slot,
+                dumper,
+                store,
+                adapter_spec=adapter_spec,
+                grace=grace,
+                worker=worker,
+                payload_spec=payload_spec,
+            )
             if reason is not None:
                 return reason
         time.sleep(POLL_SECONDS)
@@ -106,6 +128,7 @@ def _act_on(
     adapter_spec: str,
     grace: float,
     worker: str,
+    payload_spec: str,
 ) -> str | None:
     state = slot.read()
     reason = overdue(state, time.monotonic(), grace)
@@ -123,7 +146,9 @@ def _act_on(
                 progress_timeout=state.progress_timeout,
                 lease_delay=None,
             )
-            token = lease_from_slot(store, state, slot.payload(), adapter=name, worker=worker, policy=policy)
+            read: Callable[[SlotState, bytes], str] = _load(payload_spec) if payload_spec else _text
+            payload = read(state, slot.payload())
+            token = lease_from_slot(store, state, payload, adapter=name, worker=worker, policy=policy)
         if token:
             store.abandon(JobSpec(state.job_id, name, "", ""), token, reason, stack)
         if adapter is not None:
@@ -167,6 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--grace", type=float, default=0.5)
     parser.add_argument("--worker", default="", help="the worker's name")
+    parser.add_argument(
+        "--slot-payload",
+        default="",
+        help="module:function turning what a slot keeps into a lease's payload (default: as text)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s zombieguard-sidecar %(message)s")
     # The worker's Ctrl+C reaches its whole process group; this process ends when the worker does.
@@ -181,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         adapter_spec=args.adapter,
         grace=args.grace,
         worker=args.worker,
+        payload_spec=args.slot_payload,
     )
     return 0
 

@@ -24,8 +24,8 @@ from pathlib import Path
 # task name, queue
 _FORMAT = "=qqqdddd256sdqddqqqd128s64s"
 PAYLOAD_ROOM = 16384
-"""Bytes of a job's payload a slot keeps, for a watchdog process that must write the job's lease
-(Celery's ``lease_delay``: the lease may not be written yet when the job gets stuck)."""
+"""Bytes a slot keeps of what a watchdog process needs to write the job's lease (Celery's
+``lease_delay``: the lease may not be written yet when the job gets stuck)."""
 _PAYLOAD_OFFSET = struct.calcsize(_FORMAT)
 SIZE = _PAYLOAD_OFFSET + 8 + PAYLOAD_ROOM
 _GENERATION = struct.Struct("=q")
@@ -110,14 +110,15 @@ class JobSlot:
         lease_ttl: float = 0.0,
         task: str = "",
         queue: str = "",
-        payload: str = "",
+        payload: bytes = b"",
     ) -> None:
         """Announce a running job (the writer is its own process; one job at a time per slot).
-        ``payload`` is kept when it fits :data:`PAYLOAD_ROOM` (see :meth:`payload`)."""
+        ``payload`` (what the integration needs to write the job's lease, in a form of its own) is
+        kept when it fits :data:`PAYLOAD_ROOM` (see :meth:`payload`)."""
         generation = _GENERATION.unpack_from(self._map, 0)[0] + 1  # only this process writes it
         # Odd generation while writing: a reader that sees it, or sees it change, reads again.
         self._map[0:8] = _GENERATION.pack(generation)
-        kept = payload.encode()
+        kept = payload
         if len(kept) > PAYLOAD_ROOM:
             kept = b""
         end = _PAYLOAD_OFFSET + 8 + len(kept)
@@ -169,14 +170,14 @@ class JobSlot:
         """Record how the job ended, for the watching process."""
         struct.pack_into("=q", self._map, _OUTCOME_OFFSET, outcome)
 
-    def payload(self) -> str:
-        """The payload the job was announced with ("" when none was kept). Read it only while the
+    def payload(self) -> bytes:
+        """The payload the job was announced with (empty when none was kept). Read it only while the
         job's process cannot write the slot (stuck, or dead), or check the generation around it."""
         (length,) = _GENERATION.unpack_from(self._map, _PAYLOAD_OFFSET)
         if not 0 < length <= PAYLOAD_ROOM:
-            return ""
+            return b""
         start = _PAYLOAD_OFFSET + 8
-        return self._map[start : start + length].decode(errors="replace")
+        return self._map[start : start + length]
 
     def clear(self) -> None:
         """The job ended."""

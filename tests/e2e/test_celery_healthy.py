@@ -28,6 +28,14 @@ def test_results_retries_rejects_chains_groups_and_chords_are_untouched(
     assert [line.split()[1] for line in celery_harness.notes_of("started")] == ["0", "1"]
     pipeline = chain(sig("tests.celery_app.add", (1, 2)), sig("tests.celery_app.add", (3,)))
     assert pipeline.apply_async(queue=celery_harness.queue).get(timeout=15) == 6
+    # A body that sets its request's chain to None stops the chain (the sleeper never starts).
+    chained = Path(celery_harness.notes) / "chain"
+    chained.mkdir()
+    stopped = chain(
+        sig("tests.celery_app.stops_its_chain", (str(chained),)), sig("tests.celery_app.sleeper", (0,))
+    ).apply_async(queue=celery_harness.queue)
+    assert stopped.parent is not None
+    assert stopped.parent.get(timeout=15) == str(chained)
     fanout = group(sig("tests.celery_app.echo", (i,)) for i in range(4))
     assert fanout.apply_async(queue=celery_harness.queue).get(timeout=15) == [0, 1, 2, 3]
     gathered = chord((sig("tests.celery_app.echo", (i,)) for i in range(3)), sig("tests.celery_app.total"))
@@ -37,6 +45,7 @@ def test_results_retries_rejects_chains_groups_and_chords_are_untouched(
         celery_harness.send("rejects_once", celery_harness.notes + "/reject").get(timeout=15)
         == "second delivery"
     )
+    assert not list(chained.iterdir()), "the stopped chain went on"  # its next step long sent by now
     # Completions leave no lease behind.
     wait_until(
         lambda: not celery_harness.client.zcard("{" + celery_harness.key_prefix + "}:due:celery"),

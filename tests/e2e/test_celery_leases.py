@@ -116,11 +116,27 @@ def test_a_task_that_changed_its_arguments_in_place_is_recovered_with_the_argume
     assert result.get(timeout=15) == "done"
 
 
+def test_a_threads_task_that_changed_its_arguments_in_place_is_recovered_with_the_arguments_it_was_sent(
+    celery_harness: CeleryHarness,
+) -> None:
+    # The lease thread writes the lease after the body changed its arguments, from the copy of the
+    # request taken at the start.
+    victim = celery_harness.start_worker("threads")
+    result = celery_harness.send("changes_its_arguments", celery_harness.notes, ["sent"], 3.0)
+    celery_harness.wait_leased(result.id)
+    celery_harness.start_worker("threads")
+    os.killpg(victim.pid, signal.SIGKILL)
+    _next_attempt_started(celery_harness)
+    assert [line.split()[1] for line in celery_harness.notes_of("given")] == ["sent", "sent"]
+    assert result.get(timeout=15) == "done"
+
+
 def test_a_late_redelivery_of_a_superseded_attempt_does_not_run_the_body_again(
     celery_harness: CeleryHarness,
 ) -> None:
     victim = celery_harness.start_worker("prefork")
-    result = celery_harness.send("long_task", celery_harness.notes, 1.0)
+    # Long enough to be still running once the second worker is up, on a busy machine too.
+    result = celery_harness.send("long_task", celery_harness.notes, 4.0)
     celery_harness.wait_leased(result.id)
     celery_harness.start_worker("prefork")
     os.killpg(victim.pid, signal.SIGKILL)

@@ -79,6 +79,9 @@ def test_a_worker_stuck_in_c_code_is_killed_by_its_watchdog_process_and_the_task
     celery_harness.wait_state(result, {"FAILURE"}, 10)
     assert type(result.result).__name__ == "TimeLimitExceeded"
     assert "stuck_in_c_code" in str(result.result)  # the stack, dumped while it held the GIL
+    # Failed with its arguments: the watchdog process wrote the lease from the request the slot keeps.
+    assert celery_harness.app.backend.get_task_meta(result.id)["args"] == [celery_harness.notes]
+    assert celery_harness.notes_of("on_failure")
     _worker_goes_on(celery_harness)
 
 

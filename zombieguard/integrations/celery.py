@@ -677,10 +677,55 @@ def _payload(task: Task, request: Any, args: Any = None, kwargs: Any = None) -> 
         return json.dumps({"unpublishable": str(exc)})
 
 
+class _Snapshot:
+    """A pending attempt's payload, computed when first needed from its request as it was at the
+    start, pickled: what a body changes in place later (its arguments, ``self.request.chain``) is
+    not republished. The pickle also goes into the task's slot, for the watchdog process."""
+
+    def __init__(self, task: Task, request: Any, pickled: bytes) -> None:
+        self.task = task
+        self.request = request
+        self.pickled = pickled
+
+    def __call__(self) -> str:
+        try:
+            fields = pickle.loads(self.pickled)
+        except Exception as exc:  # e.g. an argument's own __setstate__
+            log.warning(
+                "celery task %s: the copy of its request does not load (%s); its payload takes it as "
+                "it is now",
+                self.request.id,
+                exc,
+            )
+            return _payload(self.task, self.request)
+        return _payload(self.task, Context(fields))
+
+
+def payload_from_slot(state: SlotState, kept: bytes) -> str:
+    """In the watchdog process, which has no Celery app: the payload of a task whose lease it must
+    write, from the pickled request its slot keeps (``""`` when the slot keeps none)."""
+    if not kept:
+        return ""
+    app = Celery("zombieguard-watchdog", set_as_current=False)
+    task = app.task(name=state.task, shared=False)(_never_run)
+    try:
+        fields = pickle.loads(kept)
+    except Exception as exc:  # e.g. an argument of a class this process cannot import
+        log.warning(
+            "celery task %s: its request, as its slot keeps it, does not load (%s)", state.job_id, exc
+        )
+        return json.dumps({"unpublishable": f"its request did not load in the watchdog process: {exc}"})
+    return _payload(task, Context(fields))
+
+
+def _never_run() -> None:
+    """The body of the stand-in task :func:`payload_from_slot` builds signatures with."""
+
+
 def announce(slot: JobSlot, attempt: Attempt, *, keep_payload: bool) -> None:
     """Write ``attempt`` to ``slot``, for the process that renews or enforces from outside;
-    ``keep_payload``: with the payload of a pending attempt, for a process that may have to write its
-    lease (the watchdog process, when no thread of the task's process can run)."""
+    ``keep_payload``: with the pickled request of a pending attempt, for a process that may have to
+    write its lease (the watchdog process, when no thread of the task's process can run)."""
     policy, started = attempt.policy, attempt.started_monotonic
     slot.start(
         attempt.job.job_id,
@@ -697,7 +742,9 @@ def announce(slot: JobSlot, attempt: Attempt, *, keep_payload: bool) -> None:
         lease_ttl=policy.lease_ttl,
         task=attempt.job.task,
         queue=attempt.job.queue,
-        payload=attempt.job.payload if keep_payload and attempt.pending else "",
+        payload=attempt.describe.pickled
+        if keep_payload and attempt.pending and isinstance(attempt.describe, _Snapshot)
+        else b"",
     )
 
 
@@ -822,11 +869,20 @@ class InProcessExecutor(Executor):
         attempt.on_acquired = lambda written: self._acquired(written, slot)
 
     def describe_later(self, attempt: Attempt, task: Task, request: Any) -> bool:
-        """The payload now, for the slot: the watchdog process writes the lease from it when no
-        thread here can (C code holding the GIL). False when too large for the slot."""
-        job = attempt.job
-        attempt.job = JobSpec(job.job_id, ADAPTER, job.task, job.queue, _payload(task, request))
-        return len(attempt.job.payload.encode()) <= PAYLOAD_ROOM
+        """The request, pickled now (a few microseconds, where the payload costs tens): the payload
+        is computed from it if the lease is written, which most tasks end before; the slot keeps it
+        for the watchdog process, which writes the lease when no thread here can (C code holding the
+        GIL). False, the payload computed now, when it does not pickle or fit the slot."""
+        try:
+            pickled = pickle.dumps(vars(request), pickle.HIGHEST_PROTOCOL)
+        except Exception:  # what only a serializer of its own can carry
+            pickled = b""
+        if not pickled or len(pickled) > PAYLOAD_ROOM:
+            payload = _payload(task, request)
+            attempt.describe = lambda: payload
+            return False
+        attempt.describe = _Snapshot(task, request, pickled)
+        return True
 
     def _acquired(self, attempt: Attempt, slot: JobSlot) -> None:
         self.guard.heartbeat.add(attempt)
@@ -1243,6 +1299,7 @@ class WorkerGuard(WorkerRuntime):
                 # Threads: a thread stuck in a blocking call is this process's to handle, 0.5 s past
                 # its limit; the watchdog process acts only when no thread here can (C code, the GIL).
                 grace="0.5" if self.pool == "solo" else "0.8",
+                slot_payload=f"{__name__}:payload_from_slot",
             )
             _executor = InProcessExecutor(self, signals_main_thread=self.pool == "solo")
         self.launch({"pool": self.pool, "concurrency": str(self.pool_size)})
