@@ -38,6 +38,7 @@ from zombieguard.watchdog import StackDumper, process_exited
 log = logging.getLogger("zombieguard.sidecar")
 
 POLL_SECONDS = 0.05
+"""The shortest wait between two looks at the slots."""
 
 
 def overdue(state: SlotState, now: float, grace: float) -> str | None:
@@ -49,6 +50,17 @@ def overdue(state: SlotState, now: float, grace: float) -> str | None:
     if state.progress_timeout is not None and now >= state.last_progress + state.progress_timeout + grace:
         return "hung"
     return None
+
+
+def next_look(state: SlotState, grace: float) -> float:
+    """The earliest time at which the slot's job can be :func:`overdue` (monotonic; infinite when no
+    job or no limit). Its last progress only moves that time later."""
+    candidates = [float("inf")]
+    if state.active and state.hard_deadline is not None:
+        candidates.append(state.hard_deadline + grace)
+    if state.active and state.progress_timeout is not None:
+        candidates.append(state.last_progress + state.progress_timeout + grace)
+    return min(candidates)
 
 
 def _load(spec: str) -> Any:
@@ -75,14 +87,12 @@ class SlotFiles:
         self._listed = -1.0
 
     def __call__(self) -> list[JobSlot]:
-        """The slots, the directory listed again at most once a second."""
-        now = time.monotonic()
-        if now - self._listed >= 1.0:
-            self._listed = now
-            paths = sorted(self.path.glob("slot*")) if self.path.is_dir() else [self.path]
-            for path in paths:
-                if path not in self._slots:
-                    self._slots[path] = JobSlot(path)
+        """The slots (the directory listed again at each call: a thread's slot appears at its
+        first job)."""
+        paths = sorted(self.path.glob("slot*")) if self.path.is_dir() else [self.path]
+        for path in paths:
+            if path not in self._slots:
+                self._slots[path] = JobSlot(path)
         return list(self._slots.values())
 
 
@@ -99,11 +109,17 @@ def watch(
 ) -> str | None:
     """Watch ``pid`` until it exits (None) or has to be killed (the reason). ``worker``: the
     worker's name, for a lease this process has to write for it; ``payload_spec``: the function
-    (``module:function``) that turns what a slot keeps into that lease's payload (default: as text)."""
+    (``module:function``) that turns what a slot keeps into that lease's payload (default: as text).
+
+    It looks again when the first job it saw can be overdue, and at least every ``grace`` seconds: a
+    job that starts after a look cannot be overdue sooner than ``grace`` after it. So it wakes a few
+    times a second, not once per job, and is never later than one :data:`POLL_SECONDS`.
+    """
     worker = worker or f"pid {pid}"
     while not process_exited(pid):
+        look_at = time.monotonic() + grace
         for slot in slots():
-            reason = _act_on(
+            reason, due = _act_on(
                 pid,
                 slot,
                 dumper,
@@ -115,7 +131,8 @@ def watch(
             )
             if reason is not None:
                 return reason
-        time.sleep(POLL_SECONDS)
+            look_at = min(look_at, due)
+        time.sleep(max(POLL_SECONDS, look_at - time.monotonic()))
     return None
 
 
@@ -129,32 +146,33 @@ def _act_on(
     grace: float,
     worker: str,
     payload_spec: str,
-) -> str | None:
+) -> tuple[str | None, float]:
+    """Kill ``pid`` when the slot's job is overdue: the reason, else None and when to look again."""
     state = slot.read()
     reason = overdue(state, time.monotonic(), grace)
-    if reason is not None and slot.read().generation == state.generation:
-        stack = dumper.request(pid)
-        os.kill(pid, signal.SIGKILL)
-        log.error("worker %d stuck %s in job %s: killed", pid, reason, state.job_id)
-        adapter = _load_adapter(adapter_spec, store) if ":" in adapter_spec else None
-        name = adapter_spec if adapter is None else adapter.name
-        token = state.token
-        if not token:  # the lease was still to be written (Celery): the slot says all it needs
-            policy = Policy(
-                lease_ttl=state.lease_ttl,
-                hard_timeout=state.hard_timeout,
-                progress_timeout=state.progress_timeout,
-                lease_delay=None,
-            )
-            read: Callable[[SlotState, bytes], str] = _load(payload_spec) if payload_spec else _text
-            payload = read(state, slot.payload())
-            token = lease_from_slot(store, state, payload, adapter=name, worker=worker, policy=policy)
-        if token:
-            store.abandon(JobSpec(state.job_id, name, "", ""), token, reason, stack)
-        if adapter is not None:
-            Sweeper(store, {name: adapter}, name=f"sidecar-of-{pid}", sender=name).sweep_once()
-        return reason
-    return None
+    if reason is None or slot.read().generation != state.generation:
+        return None, next_look(state, grace)
+    stack = dumper.request(pid)
+    os.kill(pid, signal.SIGKILL)
+    log.error("worker %d stuck %s in job %s: killed", pid, reason, state.job_id)
+    adapter = _load_adapter(adapter_spec, store) if ":" in adapter_spec else None
+    name = adapter_spec if adapter is None else adapter.name
+    token = state.token
+    if not token:  # the lease was still to be written (Celery): the slot says all it needs
+        policy = Policy(
+            lease_ttl=state.lease_ttl,
+            hard_timeout=state.hard_timeout,
+            progress_timeout=state.progress_timeout,
+            lease_delay=None,
+        )
+        read: Callable[[SlotState, bytes], str] = _load(payload_spec) if payload_spec else _text
+        payload = read(state, slot.payload())
+        token = lease_from_slot(store, state, payload, adapter=name, worker=worker, policy=policy)
+    if token:
+        store.abandon(JobSpec(state.job_id, name, "", ""), token, reason, stack)
+    if adapter is not None:
+        Sweeper(store, {name: adapter}, name=f"sidecar-of-{pid}", sender=name).sweep_once()
+    return reason, time.monotonic()
 
 
 def lease_from_slot(

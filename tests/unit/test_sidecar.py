@@ -1,0 +1,53 @@
+"""The watchdog process beside a worker: when it looks at the worker's slots."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from zombieguard.sidecar import POLL_SECONDS, next_look, watch
+from zombieguard.slot import JobSlot
+from zombieguard.watchdog import StackDumper
+
+
+def test_a_job_can_first_be_overdue_at_its_earliest_limit_plus_grace() -> None:
+    slot = JobSlot()
+    assert next_look(slot.read(), 0.5) == float("inf")  # no job
+    slot.start("j1", 0, 100.0, hard_deadline=110.0, progress_timeout=None)
+    assert next_look(slot.read(), 0.5) == 110.5
+    slot.start("j2", 0, 100.0, hard_deadline=110.0, progress_timeout=3.0)
+    assert next_look(slot.read(), 0.5) == 103.5  # its last progress is its start
+    slot.progress(108.0)
+    assert next_look(slot.read(), 0.5) == 110.5
+    slot.clear()
+    assert next_look(slot.read(), 0.5) == float("inf")
+
+
+def test_the_watchdog_process_looks_a_few_times_a_second_not_every_poll(tmp_path: Path) -> None:
+    # A job far from its limits: looks every `grace` seconds (a job started after a look cannot be
+    # overdue sooner), not every POLL_SECONDS.
+    slot = JobSlot()
+    slot.start("j1", 0, time.monotonic(), hard_deadline=time.monotonic() + 60, progress_timeout=None)
+    looks: list[float] = []
+
+    def slots() -> list[JobSlot]:
+        looks.append(time.monotonic())
+        return [slot]
+
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.2)"])
+    watching = threading.Thread(
+        target=watch,
+        args=(worker.pid, slots, StackDumper(tmp_path / "stacks.txt"), None),
+        kwargs={"adapter_spec": "celery", "grace": 0.4},
+    )
+    watching.start()
+    worker.wait()
+    watching.join(5)
+    assert not watching.is_alive()  # it ends with the worker
+    assert 2 <= len(looks) <= 5, looks  # every 0.4 s for about 1.2 s; every 0.05 s would be 24
+    gaps = [b - a for a, b in itertools.pairwise(looks)]
+    assert all(gap >= POLL_SECONDS for gap in gaps)
