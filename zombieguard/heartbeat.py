@@ -66,8 +66,13 @@ class Heartbeat:
         self._completed_written = 0.0
         self._renew_now = False
         self._idle = True
-        self._waiting = 0.0
-        """How long the thread's current wait lasts."""
+        self._wake_at = 0.0
+        """When the thread's current wait ends (monotonic)."""
+        self._busy_delay = float("inf")
+        """The shortest ``lease_delay`` of the pending leases while jobs keep coming: the thread then
+        looks at least that often, so that no job has to wake it."""
+        self._arrived = False
+        """A pending lease was deferred since the thread last looked."""
 
     @property
     def worker_ttl(self) -> float:
@@ -98,12 +103,14 @@ class Heartbeat:
             self._wake.set()
 
     def defer_acquire(self, attempt: Attempt) -> None:
-        """Write ``attempt``'s pending lease once it has run for half its ``lease_delay`` (unless it
-        ends before: :meth:`Attempt.finish_unleased`)."""
+        """Write ``attempt``'s pending lease by the end of its ``lease_delay``, if it runs for half
+        of it (it may end before: :meth:`Attempt.finish_unleased`)."""
         with self._lock:
             self._pending.append(attempt)
+            self._busy_delay = min(self._busy_delay, _delay(attempt))
+            self._arrived = True
             # Woken only when it would look too late: not per job while jobs keep coming.
-            wake = self._idle or _half_delay(attempt) < self._waiting
+            wake = self._idle or attempt.started_monotonic + _delay(attempt) < self._wake_at
             self._idle = False
         if wake:
             self._wake.set()
@@ -170,9 +177,15 @@ class Heartbeat:
         with self._lock:
             return self._attempts.get(attempt.job.job_id) is attempt
 
-    def _poll(self) -> float:
-        """How often to look for deferred work while jobs run (called holding the lock)."""
-        return min([DEFERRED_FLUSH, *(_half_delay(a) for a in self._pending)])
+    def _poll(self, now: float) -> float:
+        """How long to wait before looking for deferred work while jobs run (called holding the
+        lock). A look writes the pending leases of jobs older than half their ``lease_delay``; the
+        next one comes by the end of the delay of the youngest left, or, none left, one shortest
+        delay later (a job starting meanwhile ends its delay after that). Jobs coming one after the
+        other make the thread look once or twice a ``lease_delay``, whatever their number, and never
+        wake it."""
+        ends = (a.started_monotonic + _delay(a) - now for a in self._pending)
+        return max(0.0, min(DEFERRED_FLUSH, self._busy_delay, *ends))
 
     def _period(self) -> float:
         with self._lock:
@@ -237,11 +250,16 @@ class Heartbeat:
                     # While jobs run, look for deferred releases every DEFERRED_FLUSH; idle, sleep long
                     # (defer() wakes an idle thread). Never woken per job: that costs the job.
                     self._idle = not (self._attempts or self._deferred or self._pending or self._completed)
+                    if not (self._arrived or self._pending):  # no job came during the last wait
+                        self._busy_delay = float("inf")
+                    self._arrived = False
                     renew_now, self._renew_now = self._renew_now, False
-                    self._waiting = remaining if self._idle else min(remaining, self._poll())
+                    now = time.monotonic()
+                    waiting = remaining if self._idle else min(remaining, self._poll(now))
+                    self._wake_at = now + waiting
                 if renew_now:
                     break
-                if self._wake.wait(self._waiting):
+                if self._wake.wait(waiting):
                     self._wake.clear()
                     continue
                 with contained("heartbeat writing deferred leases"), contextlib.suppress(redis.RedisError):
@@ -269,7 +287,11 @@ class Heartbeat:
             self._thread = None
 
 
+def _delay(attempt: Attempt) -> float:
+    return attempt.policy.lease_delay or 0.0
+
+
 def _half_delay(attempt: Attempt) -> float:
     """A pending lease is written once its job has run for half its ``lease_delay``: a job shorter
     than that never needs one, a longer one has it within ``lease_delay``."""
-    return (attempt.policy.lease_delay or 0.0) / 2
+    return _delay(attempt) / 2

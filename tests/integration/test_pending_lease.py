@@ -4,6 +4,7 @@ the lease is written once it has run for half its delay, or never when it ends s
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -131,3 +132,37 @@ def test_a_pending_lease_whose_first_reply_was_lost_runs_on_unguarded_instead_of
     assert refused == []
     assert attempt.finish_unleased()  # nothing of it is recorded
     attempt.release(Outcome.COMPLETED)  # a no-op for an unguarded attempt
+
+
+def _voluntary_switches(native_id: int) -> int:
+    status = Path(f"/proc/self/task/{native_id}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("voluntary_ctxt")))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="counts the thread's wake-ups in /proc")
+def test_jobs_coming_one_after_the_other_make_the_lease_thread_look_about_once_per_lease_delay(
+    store: LeaseStore,
+) -> None:
+    # Waking a thread for every job costs the job more than its own bookkeeping: while jobs keep
+    # coming, the thread looks about once per lease_delay, whatever their number, never per job.
+    policy = Policy(lease_ttl=5, lease_delay=0.05)
+    heartbeat = Heartbeat(store, "test", "w1", interval=5.0, presence=False)
+    heartbeat.start()
+    try:
+        thread = heartbeat._thread
+        assert thread is not None
+        assert thread.native_id is not None
+        heartbeat.defer_acquire(pending(store, "first", policy))  # the idle thread is woken once
+        time.sleep(0.1)
+        before, started = _voluntary_switches(thread.native_id), time.monotonic()
+        for index in range(200):
+            attempt = pending(store, f"short-{index}", policy)
+            heartbeat.defer_acquire(attempt)
+            time.sleep(0.004)
+            assert attempt.finish_unleased()
+        looks = _voluntary_switches(thread.native_id) - before
+        elapsed = time.monotonic() - started
+    finally:
+        heartbeat.stop()
+    # About one look per lease_delay (a look per half delay, as before, made twice as many).
+    assert looks <= 1.5 * elapsed / 0.05 + 2, f"{looks} wake-ups in {elapsed:.2f} s for 200 jobs"
