@@ -10,6 +10,8 @@
 3. Kill latency past hard_timeout (1 s) per pool, for a task hung on a socket and one stuck in C code:
    from the moment the limit passes to the task recorded FAILURE, or, where the stuck worker itself is
    killed (C code on threads and solo), to that worker's exit.
+4. The guarded path's own cost (``--only path``): microseconds per no-op task through Celery's tracer
+   in one process, plain and guarded (the threads pool's path, a worker guard running), no broker.
 
 Uses the local Redis (database 9, keys of its own, deleted afterwards), else a throwaway redis-server.
 """
@@ -24,14 +26,18 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 from celery import Celery
+from celery.app.trace import build_tracer, setup_worker_optimizations
 
 from bench.core import redis_url
 from tests.e2e.celery_harness import CeleryHarness, rabbitmq_answers
 from tests.waiting import wait_until
+from zombieguard.integrations.celery import WorkerGuard, install
 
 # The defaults a deployment would run with, not the tests' short ones.
 _TEST_TIMINGS = (
@@ -197,6 +203,56 @@ def _black_hole() -> socket.socket:
     return server
 
 
+def _tracer(app: Celery) -> Callable[[], object]:
+    """One no-op task of ``app`` run the way a worker runs it (Celery's tracer, the worker's
+    optimizations on), its result not stored: what the worker does per task, minus the broker."""
+    task = app.task(name="zgbench.noop", ignore_result=True, shared=False)(_noop)
+    setup_worker_optimizations(app)
+    trace = build_tracer(task.name, task, app=app, eager=False)
+    delivery = {"exchange": "", "routing_key": "zgbench", "priority": 0, "redelivered": False}
+
+    def run() -> object:
+        task_id = uuid.uuid4().hex
+        request = {"id": task_id, "delivery_info": delivery, "headers": {}, "is_eager": False}
+        return trace(task_id, (), {}, request)
+
+    return run
+
+
+def _noop() -> None:
+    """The body of the in-process benchmark's task."""
+
+
+def task_path(url: str, calls: int, rounds: int) -> tuple[float, float]:
+    """Microseconds per no-op task through Celery's tracer, plain and guarded (threads pool: a
+    worker guard started in this process, its watchdog process beside it), alternating rounds of
+    ``calls``; the best round of each."""
+    plain = Celery("zgbench-plain", set_as_current=False)
+    guarded = install(Celery("zgbench-guarded", set_as_current=False))
+    prefix = f"zgbench-{uuid.uuid4().hex[:8]}"
+    guarded.conf.zombieguard = {"redis_url": url, "key_prefix": prefix}
+    worker = SimpleNamespace(
+        app=guarded, hostname="zgbench@path", pool_cls="celery.concurrency.thread:TaskPool", concurrency=2
+    )
+    guard = WorkerGuard(worker)
+    guard.start()
+    try:
+        runs = {"plain": _tracer(plain), "guarded": _tracer(guarded)}
+        best = {name: float("inf") for name in runs}
+        for _ in range(rounds):
+            for name, run in runs.items():
+                started = time.perf_counter()
+                for _ in range(calls):
+                    run()
+                best[name] = min(best[name], (time.perf_counter() - started) / calls * 1e6)
+    finally:
+        guard.stop()
+        client = guard.store.client
+        for key in client.scan_iter(match=f"{{{prefix}}}:*"):
+            client.delete(key)
+    return best["plain"], best["guarded"]
+
+
 def _dist(samples: list[float]) -> str:
     if not samples:
         return "no samples"
@@ -207,7 +263,7 @@ def main() -> None:
     """Print every figure."""
     parser = argparse.ArgumentParser(prog="python -m bench.celery")
     parser.add_argument("--quick", action="store_true", help="fewer tasks and runs")
-    parser.add_argument("--only", choices=["throughput", "recovery", "kill"])
+    parser.add_argument("--only", choices=["throughput", "recovery", "kill", "path"])
     parser.add_argument("--pool", choices=["prefork", "threads"], help="throughput of one pool only")
     parser.add_argument("--tasks", type=int, help="tasks per throughput run")
     parser.add_argument("--work", type=float, default=0.0, help="seconds each throughput task waits")
@@ -238,6 +294,12 @@ def main() -> None:
                     f"{pool}: guarded/plain median of {pairs} pairs = {median:.3f} "
                     f"(quartiles {low:.3f}, {high:.3f})"
                 )
+        if args.only in (None, "path"):
+            plain, guarded = task_path(url, calls=2000 if args.quick else 10000, rounds=5)
+            print(
+                f"no-op task through Celery's tracer, in one process: plain {plain:.1f} us, guarded "
+                f"(threads) {guarded:.1f} us, {guarded - plain:.1f} us more"
+            )
         if args.only in (None, "recovery"):
             for broker in ("redis", "rabbitmq"):
                 if broker == "rabbitmq" and not rabbitmq_answers():
