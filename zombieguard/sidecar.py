@@ -73,18 +73,12 @@ def _load_adapter(spec: str, store: LeaseStore) -> JobAdapter:
     return adapter
 
 
-def _text(state: SlotState, kept: bytes) -> str:
-    """A slot's payload, as text (the payload a lease holds)."""
-    return kept.decode(errors="replace")
-
-
 class SlotFiles:
     """The slots to watch: one file, or every ``slot*`` file of a directory (one per pool thread)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._slots: dict[Path, JobSlot] = {}
-        self._listed = -1.0
 
     def __call__(self) -> list[JobSlot]:
         """The slots (the directory listed again at each call: a thread's slot appears at its
@@ -109,7 +103,7 @@ def watch(
 ) -> str | None:
     """Watch ``pid`` until it exits (None) or has to be killed (the reason). ``worker``: the
     worker's name, for a lease this process has to write for it; ``payload_spec``: the function
-    (``module:function``) that turns what a slot keeps into that lease's payload (default: as text).
+    (``module:function``) that turns what a slot keeps into that lease's payload (none: no payload).
 
     It looks again when the first job it saw can be overdue, and at least every ``grace`` seconds: a
     job that starts after a look cannot be overdue sooner than ``grace`` after it. So it wakes a few
@@ -165,8 +159,7 @@ def _act_on(
             progress_timeout=state.progress_timeout,
             lease_delay=None,
         )
-        read: Callable[[SlotState, bytes], str] = _load(payload_spec) if payload_spec else _text
-        payload = read(state, slot.payload())
+        payload: str = _load(payload_spec)(state, slot.payload()) if payload_spec else ""
         token = lease_from_slot(store, state, payload, adapter=name, worker=worker, policy=policy)
     if token:
         store.abandon(JobSpec(state.job_id, name, "", ""), token, reason, stack)
@@ -213,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--slot-payload",
         default="",
-        help="module:function turning what a slot keeps into a lease's payload (default: as text)",
+        help="module:function turning what a slot keeps into a lease's payload (default: none)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s zombieguard-sidecar %(message)s")

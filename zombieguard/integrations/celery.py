@@ -689,7 +689,7 @@ class _Snapshot:
 
     def __call__(self) -> str:
         try:
-            fields = pickle.loads(self.pickled)
+            return _pickled_payload(self.task, self.pickled)
         except Exception as exc:  # e.g. an argument's own __setstate__
             log.warning(
                 "celery task %s: the copy of its request does not load (%s); its payload takes it as "
@@ -698,7 +698,11 @@ class _Snapshot:
                 exc,
             )
             return _payload(self.task, self.request)
-        return _payload(self.task, Context(fields))
+
+
+def _pickled_payload(task: Task, pickled: bytes) -> str:
+    """The payload of a request pickled as ``vars(request)`` (raises what loading it raises)."""
+    return _payload(task, Context(pickle.loads(pickled)))
 
 
 def payload_from_slot(state: SlotState, kept: bytes) -> str:
@@ -709,13 +713,12 @@ def payload_from_slot(state: SlotState, kept: bytes) -> str:
     app = Celery("zombieguard-watchdog", set_as_current=False)
     task = app.task(name=state.task, shared=False)(_never_run)
     try:
-        fields = pickle.loads(kept)
+        return _pickled_payload(task, kept)
     except Exception as exc:  # e.g. an argument of a class this process cannot import
         log.warning(
             "celery task %s: its request, as its slot keeps it, does not load (%s)", state.job_id, exc
         )
         return json.dumps({"unpublishable": f"its request did not load in the watchdog process: {exc}"})
-    return _payload(task, Context(fields))
 
 
 def _never_run() -> None:
