@@ -194,6 +194,7 @@ def _register(body: Any, **options: Any) -> Any:
 
 hang_on_socket = _register(bodies.hang_on_socket, base=Recorded)
 stuck_in_c_code = _register(bodies.stuck_in_c_code, base=Recorded)
+holds_the_gil = _register(bodies.holds_the_gil)
 beats_then_stalls = _register(bodies.beats_then_stalls, base=Recorded)
 long_task = _register(bodies.long_job, name="long_task", acks_late=True)
 kills_its_process = _register(bodies.kills_its_process, acks_late=True, reject_on_worker_lost=True)

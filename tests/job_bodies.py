@@ -5,6 +5,7 @@ directory the test gives, so the test can count bodies started and completed."""
 from __future__ import annotations
 
 import collections
+import ctypes
 import itertools
 import os
 import signal
@@ -38,6 +39,20 @@ def stuck_in_c_code(directory: str) -> None:
     """Holds the GIL in C code: no signal handler, no other thread of this process runs."""
     note(directory, "started")
     collections.deque(itertools.repeat(None, 10**12), maxlen=0)
+
+
+_LIBC = ctypes.PyDLL(None)
+"""The C library, called without releasing the GIL."""
+
+
+def holds_the_gil(directory: str, first: float, then: float) -> str:
+    """Holds the GIL in C code (no other thread of its process runs) for ``first`` seconds on its
+    first run and ``then`` on later ones; then returns at once (nothing that lets another thread
+    run first)."""
+    seconds = then if notes(directory, "started") else first
+    note(directory, "started", str(os.getpid()))
+    _LIBC.usleep(int(seconds * 1_000_000))
+    return "done"
 
 
 def beats_then_stalls(directory: str, beats: int) -> None:

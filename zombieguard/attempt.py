@@ -85,6 +85,10 @@ class Attempt:
         self.on_refused: Callable[[Attempt], None] | None = None
         """Called when a pending lease is refused (another attempt holds the job) and this attempt
         is marked lost, so that its body can be stopped."""
+        self.tag = ""
+        """Names this execution for a pending lease (see :func:`zombieguard.slot.execution_tag`):
+        another process of the worker that writes the lease for it (its own could not run) writes
+        it under this tag, and :meth:`acquire_now` adopts it."""
         self.describe: Callable[[], str] | None = None
         """Computes ``job.payload`` when it is first needed (the lease written, an event), for a
         pending attempt whose payload costs more than a job ending within its ``lease_delay`` should
@@ -107,7 +111,7 @@ class Attempt:
             job = self.described()
             sent_at = time.monotonic()
             try:
-                acquired = self.store.acquire(job, self.worker, self.policy, self.number)
+                acquired = self.store.acquire(job, self.worker, self.policy, self.number, tag=self.tag)
             except redis.RedisError:
                 self._unanswered = True
                 raise

@@ -493,7 +493,7 @@ class LeaseStore:
         """The sorted set of dead-letter entries, scored by when they were dead-lettered."""
         return f"{self.prefix}:dlq:index"
 
-    def _static_fields(self, job: JobSpec, worker: str, policy: Policy) -> list[str]:
+    def _static_fields(self, job: JobSpec, worker: str, policy: Policy, tag: str = "") -> list[str]:
         fields = {
             "job": job.job_id,
             "adapter": job.adapter,
@@ -502,6 +502,8 @@ class LeaseStore:
             "payload": job.payload,
             **self._policy_fields(worker, policy),
         }
+        if tag:
+            fields["tag"] = tag
         return [item for pair in fields.items() for item in pair]
 
     @staticmethod
@@ -557,7 +559,7 @@ class LeaseStore:
         return b"*%d\r\n" % len(parts) + b"".join(_bulk(p) for p in parts)
 
     def _acquire_call(
-        self, job: JobSpec, worker: str, policy: Policy, delivery_attempt: int | None
+        self, job: JobSpec, worker: str, policy: Policy, delivery_attempt: int | None, tag: str = ""
     ) -> tuple[list[str], list[str]]:
         keys = [
             self.lease_key(job.job_id),
@@ -569,7 +571,7 @@ class LeaseStore:
         ]
         args = [
             "" if delivery_attempt is None else str(delivery_attempt),
-            *self._static_fields(job, worker, policy),
+            *self._static_fields(job, worker, policy, tag),
         ]
         return keys, args
 
@@ -595,10 +597,20 @@ class LeaseStore:
         )
 
     def acquire(
-        self, job: JobSpec, worker: str, policy: Policy, delivery_attempt: int | None = None
+        self,
+        job: JobSpec,
+        worker: str,
+        policy: Policy,
+        delivery_attempt: int | None = None,
+        *,
+        tag: str = "",
     ) -> Acquired:
-        """Start a new attempt of ``job`` on ``worker``, unless a live or newer attempt exists."""
-        keys, args = self._acquire_call(job, worker, policy, delivery_attempt)
+        """Start a new attempt of ``job`` on ``worker``, unless a live or newer attempt exists.
+
+        ``tag`` names one execution (see :func:`zombieguard.slot.execution_tag`): a running lease
+        of ``worker`` written under the same tag is that execution's own, written for it by another
+        of the worker's processes, and is adopted (its token returned, the lease marked adopted)."""
+        keys, args = self._acquire_call(job, worker, policy, delivery_attempt, tag)
         return self._acquired(job.job_id, self._scripts["acquire"](keys=keys, args=args))
 
     def send_acquire(
@@ -695,7 +707,14 @@ class LeaseStore:
         return self._check_fenced(job.job_id, token, reply)
 
     def _release_call(
-        self, job: JobSpec, token: int, outcome: Outcome, reason: str, stack: str | None
+        self,
+        job: JobSpec,
+        token: int,
+        outcome: Outcome,
+        reason: str,
+        stack: str | None,
+        *,
+        unless_adopted: bool = False,
     ) -> tuple[list[str], list[str]]:
         keys = [
             self.lease_key(job.job_id),
@@ -711,14 +730,24 @@ class LeaseStore:
             stack or "",
             str(_ms(self.settings.tombstone_ttl)),
             job.queue,
+            "1" if unless_adopted else "",
         ]
         return keys, args
 
     def release(
-        self, job: JobSpec, token: int, outcome: Outcome, reason: str = "", stack: str | None = None
+        self,
+        job: JobSpec,
+        token: int,
+        outcome: Outcome,
+        reason: str = "",
+        stack: str | None = None,
+        *,
+        unless_adopted: bool = False,
     ) -> str:
-        """End an attempt; return 'ok' or 'missing'. Raise LeaseLost when a newer attempt exists."""
-        keys, args = self._release_call(job, token, outcome, reason, stack)
+        """End an attempt; return 'ok' or 'missing'. Raise LeaseLost when a newer attempt exists.
+        ``unless_adopted``: for a lease written on an execution's behalf (see :meth:`acquire`'s
+        ``tag``), only if the execution did not adopt it ('adopted': it records its own end)."""
+        keys, args = self._release_call(job, token, outcome, reason, stack, unless_adopted=unless_adopted)
         reply = [text(item) for item in self._scripts["release"](keys=keys, args=args)]
         return self._check_fenced(job.job_id, token, reply)
 

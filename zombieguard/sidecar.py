@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from zombieguard.adapter import JobAdapter
-from zombieguard.lease import AcquireStatus, CorruptRecord, JobSpec, LeaseStore
+from zombieguard.lease import AcquireStatus, JobSpec, LeaseStore
 from zombieguard.policy import Policy, Settings
 from zombieguard.slot import JobSlot, SlotState
 from zombieguard.stats import EventCounter
@@ -172,20 +172,12 @@ def lease_from_slot(
     store: LeaseStore, state: SlotState, payload: str, *, adapter: str, worker: str, policy: Policy
 ) -> int:
     """Write the lease of a job whose own process could not (Celery's ``lease_delay``: it got stuck
-    or died before), from its slot: the job then ends as any stuck or dead job does. Its token, or 0
-    when another attempt holds the job. A running lease of ``worker`` for it, written just before
-    its process stopped (the token not yet in the slot), is taken as that lease."""
+    or died before), from its slot, under the job's execution tag: the job's own process adopts
+    it if it runs again, and a lease it wrote itself (its token not yet in the slot) is taken as
+    this one. Its token, or 0 when another attempt holds the job."""
     spec = JobSpec(state.job_id, adapter, state.task, state.queue, payload)
-    acquired = store.acquire(spec, worker, policy, state.attempt or 1)
-    if acquired.status is AcquireStatus.ACQUIRED:
-        return acquired.token
-    try:
-        record = store.record(state.job_id)
-    except CorruptRecord:
-        return 0
-    if record is not None and record.state == "running" and record.worker == worker:
-        return record.token
-    return 0
+    acquired = store.acquire(spec, worker, policy, state.attempt or 1, tag=state.tag)
+    return acquired.token if acquired.status is AcquireStatus.ACQUIRED else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 # generation, active, token, started, hard_deadline, progress_timeout, last_progress, job id,
 # confirmed_until, outcome, soft_deadline, started_at (server time), attempt, stalls, pid, lease_ttl,
-# task name, queue
-_FORMAT = "=qqqdddd256sdqddqqqd128s64s"
+# task name, queue, lease_delay
+_FORMAT = "=qqqdddd256sdqddqqqd128s64sd"
 PAYLOAD_ROOM = 16384
 """Bytes a slot keeps of what a watchdog process needs to write the job's lease (Celery's
 ``lease_delay``: the lease may not be written yet when the job gets stuck)."""
@@ -68,6 +68,14 @@ class SlotState:
     lease_ttl: float
     task: str
     queue: str
+    lease_delay: float | None
+    """Celery: the job's lease is to be written by its own process within this (token 0 until
+    then); None when it was written before the job started."""
+
+    @property
+    def tag(self) -> str:
+        """The job's :func:`execution_tag`."""
+        return execution_tag(self.pid, self.generation)
 
     @property
     def hard_timeout(self) -> float | None:
@@ -111,11 +119,13 @@ class JobSlot:
         task: str = "",
         queue: str = "",
         payload: bytes = b"",
-    ) -> None:
+        lease_delay: float | None = None,
+    ) -> int:
         """Announce a running job (the writer is its own process; one job at a time per slot).
         ``payload`` (what the integration needs to write the job's lease, in a form of its own) is
-        kept when it fits :data:`PAYLOAD_ROOM` (see :meth:`payload`)."""
-        generation = _GENERATION.unpack_from(self._map, 0)[0] + 1  # only this process writes it
+        kept when it fits :data:`PAYLOAD_ROOM` (see :meth:`payload`). Returns the slot's generation
+        for the job (its readers see it too: see :func:`execution_tag`)."""
+        generation: int = _GENERATION.unpack_from(self._map, 0)[0] + 1  # only this process writes it
         # Odd generation while writing: a reader that sees it, or sees it change, reads again.
         self._map[0:8] = _GENERATION.pack(generation)
         kept = payload
@@ -145,8 +155,10 @@ class JobSlot:
             lease_ttl,
             task.encode()[:128],
             queue.encode()[:64],
+            -1.0 if lease_delay is None else lease_delay,
         )
         self._map[0:8] = _GENERATION.pack(generation + 1)
+        return generation + 1
 
     def set_token(self, token: int) -> None:
         """The job's lease was written after the job was announced (token 0 until then): one
@@ -212,6 +224,7 @@ class JobSlot:
             lease_ttl,
             task,
             queue,
+            lease_delay,
         ) = raw
         return SlotState(
             generation=generation,
@@ -232,11 +245,19 @@ class JobSlot:
             lease_ttl=lease_ttl,
             task=task.rstrip(b"\0").decode(errors="replace"),
             queue=queue.rstrip(b"\0").decode(errors="replace"),
+            lease_delay=None if lease_delay < 0 else lease_delay,
         )
 
     def close(self) -> None:
         """Unmap."""
         self._map.close()
+
+
+def execution_tag(pid: int, generation: int) -> str:
+    """Names one execution of a job, as the process running it and the processes reading its slot
+    agree on it: a lease one of them writes for it under this tag, the other adopts (see
+    :meth:`zombieguard.lease.LeaseStore.acquire`)."""
+    return f"{pid}.{generation}"
 
 
 def remove_stale_workdirs(prefix: str) -> None:

@@ -16,7 +16,7 @@ from zombieguard import LeaseLost, Policy
 from zombieguard.attempt import Attempt
 from zombieguard.errors import ConfigurationError
 from zombieguard.heartbeat import Heartbeat
-from zombieguard.lease import LeaseStore, Outcome, text
+from zombieguard.lease import AcquireStatus, LeaseStore, Outcome, text
 
 POLICY = Policy(lease_ttl=5, lease_delay=0.2)
 
@@ -166,3 +166,36 @@ def test_jobs_coming_one_after_the_other_make_the_lease_thread_look_about_once_p
         heartbeat.stop()
     # About one look per lease_delay (a look per half delay, as before, made twice as many).
     assert looks <= 1.5 * elapsed / 0.05 + 2, f"{looks} wake-ups in {elapsed:.2f} s for 200 jobs"
+
+
+def test_a_lease_written_for_an_execution_under_its_tag_is_adopted_by_it_with_the_same_token(
+    store: LeaseStore,
+) -> None:
+    # Another process of the worker wrote it (the task's own could not run): the task's own acquire
+    # takes it over instead of being refused as a duplicate.
+    written = store.acquire(job("j1"), "w1", POLICY, 1, tag="100.2")
+    attempt = pending(store, "j1")
+    attempt.tag = "100.2"
+    attempt.acquire_now()
+    assert (attempt.lost, attempt.token, attempt.number) == (None, written.token, 1)
+    # Another execution of the same task (a duplicate copy, even on the same worker) is refused.
+    for worker, tag in (("w1", "100.4"), ("w1", ""), ("w2", "100.2")):
+        assert store.acquire(job("j1"), worker, POLICY, 1, tag=tag).status is AcquireStatus.STALE
+        assert store.acquire(job("j1"), worker, POLICY, tag=tag).status is AcquireStatus.BUSY
+
+
+def test_a_lease_written_for_an_execution_is_released_for_it_only_when_it_did_not_adopt_it(
+    store: LeaseStore,
+) -> None:
+    # Not adopted: its task ended before its own process looked; the writer releases it.
+    token = store.acquire(job("j1"), "w1", POLICY, 1, tag="100.2").token
+    assert store.release(job("j1"), token, Outcome.COMPLETED, unless_adopted=True) == "ok"
+    assert store.record("j1") is None
+    # Adopted: the task's own process records its end; the writer's release is refused.
+    token = store.acquire(job("j2"), "w1", POLICY, 1, tag="100.4").token
+    assert store.acquire(job("j2"), "w1", POLICY, 1, tag="100.4").token == token
+    assert store.release(job("j2"), token, Outcome.COMPLETED, unless_adopted=True) == "adopted"
+    assert store.release(job("j2"), token, Outcome.FAILED, "its own end") == "ok"
+    record = store.record("j2")
+    assert record is not None
+    assert (record.state, record.reason) == ("done", "its own end")

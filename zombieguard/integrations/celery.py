@@ -103,7 +103,7 @@ from zombieguard.lease import (
 from zombieguard.policy import Config, Policy, check_fields, current_config, guard_fields
 from zombieguard.runtime import WorkerRuntime
 from zombieguard.sidecar import lease_from_slot
-from zombieguard.slot import PAYLOAD_ROOM, JobSlot, SlotState
+from zombieguard.slot import PAYLOAD_ROOM, JobSlot, SlotState, execution_tag
 from zombieguard.watchdog import (
     HARD_SIGNAL,
     HUNG_SIGNAL,
@@ -137,6 +137,9 @@ BACKSTOP_SECONDS = 2
 """Celery's own prefork time limits stay armed this long past the policy's, in case all else fails."""
 MONITOR_PERIOD = 0.05
 """How often a prefork worker's main process reads its pool processes' slots."""
+LATE_LEASE = 0.1
+"""Prefork: how long past its ``lease_delay`` a pool process's task may go without its lease before
+the main process writes it (no thread of the pool process can: C code holding the GIL)."""
 
 
 class SoftTimeLimit(GuardSoftTimeLimitExceeded, CelerySoftTimeLimitExceeded):  # type: ignore[misc]
@@ -728,9 +731,13 @@ def _never_run() -> None:
 def announce(slot: JobSlot, attempt: Attempt, *, keep_payload: bool) -> None:
     """Write ``attempt`` to ``slot``, for the process that renews or enforces from outside;
     ``keep_payload``: with the pickled request of a pending attempt, for a process that may have to
-    write its lease (the watchdog process, when no thread of the task's process can run)."""
+    write its lease (the watchdog process, when no thread of the task's process can run).
+
+    A pending attempt's lease may be written by that other process (the main process, or the
+    watchdog process) when this one's threads do not write it in time (C code holding the GIL):
+    under the attempt's tag, so that this process adopts it."""
     policy, started = attempt.policy, attempt.started_monotonic
-    slot.start(
+    generation = slot.start(
         attempt.job.job_id,
         attempt.token,
         started,
@@ -748,7 +755,9 @@ def announce(slot: JobSlot, attempt: Attempt, *, keep_payload: bool) -> None:
         payload=attempt.describe.pickled
         if keep_payload and attempt.pending and isinstance(attempt.describe, _Snapshot)
         else b"",
+        lease_delay=policy.lease_delay if attempt.pending else None,
     )
+    attempt.tag = execution_tag(os.getpid(), generation)
 
 
 def _install_interrupt_handlers(executor: Executor) -> None:
@@ -969,6 +978,16 @@ class _Tracked:
     stopped_at: float = 0.0
     stack: str | None = None
     killed: bool = False
+    written: int = 0
+    """The token of the lease this process wrote for the task, its pool process late to write it
+    (0: none); the pool process adopts it when it runs again (see :func:`announce`)."""
+    tried: bool = False
+    """This process tried to write the task's lease."""
+
+    @property
+    def token(self) -> int:
+        """The task's lease token, whoever wrote the lease (0 while none is written)."""
+        return self.state.token or self.written
 
 
 class SlotMonitor:
@@ -984,6 +1003,10 @@ class SlotMonitor:
         self.unleased: dict[str, SlotState] = {}
         """Tasks whose pool process died before their lease was written, to recover in the event
         loop (from Celery's request) by whichever comes first: this monitor's news or Celery's."""
+        self.to_release: list[_Tracked] = []
+        """Tasks that ended after this process wrote their leases for them: each lease is released
+        as completed unless the pool process adopted it (then it records its own end). Kept until
+        Redis answers."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -1002,25 +1025,29 @@ class SlotMonitor:
         """One look at every slot: renew what is due, act on every limit that passed."""
         self._refresh(now)
         due: list[_Tracked] = []
-        died: list[SlotState] = []
+        late: list[_Tracked] = []
+        died: list[tuple[SlotState, int]] = []
         with self._lock:
             for path, slot in list(self.slots.items()):
                 state = slot.read()
                 tracked = self.tracked.get(path)
                 if tracked is not None and (not state.active or state.generation != tracked.state.generation):
+                    if tracked.written:
+                        self.to_release.append(tracked)
                     del self.tracked[path]
                     tracked = None
                 if not state.active:
                     continue
                 if process_exited(state.pid) and _died_by_itself(state, tracked):
+                    token = state.token or (tracked.written if tracked is not None else 0)
                     # Marked before the slot is cleared: Celery's report, if it comes in between,
                     # must find the task handled here (or to be handled), not take it for one with
                     # no lease.
-                    if state.token:
+                    if token:
                         self.killed[state.job_id] = "stalled"
                     else:
                         self.unleased[state.job_id] = state
-                    died.append(state)
+                    died.append((state, token))
                     slot.clear()
                     self.tracked.pop(path, None)
                     continue
@@ -1030,24 +1057,88 @@ class SlotMonitor:
                 tracked.state = state
                 with contained(f"prefork monitor, task {state.job_id}"):
                     self._enforce(tracked, now)
-                if state.token and not tracked.killed and now - tracked.renewed >= state.lease_ttl / 3:
+                if tracked.token and not tracked.killed and now - tracked.renewed >= state.lease_ttl / 3:
                     due.append(tracked)
+                elif _lease_late(tracked, now):
+                    late.append(tracked)
+        self._act(now, due, late, died)
+
+    def _act(
+        self, now: float, due: list[_Tracked], late: list[_Tracked], died: list[tuple[SlotState, int]]
+    ) -> None:
+        """What a look found to do in Redis (outside the lock)."""
+        if self.to_release:
+            self._release_written()
+        for tracked in late:
+            self._write_lease(tracked, now)
         if due:
             self._renew(due)
-        for state in died:
-            self._died(state)
+        for state, token in died:
+            self._died(state, token)
 
-    def _died(self, state: SlotState) -> None:
+    def _write_lease(self, tracked: _Tracked, now: float) -> None:
+        """Write the lease of a task whose pool process has not written it past its ``lease_delay``
+        (no thread of it can run: C code holding the GIL), with the payload of Celery's request for
+        it, under the task's execution tag: the pool process adopts it if it runs again. A task
+        that ends meanwhile has it released (:meth:`_release_written`)."""
+        state = tracked.state
+        tracked.tried = True
+        with contained(f"celery task {state.job_id}: writing its lease for its pool process"):
+            payload = self.guard.request_payload(state.job_id)
+            if payload is None:
+                return
+            leased = self.guard.lease_from_slot(state, payload)
+            if leased is None:
+                return
+            with self._lock:
+                tracked.written = leased[1]
+                tracked.renewed = now
+                if self.tracked.get(tracked.path) is not tracked:  # it ended meanwhile
+                    self.to_release.append(tracked)
+            log.warning(
+                "celery task %s[%s]: its pool process %d did not write its lease within %g s (C code "
+                "holding the GIL?); written by the worker",
+                state.task,
+                state.job_id,
+                state.pid,
+                state.lease_delay,
+            )
+
+    def _release_written(self) -> None:
+        """Release, as completed, the leases this process wrote for tasks that ended without
+        adopting them (the body returned before its process wrote or adopted the lease)."""
+        with self._lock:
+            ended, self.to_release = self.to_release, []
+        for index, tracked in enumerate(ended):
+            state = tracked.state
+            spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
+            try:
+                self.guard.store.release(
+                    spec,
+                    tracked.written,
+                    Outcome.COMPLETED,
+                    "ended before its pool process adopted the lease the worker wrote for it",
+                    unless_adopted=True,
+                )
+            except LeaseLost:
+                continue  # ended, recovered or superseded: recorded by whoever did that
+            except redis.RedisError as exc:
+                log.warning("celery task %s: lease not released, Redis unreachable (%s)", state.job_id, exc)
+                with self._lock:
+                    self.to_release[:0] = ended[index:]
+                return
+
+    def _died(self, state: SlotState, token: int) -> None:
         """A pool process died mid-task, and Celery has not said so yet (under load its pool notices
         only every few seconds): recover the task now. Celery's news of it, when it comes, finds the
-        task handled (``pool_process_lost`` returns ``stalled``). A task that died before writing
-        its lease is recovered in the event loop, from Celery's request for it."""
-        if not state.token:
+        task handled (``pool_process_lost`` returns ``stalled``). A task that died before its lease
+        was written is recovered in the event loop, from Celery's request for it."""
+        if not token:
             job_id = state.job_id
             self.guard.in_loop(lambda: self.guard.recover_unleased(job_id))
             return
         spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
-        if not self.guard.recover_stalled(spec, state.token):
+        if not self.guard.recover_stalled(spec, token):
             self.killed.pop(state.job_id, None)  # Celery's news came first: it was handled then
 
     def _event(self, state: SlotState) -> Callable[..., Any]:
@@ -1117,9 +1208,9 @@ class SlotMonitor:
         what = "hard_timeout" if kind == "timed_out" else "progress_timeout"
         reason = f"ran past its {what} of {limit:g} s and was killed (stuck where no Python code runs)"
         spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
-        if state.token:  # else no lease was written (stuck within its lease_delay): Celery's record only
+        if tracked.token:  # else no lease was written (stuck within its lease_delay): Celery's record only
             with contextlib.suppress(LeaseLost, redis.RedisError):
-                self.guard.store.release(spec, state.token, Outcome(kind), reason, tracked.stack)
+                self.guard.store.release(spec, tracked.token, Outcome(kind), reason, tracked.stack)
         _signal(state.pid, signal.SIGKILL)
         job_id = state.job_id
         self.guard.in_loop(lambda: self.guard.record_timeout(job_id, limit))
@@ -1132,7 +1223,7 @@ class SlotMonitor:
                 ADAPTER,
                 guard.name,
                 guard.heartbeat.worker_ttl,
-                [(t.state.job_id, t.state.token) for t in due],
+                [(t.state.job_id, t.token) for t in due],
             )
         except redis.RedisError as exc:
             log.warning("celery worker %s: renewing pool processes' leases failed: %s", guard.name, exc)
@@ -1188,6 +1279,19 @@ class SlotMonitor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+
+
+def _lease_late(tracked: _Tracked, now: float) -> bool:
+    """Whether a pool process's task is past its ``lease_delay`` with no lease written for it (and
+    the main process has not tried to write it)."""
+    state = tracked.state
+    return (
+        not tracked.token
+        and not tracked.tried
+        and tracked.stopped is None
+        and state.lease_delay is not None
+        and now >= state.started + state.lease_delay + LATE_LEASE
+    )
 
 
 def _died_by_itself(state: SlotState, tracked: _Tracked | None) -> bool:
@@ -1400,6 +1504,14 @@ class WorkerGuard(WorkerRuntime):
         with contained(f"celery task {job_id}: recovering it"):
             if self._recover_unleased(state, request) and self.monitor is not None:
                 self.monitor.killed[job_id] = "stalled"  # Celery's news, when it comes: handled
+
+    def request_payload(self, job_id: str) -> str | None:
+        """Prefork: the payload of the task ``job_id`` as its message came (Celery's request for it
+        in this process), for a lease written here; None when no request is left."""
+        request = worker_state.requests.get(job_id)
+        if request is None:
+            return None
+        return _payload(request.task, request._context, request.args, request.kwargs)
 
     def _recover_unleased(self, state: SlotState, request: Any) -> bool:
         """Write the lease of a task whose pool process died before it could, with the payload of

@@ -2,7 +2,10 @@
 -- KEYS: lease, due, fence, checkpoint, adapters, queues (queue -> adapter, for the silence watch)
 -- ARGV[1]: the attempt number the delivery claims to be ('' when the framework cannot say)
 -- ARGV[2..]: static field / value pairs (job, adapter, task, queue, worker, lease_ttl, hard_timeout,
---            progress_timeout, overdue_grace, max_stalls, dead_letter, payload)
+--            progress_timeout, overdue_grace, max_stalls, dead_letter, payload, and optionally tag)
+-- tag: names one execution of the job (its worker's processes agree on it). A running lease written
+-- under the same tag by the same worker is that execution's own lease, written for it by another of
+-- the worker's processes (its own could not run): it is adopted, not refused, and marked 'adopted'.
 -- Returns {'acquired', token, attempt, stalls, started, checkpoint|nil, replaced}
 --      or {'busy', attempt, state, worker}  a live attempt holds the job (duplicate delivery)
 --      or {'stale', attempt, state}         the delivery is for an attempt already superseded
@@ -14,7 +17,12 @@ for i = 2, #ARGV, 2 do static[ARGV[i]] = ARGV[i + 1] end
 local attempt, stalls, history, replaced = 1, 0, '', ''
 local kind = key_type(KEYS[1])
 if kind == 'hash' then
-  local r = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'stalls', 'worker', 'history')
+  local r = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'stalls', 'worker', 'history', 'tag', 'token',
+    'started')
+  if static.tag and static.tag ~= '' and r[6] == static.tag and r[1] == 'running' and r[4] == static.worker then
+    redis.call('HSET', KEYS[1], 'adopted', '1')
+    return {'acquired', r[7], r[2], r[3] or '0', r[8], redis.call('GET', KEYS[4]), ''}
+  end
   local prev = tonumber(r[2])
   if prev == nil then
     replaced = 'lease record had an unreadable attempt ' .. tostring(r[2])

@@ -2,16 +2,18 @@
 -- message handed back to the broker: the attempt number steps back, so that the same delivery,
 -- coming again, starts this attempt number again instead of being refused as stale).
 -- KEYS: lease, due, checkpoint, completed (queue -> when a job of it last completed)
--- ARGV: token, job, outcome, reason, stack, tombstone_ttl_ms, queue
+-- ARGV: token, job, outcome, reason, stack, tombstone_ttl_ms, queue, unless_adopted ('1': refuse,
+--       answering {'adopted'}, when the execution adopted the lease: it records its own end)
 -- A first attempt that completed leaves nothing behind. Any other end leaves a tombstone for
 -- tombstone_ttl, so that a late redelivery of a superseded attempt is recognised as stale.
--- Returns {'ok', now} or {'lost', state, token} or {'missing'} or {'corrupt', why}
+-- Returns {'ok', now} or {'lost', state, token} or {'missing'} or {'corrupt', why} or {'adopted'}
 local kind = key_type(KEYS[1])
 if kind == 'none' then return {'missing'} end
 if kind ~= 'hash' then return {'corrupt', 'lease key holds a ' .. kind} end
 local r = redis.call('HMGET', KEYS[1], 'state', 'token', 'attempt', 'stalls', 'worker', 'started',
-  'last_beat', 'last_progress')
+  'last_beat', 'last_progress', 'adopted')
 if r[1] ~= 'running' or r[2] ~= ARGV[1] then return {'lost', r[1] or '', r[2] or ''} end
+if ARGV[8] == '1' and r[9] then return {'adopted'} end
 local now = now_s()
 local outcome = ARGV[3]
 redis.call('ZREM', KEYS[2], ARGV[2])
