@@ -45,12 +45,8 @@ def make_app(url: str, prefix: str, guarded: bool) -> Celery:
     )
     if guarded:
         install(app)
-    for function in (demo.normal, demo.fetch_report, demo.long_export, demo.poison):
+    for function in (demo.normal, demo.fetch_report, demo.long_export, demo.poison, demo.crunch):
         app.task(name=f"zgdemo.{function.__name__}")(function)
-    # C code holding the GIL from its start: no thread of its process can write a deferred lease
-    # (docs/celery.md, lease_delay), so its lease is written before it starts.
-    options = {"zombieguard": {"lease_delay": None}} if guarded else {}
-    app.task(name="zgdemo.crunch", **options)(demo.crunch)
     return app
 
 

@@ -24,11 +24,15 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from zombieguard.adapter import JobAdapter
-from zombieguard.lease import AcquireStatus, JobSpec, LeaseStore
+from zombieguard.errors import LeaseLost
+from zombieguard.lease import AcquireStatus, JobSpec, LeaseStore, Outcome
 from zombieguard.policy import Policy, Settings
 from zombieguard.slot import JobSlot, SlotState
 from zombieguard.stats import EventCounter
@@ -108,21 +112,25 @@ def watch(
     It looks again when the first job it saw can be overdue, and at least every ``grace`` seconds: a
     job that starts after a look cannot be overdue sooner than ``grace`` after it. So it wakes a few
     times a second, not once per job, and is never later than one :data:`POLL_SECONDS`.
+
+    A job whose lease its own process has not written ``grace`` past its ``lease_delay`` (no thread
+    of it can run: C code holding the GIL) has it written from its slot, under the job's execution
+    tag: the worker adopts it when it runs again, and if the job ends first this process releases it
+    as completed (unless the worker adopted it, then the worker records the job's end).
     """
-    worker = worker or f"pid {pid}"
+    watcher = SlotWatcher(
+        pid,
+        dumper,
+        store,
+        adapter_spec=adapter_spec,
+        grace=grace,
+        worker=worker or f"pid {pid}",
+        payload_spec=payload_spec,
+    )
     while not process_exited(pid):
         look_at = time.monotonic() + grace
         for slot in slots():
-            reason, due = _act_on(
-                pid,
-                slot,
-                dumper,
-                store,
-                adapter_spec=adapter_spec,
-                grace=grace,
-                worker=worker,
-                payload_spec=payload_spec,
-            )
+            reason, due = watcher.act_on(slot)
             if reason is not None:
                 return reason
             look_at = min(look_at, due)
@@ -130,42 +138,140 @@ def watch(
     return None
 
 
-def _act_on(
-    pid: int,
-    slot: JobSlot,
-    dumper: StackDumper,
-    store: LeaseStore,
-    *,
-    adapter_spec: str,
-    grace: float,
-    worker: str,
-    payload_spec: str,
-) -> tuple[str | None, float]:
-    """Kill ``pid`` when the slot's job is overdue: the reason, else None and when to look again."""
-    state = slot.read()
-    reason = overdue(state, time.monotonic(), grace)
-    if reason is None or slot.read().generation != state.generation:
-        return None, next_look(state, grace)
-    stack = dumper.request(pid)
-    os.kill(pid, signal.SIGKILL)
-    log.error("worker %d stuck %s in job %s: killed", pid, reason, state.job_id)
-    adapter = _load_adapter(adapter_spec, store) if ":" in adapter_spec else None
-    name = adapter_spec if adapter is None else adapter.name
-    token = state.token
-    if not token:  # the lease was still to be written (Celery): the slot says all it needs
-        policy = Policy(
+@dataclass(frozen=True)
+class _Written:
+    """A lease this process wrote for a job whose own process could not."""
+
+    generation: int
+    token: int
+    spec: JobSpec
+
+
+class SlotWatcher:
+    """What :func:`watch` does at each look at one of the worker's slots."""
+
+    def __init__(
+        self,
+        pid: int,
+        dumper: StackDumper,
+        store: LeaseStore,
+        *,
+        adapter_spec: str,
+        grace: float,
+        worker: str,
+        payload_spec: str,
+    ) -> None:
+        self.pid = pid
+        self.dumper = dumper
+        self.store = store
+        self.adapter_spec = adapter_spec
+        self.grace = grace
+        self.worker = worker
+        self.payload_spec = payload_spec
+        self.written: dict[JobSlot, _Written] = {}
+        self._loaded: JobAdapter | None = None
+
+    def act_on(self, slot: JobSlot) -> tuple[str | None, float]:
+        """Kill the worker when the slot's job is overdue: the reason, else None and when to look
+        again. Writes and releases the leases the worker cannot write (see :func:`watch`)."""
+        state = slot.read()
+        now = time.monotonic()
+        reason = overdue(state, now, self.grace)
+        if reason is not None and slot.read().generation == state.generation:
+            self._kill(slot, state, reason)
+            return reason, time.monotonic()
+        due = next_look(state, self.grace)
+        written = self.written.get(slot)
+        if written is not None and written.generation != state.generation:
+            self._release(slot, written)
+            written = None
+        if written is None and state.active and not state.token and state.lease_delay is not None:
+            late = state.started + state.lease_delay + self.grace
+            if now < late:
+                due = min(due, late)
+            else:
+                self._write(slot, state)
+        return None, due
+
+    def _policy(self, state: SlotState) -> Policy:
+        return Policy(
             lease_ttl=state.lease_ttl,
             hard_timeout=state.hard_timeout,
             progress_timeout=state.progress_timeout,
             lease_delay=None,
         )
-        payload: str = _load(payload_spec)(state, slot.payload()) if payload_spec else ""
-        token = lease_from_slot(store, state, payload, adapter=name, worker=worker, policy=policy)
-    if token:
-        store.abandon(JobSpec(state.job_id, name, "", ""), token, reason, stack)
-    if adapter is not None:
-        Sweeper(store, {name: adapter}, name=f"sidecar-of-{pid}", sender=name).sweep_once()
-    return reason, time.monotonic()
+
+    def _payload(self, slot: JobSlot, state: SlotState) -> str:
+        payload: str = _load(self.payload_spec)(state, slot.payload()) if self.payload_spec else ""
+        return payload
+
+    def _adapter(self) -> JobAdapter | None:
+        """The integration's adapter, when ``--adapter`` names a factory (loaded once)."""
+        if self._loaded is None and ":" in self.adapter_spec:
+            self._loaded = _load_adapter(self.adapter_spec, self.store)
+        return self._loaded
+
+    def _adapter_name(self) -> str:
+        adapter = self._adapter()
+        return self.adapter_spec if adapter is None else adapter.name
+
+    def _write(self, slot: JobSlot, state: SlotState) -> None:
+        try:
+            payload = self._payload(slot, state)
+            if slot.read().generation != state.generation:
+                return  # it ended while its payload was read
+            name = self._adapter_name()
+            token = lease_from_slot(
+                self.store, state, payload, adapter=name, worker=self.worker, policy=self._policy(state)
+            )
+        except Exception as exc:  # Redis away, a payload that does not load: the next look tries again
+            log.warning("job %s: its lease not written for its worker (%s)", state.job_id, exc)
+            return
+        spec = JobSpec(state.job_id, name, state.task, state.queue)
+        self.written[slot] = _Written(state.generation, token, spec)
+        if token:
+            log.warning(
+                "job %s: worker %d did not write its lease within %g s (C code holding the GIL?); "
+                "written for it",
+                state.job_id,
+                self.pid,
+                state.lease_delay,
+            )
+
+    def _release(self, slot: JobSlot, written: _Written) -> None:
+        if written.token:
+            try:
+                self.store.release(
+                    written.spec,
+                    written.token,
+                    Outcome.COMPLETED,
+                    "ended before its worker adopted the lease its watchdog process wrote for it",
+                    unless_adopted=True,
+                )
+            except LeaseLost:
+                pass  # ended, recovered or superseded: recorded by whoever did that
+            except redis.RedisError as exc:
+                log.warning("job %s: lease not released, Redis unreachable (%s)", written.spec.job_id, exc)
+                return  # the next look tries again
+        del self.written[slot]
+
+    def _kill(self, slot: JobSlot, state: SlotState, reason: str) -> None:
+        pid = self.pid
+        stack = self.dumper.request(pid)
+        os.kill(pid, signal.SIGKILL)
+        log.error("worker %d stuck %s in job %s: killed", pid, reason, state.job_id)
+        adapter = self._adapter()
+        name = self._adapter_name()
+        token = state.token
+        if not token:  # the lease was still to be written (Celery): the slot says all it needs
+            payload = self._payload(slot, state)
+            token = lease_from_slot(
+                self.store, state, payload, adapter=name, worker=self.worker, policy=self._policy(state)
+            )
+        if token:
+            self.store.abandon(JobSpec(state.job_id, name, "", ""), token, reason, stack)
+        if adapter is not None:
+            Sweeper(self.store, {name: adapter}, name=f"sidecar-of-{pid}", sender=name).sweep_once()
 
 
 def lease_from_slot(

@@ -131,17 +131,18 @@ def test_a_threads_task_that_changed_its_arguments_in_place_is_recovered_with_th
     assert result.get(timeout=15) == "done"
 
 
-@pytest.mark.parametrize("pool", ["prefork"])
+@pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
 def test_a_task_holding_the_gil_from_its_start_is_leased_and_rerun_when_its_whole_worker_is_sigkilled(
     celery_harness: CeleryHarness, pool: str
 ) -> None:
-    # No thread of its process can write its lease: the worker's main process (prefork) or its
-    # watchdog process (threads) writes it. Not acks_late: without the lease the task is lost.
+    # No thread of its process can write its lease: the worker's main process (prefork, 0.1 s past
+    # lease_delay) or its watchdog process (threads and solo, 0.8 / 0.5 s past) writes it. Not
+    # acks_late: without the lease the task would be lost.
     harness = celery_harness
     victim = harness.start_worker(pool)
     result = harness.send("holds_the_gil", harness.notes, 8.0, 0.2)
     wait_until(lambda: harness.notes_of("started"), 15, what="first attempt started")
-    harness.wait_leased(result.id, timeout=1.5)
+    harness.wait_leased(result.id, timeout=2.0)
     harness.start_worker(pool)
     os.killpg(victim.pid, signal.SIGKILL)
     killed_at = time.time()
@@ -150,7 +151,7 @@ def test_a_task_holding_the_gil_from_its_start_is_leased_and_rerun_when_its_whol
     assert len(harness.notes_of("started")) == 2
 
 
-@pytest.mark.parametrize("pool", ["prefork"])
+@pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
 def test_a_task_that_held_the_gil_past_its_lease_delay_and_completed_runs_once_and_leaves_no_lease(
     celery_harness: CeleryHarness, pool: str
 ) -> None:
@@ -160,7 +161,7 @@ def test_a_task_that_held_the_gil_past_its_lease_delay_and_completed_runs_once_a
     harness.start_worker(pool)
     result = harness.send("holds_the_gil", harness.notes, 1.0, 1.0)
     wait_until(lambda: harness.notes_of("started"), 15, what="first attempt started")
-    harness.wait_leased(result.id, timeout=1.5)
+    harness.wait_leased(result.id, timeout=2.0)
     assert result.get(timeout=15) == "done"
     wait_until(lambda: harness.lease_state(result.id) == "", 3, what="its lease released")
     time.sleep(LEASE_TTL + 1.5)  # a lease left behind would have expired and been recovered

@@ -1,6 +1,7 @@
-"""Prefork: the worker's main process writes the lease of a pool process's task that its own process
-does not write in time (C code holding the GIL), and hands it over (real Redis, real slots; the
-worker's guard reduced to what the monitor uses)."""
+"""A task whose own process does not write its lease in time (C code holding the GIL) has it written
+by another process of its worker, which hands it over: the prefork worker's main process, the
+watchdog process beside a threads or solo worker (real Redis, real slots; the prefork worker's guard
+reduced to what its monitor uses)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from zombieguard import Policy
 from zombieguard.attempt import Attempt
 from zombieguard.integrations.celery import ADAPTER, SlotMonitor
 from zombieguard.lease import JobSpec, LeaseStore, Outcome
-from zombieguard.sidecar import lease_from_slot
+from zombieguard.sidecar import SlotWatcher, lease_from_slot
 from zombieguard.slot import JobSlot, SlotState, execution_tag
+from zombieguard.watchdog import StackDumper
 
 POLICY = Policy(lease_ttl=5, lease_delay=0.05)
 SPEC = JobSpec("j1", ADAPTER, "app.work", "default", '{"signature": {}}')
@@ -102,3 +104,47 @@ def test_a_late_lease_the_task_adopted_is_left_for_the_task_to_release(
     record = store.record(SPEC.job_id)
     assert record is not None
     assert (record.state, record.reason) == ("done", "its own end")
+
+
+def _watcher(store: LeaseStore, tmp_path: Path) -> SlotWatcher:
+    """The watchdog process's part that looks at one slot (this process stands in for the worker)."""
+    return SlotWatcher(
+        os.getpid(),
+        StackDumper(tmp_path / "stacks.txt"),
+        store,
+        adapter_spec=ADAPTER,
+        grace=0.3,
+        worker="w1",
+        payload_spec="",
+    )
+
+
+def test_the_watchdog_process_writes_a_late_lease_grace_past_lease_delay_and_releases_it_unless_adopted(
+    store: LeaseStore, tmp_path: Path
+) -> None:
+    watcher, slot = _watcher(store, tmp_path), JobSlot()
+    _announce(slot, 0.0)
+    reason, due = watcher.act_on(slot)
+    assert reason is None
+    assert due == slot.read().started + POLICY.lease_delay + 0.3  # it looks again then
+    assert store.record(SPEC.job_id) is None
+    _announce(slot, 0.5)
+    watcher.act_on(slot)
+    record = store.record(SPEC.job_id)
+    assert record is not None
+    assert (record.state, record.worker) == ("running", "w1")
+    slot.clear()  # the task returned before its worker looked at its lease
+    watcher.act_on(slot)
+    assert store.record(SPEC.job_id) is None
+    # Adopted: the worker records the end.
+    generation = _announce(slot, 0.5)
+    watcher.act_on(slot)
+    attempt = Attempt(store, SPEC, "w1", POLICY, None)
+    attempt.tag = execution_tag(os.getpid(), generation)
+    attempt.acquire_now()
+    assert attempt.lost is None
+    slot.clear()
+    watcher.act_on(slot)
+    record = store.record(SPEC.job_id)
+    assert record is not None
+    assert (record.state, record.token) == ("running", attempt.token)
