@@ -194,11 +194,15 @@ class SlotWatcher:
         return None, due
 
     def _policy(self, state: SlotState) -> Policy:
+        """The fields of the job's policy that its lease holds, as its slot gives them."""
         return Policy(
             lease_ttl=state.lease_ttl,
             hard_timeout=state.hard_timeout,
             progress_timeout=state.progress_timeout,
             lease_delay=None,
+            max_stalls=state.max_stalls,
+            dead_letter=state.dead_letter,
+            overdue_grace=state.overdue_grace,
         )
 
     def _payload(self, slot: JobSlot, state: SlotState) -> str:

@@ -19,10 +19,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from zombieguard.policy import Policy
+
 # generation, active, token, started, hard_deadline, progress_timeout, last_progress, job id,
 # confirmed_until, outcome, soft_deadline, started_at (server time), attempt, stalls, pid, lease_ttl,
-# task name, queue, lease_delay
-_FORMAT = "=qqqdddd256sdqddqqqd128s64sd"
+# task name, queue, lease_delay, max_stalls, dead_letter, overdue_grace
+_FORMAT = "=qqqdddd256sdqddqqqd128s64sdqqd"
 PAYLOAD_ROOM = 16384
 """Bytes a slot keeps of what a watchdog process needs to write the job's lease (Celery's
 ``lease_delay``: the lease may not be written yet when the job gets stuck)."""
@@ -71,6 +73,11 @@ class SlotState:
     lease_delay: float | None
     """Celery: the job's lease is to be written by its own process within this (token 0 until
     then); None when it was written before the job started."""
+    max_stalls: int
+    dead_letter: bool
+    overdue_grace: float
+    """The job's policy's ``max_stalls``, ``dead_letter`` and ``overdue_grace``, for a lease written
+    for it by another process (they are fields of the lease)."""
 
     @property
     def tag(self) -> str:
@@ -120,6 +127,9 @@ class JobSlot:
         queue: str = "",
         payload: bytes = b"",
         lease_delay: float | None = None,
+        max_stalls: int = Policy.max_stalls,
+        dead_letter: bool = Policy.dead_letter,
+        overdue_grace: float = Policy.overdue_grace,
     ) -> int:
         """Announce a running job (the writer is its own process; one job at a time per slot).
         ``payload`` (what the integration needs to write the job's lease, in a form of its own) is
@@ -156,6 +166,9 @@ class JobSlot:
             task.encode()[:128],
             queue.encode()[:64],
             -1.0 if lease_delay is None else lease_delay,
+            max_stalls,
+            int(dead_letter),
+            overdue_grace,
         )
         self._map[0:8] = _GENERATION.pack(generation + 1)
         return generation + 1
@@ -225,6 +238,9 @@ class JobSlot:
             task,
             queue,
             lease_delay,
+            max_stalls,
+            dead_letter,
+            overdue_grace,
         ) = raw
         return SlotState(
             generation=generation,
@@ -246,6 +262,9 @@ class JobSlot:
             task=task.rstrip(b"\0").decode(errors="replace"),
             queue=queue.rstrip(b"\0").decode(errors="replace"),
             lease_delay=None if lease_delay < 0 else lease_delay,
+            max_stalls=max_stalls,
+            dead_letter=bool(dead_letter),
+            overdue_grace=overdue_grace,
         )
 
     def close(self) -> None:

@@ -52,6 +52,9 @@ def _announce(slot: JobSlot, ago: float) -> int:
         task=SPEC.task,
         queue=SPEC.queue,
         lease_delay=POLICY.lease_delay,
+        max_stalls=1,
+        dead_letter=False,
+        overdue_grace=2.0,
     )
 
 
@@ -133,6 +136,8 @@ def test_the_watchdog_process_writes_a_late_lease_grace_past_lease_delay_and_rel
     record = store.record(SPEC.job_id)
     assert record is not None
     assert (record.state, record.worker) == ("running", "w1")
+    # The task's policy, as its slot gives it: what a sweeper decides a recovery by.
+    assert (record.max_stalls, record.dead_letter, record.overdue_grace) == (1, False, 2.0)
     slot.clear()  # the task returned before its worker looked at its lease
     watcher.act_on(slot)
     assert store.record(SPEC.job_id) is None

@@ -756,6 +756,9 @@ def announce(slot: JobSlot, attempt: Attempt, *, keep_payload: bool) -> None:
         if keep_payload and attempt.pending and isinstance(attempt.describe, _Snapshot)
         else b"",
         lease_delay=policy.lease_delay if attempt.pending else None,
+        max_stalls=policy.max_stalls,
+        dead_letter=policy.dead_letter,
+        overdue_grace=policy.overdue_grace,
     )
     attempt.tag = execution_tag(os.getpid(), generation)
 
