@@ -55,14 +55,12 @@ class Attempt:
         """A try to write the pending lease failed in Redis (it may have been written all the same)."""
         self._unguarded = False
         """The pending lease could not be written: nothing of this attempt is recorded in Redis."""
-        if acquired is None:
-            acquired = Acquired(AcquireStatus.ACQUIRED, attempt=1, started=time.time())
-        self.token = acquired.token
-        self.number = acquired.attempt
-        self.stalls = acquired.stalls
-        self.started_at = acquired.started
+        self.token = 0 if acquired is None else acquired.token
+        self.number = 1 if acquired is None else acquired.attempt
+        self.stalls = 0 if acquired is None else acquired.stalls
+        self.started_at = time.time() if acquired is None else acquired.started
         """Server time at acquire (this process's clock while the lease is pending)."""
-        self.checkpoint_json = acquired.checkpoint
+        self.checkpoint_json = None if acquired is None else acquired.checkpoint
         self.started_monotonic = time.monotonic()
         self.last_progress_monotonic = self.started_monotonic
         self._last_sent = self.started_monotonic

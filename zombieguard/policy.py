@@ -93,6 +93,12 @@ class Policy:
             )
 
     @property
+    def limited(self) -> bool:
+        """Whether the policy sets a limit (hard, soft or progress) for a watchdog to enforce."""
+        limits = (self.hard_timeout, self.soft_timeout, self.progress_timeout)
+        return limits != (None, None, None)
+
+    @property
     def renew_every(self) -> float:
         """The heartbeat interval in seconds, derived or explicit."""
         assert self.heartbeat_interval is not None  # set by __post_init__

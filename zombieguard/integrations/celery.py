@@ -866,17 +866,20 @@ class InProcessExecutor(Executor):
         ident = threading.get_ident()
         if not attempt.pending:
             guard.heartbeat.add(attempt)
-        clock = LimitClock(attempt.policy, attempt.started_monotonic, lambda: attempt.last_progress_monotonic)
-        watched = Watched(
-            clock,
-            stop=lambda w, limit, stack: self._stop(state, ident, limit, stack),
-            capture=lambda: thread_stack(ident),
-            escalate=lambda w: guard.stuck(state, ident, w),
-            escalate_after=ESCALATE_AFTER,
-            label=attempt.job.job_id,
-        )
         self._states[ident] = state
-        self._watched[ident] = guard.watchdog.watch(watched)
+        if attempt.policy.limited:  # else the watchdog has nothing to enforce
+            clock = LimitClock(
+                attempt.policy, attempt.started_monotonic, lambda: attempt.last_progress_monotonic
+            )
+            watched = Watched(
+                clock,
+                stop=lambda w, limit, stack: self._stop(state, ident, limit, stack),
+                capture=lambda: thread_stack(ident),
+                escalate=lambda w: guard.stuck(state, ident, w),
+                escalate_after=ESCALATE_AFTER,
+                label=attempt.job.job_id,
+            )
+            self._watched[ident] = guard.watchdog.watch(watched)
         # The watchdog process beside the worker reads it, for when no thread of this one can run.
         slot = guard.thread_slot(ident)
         announce(slot, attempt, keep_payload=True)
