@@ -485,6 +485,8 @@ class Executor:
             raise
         finally:
             unleased = attempt.finish_unleased()  # after this, its lease is never written
+            if unleased:
+                self.releases.drop(attempt)
             self.end(state)
             self._local.running = None
         if state.recorded:
