@@ -28,7 +28,8 @@ _FORMAT = "=qqqdddd256sdqddqqqd128s64sdqqd"
 PAYLOAD_ROOM = 16384
 """Bytes a slot keeps of what a watchdog process needs to write the job's lease (Celery's
 ``lease_delay``: the lease may not be written yet when the job gets stuck)."""
-_PAYLOAD_OFFSET = struct.calcsize(_FORMAT)
+_STRUCT = struct.Struct(_FORMAT)
+_PAYLOAD_OFFSET = _STRUCT.size
 SIZE = _PAYLOAD_OFFSET + 8 + PAYLOAD_ROOM
 _GENERATION = struct.Struct("=q")
 _DOUBLE = struct.Struct("=d")
@@ -143,8 +144,7 @@ class JobSlot:
             kept = b""
         end = _PAYLOAD_OFFSET + 8 + len(kept)
         self._map[_PAYLOAD_OFFSET:end] = _GENERATION.pack(len(kept)) + kept
-        struct.pack_into(
-            _FORMAT,
+        _STRUCT.pack_into(
             self._map,
             0,
             generation,
@@ -215,7 +215,7 @@ class JobSlot:
         """A consistent snapshot (retries while a write is under way, a bounded number of times: a
         writer killed mid-write must not hang the reader)."""
         for _ in range(10_000):
-            raw = struct.unpack_from(_FORMAT, self._map, 0)
+            raw = _STRUCT.unpack_from(self._map, 0)
             if raw[0] % 2 == 0 and _GENERATION.unpack_from(self._map, 0)[0] == raw[0]:
                 break
         (

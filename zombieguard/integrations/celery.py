@@ -738,7 +738,7 @@ def announce(slot: JobSlot, attempt: Attempt, *, keep_payload: bool) -> None:
     A pending attempt's lease may be written by that other process (the main process, or the
     watchdog process) when this one's threads do not write it in time (C code holding the GIL):
     under the attempt's tag, so that this process adopts it."""
-    policy, started = attempt.policy, attempt.started_monotonic
+    policy, started, pid = attempt.policy, attempt.started_monotonic, os.getpid()
     generation = slot.start(
         attempt.job.job_id,
         attempt.token,
@@ -750,7 +750,7 @@ def announce(slot: JobSlot, attempt: Attempt, *, keep_payload: bool) -> None:
         started_at=attempt.started_at,
         attempt=attempt.number,
         stalls=attempt.stalls,
-        pid=os.getpid(),
+        pid=pid,
         lease_ttl=policy.lease_ttl,
         task=attempt.job.task,
         queue=attempt.job.queue,
@@ -762,7 +762,7 @@ def announce(slot: JobSlot, attempt: Attempt, *, keep_payload: bool) -> None:
         dead_letter=policy.dead_letter,
         overdue_grace=policy.overdue_grace,
     )
-    attempt.tag = execution_tag(os.getpid(), generation)
+    attempt.tag = execution_tag(pid, generation)
 
 
 def _install_interrupt_handlers(executor: Executor) -> None:
@@ -1432,6 +1432,9 @@ class WorkerGuard(WorkerRuntime):
 
     def thread_slot(self, ident: int) -> JobSlot:
         """The slot of one pool thread (created at its first task)."""
+        slot = self._thread_slots.get(ident)
+        if slot is not None:
+            return slot
         with self._slots_lock:
             slot = self._thread_slots.get(ident)
             if slot is None:
