@@ -493,7 +493,9 @@ class LeaseStore:
         """The sorted set of dead-letter entries, scored by when they were dead-lettered."""
         return f"{self.prefix}:dlq:index"
 
-    def _static_fields(self, job: JobSpec, worker: str, policy: Policy, tag: str = "") -> list[str]:
+    def _static_fields(
+        self, job: JobSpec, worker: str, policy: Policy, tag: str = "", *, on_behalf: bool = False
+    ) -> list[str]:
         fields = {
             "job": job.job_id,
             "adapter": job.adapter,
@@ -504,6 +506,8 @@ class LeaseStore:
         }
         if tag:
             fields["tag"] = tag
+        if on_behalf:
+            fields["writer"] = "1"
         return [item for pair in fields.items() for item in pair]
 
     @staticmethod
@@ -559,7 +563,14 @@ class LeaseStore:
         return b"*%d\r\n" % len(parts) + b"".join(_bulk(p) for p in parts)
 
     def _acquire_call(
-        self, job: JobSpec, worker: str, policy: Policy, delivery_attempt: int | None, tag: str = ""
+        self,
+        job: JobSpec,
+        worker: str,
+        policy: Policy,
+        delivery_attempt: int | None,
+        tag: str = "",
+        *,
+        on_behalf: bool = False,
     ) -> tuple[list[str], list[str]]:
         keys = [
             self.lease_key(job.job_id),
@@ -571,7 +582,7 @@ class LeaseStore:
         ]
         args = [
             "" if delivery_attempt is None else str(delivery_attempt),
-            *self._static_fields(job, worker, policy, tag),
+            *self._static_fields(job, worker, policy, tag, on_behalf=on_behalf),
         ]
         return keys, args
 
@@ -604,13 +615,17 @@ class LeaseStore:
         delivery_attempt: int | None = None,
         *,
         tag: str = "",
+        on_behalf: bool = False,
     ) -> Acquired:
         """Start a new attempt of ``job`` on ``worker``, unless a live or newer attempt exists.
 
-        ``tag`` names one execution (see :func:`zombieguard.slot.execution_tag`): a running lease
-        of ``worker`` written under the same tag is that execution's own, written for it by another
-        of the worker's processes, and is adopted (its token returned, the lease marked adopted)."""
-        keys, args = self._acquire_call(job, worker, policy, delivery_attempt, tag)
+        ``tag`` names one execution (see :func:`zombieguard.slot.execution_tag`): a live running
+        lease of ``worker`` under the same tag is that execution's own and is taken over (its token
+        returned, the lease renewed). ``on_behalf``: the acquire is made for the execution by another
+        of the worker's processes (its own could not run). A lease that passes from that process to
+        the execution, or the other way, is marked adopted: the execution records its end (see
+        :meth:`release`'s ``unless_adopted``)."""
+        keys, args = self._acquire_call(job, worker, policy, delivery_attempt, tag, on_behalf=on_behalf)
         return self._acquired(job.job_id, self._scripts["acquire"](keys=keys, args=args))
 
     def send_acquire(
@@ -746,7 +761,8 @@ class LeaseStore:
     ) -> str:
         """End an attempt; return 'ok' or 'missing'. Raise LeaseLost when a newer attempt exists.
         ``unless_adopted``: for a lease written on an execution's behalf (see :meth:`acquire`'s
-        ``tag``), only if the execution did not adopt it ('adopted': it records its own end)."""
+        ``on_behalf``), only if it did not pass to the execution ('adopted': the execution records
+        its own end)."""
         keys, args = self._release_call(job, token, outcome, reason, stack, unless_adopted=unless_adopted)
         reply = [text(item) for item in self._scripts["release"](keys=keys, args=args)]
         return self._check_fenced(job.job_id, token, reply)

@@ -127,15 +127,18 @@ def watch(
         worker=worker or f"pid {pid}",
         payload_spec=payload_spec,
     )
-    while not process_exited(pid):
-        look_at = time.monotonic() + grace
-        for slot in slots():
-            reason, due = watcher.act_on(slot)
-            if reason is not None:
-                return reason
-            look_at = min(look_at, due)
-        time.sleep(max(POLL_SECONDS, look_at - time.monotonic()))
-    return None
+    try:
+        while not process_exited(pid):
+            look_at = time.monotonic() + grace
+            for slot in slots():
+                reason, due = watcher.act_on(slot)
+                if reason is not None:
+                    return reason
+                look_at = min(look_at, due)
+            time.sleep(max(POLL_SECONDS, look_at - time.monotonic()))
+        return None
+    finally:
+        watcher.settle()
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,8 @@ class SlotWatcher:
         self.payload_spec = payload_spec
         self.written: dict[JobSlot, _Written] = {}
         self._loaded: JobAdapter | None = None
+        self._unanswered = False
+        """Redis did not answer the last write or release of a lease (logged once until it does)."""
 
     def act_on(self, slot: JobSlot) -> tuple[str | None, float]:
         """Kill the worker when the slot's job is overdue: the reason, else None and when to look
@@ -229,8 +234,9 @@ class SlotWatcher:
                 self.store, state, payload, adapter=name, worker=self.worker, policy=self._policy(state)
             )
         except Exception as exc:  # Redis away, a payload that does not load: the next look tries again
-            log.warning("job %s: its lease not written for its worker (%s)", state.job_id, exc)
+            self._failed(f"job {state.job_id}: its lease not written for its worker", exc)
             return
+        self._unanswered = False
         spec = JobSpec(state.job_id, name, state.task, state.queue)
         self.written[slot] = _Written(state.generation, token, spec)
         if token:
@@ -255,9 +261,24 @@ class SlotWatcher:
             except LeaseLost:
                 pass  # ended, recovered or superseded: recorded by whoever did that
             except redis.RedisError as exc:
-                log.warning("job %s: lease not released, Redis unreachable (%s)", written.spec.job_id, exc)
+                self._failed(f"job {written.spec.job_id}: its lease not released", exc)
                 return  # the next look tries again
+        self._unanswered = False
         del self.written[slot]
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        """Log a failed write or release once, until one succeeds (it is tried at every look)."""
+        if not self._unanswered:
+            log.warning("%s (%s); trying again at every look", what, exc)
+        self._unanswered = True
+
+    def settle(self) -> None:
+        """Before this process ends (its worker gone, or stopped with it): release the leases it
+        wrote for jobs that have ended since. Those of jobs still in their slots (their worker died
+        in them) are left to expire and be recovered."""
+        for slot, written in list(self.written.items()):
+            if slot.read().generation != written.generation:
+                self._release(slot, written)
 
     def _kill(self, slot: JobSlot, state: SlotState, reason: str) -> None:
         pid = self.pid
@@ -286,8 +307,12 @@ def lease_from_slot(
     it if it runs again, and a lease it wrote itself (its token not yet in the slot) is taken as
     this one. Its token, or 0 when another attempt holds the job."""
     spec = JobSpec(state.job_id, adapter, state.task, state.queue, payload)
-    acquired = store.acquire(spec, worker, policy, state.attempt or 1, tag=state.tag)
+    acquired = store.acquire(spec, worker, policy, state.attempt or 1, tag=state.tag, on_behalf=True)
     return acquired.token if acquired.status is AcquireStatus.ACQUIRED else 0
+
+
+def _exit(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -314,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s zombieguard-sidecar %(message)s")
     # The worker's Ctrl+C reaches its whole process group; this process ends when the worker does.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit)  # the worker stopping it: the last look of watch() first
     store = LeaseStore.from_url(args.redis_url, Settings(key_prefix=args.key_prefix))
     EventCounter(store)  # what its sweep detects counts like any worker's
     watch(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import os
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -23,8 +24,8 @@ from zombieguard.policy import Policy
 
 # generation, active, token, started, hard_deadline, progress_timeout, last_progress, job id,
 # confirmed_until, outcome, soft_deadline, started_at (server time), attempt, stalls, pid, lease_ttl,
-# task name, queue, lease_delay, max_stalls, dead_letter, overdue_grace
-_FORMAT = "=qqqdddd256sdqddqqqd128s64sdqqd"
+# task name, queue, lease_delay, max_stalls, dead_letter, overdue_grace, nonce
+_FORMAT = "=qqqdddd256sdqddqqqd128s64sdqqdq"
 PAYLOAD_ROOM = 16384
 """Bytes a slot keeps of what a watchdog process needs to write the job's lease (Celery's
 ``lease_delay``: the lease may not be written yet when the job gets stuck)."""
@@ -80,10 +81,14 @@ class SlotState:
     """The job's policy's ``max_stalls``, ``dead_letter`` and ``overdue_grace``, for a lease written
     for it by another process (they are fields of the lease)."""
 
+    nonce: int
+    """Drawn at random by the process that writes the slot, once: with ``generation``, it names the
+    job's execution (see :attr:`tag`)."""
+
     @property
     def tag(self) -> str:
         """The job's :func:`execution_tag`."""
-        return execution_tag(self.pid, self.generation)
+        return execution_tag(self.nonce, self.generation)
 
     @property
     def hard_timeout(self) -> float | None:
@@ -108,6 +113,8 @@ class JobSlot:
             with path.open("r+b") as f:
                 self._map = mmap.mmap(f.fileno(), SIZE)
         self.path = path
+        self.nonce = int.from_bytes(os.urandom(8), "little") >> 2
+        """Written with every job this object starts (see :attr:`SlotState.nonce`)."""
 
     def start(
         self,
@@ -169,6 +176,7 @@ class JobSlot:
             max_stalls,
             int(dead_letter),
             overdue_grace,
+            self.nonce,
         )
         self._map[0:8] = _GENERATION.pack(generation + 1)
         return generation + 1
@@ -241,6 +249,7 @@ class JobSlot:
             max_stalls,
             dead_letter,
             overdue_grace,
+            nonce,
         ) = raw
         return SlotState(
             generation=generation,
@@ -265,6 +274,7 @@ class JobSlot:
             max_stalls=max_stalls,
             dead_letter=bool(dead_letter),
             overdue_grace=overdue_grace,
+            nonce=nonce,
         )
 
     def close(self) -> None:
@@ -272,11 +282,12 @@ class JobSlot:
         self._map.close()
 
 
-def execution_tag(pid: int, generation: int) -> str:
-    """Names one execution of a job, as the process running it and the processes reading its slot
-    agree on it: a lease one of them writes for it under this tag, the other adopts (see
-    :meth:`zombieguard.lease.LeaseStore.acquire`)."""
-    return f"{pid}.{generation}"
+def execution_tag(nonce: int, generation: int) -> str:
+    """Names one execution of a job (the slot's nonce and the generation its start gave), as the
+    process running it and the processes reading its slot agree on it: a lease one of them writes for
+    it under this tag, the other takes over (see :meth:`zombieguard.lease.LeaseStore.acquire`). Two
+    slots of one process, or a slot of a process restarted with the same pid, never share it."""
+    return f"{nonce:x}.{generation}"
 
 
 def remove_stale_workdirs(prefix: str) -> None:

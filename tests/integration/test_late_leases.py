@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import redis
+
 from zombieguard import Policy
 from zombieguard.attempt import Attempt
 from zombieguard.integrations.celery import ADAPTER, SlotMonitor
@@ -30,13 +32,16 @@ class StandInGuard:
         self.dir = directory
         self.name = "w1"
         self.heartbeat = SimpleNamespace(worker_ttl=15.0)
+        self.redis_away = False
 
     def request_payload(self, job_id: str) -> str:
         return SPEC.payload
 
-    def lease_from_slot(self, state: SlotState, payload: str) -> tuple[JobSpec, int] | None:
-        token = lease_from_slot(self.store, state, payload, adapter=ADAPTER, worker=self.name, policy=POLICY)
-        return (SPEC, token) if token else None
+    def write_lease_for(self, state: SlotState, payload: str) -> int:
+        if self.redis_away:
+            self.redis_away = False
+            raise redis.ConnectionError("Redis away for one try")
+        return lease_from_slot(self.store, state, payload, adapter=ADAPTER, worker=self.name, policy=POLICY)
 
 
 def _announce(slot: JobSlot, ago: float) -> int:
@@ -93,7 +98,7 @@ def test_a_late_lease_the_task_adopted_is_left_for_the_task_to_release(
     generation = _announce(slot, 0.5)
     monitor.check(time.monotonic())
     attempt = Attempt(store, SPEC, "w1", POLICY, None)
-    attempt.tag = execution_tag(os.getpid(), generation)
+    attempt.tag = execution_tag(slot.nonce, generation)
     attempt.acquire_now()  # the task's own process, running again
     record = store.record(SPEC.job_id)
     assert record is not None
@@ -145,7 +150,7 @@ def test_the_watchdog_process_writes_a_late_lease_grace_past_lease_delay_and_rel
     generation = _announce(slot, 0.5)
     watcher.act_on(slot)
     attempt = Attempt(store, SPEC, "w1", POLICY, None)
-    attempt.tag = execution_tag(os.getpid(), generation)
+    attempt.tag = execution_tag(slot.nonce, generation)
     attempt.acquire_now()
     assert attempt.lost is None
     slot.clear()
@@ -153,3 +158,43 @@ def test_the_watchdog_process_writes_a_late_lease_grace_past_lease_delay_and_rel
     record = store.record(SPEC.job_id)
     assert record is not None
     assert (record.state, record.token) == ("running", attempt.token)
+
+
+def test_two_slots_of_one_process_never_name_two_executions_alike() -> None:
+    # Threads: every slot of a worker has its pid, and each new slot starts at the same generation.
+    first, second = JobSlot(), JobSlot()
+    assert _announce(first, 0.0) == _announce(second, 0.0)
+    assert first.read().tag != second.read().tag
+
+
+def test_the_main_process_tries_again_a_second_later_when_redis_did_not_answer(
+    store: LeaseStore, tmp_path: Path
+) -> None:
+    monitor, slot = _monitor(store, tmp_path)
+    monitor.guard.redis_away = True  # type: ignore[attr-defined]
+    _announce(slot, 0.5)
+    now = time.monotonic()
+    monitor.check(now)
+    monitor.check(now + 0.5)
+    assert store.record(SPEC.job_id) is None
+    monitor.check(now + 1.1)
+    assert store.record(SPEC.job_id) is not None
+
+
+def test_the_leases_written_for_tasks_that_ended_are_released_at_the_last_look(
+    store: LeaseStore, tmp_path: Path
+) -> None:
+    # Prefork: the main process stopping; threads and solo: the watchdog process ending.
+    monitor, slot = _monitor(store, tmp_path)
+    _announce(slot, 0.5)
+    monitor.check(time.monotonic())
+    slot.clear()
+    monitor.stop()
+    assert store.record(SPEC.job_id) is None
+    watcher, slot = _watcher(store, tmp_path), JobSlot()
+    _announce(slot, 0.5)
+    watcher.act_on(slot)
+    assert store.record(SPEC.job_id) is not None
+    slot.clear()
+    watcher.settle()
+    assert store.record(SPEC.job_id) is None

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.integration.conftest import job, start
+from tests.integration.conftest import expire, job, start
 from tests.waiting import wait_until
 from zombieguard import LeaseLost, Policy
 from zombieguard.attempt import Attempt
@@ -168,34 +168,58 @@ def test_jobs_coming_one_after_the_other_make_the_lease_thread_look_about_once_p
     assert looks <= 1.5 * elapsed / 0.05 + 2, f"{looks} wake-ups in {elapsed:.2f} s for 200 jobs"
 
 
-def test_a_lease_written_for_an_execution_under_its_tag_is_adopted_by_it_with_the_same_token(
+def test_a_lease_written_for_an_execution_under_its_tag_is_taken_over_by_it_with_the_same_token(
     store: LeaseStore,
 ) -> None:
     # Another process of the worker wrote it (the task's own could not run): the task's own acquire
-    # takes it over instead of being refused as a duplicate.
-    written = store.acquire(job("j1"), "w1", POLICY, 1, tag="100.2")
+    # takes it over instead of being refused as a duplicate, and renews it.
+    written = store.acquire(job("j1"), "w1", POLICY, 1, tag="a1.2", on_behalf=True)
+    before = store.record("j1")
     attempt = pending(store, "j1")
-    attempt.tag = "100.2"
+    attempt.tag = "a1.2"
+    time.sleep(0.05)
     attempt.acquire_now()
     assert (attempt.lost, attempt.token, attempt.number) == (None, written.token, 1)
+    after = store.record("j1")
+    assert before is not None
+    assert after is not None
+    assert after.expires > before.expires  # renewed as it was taken over
     # Another execution of the same task (a duplicate copy, even on the same worker) is refused.
-    for worker, tag in (("w1", "100.4"), ("w1", ""), ("w2", "100.2")):
+    for worker, tag in (("w1", "a1.4"), ("w1", "b7.2"), ("w1", ""), ("w2", "a1.2")):
         assert store.acquire(job("j1"), worker, POLICY, 1, tag=tag).status is AcquireStatus.STALE
         assert store.acquire(job("j1"), worker, POLICY, tag=tag).status is AcquireStatus.BUSY
 
 
-def test_a_lease_written_for_an_execution_is_released_for_it_only_when_it_did_not_adopt_it(
+def test_an_expired_lease_written_for_an_execution_is_not_taken_over_it_is_a_sweeper_s(
     store: LeaseStore,
 ) -> None:
-    # Not adopted: its task ended before its own process looked; the writer releases it.
-    token = store.acquire(job("j1"), "w1", POLICY, 1, tag="100.2").token
+    store.acquire(job("j1"), "w1", POLICY, 1, tag="a1.2", on_behalf=True)
+    expire(store, "j1")
+    attempt = pending(store, "j1")
+    attempt.tag = "a1.2"
+    attempt.acquire_now()
+    assert attempt.lost is not None  # stopped; the sweeper recovers the task
+
+
+def test_a_lease_written_for_an_execution_is_released_for_it_only_when_it_did_not_pass_to_it(
+    store: LeaseStore,
+) -> None:
+    # Not taken over: its task ended before its own process looked; the writer releases it, even
+    # when it had to acquire it twice (a lost reply).
+    token = store.acquire(job("j1"), "w1", POLICY, 1, tag="a1.2", on_behalf=True).token
+    assert store.acquire(job("j1"), "w1", POLICY, 1, tag="a1.2", on_behalf=True).token == token
     assert store.release(job("j1"), token, Outcome.COMPLETED, unless_adopted=True) == "ok"
     assert store.record("j1") is None
-    # Adopted: the task's own process records its end; the writer's release is refused.
-    token = store.acquire(job("j2"), "w1", POLICY, 1, tag="100.4").token
-    assert store.acquire(job("j2"), "w1", POLICY, 1, tag="100.4").token == token
+    # Taken over: the task's own process records its end; the writer's release is refused.
+    token = store.acquire(job("j2"), "w1", POLICY, 1, tag="a1.4", on_behalf=True).token
+    assert store.acquire(job("j2"), "w1", POLICY, 1, tag="a1.4").token == token
     assert store.release(job("j2"), token, Outcome.COMPLETED, unless_adopted=True) == "adopted"
     assert store.release(job("j2"), token, Outcome.FAILED, "its own end") == "ok"
     record = store.record("j2")
     assert record is not None
     assert (record.state, record.reason) == ("done", "its own end")
+    # The other way: the writer finds the lease the task's own process wrote (its token not yet in
+    # the slot); that lease is the task's, whose end the writer must not record.
+    token = store.acquire(job("j3"), "w1", POLICY, 1, tag="a1.6").token
+    assert store.acquire(job("j3"), "w1", POLICY, 1, tag="a1.6", on_behalf=True).token == token
+    assert store.release(job("j3"), token, Outcome.COMPLETED, unless_adopted=True) == "adopted"

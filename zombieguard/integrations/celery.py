@@ -762,7 +762,7 @@ def announce(slot: JobSlot, attempt: Attempt, *, keep_payload: bool) -> None:
         dead_letter=policy.dead_letter,
         overdue_grace=policy.overdue_grace,
     )
-    attempt.tag = execution_tag(pid, generation)
+    attempt.tag = execution_tag(slot.nonce, generation)
 
 
 def _install_interrupt_handlers(executor: Executor) -> None:
@@ -990,7 +990,9 @@ class _Tracked:
     """The token of the lease this process wrote for the task, its pool process late to write it
     (0: none); the pool process adopts it when it runs again (see :func:`announce`)."""
     tried: bool = False
-    """This process tried to write the task's lease."""
+    """This process tried to write the task's lease and had an answer from Redis."""
+    retry_at: float = 0.0
+    """When to try again, Redis not having answered (monotonic)."""
 
     @property
     def token(self) -> int:
@@ -1019,6 +1021,9 @@ class SlotMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listed = 0.0
+        self._unanswered = False
+        """Redis did not answer the last write or release of a lease this process wrote for a task
+        (logged once until it answers again)."""
 
     def _refresh(self, now: float, *, force: bool = False) -> None:
         if now - self._listed < 1.0 and not force:
@@ -1095,22 +1100,39 @@ class SlotMonitor:
             payload = self.guard.request_payload(state.job_id)
             if payload is None:
                 return
-            leased = self.guard.lease_from_slot(state, payload)
-            if leased is None:
+            try:
+                token = self.guard.write_lease_for(state, payload)
+            except redis.RedisError as exc:
+                tracked.tried, tracked.retry_at = False, now + 1.0
+                self._answered(exc)
                 return
+            self._answered(None)
+            if not token:
+                return  # another attempt holds the task: this copy's own acquire is refused
             with self._lock:
-                tracked.written = leased[1]
+                tracked.written = token
                 tracked.renewed = now
                 if self.tracked.get(tracked.path) is not tracked:  # it ended meanwhile
                     self.to_release.append(tracked)
-            log.warning(
-                "celery task %s[%s]: its pool process %d did not write its lease within %g s (C code "
-                "holding the GIL?); written by the worker",
+            log.info(
+                "celery task %s[%s]: its pool process %d had not written its lease %.2f s after it "
+                "started (C code holding the GIL, or a busy machine); written by the worker's main "
+                "process",
                 state.task,
                 state.job_id,
                 state.pid,
-                state.lease_delay,
+                now - state.started,
             )
+
+    def _answered(self, exc: redis.RedisError | None) -> None:
+        """Log a failed write or release of a lease written for a task once, until Redis answers."""
+        if exc is not None and not self._unanswered:
+            log.warning(
+                "celery worker %s: leases written for its tasks wait for Redis (%s)", self.guard.name, exc
+            )
+        elif exc is None and self._unanswered:
+            log.warning("celery worker %s: Redis answers again", self.guard.name)
+        self._unanswered = exc is not None
 
     def _release_written(self) -> None:
         """Release, as completed, the leases this process wrote for tasks that ended without
@@ -1120,21 +1142,23 @@ class SlotMonitor:
         for index, tracked in enumerate(ended):
             state = tracked.state
             spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
+            revoked = state.job_id in worker_state.revoked
             try:
                 self.guard.store.release(
                     spec,
                     tracked.written,
-                    Outcome.COMPLETED,
-                    "ended before its pool process adopted the lease the worker wrote for it",
+                    Outcome.STOPPED if revoked else Outcome.COMPLETED,
+                    "revoked" if revoked else "ended before its pool process took over its lease",
                     unless_adopted=True,
                 )
             except LeaseLost:
                 continue  # ended, recovered or superseded: recorded by whoever did that
             except redis.RedisError as exc:
-                log.warning("celery task %s: lease not released, Redis unreachable (%s)", state.job_id, exc)
+                self._answered(exc)
                 with self._lock:
                     self.to_release[:0] = ended[index:]
                 return
+            self._answered(None)
 
     def _died(self, state: SlotState, token: int) -> None:
         """A pool process died mid-task, and Celery has not said so yet (under load its pool notices
@@ -1283,10 +1307,13 @@ class SlotMonitor:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread."""
+        """Stop the thread, after a last look (the leases it wrote for tasks that ended since are
+        released)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+        with contained("prefork monitor's last look"):
+            self.check(time.monotonic())
 
 
 def _lease_late(tracked: _Tracked, now: float) -> bool:
@@ -1298,7 +1325,7 @@ def _lease_late(tracked: _Tracked, now: float) -> bool:
         and not tracked.tried
         and tracked.stopped is None
         and state.lease_delay is not None
-        and now >= state.started + state.lease_delay + LATE_LEASE
+        and now >= max(state.started + state.lease_delay + LATE_LEASE, tracked.retry_at)
     )
 
 
@@ -1535,21 +1562,25 @@ class WorkerGuard(WorkerRuntime):
         """Prefork: write the lease of a task whose pool process died before writing it (within its
         ``lease_delay``), from its slot and ``payload``; its spec and token, or None when another
         attempt holds the task or Redis is away."""
-        task = self.app.tasks.get(state.task)
         try:
-            policy = (
-                self.policy(task, (state.hard_timeout, state.soft_timeout))
-                if task is not None
-                else self.default_policy
-            )
-            token = lease_from_slot(
-                self.store, state, payload, adapter=ADAPTER, worker=self.name, policy=policy
-            )
+            token = self.write_lease_for(state, payload)
         except (ConfigurationError, redis.RedisError) as exc:
             log.warning("celery task %s: its lease not written for recovery (%s)", state.job_id, exc)
             return None
         spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue, payload)
         return (spec, token) if token else None
+
+    def write_lease_for(self, state: SlotState, payload: str) -> int:
+        """Prefork: write, on its execution's behalf, the lease of the task a pool process's slot
+        shows (see :func:`zombieguard.sidecar.lease_from_slot`), under its task's policy; its token,
+        or 0 when another attempt holds the task. Raises ``redis.RedisError``."""
+        task = self.app.tasks.get(state.task)
+        policy = (
+            self.policy(task, (state.hard_timeout, state.soft_timeout))
+            if task is not None
+            else self.default_policy
+        )
+        return lease_from_slot(self.store, state, payload, adapter=ADAPTER, worker=self.name, policy=policy)
 
     def recover_stalled(self, spec: JobSpec, token: int) -> bool:
         """A pool process died in the middle of ``spec``'s task: give its lease up as stalled and sweep

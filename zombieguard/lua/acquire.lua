@@ -2,10 +2,14 @@
 -- KEYS: lease, due, fence, checkpoint, adapters, queues (queue -> adapter, for the silence watch)
 -- ARGV[1]: the attempt number the delivery claims to be ('' when the framework cannot say)
 -- ARGV[2..]: static field / value pairs (job, adapter, task, queue, worker, lease_ttl, hard_timeout,
---            progress_timeout, overdue_grace, max_stalls, dead_letter, payload, and optionally tag)
--- tag: names one execution of the job (its worker's processes agree on it). A running lease written
--- under the same tag by the same worker is that execution's own lease, written for it by another of
--- the worker's processes (its own could not run): it is adopted, not refused, and marked 'adopted'.
+--            progress_timeout, overdue_grace, max_stalls, dead_letter, payload, and optionally tag
+--            and writer)
+-- tag: names one execution of the job (its worker's processes agree on it). A live running lease of
+-- the same worker under the same tag is that execution's own lease: it is taken over (its token
+-- returned, the lease renewed), not refused. writer = '1': the acquire is made on the execution's
+-- behalf by another process of its worker (its own could not run). When the lease passes from one
+-- side to the other (the execution takes over the writer's, or the writer finds the execution's),
+-- it is marked 'adopted': the execution records its end, and the writer must not (release.lua).
 -- Returns {'acquired', token, attempt, stalls, started, checkpoint|nil, replaced}
 --      or {'busy', attempt, state, worker}  a live attempt holds the job (duplicate delivery)
 --      or {'stale', attempt, state}         the delivery is for an attempt already superseded
@@ -18,9 +22,16 @@ local attempt, stalls, history, replaced = 1, 0, '', ''
 local kind = key_type(KEYS[1])
 if kind == 'hash' then
   local r = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'stalls', 'worker', 'history', 'tag', 'token',
-    'started')
-  if static.tag and static.tag ~= '' and r[6] == static.tag and r[1] == 'running' and r[4] == static.worker then
-    redis.call('HSET', KEYS[1], 'adopted', '1')
+    'started', 'writer', 'expires', 'lease_ttl', 'hard_deadline', 'progress_deadline', 'overdue_grace')
+  local expires, ttl, grace = tonumber(r[10]), tonumber(r[11]), tonumber(r[14])
+  if static.tag and static.tag ~= '' and r[6] == static.tag and r[1] == 'running' and r[4] == static.worker
+      and expires and ttl and grace and expires > now then
+    -- Renewed as it is taken over: the taker counts on lease_ttl from now. An expired one is left to
+    -- a sweeper (below: refused), as any other.
+    expires = now + ttl
+    redis.call('HSET', KEYS[1], 'renewed', fmt(now), 'expires', fmt(expires))
+    redis.call('ZADD', KEYS[2], fmt(due_score(expires, tonumber(r[12]), tonumber(r[13]), grace)), static.job)
+    if (static.writer == '1') ~= (r[9] == '1') then redis.call('HSET', KEYS[1], 'adopted', '1') end
     return {'acquired', r[7], r[2], r[3] or '0', r[8], redis.call('GET', KEYS[4]), ''}
   end
   local prev = tonumber(r[2])

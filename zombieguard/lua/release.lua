@@ -2,8 +2,9 @@
 -- message handed back to the broker: the attempt number steps back, so that the same delivery,
 -- coming again, starts this attempt number again instead of being refused as stale).
 -- KEYS: lease, due, checkpoint, completed (queue -> when a job of it last completed)
--- ARGV: token, job, outcome, reason, stack, tombstone_ttl_ms, queue, unless_adopted ('1': refuse,
---       answering {'adopted'}, when the execution adopted the lease: it records its own end)
+-- ARGV: token, job, outcome, reason, stack, tombstone_ttl_ms, queue, unless_adopted ('1', from a
+--       process that wrote the lease on an execution's behalf: refuse, answering {'adopted'}, when
+--       the lease passed to the execution, which records its own end; see acquire.lua)
 -- A first attempt that completed leaves nothing behind. Any other end leaves a tombstone for
 -- tombstone_ttl, so that a late redelivery of a superseded attempt is recognised as stale.
 -- Returns {'ok', now} or {'lost', state, token} or {'missing'} or {'corrupt', why} or {'adopted'}
