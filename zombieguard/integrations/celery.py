@@ -1383,6 +1383,10 @@ class WorkerGuard(WorkerRuntime):
                 "after install(app)): %s",
                 ", ".join(sorted(unguarded)),
             )
+        if any(isinstance(task, GuardedTask) and task.track_started for task in app.tasks.values()):
+            # Only a task Celery records STARTED needs its recorded end kept before Celery does. A
+            # receiver of task_prerun makes Celery's tracer send it for every task (about 4 us each).
+            signals.task_prerun.connect(_before_started, weak=False)
         self.name: str = worker.hostname
         self.pool = _pool_kind(worker.pool_cls)
         self.pool_size = int(worker.concurrency or 1)
@@ -1871,7 +1875,6 @@ def _connect_signals() -> None:
         signals.worker_process_init.connect(_on_pool_process_init, weak=False)
         signals.worker_process_shutdown.connect(_on_pool_process_exit, weak=False)
         signals.before_task_publish.connect(_stamp_retry, weak=False)
-        signals.task_prerun.connect(_before_started, weak=False)
         _connected = True
 
 
