@@ -55,12 +55,13 @@ class Attempt:
         """A try to write the pending lease failed in Redis (it may have been written all the same)."""
         self._unguarded = False
         """The pending lease could not be written: nothing of this attempt is recorded in Redis."""
-        self.token = 0 if acquired is None else acquired.token
-        self.number = 1 if acquired is None else acquired.attempt
-        self.stalls = 0 if acquired is None else acquired.stalls
-        self.started_at = time.time() if acquired is None else acquired.started
+        self.token, self.number, self.stalls = 0, 1, 0
+        self.started_at = time.time()
         """Server time at acquire (this process's clock while the lease is pending)."""
-        self.checkpoint_json = None if acquired is None else acquired.checkpoint
+        self.checkpoint_json: str | None = None
+        if acquired is not None:
+            self.token, self.number, self.stalls = acquired.token, acquired.attempt, acquired.stalls
+            self.started_at, self.checkpoint_json = acquired.started, acquired.checkpoint
         self.started_monotonic = time.monotonic()
         self.last_progress_monotonic = self.started_monotonic
         self._last_sent = self.started_monotonic

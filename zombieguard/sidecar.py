@@ -224,28 +224,37 @@ class SlotWatcher:
         adapter = self._adapter()
         return self.adapter_spec if adapter is None else adapter.name
 
+    def _lease_for(self, slot: JobSlot, state: SlotState) -> int:
+        """Write the lease of the slot's job on its behalf (see :func:`lease_from_slot`): its token,
+        0 when another attempt holds the job (or the job left the slot while its payload was read)."""
+        payload = self._payload(slot, state)
+        if slot.read().generation != state.generation:
+            return 0
+        return lease_from_slot(
+            self.store,
+            state,
+            payload,
+            adapter=self._adapter_name(),
+            worker=self.worker,
+            policy=self._policy(state),
+        )
+
     def _write(self, slot: JobSlot, state: SlotState) -> None:
         try:
-            payload = self._payload(slot, state)
-            if slot.read().generation != state.generation:
-                return  # it ended while its payload was read
-            name = self._adapter_name()
-            token = lease_from_slot(
-                self.store, state, payload, adapter=name, worker=self.worker, policy=self._policy(state)
-            )
+            token = self._lease_for(slot, state)
         except Exception as exc:  # Redis away, a payload that does not load: the next look tries again
             self._failed(f"job {state.job_id}: its lease not written for its worker", exc)
             return
         self._unanswered = False
-        spec = JobSpec(state.job_id, name, state.task, state.queue)
+        spec = JobSpec(state.job_id, self._adapter_name(), state.task, state.queue)
         self.written[slot] = _Written(state.generation, token, spec)
         if token:
-            log.warning(
-                "job %s: worker %d did not write its lease within %g s (C code holding the GIL?); "
-                "written for it",
+            log.info(
+                "job %s: worker %d had not written its lease %.2f s after the job started (C code "
+                "holding the GIL, or a busy machine); written for it",
                 state.job_id,
                 self.pid,
-                state.lease_delay,
+                time.monotonic() - state.started,
             )
 
     def _release(self, slot: JobSlot, written: _Written) -> None:
@@ -287,12 +296,9 @@ class SlotWatcher:
         log.error("worker %d stuck %s in job %s: killed", pid, reason, state.job_id)
         adapter = self._adapter()
         name = self._adapter_name()
-        token = state.token
-        if not token:  # the lease was still to be written (Celery): the slot says all it needs
-            payload = self._payload(slot, state)
-            token = lease_from_slot(
-                self.store, state, payload, adapter=name, worker=self.worker, policy=self._policy(state)
-            )
+        # The lease still to be written (Celery): the slot says all it needs. The worker is dead now,
+        # so the slot stays as it was; one this process wrote is taken over under the job's tag.
+        token = state.token or self._lease_for(slot, state)
         if token:
             self.store.abandon(JobSpec(state.job_id, name, "", ""), token, reason, stack)
         if adapter is not None:

@@ -682,6 +682,11 @@ def _payload(task: Task, request: Any, args: Any = None, kwargs: Any = None) -> 
         return json.dumps({"unpublishable": str(exc)})
 
 
+def _message_payload(request: Any) -> str:
+    """The payload of the task a worker's main-process ``Request`` describes, as its message came."""
+    return _payload(request.task, request._context, request.args, request.kwargs)
+
+
 class _Snapshot:
     """A pending attempt's payload, computed when first needed from its request as it was at the
     start, pickled: what a body changes in place later (its arguments, ``self.request.chain``) is
@@ -1551,15 +1556,12 @@ class WorkerGuard(WorkerRuntime):
         """Prefork: the payload of the task ``job_id`` as its message came (Celery's request for it
         in this process), for a lease written here; None when no request is left."""
         request = worker_state.requests.get(job_id)
-        if request is None:
-            return None
-        return _payload(request.task, request._context, request.args, request.kwargs)
+        return None if request is None else _message_payload(request)
 
     def _recover_unleased(self, state: SlotState, request: Any) -> bool:
         """Write the lease of a task whose pool process died before it could, with the payload of
         Celery's request for it (the message as it came), and recover the task."""
-        payload = _payload(request.task, request._context, request.args, request.kwargs)
-        leased = self.lease_from_slot(state, payload)
+        leased = self.lease_from_slot(state, _message_payload(request))
         return leased is not None and self.recover_stalled(*leased)
 
     def lease_from_slot(self, state: SlotState, payload: str) -> tuple[JobSpec, int] | None:
