@@ -105,12 +105,13 @@ class Heartbeat:
     def defer_acquire(self, attempt: Attempt) -> None:
         """Write ``attempt``'s pending lease by the end of its ``lease_delay``, if it runs for half
         of it (it may end before: :meth:`Attempt.finish_unleased`)."""
+        delay = _delay(attempt)
         with self._lock:
             self._pending.append(attempt)
-            self._busy_delay = min(self._busy_delay, _delay(attempt))
+            self._busy_delay = min(self._busy_delay, delay)
             self._arrived = True
             # Woken only when it would look too late: not per job while jobs keep coming.
-            wake = self._idle or attempt.started_monotonic + _delay(attempt) < self._wake_at
+            wake = self._idle or attempt.started_monotonic + delay < self._wake_at
             self._idle = False
         if wake:
             self._wake.set()
@@ -119,8 +120,9 @@ class Heartbeat:
         """``attempt`` ended before its pending lease was written: forget it now, not at the next
         look, so that what it holds is freed as it ends (held until then, each job's objects would
         outlive it and set off the garbage collector every few dozen jobs)."""
-        with self._lock, contextlib.suppress(ValueError):
-            self._pending.remove(attempt)
+        with self._lock:
+            if attempt in self._pending:  # else the thread's last look took it (its lease written)
+                self._pending.remove(attempt)
 
     def completed_unleased(self, queue: str) -> None:
         """A job of ``queue`` completed before its lease was written: record the queue's last

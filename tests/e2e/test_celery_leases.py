@@ -159,7 +159,9 @@ def test_a_task_that_held_the_gil_past_its_lease_delay_and_completed_runs_once_a
     # when it ended without adopting it: no sweeper re-runs it when the lease would expire.
     harness = celery_harness
     harness.start_worker(pool)
-    result = harness.send("holds_the_gil", harness.notes, 1.0, 1.0)
+    # Held well past the write (threads: 0.85 s after the start, solo 0.55 s, later on a busy
+    # machine) and ended well before that lease would expire (lease_ttl after it).
+    result = harness.send("holds_the_gil", harness.notes, 1.6, 1.6)
     wait_until(lambda: harness.notes_of("started"), 15, what="first attempt started")
     harness.wait_leased(result.id, timeout=2.0)
     assert result.get(timeout=15) == "done"

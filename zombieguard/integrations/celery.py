@@ -416,6 +416,8 @@ class _Running:
     recorded: bool = False
     """Its end was recorded for it (threads pool: failed at its limit while its thread was stuck);
     whatever the thread does when it comes back is not recorded."""
+    slot: JobSlot | None = None
+    """Threads and solo: the slot of the thread running it."""
 
 
 _POLICIES_CACHED = 1024
@@ -888,7 +890,7 @@ class InProcessExecutor(Executor):
             )
             self._watched[ident] = guard.watchdog.watch(watched)
         # The watchdog process beside the worker reads it, for when no thread of this one can run.
-        slot = guard.thread_slot(ident)
+        slot = state.slot = guard.thread_slot(ident)
         announce(slot, attempt, keep_payload=True)
         attempt.on_progress = slot.progress
         attempt.on_acquired = lambda written: self._acquired(written, slot)
@@ -920,14 +922,16 @@ class InProcessExecutor(Executor):
 
     def end(self, state: _Running) -> None:
         """Stop renewing and enforcing."""
-        guard = self.guard
-        self._states.pop(threading.get_ident(), None)
-        watched = self._watched.pop(threading.get_ident(), None)
+        guard, ident = self.guard, threading.get_ident()
+        self._states.pop(ident, None)
+        watched = self._watched.pop(ident, None)
         if watched is not None:
             guard.watchdog.unwatch(watched)
-        guard.heartbeat.remove(state.attempt)
-        guard.thread_slot(threading.get_ident()).clear()
-        guard.thread_ended(threading.get_ident())
+        if state.attempt.token:  # its lease was written (and renewed since): no longer
+            guard.heartbeat.remove(state.attempt)
+        if state.slot is not None:
+            state.slot.clear()
+        guard.thread_ended(ident)
 
     def _stop(self, state: _Running, ident: int, limit: Limit, stack: str | None) -> None:
         attempt = state.attempt
@@ -1734,12 +1738,14 @@ class GuardedRequestMixin:
         guard = _guard
         if guard is None or guard.pool != "prefork":
             return (hard, soft)
-        with contextlib.suppress(Exception):
+        try:
             policy = guard.policy(self.task, self._zg_limits)
-            if policy.hard_timeout is not None:
-                hard = int(policy.hard_timeout) + 1 + BACKSTOP_SECONDS
-            if policy.soft_timeout is not None:
-                soft = int(policy.soft_timeout) + 1 + BACKSTOP_SECONDS
+        except Exception:  # an invalid policy: the task runs unguarded, under Celery's own limits
+            return (hard, soft)
+        if policy.hard_timeout is not None:
+            hard = int(policy.hard_timeout) + 1 + BACKSTOP_SECONDS
+        if policy.soft_timeout is not None:
+            soft = int(policy.soft_timeout) + 1 + BACKSTOP_SECONDS
         return (hard, soft)
 
     @time_limits.setter
@@ -1839,11 +1845,11 @@ def _before_started(task_id: str = "", task: Any = None, **_: Any) -> None:
     that may be a stale copy (it carries an attempt number, or the broker redelivered it), keep the
     task's recorded end, to put back if the copy is refused."""
     executor = _executor
-    if executor is None or not isinstance(task, GuardedTask):
-        return
+    if executor is None or not isinstance(task, GuardedTask) or not task.track_started or task.ignore_result:
+        return  # Celery records no STARTED (every task pays for this receiver: the cheap tests first)
     request = task.request
-    if not task.track_started or task.ignore_result or getattr(request, "ignore_result", False):
-        return  # Celery records no STARTED
+    if getattr(request, "ignore_result", False):
+        return  # nor for this delivery
     if _first_delivery(request):
         return  # no earlier end to keep
     with contained(f"celery task {task_id}: its recorded end not kept"):
