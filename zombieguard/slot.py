@@ -149,8 +149,8 @@ class JobSlot:
         kept = payload
         if len(kept) > PAYLOAD_ROOM:
             kept = b""
-        end = _PAYLOAD_OFFSET + 8 + len(kept)
-        self._map[_PAYLOAD_OFFSET:end] = _GENERATION.pack(len(kept)) + kept
+        _GENERATION.pack_into(self._map, _PAYLOAD_OFFSET, len(kept))
+        self._map[_PAYLOAD_OFFSET + 8 : _PAYLOAD_OFFSET + 8 + len(kept)] = kept
         _STRUCT.pack_into(
             self._map,
             0,

@@ -1708,9 +1708,27 @@ class GuardedTask(Task):  # type: ignore[misc]
         """The task's body, under its lease when a guarded worker runs it."""
         executor = _executor
         request = self.request
-        if executor is None or request.called_directly or request.is_eager:
-            return super().__call__(*args, **kwargs)
+        if executor is None or request.called_directly or request.is_eager or executor.current is not None:
+            return super().__call__(*args, **kwargs)  # not from Celery's tracer in a guarded worker
+        if _calls_run(type(self)):
+            return executor.run(self, request, lambda: self.run(*args, **kwargs))
         return executor.run(self, request, lambda: super(GuardedTask, self).__call__(*args, **kwargs))
+
+
+_CALLS_RUN: dict[type, bool] = {}
+
+
+def _calls_run(cls: type) -> bool:
+    """Whether no class between :class:`GuardedTask` and Celery's ``Task`` in ``cls``'s MRO defines
+    ``__call__``: then the body is called as Celery's tracer calls the body of a task with no
+    ``__call__`` of its own (``task.run``), not through Celery's ``__call__`` (which, in a worker,
+    looks the request up again to find that it has nothing to do)."""
+    known = _CALLS_RUN.get(cls)
+    if known is None:
+        mro = cls.__mro__
+        between = mro[mro.index(GuardedTask) + 1 : mro.index(Task)]
+        known = _CALLS_RUN[cls] = not any("__call__" in vars(base) for base in between)
+    return known
 
 
 class GuardedRequestMixin:
