@@ -33,6 +33,37 @@ E = TypeVar("E", bound=JobEvent)
 class Attempt:
     """One execution of one job, holding the job's lease under a fencing token."""
 
+    # One is built for every job: slots make that cheaper, and no attribute is set by mistake.
+    __slots__ = (
+        "_acquire_lock",
+        "_last_sent",
+        "_lock",
+        "_lost",
+        "_pending",
+        "_unanswered",
+        "_unguarded",
+        "checkpoint_json",
+        "confirmations",
+        "confirmed_until",
+        "describe",
+        "ending",
+        "job",
+        "last_progress_monotonic",
+        "number",
+        "on_acquired",
+        "on_confirm",
+        "on_progress",
+        "on_refused",
+        "policy",
+        "stalls",
+        "started_at",
+        "started_monotonic",
+        "store",
+        "tag",
+        "token",
+        "worker",
+    )
+
     def __init__(
         self,
         store: LeaseStore,

@@ -1418,12 +1418,14 @@ class WorkerGuard(WorkerRuntime):
         self.dumper: StackDumper | None = None
         self.zombies: dict[int, str] = {}
         """Threads stuck past a limit, and the task each holds."""
-        self._policies: dict[tuple[str, Any], Policy] = {}
+        self._policies: dict[str | tuple[str, tuple[Any, ...]], Policy] = {}
         self._restarting = False
 
     def policy(self, task: Task, time_limits: Any = None) -> Policy:
         """:func:`task_policy` for this worker's configuration, which is fixed: cached."""
-        key = (task.name, tuple(time_limits) if time_limits else None)
+        # A message without time limits of its own carries [None, None]: keyed by the name alone.
+        own = time_limits and time_limits.count(None) != len(time_limits)
+        key: str | tuple[str, tuple[Any, ...]] = (task.name, tuple(time_limits)) if own else task.name
         policy = self._policies.get(key)
         if policy is None:
             if len(self._policies) >= _POLICIES_CACHED:  # messages' own time limits vary without bound
