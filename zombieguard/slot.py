@@ -19,6 +19,7 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from zombieguard.policy import Policy
 
@@ -30,6 +31,10 @@ PAYLOAD_ROOM = 16384
 """Bytes a slot keeps of what a watchdog process needs to write the job's lease (Celery's
 ``lease_delay``: the lease may not be written yet when the job gets stuck)."""
 _STRUCT = struct.Struct(_FORMAT)
+_HEAD = struct.Struct(_FORMAT[:18])
+"""generation … stalls: what changes with every job."""
+_TAIL = struct.Struct("=" + _FORMAT[18:])
+"""pid … nonce: what the jobs of one task, queue and policy share (written only when it changes)."""
 _PAYLOAD_OFFSET = _STRUCT.size
 SIZE = _PAYLOAD_OFFSET + 8 + PAYLOAD_ROOM
 _GENERATION = struct.Struct("=q")
@@ -115,6 +120,8 @@ class JobSlot:
         self.path = path
         self.nonce = int.from_bytes(os.urandom(8), "little") >> 2
         """Written with every job this object starts (see :attr:`SlotState.nonce`)."""
+        self._tail: tuple[Any, ...] = ()
+        """The tail fields last written (only this object writes them in this slot)."""
 
     def start(
         self,
@@ -143,16 +150,32 @@ class JobSlot:
         ``payload`` (what the integration needs to write the job's lease, in a form of its own) is
         kept when it fits :data:`PAYLOAD_ROOM` (see :meth:`payload`). Returns the slot's generation
         for the job (its readers see it too: see :func:`execution_tag`)."""
-        generation: int = _GENERATION.unpack_from(self._map, 0)[0] + 1  # only this process writes it
+        slot = self._map
+        generation: int = _GENERATION.unpack_from(slot, 0)[0] + 1  # only this process writes it
         # Odd generation while writing: a reader that sees it, or sees it change, reads again.
-        self._map[0:8] = _GENERATION.pack(generation)
-        kept = payload
-        if len(kept) > PAYLOAD_ROOM:
-            kept = b""
-        _GENERATION.pack_into(self._map, _PAYLOAD_OFFSET, len(kept))
-        self._map[_PAYLOAD_OFFSET + 8 : _PAYLOAD_OFFSET + 8 + len(kept)] = kept
-        _STRUCT.pack_into(
-            self._map,
+        slot[0:8] = _GENERATION.pack(generation)
+        kept = payload if len(payload) <= PAYLOAD_ROOM else b""
+        _GENERATION.pack_into(slot, _PAYLOAD_OFFSET, len(kept))
+        if kept:
+            slot[_PAYLOAD_OFFSET + 8 : _PAYLOAD_OFFSET + 8 + len(kept)] = kept
+        tail = (pid, lease_ttl, task, queue, lease_delay, max_stalls, dead_letter, overdue_grace)
+        if tail != self._tail:
+            _TAIL.pack_into(
+                slot,
+                _HEAD.size,
+                pid,
+                lease_ttl,
+                task.encode()[:128],
+                queue.encode()[:64],
+                -1.0 if lease_delay is None else lease_delay,
+                max_stalls,
+                int(dead_letter),
+                overdue_grace,
+                self.nonce,
+            )
+            self._tail = tail
+        _HEAD.pack_into(
+            slot,
             0,
             generation,
             1,
@@ -168,17 +191,8 @@ class JobSlot:
             started_at,
             attempt,
             stalls,
-            pid,
-            lease_ttl,
-            task.encode()[:128],
-            queue.encode()[:64],
-            -1.0 if lease_delay is None else lease_delay,
-            max_stalls,
-            int(dead_letter),
-            overdue_grace,
-            self.nonce,
         )
-        self._map[0:8] = _GENERATION.pack(generation + 1)
+        slot[0:8] = _GENERATION.pack(generation + 1)
         return generation + 1
 
     def set_token(self, token: int) -> None:

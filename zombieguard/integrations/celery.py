@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import os
 import pickle
 import signal
@@ -405,7 +406,7 @@ _executor: Executor | None = None
 """What runs task bodies under their leases in this process (set where tasks run)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Running:
     """The attempt running in one thread, and how it is being stopped."""
 
@@ -425,6 +426,8 @@ _POLICIES_CACHED = 1024
 _MUTABLE = ("chain", "callbacks", "errbacks", "chord", "headers", "delivery_info")
 """A task request's fields that a body may change in place (``self.request.chain = None`` stops a
 chain), kept as they were at the start for the payload computed later."""
+_mutable_fields = operator.attrgetter(*_MUTABLE)
+"""Their values, in one call (Celery's request context defines each)."""
 
 
 class Executor:
@@ -440,6 +443,8 @@ class Executor:
         self.store = guard.store
         self.releases = releases
         """Writes deferred leases and releases: this process's heartbeat."""
+        self.pid = os.getpid()
+        """This process (an executor is made where it runs tasks, after any fork)."""
         self._local = threading.local()
 
     @property
@@ -737,15 +742,16 @@ def _never_run() -> None:
     """The body of the stand-in task :func:`payload_from_slot` builds signatures with."""
 
 
-def announce(slot: JobSlot, attempt: Attempt, *, keep_payload: bool) -> None:
-    """Write ``attempt`` to ``slot``, for the process that renews or enforces from outside;
-    ``keep_payload``: with the pickled request of a pending attempt, for a process that may have to
-    write its lease (the watchdog process, when no thread of the task's process can run).
+def announce(slot: JobSlot, attempt: Attempt, pid: int, *, keep_payload: bool) -> None:
+    """Write ``attempt`` (run by process ``pid``: this one) to ``slot``, for the process that renews
+    or enforces from outside; ``keep_payload``: with the pickled request of a pending attempt, for a
+    process that may have to write its lease (the watchdog process, when no thread of the task's
+    process can run).
 
     A pending attempt's lease may be written by that other process (the main process, or the
     watchdog process) when this one's threads do not write it in time (C code holding the GIL):
     under the attempt's tag, so that this process adopts it."""
-    policy, started, pid = attempt.policy, attempt.started_monotonic, os.getpid()
+    policy, started = attempt.policy, attempt.started_monotonic
     generation = slot.start(
         attempt.job.job_id,
         attempt.token,
@@ -807,7 +813,7 @@ class PoolProcessExecutor(Executor):
     def begin(self, state: _Running) -> None:
         """Write the slot: the main process renews the lease and watches the limits from it (the
         limits at once; the lease once it is written, when the token reaches the slot)."""
-        announce(self.slot, state.attempt, keep_payload=False)
+        announce(self.slot, state.attempt, self.pid, keep_payload=False)
         attempt = state.attempt
         attempt.on_progress = self.slot.progress
         attempt.confirmations = self.slot.confirmed_until
@@ -819,10 +825,8 @@ class PoolProcessExecutor(Executor):
         which most tasks end before. A pool process that dies before is recovered from Celery's
         request in the main process."""
         try:
-            frozen = pickle.dumps(
-                (request.args, request.kwargs, {name: getattr(request, name, None) for name in _MUTABLE}),
-                pickle.HIGHEST_PROTOCOL,
-            )
+            snapshot = (request.args, request.kwargs, _mutable_fields(request))
+            frozen = pickle.dumps(snapshot, pickle.HIGHEST_PROTOCOL)
         except Exception:  # what only a serializer of its own can carry: the payload now
             payload = _payload(task, request)
             attempt.describe = lambda: payload
@@ -830,7 +834,7 @@ class PoolProcessExecutor(Executor):
 
         def describe() -> str:
             try:
-                args, kwargs, fields = pickle.loads(frozen)
+                args, kwargs, values = pickle.loads(frozen)
             except Exception as exc:  # e.g. an argument's own __setstate__
                 log.warning(
                     "celery task %s: the copy of its arguments does not load (%s); its payload "
@@ -839,6 +843,7 @@ class PoolProcessExecutor(Executor):
                     exc,
                 )
                 return _payload(task, request)
+            fields = dict(zip(_MUTABLE, values, strict=True))
             return _payload(task, Context(vars(request), **fields), args, kwargs)
 
         attempt.describe = describe
@@ -891,7 +896,7 @@ class InProcessExecutor(Executor):
             self._watched[ident] = guard.watchdog.watch(watched)
         # The watchdog process beside the worker reads it, for when no thread of this one can run.
         slot = state.slot = guard.thread_slot(ident)
-        announce(slot, attempt, keep_payload=True)
+        announce(slot, attempt, self.pid, keep_payload=True)
         attempt.on_progress = slot.progress
         attempt.on_acquired = lambda written: self._acquired(written, slot)
 
@@ -1392,10 +1397,11 @@ class WorkerGuard(WorkerRuntime):
                 "after install(app)): %s",
                 ", ".join(sorted(unguarded)),
             )
-        if any(isinstance(task, GuardedTask) and task.track_started for task in app.tasks.values()):
-            # Only a task Celery records STARTED needs its recorded end kept before Celery does. A
-            # receiver of task_prerun makes Celery's tracer send it for every task (about 4 us each).
-            signals.task_prerun.connect(_before_started, weak=False)
+        for task in app.tasks.values():
+            if isinstance(task, GuardedTask) and task.track_started and not task.ignore_result:
+                # Only a task Celery records STARTED needs its recorded end kept before Celery does:
+                # connected for it alone, the receiver is not called for the others.
+                signals.task_prerun.connect(_before_started, sender=task, weak=False)
         self.name: str = worker.hostname
         self.pool = _pool_kind(worker.pool_cls)
         self.pool_size = int(worker.concurrency or 1)
@@ -1861,12 +1867,12 @@ def _on_pool_process_init(**_: Any) -> None:
 
 
 def _before_started(task_id: str = "", task: Any = None, **_: Any) -> None:
-    """``task_prerun``, where the task runs, before Celery may record it ``STARTED``: for a delivery
-    that may be a stale copy (it carries an attempt number, or the broker redelivered it), keep the
-    task's recorded end, to put back if the copy is refused."""
+    """``task_prerun`` of a guarded task that Celery records ``STARTED``, where it runs, before Celery
+    does: for a delivery that may be a stale copy (it carries an attempt number, or the broker
+    redelivered it), keep the task's recorded end, to put back if the copy is refused."""
     executor = _executor
-    if executor is None or not isinstance(task, GuardedTask) or not task.track_started or task.ignore_result:
-        return  # Celery records no STARTED (every task pays for this receiver: the cheap tests first)
+    if executor is None:
+        return  # not a guarded worker's
     request = task.request
     if getattr(request, "ignore_result", False):
         return  # nor for this delivery
