@@ -107,7 +107,11 @@ class SlotState:
 
 
 class JobSlot:
-    """The shared memory. Anonymous (inherited across ``fork``) or backed by a file (any process)."""
+    """The shared memory. Anonymous (inherited across ``fork``) or backed by a file (any process).
+
+    One object writes the jobs of a slot (the process running them; a slot's file is taken over only
+    by a process that replaces a dead one): it rewrites what consecutive jobs share only when it
+    changes."""
 
     def __init__(self, path: Path | None = None) -> None:
         if path is None:
@@ -122,6 +126,8 @@ class JobSlot:
         """Written with every job this object starts (see :attr:`SlotState.nonce`)."""
         self._tail: tuple[Any, ...] = ()
         """The tail fields last written (only this object writes them in this slot)."""
+        self._kept = -1
+        """The length of the payload last written (-1: not written by this object)."""
 
     def start(
         self,
@@ -155,9 +161,10 @@ class JobSlot:
         # Odd generation while writing: a reader that sees it, or sees it change, reads again.
         slot[0:8] = _GENERATION.pack(generation)
         kept = payload if len(payload) <= PAYLOAD_ROOM else b""
-        _GENERATION.pack_into(slot, _PAYLOAD_OFFSET, len(kept))
-        if kept:
+        if kept or self._kept:  # not again 0 when it is 0 already
+            _GENERATION.pack_into(slot, _PAYLOAD_OFFSET, len(kept))
             slot[_PAYLOAD_OFFSET + 8 : _PAYLOAD_OFFSET + 8 + len(kept)] = kept
+            self._kept = len(kept)
         tail = (pid, lease_ttl, task, queue, lease_delay, max_stalls, dead_letter, overdue_grace)
         if tail != self._tail:
             _TAIL.pack_into(

@@ -446,6 +446,7 @@ class Executor:
         self.pid = os.getpid()
         """This process (an executor is made where it runs tasks, after any fork)."""
         self._local = threading.local()
+        self._on_refused = self.refused  # bound once, given to every pending attempt
 
     @property
     def current(self) -> _Running | None:
@@ -453,16 +454,16 @@ class Executor:
         running_now: _Running | None = getattr(self._local, "running", None)
         return running_now
 
-    def run(self, task: Task, request: Any, call: Callable[[], Any]) -> Any:
-        """Run ``call`` (the body of ``task``, for ``request``) under the task's lease."""
+    def run(self, task: Task, request: Any, body: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        """Run ``body(*args, **kwargs)`` (the body of ``task``, for ``request``) under the task's lease."""
         try:
             policy = self.guard.policy(task, getattr(request, "timelimit", None))
         except ConfigurationError as exc:
             log.error("celery task %s[%s] runs unguarded: %s", task.name, request.id, exc)
-            return call()
+            return body(*args, **kwargs)
         attempt = self._start(task, policy, request)
         if attempt is None:
-            return call()
+            return body(*args, **kwargs)
         state = _Running(attempt)
         self._local.running = state
         self.begin(state)
@@ -470,7 +471,7 @@ class Executor:
             self.releases.defer_acquire(attempt)
         try:
             with running(attempt):
-                result = call()
+                result = body(*args, **kwargs)
             state.body_done = True
         except JobInterrupt as exc:
             state.body_done = True
@@ -508,7 +509,7 @@ class Executor:
             # Nothing can have run it before: its lease is written only if it runs long enough.
             attempt = Attempt(self.store, spec, self.guard.name, policy, None)
             if self.describe_later(attempt, task, request):
-                attempt.on_refused = self.refused
+                attempt.on_refused = self._on_refused
                 if listened(JobStarted):
                     emit(ADAPTER, attempt.event(JobStarted))
                 return attempt
@@ -805,6 +806,9 @@ class PoolProcessExecutor(Executor):
         )
         super().__init__(guard, releases)
         self.slot = JobSlot(guard.dir / f"slot-{index}")
+        # Bound once, given to every attempt.
+        self._progress, self._confirmations = self.slot.progress, self.slot.confirmed_until
+        self._on_acquired = self._acquired
         self.dumper = StackDumper(guard.dir / f"stacks-{index}.txt")
         self.dumper.install()
         _install_interrupt_handlers(self)
@@ -813,11 +817,10 @@ class PoolProcessExecutor(Executor):
     def begin(self, state: _Running) -> None:
         """Write the slot: the main process renews the lease and watches the limits from it (the
         limits at once; the lease once it is written, when the token reaches the slot)."""
-        announce(self.slot, state.attempt, self.pid, keep_payload=False)
         attempt = state.attempt
-        attempt.on_progress = self.slot.progress
-        attempt.confirmations = self.slot.confirmed_until
-        attempt.on_acquired = self._acquired
+        announce(self.slot, attempt, self.pid, keep_payload=False)
+        attempt.on_progress, attempt.confirmations = self._progress, self._confirmations
+        attempt.on_acquired = self._on_acquired
 
     def describe_later(self, attempt: Attempt, task: Task, request: Any) -> bool:
         """Only a snapshot of what a body may change in place now (its arguments, its request's
@@ -1718,9 +1721,8 @@ class GuardedTask(Task):  # type: ignore[misc]
         request = self.request
         if executor is None or request.called_directly or request.is_eager or executor.current is not None:
             return super().__call__(*args, **kwargs)  # not from Celery's tracer in a guarded worker
-        if _calls_run(type(self)):
-            return executor.run(self, request, lambda: self.run(*args, **kwargs))
-        return executor.run(self, request, lambda: super(GuardedTask, self).__call__(*args, **kwargs))
+        body = self.run if _calls_run(type(self)) else super().__call__
+        return executor.run(self, request, body, args, kwargs)
 
 
 _CALLS_RUN: dict[type, bool] = {}
