@@ -48,6 +48,11 @@ LOST_SIGNAL = signal.SIGRTMIN + 4
 def process_exited(pid: int) -> bool:
     """Whether process ``pid`` has exited (one its parent has not reaped yet counts as exited)."""
     try:
+        # A child of this process (a prefork pool process), without reaping it: one system call.
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        pass  # not a child of this process (or reaped already): ask the system
+    try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import wait_until
 from zombieguard import HardTimeLimitExceeded, Policy, SoftTimeLimitExceeded
 from zombieguard.watchdog import (
     Limit,
@@ -19,6 +21,7 @@ from zombieguard.watchdog import (
     Watchdog,
     Watched,
     interrupt_thread,
+    process_exited,
     thread_stack,
 )
 
@@ -202,3 +205,17 @@ def test_a_stop_reports_the_limit_that_fired(policy: Policy) -> None:
     dog.watch(Watched(LimitClock(policy, t0, lambda: t0), lambda w, lim, s: fired.append(lim), lambda: None))
     dog.check()
     assert fired == [Limit.HARD if policy.hard_timeout else Limit.PROGRESS]
+
+
+def test_a_child_counts_as_exited_once_it_ends_and_is_left_for_its_owner_to_reap() -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert not process_exited(child.pid)
+        assert not process_exited(os.getppid())  # not a child of this process: alive
+        child.kill()
+        wait_until(lambda: process_exited(child.pid), 5, what="the killed child counted as exited")
+        assert child.poll() == -9  # its exit status was still there for its owner
+        assert process_exited(child.pid)  # reaped: gone from the system
+    finally:
+        child.kill()
+        child.wait()
