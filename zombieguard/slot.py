@@ -157,7 +157,7 @@ class JobSlot:
         kept when it fits :data:`PAYLOAD_ROOM` (see :meth:`payload`). Returns the slot's generation
         for the job (its readers see it too: see :func:`execution_tag`)."""
         slot = self._map
-        generation: int = _GENERATION.unpack_from(slot, 0)[0] + 1  # only this process writes it
+        generation = _writing(slot)
         # Odd generation while writing: a reader that sees it, or sees it change, reads again.
         slot[0:8] = _GENERATION.pack(generation)
         kept = payload if len(payload) <= PAYLOAD_ROOM else b""
@@ -235,10 +235,10 @@ class JobSlot:
 
     def clear(self) -> None:
         """The job ended."""
-        generation = _GENERATION.unpack_from(self._map, 0)[0]  # its writer ended, or is this process
-        self._map[0:8] = _GENERATION.pack(generation + 1)
+        generation = _writing(self._map)  # its writer ended, or is this process
+        self._map[0:8] = _GENERATION.pack(generation)
         struct.pack_into("=q", self._map, 8, 0)
-        self._map[0:8] = _GENERATION.pack(generation + 2)
+        self._map[0:8] = _GENERATION.pack(generation + 1)
 
     def read(self) -> SlotState:
         """A consistent snapshot (retries while a write is under way, a bounded number of times: a
@@ -301,6 +301,13 @@ class JobSlot:
     def close(self) -> None:
         """Unmap."""
         self._map.close()
+
+
+def _writing(slot: mmap.mmap) -> int:
+    """The odd generation that marks a write under way, past the slot's current one (odd too when a
+    writer was killed in the middle of a write: the next one's is still odd)."""
+    current: int = _GENERATION.unpack_from(slot, 0)[0]
+    return current + 1 if current % 2 == 0 else current + 2
 
 
 def execution_tag(nonce: int, generation: int) -> str:

@@ -50,8 +50,8 @@ def process_exited(pid: int) -> bool:
     try:
         # A child of this process (a prefork pool process), without reaping it: one system call.
         return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        pass  # not a child of this process (or reaped already): ask the system
+    except OSError:
+        pass  # not a child of this process (or reaped already, or no such pid): ask the system
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -40,3 +40,22 @@ def test_a_slot_keeps_a_job_s_payload_and_none_once_a_job_without_one_starts(tmp
     _start(slot, "j3", payload=b"r3")
     _start(JobSlot(path), "j4")  # a new process's slot on the same file (its pool process replaced)
     assert slot.payload() == b""
+
+
+def test_a_slot_its_writer_died_writing_is_written_and_read_consistently_by_the_next_one(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "slot-0"
+    dead = JobSlot(path)
+    _start(dead, "j1")
+    dead._map[0:8] = (dead.read().generation + 1).to_bytes(8, "little")  # killed in the middle of a write
+    slot = JobSlot(path)  # the process that replaces it
+    for job_id in ("j2", "j3"):
+        generation = _start(slot, job_id)
+        assert generation % 2 == 0
+        state = JobSlot(path).read()
+        assert (state.generation, state.job_id, state.active) == (generation, job_id, True)
+        slot.clear()
+        cleared = JobSlot(path).read()
+        assert cleared.generation % 2 == 0
+        assert not cleared.active

@@ -211,7 +211,7 @@ def test_a_child_counts_as_exited_once_it_ends_and_is_left_for_its_owner_to_reap
     child = subprocess.Popen(["sleep", "30"])
     try:
         assert not process_exited(child.pid)
-        assert not process_exited(os.getppid())  # not a child of this process: alive
+        assert not process_exited(os.getpid())  # not a child of this process: alive
         child.kill()
         wait_until(lambda: process_exited(child.pid), 5, what="the killed child counted as exited")
         assert child.poll() == -9  # its exit status was still there for its owner

@@ -121,6 +121,11 @@ from zombieguard.watchdog import (
 
 CELERY_VERSION = require("celery", celery.__version__)
 
+_actual_ignore_result: Callable[[Task, Any], Any] | None = getattr(
+    celery.app.task, "get_actual_ignore_result", None
+)
+"""How Celery's tracer tells whether a delivery stores its result (Celery 5.7; None before)."""
+
 ADAPTER = "celery"
 ATTEMPT_HEADER = "zombieguard_attempt"
 """Message header with the attempt number a delivery is for (absent: the first)."""
@@ -1400,11 +1405,11 @@ class WorkerGuard(WorkerRuntime):
                 "after install(app)): %s",
                 ", ".join(sorted(unguarded)),
             )
-        for task in app.tasks.values():
-            if isinstance(task, GuardedTask) and task.track_started and not task.ignore_result:
-                # Only a task Celery records STARTED needs its recorded end kept before Celery does:
-                # connected for it alone, the receiver is not called for the others.
-                signals.task_prerun.connect(_before_started, sender=task, weak=False)
+        if any(isinstance(task, GuardedTask) and task.track_started for task in app.tasks.values()):
+            # Only a task Celery records STARTED needs its recorded end kept before Celery does. With a
+            # receiver of task_prerun connected, Celery's tracer sends it for every task (one receiver
+            # for all: Celery looks a signal's receivers up through every connection, per task).
+            signals.task_prerun.connect(_before_started, weak=False)
         self.name: str = worker.hostname
         self.pool = _pool_kind(worker.pool_cls)
         self.pool_size = int(worker.concurrency or 1)
@@ -1869,19 +1874,27 @@ def _on_pool_process_init(**_: Any) -> None:
 
 
 def _before_started(task_id: str = "", task: Any = None, **_: Any) -> None:
-    """``task_prerun`` of a guarded task that Celery records ``STARTED``, where it runs, before Celery
-    does: for a delivery that may be a stale copy (it carries an attempt number, or the broker
-    redelivered it), keep the task's recorded end, to put back if the copy is refused."""
+    """``task_prerun``, where the task runs, before Celery may record it ``STARTED``: for a delivery
+    that may be a stale copy (it carries an attempt number, or the broker redelivered it), keep the
+    task's recorded end, to put back if the copy is refused."""
     executor = _executor
-    if executor is None:
-        return  # not a guarded worker's
+    if executor is None or not isinstance(task, GuardedTask) or not task.track_started:
+        return  # Celery records no STARTED (every task pays for this receiver: the cheap tests first)
     request = task.request
-    if getattr(request, "ignore_result", False):
+    if _ignores_result(task, request):
         return  # nor for this delivery
     if _first_delivery(request):
         return  # no earlier end to keep
     with contained(f"celery task {task_id}: its recorded end not kept"):
         executor.keep_result(task, task_id)
+
+
+def _ignores_result(task: Task, request: Any) -> bool:
+    """Whether Celery stores no result (and no ``STARTED``) for this delivery of ``task``: as its
+    tracer decides (Celery 5.7: the request's own ``ignore_result`` wins; before: the task's)."""
+    if _actual_ignore_result is not None:
+        return bool(_actual_ignore_result(task, request))
+    return bool(task.ignore_result)
 
 
 def _stamp_retry(headers: dict[str, Any] | None = None, **_: Any) -> None:
