@@ -23,18 +23,19 @@ from typing import Any
 
 from zombieguard.policy import Policy
 
-# generation, active, token, started, hard_deadline, progress_timeout, last_progress, job id,
-# confirmed_until, outcome, soft_deadline, started_at (server time), attempt, stalls, pid, lease_ttl,
-# task name, queue, lease_delay, max_stalls, dead_letter, overdue_grace, nonce
-_FORMAT = "=qqqdddd256sdqddqqqd128s64sdqqdq"
+# What changes with every job: generation, active, token, started, hard_deadline, progress_timeout,
+# last_progress, job id, confirmed_until, outcome, soft_deadline, started_at (server time), attempt,
+# stalls.
+_HEAD_FORMAT = "qqqdddd256sdqddqq"
+# What the jobs of one task, queue and policy share (written only when it changes): pid, lease_ttl,
+# task name, queue, lease_delay, max_stalls, dead_letter, overdue_grace, nonce.
+_TAIL_FORMAT = "qd128s64sdqqdq"
 PAYLOAD_ROOM = 16384
 """Bytes a slot keeps of what a watchdog process needs to write the job's lease (Celery's
 ``lease_delay``: the lease may not be written yet when the job gets stuck)."""
-_STRUCT = struct.Struct(_FORMAT)
-_HEAD = struct.Struct(_FORMAT[:18])
-"""generation … stalls: what changes with every job."""
-_TAIL = struct.Struct("=" + _FORMAT[18:])
-"""pid … nonce: what the jobs of one task, queue and policy share (written only when it changes)."""
+_STRUCT = struct.Struct("=" + _HEAD_FORMAT + _TAIL_FORMAT)
+_HEAD = struct.Struct("=" + _HEAD_FORMAT)
+_TAIL = struct.Struct("=" + _TAIL_FORMAT)
 _PAYLOAD_OFFSET = _STRUCT.size
 SIZE = _PAYLOAD_OFFSET + 8 + PAYLOAD_ROOM
 _GENERATION = struct.Struct("=q")
