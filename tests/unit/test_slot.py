@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 from zombieguard.slot import JobSlot
@@ -48,7 +49,8 @@ def test_a_slot_its_writer_died_writing_is_written_and_read_consistently_by_the_
     path = tmp_path / "slot-0"
     dead = JobSlot(path)
     _start(dead, "j1")
-    dead._map[0:8] = (dead.read().generation + 1).to_bytes(8, "little")  # killed in the middle of a write
+    odd = struct.pack("=q", dead.read().generation + 1)
+    dead._map[0:8] = odd  # its writer killed in the middle of a write
     slot = JobSlot(path)  # the process that replaces it
     for job_id in ("j2", "j3"):
         generation = _start(slot, job_id)
