@@ -316,6 +316,9 @@ class _GuardedMixin:
     """The behaviour both guarded worker classes add to RQ's."""
 
     _zg_sidecar = False
+    _zg_forks = False
+    """Whether jobs run in a horse this process forks (RQ < 2.7's SimpleWorker subclasses Worker:
+    the class, not isinstance, says so)."""
     _zg: _Guard | None = None
     _zg_attempt: Attempt | None = None
     _zg_stop: tuple[str, str | None] | None = None
@@ -609,7 +612,7 @@ class _GuardedMixin:
         attempt = self._zg_attempt
         if attempt is None:
             proceed = True
-        elif self.is_horse or not isinstance(self, Worker):
+        elif self.is_horse or not self._zg_forks:
             proceed = self._zg_raised_here(attempt, kwargs)
         else:
             proceed = self._zg_horse_ended(attempt, job, kwargs)
@@ -673,6 +676,8 @@ class GuardedWorker(_GuardedMixin, Worker):
 
     ``rq worker -w zombieguard.integrations.rq.GuardedWorker``.
     """
+
+    _zg_forks = True
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Fork a horse under the job's lease, watched by this process."""
