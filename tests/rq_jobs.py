@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from rq import Retry
+from rq.timeouts import JobTimeoutException
 
 import zombieguard
 from tests.job_bodies import (  # noqa: F401 - enqueued by name as tests.rq_jobs.<body>
@@ -57,6 +58,16 @@ def cleans_up_on_soft_timeout(directory: str) -> str:
         note(directory, "cleaned-up")
         return "cleaned up"
     return "never"
+
+
+def cleans_up_on_rq_timeout(directory: str) -> None:
+    """Catches RQ's own timeout exception to clean up, then lets it fail the job."""
+    note(directory, "started")
+    try:
+        time.sleep(30)
+    except JobTimeoutException as exc:
+        note(directory, "cleaned-up", type(exc).__name__)
+        raise
 
 
 def fails(directory: str) -> None:

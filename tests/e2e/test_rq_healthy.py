@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
 
 import pytest
 from rq import Callback, Retry
-from rq.command import send_stop_job_command
+from rq.command import send_kill_horse_command, send_stop_job_command
 
 from tests.e2e.rq_harness import RQ_BIN, RQHarness, wait_until
 
 pytestmark = pytest.mark.slow
 
 CLASSES = ["GuardedWorker", "GuardedSimpleWorker"]
+LEASE_TTL = 2.0
 
 
 @pytest.mark.parametrize("cls", CLASSES)
@@ -63,6 +67,56 @@ def test_send_stop_job_command_stops_a_guarded_job_as_rq_does(rq_harness: RQHarn
     assert len(rq_harness.notes_of("started")) == 1  # stopped, not recovered
     nxt = rq_harness.enqueue("add", 1, 1)
     rq_harness.wait_status(nxt, ["finished"], 10)
+
+
+def test_rq_kill_horse_command_ends_a_guarded_job_failed_as_in_plain_rq_not_recovered(
+    rq_harness: RQHarness,
+) -> None:
+    rq_harness.start_worker("GuardedWorker")
+    rq_harness.start_worker("GuardedWorker")  # would run a recovered attempt
+    job = rq_harness.enqueue("long_job", rq_harness.notes, 30.0)
+    wait_until(lambda: rq_harness.notes_of("started"), 10, what="started")
+    worker_name = wait_until(lambda: rq_harness.queue.fetch_job(job.id).worker_name, 5, what="worker")
+    send_kill_horse_command(rq_harness.client, worker_name)
+    rq_harness.wait_status(job, ["failed"], 10)
+    rq_harness.wait_for_state(job.id, lambda: rq_harness.lease_state(job.id), {"done"}, 5)
+    history = rq_harness.client.hget("{" + rq_harness.key_prefix + "}:lease:" + job.id, "history") or b""
+    assert b'"outcome":"stopped"' in history
+    time.sleep(LEASE_TTL + 1)  # past the lease's expiry and a sweep: a stall would be running again
+    assert len(rq_harness.notes_of("started")) == 1
+    assert rq_harness.status(job) == "failed"
+
+
+@pytest.fixture
+def busy_machine() -> Iterator[None]:
+    """Two busy loops for the test's duration (the teardown race below is lost mostly under load)."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    yield
+    for burner in burners:
+        burner.kill()
+        burner.wait(5)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.usefixtures("busy_machine")
+def test_a_guarded_worker_in_burst_mode_exits_at_once_every_time(rq_harness: RQHarness, cls: str) -> None:
+    command = [RQ_BIN, "worker", "-w", f"zombieguard.integrations.rq.{cls}", "--burst"]
+    command += ["--url", rq_harness.redis_url, rq_harness.queue_name]
+    for run in range(6):
+        started = time.monotonic()
+        result = subprocess.run(
+            [*command, "--name", f"zgw-burst-{run}"],
+            env={**os.environ, **rq_harness.env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        rq_harness.worker_names.append(f"zgw-burst-{run}")
+        assert result.returncode == 0, result.stdout + result.stderr
+        # A worker has to start Python and RQ (about a second here); its teardown must not wait on
+        # its pub/sub thread (up to 60 s).
+        assert time.monotonic() - started < 8, f"run {run} took {time.monotonic() - started:.1f} s"
 
 
 def test_every_option_rq_worker_passes_is_accepted(rq_harness: RQHarness) -> None:

@@ -19,15 +19,17 @@ def _started_at(harness: RQHarness) -> float:
 
 
 @pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("source", ["rq job_timeout", "zombieguard hard_timeout"])
 def test_a_job_hung_on_a_socket_is_stopped_within_1s_of_hard_timeout_and_fails_the_rq_way(
-    rq_harness: RQHarness, black_hole: int, cls: str
+    rq_harness: RQHarness, black_hole: int, cls: str, source: str
 ) -> None:
-    rq_harness.start_worker(cls)
+    rq_own = source == "rq job_timeout"
+    rq_harness.start_worker(cls, env={} if rq_own else {"ZOMBIEGUARD_HARD_TIMEOUT": "2"})
     job = rq_harness.enqueue(
         "hang_on_socket",
         rq_harness.notes,
         black_hole,
-        job_timeout=2,
+        job_timeout=2 if rq_own else 60,
         on_failure=Callback("tests.rq_jobs.on_failure"),
     )
     started = _started_at(rq_harness)
@@ -35,14 +37,32 @@ def test_a_job_hung_on_a_socket_is_stopped_within_1s_of_hard_timeout_and_fails_t
     stopped_after = time.time() - started
     assert 1.9 <= stopped_after < 3.0
     exc = job.latest_result().exc_string
-    assert "HardTimeLimitExceeded" in exc
+    # RQ's own limit fails the job with RQ's own exception type (zombieguard's interrupt as well).
+    name = "JobTimeoutException" if rq_own else "HardTimeLimitExceeded"
+    assert name in exc
+    if rq_own:
+        assert "JobTimeoutException: Task exceeded maximum timeout value (2 seconds)" in exc
     assert "hang_on_socket" in exc  # where it was stuck
-    assert [line.split()[1] for line in rq_harness.notes_of("on_failure")] == ["HardTimeLimitExceeded"]
+    assert [line.split()[1] for line in rq_harness.notes_of("on_failure")] == [name]
     assert job.id in rq_harness.queue.failed_job_registry.get_job_ids()
     # The worker goes on with the next job.
     nxt = rq_harness.enqueue("add", 2, 3)
     rq_harness.wait_status(nxt, ["finished"], 10)
     assert nxt.return_value() == 5
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_a_job_past_rq_job_timeout_can_catch_rq_own_timeout_exception_to_clean_up(
+    rq_harness: RQHarness, cls: str
+) -> None:
+    rq_harness.start_worker(cls)
+    job = rq_harness.enqueue("cleans_up_on_rq_timeout", rq_harness.notes, job_timeout=1)
+    rq_harness.wait_status(job, ["failed"], 10)
+    assert [line.split()[1] for line in rq_harness.notes_of("cleaned-up")] == ["JobTimeoutException"]
+    assert "JobTimeoutException: Task exceeded maximum timeout value (1 seconds)" in (
+        job.latest_result().exc_string
+    )
+    assert len(rq_harness.notes_of("started")) == 1  # failed, not recovered
 
 
 def test_a_job_stuck_in_c_code_is_killed_within_1s_of_hard_timeout_with_its_stack(
@@ -54,7 +74,7 @@ def test_a_job_stuck_in_c_code_is_killed_within_1s_of_hard_timeout_with_its_stac
     rq_harness.wait_status(job, ["failed"], 10)
     assert time.time() - started < 3.0
     exc = job.latest_result().exc_string
-    assert "HardTimeLimitExceeded" in exc
+    assert "JobTimeoutException: Task exceeded maximum timeout value (2 seconds)" in exc
     assert "stuck_in_c_code" in exc  # the faulthandler dump, taken while it held the GIL
     nxt = rq_harness.enqueue("add", 1, 1)
     rq_harness.wait_status(nxt, ["finished"], 10)
@@ -70,7 +90,7 @@ def test_on_a_simple_worker_a_job_stuck_in_c_code_is_killed_by_the_sidecar_and_f
     assert time.time() - started < 3.5  # hard_timeout + the sidecar's 0.5 s grace + a poll
     assert worker.wait(5) == -9  # the sidecar killed it: its supervisor restarts it
     exc = job.latest_result().exc_string
-    assert "HardTimeLimitExceeded" in exc
+    assert "JobTimeoutException: Task exceeded maximum timeout value (2 seconds)" in exc
     assert "stuck_in_c_code" in exc
     assert job.id not in rq_harness.queue.started_job_registry.get_job_ids()
 
@@ -112,4 +132,4 @@ def test_a_job_killed_at_its_hard_limit_is_retried_as_its_rq_retry_says(rq_harne
     job = rq_harness.enqueue("stuck_in_c_code", rq_harness.notes, job_timeout=1, retry=Retry(max=1))
     rq_harness.wait_status(job, ["failed"], 15)
     assert len(rq_harness.notes_of("started")) == 2
-    assert "HardTimeLimitExceeded" in job.latest_result().exc_string
+    assert "JobTimeoutException" in job.latest_result().exc_string

@@ -62,6 +62,7 @@ try:
     from rq.job import Job, JobStatus
     from rq.queue import Queue
     from rq.registry import StartedJobRegistry
+    from rq.timeouts import JobTimeoutException as RQJobTimeoutException
     from rq.timeouts import TimerDeathPenalty
     from rq.worker import SimpleWorker, Worker, WorkerStatus
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -131,6 +132,46 @@ _EXCEPTION_NAMES = {
 }
 
 
+class JobTimeoutException(HardTimeLimitExceeded, RQJobTimeoutException):
+    """Raised in a job past its hard limit when that limit is RQ's own ``job_timeout`` (no zombieguard
+    source set ``hard_timeout``): both zombieguard's interrupt and RQ's exception, so that a job
+    catching ``rq.timeouts.JobTimeoutException`` to clean up still does, and ``exc_info`` reads as
+    RQ's. Like RQ's, it is an ``Exception``: a job that swallows it is still stopped, its horse (or
+    worker) killed :data:`ESCALATE_AFTER` later."""
+
+
+def _rq_timeout_message(seconds: float) -> str:
+    """RQ's own words for a job past its ``job_timeout``."""
+    return f"Task exceeded maximum timeout value ({seconds:g} seconds)"
+
+
+def _rq_limit(policy: Policy, job_timeout: Any) -> bool:
+    """Whether the policy's hard limit is RQ's own ``job_timeout`` (no zombieguard source set another)."""
+    return policy.hard_timeout is not None and bool(job_timeout) and float(job_timeout) == policy.hard_timeout
+
+
+def _hard_limit_error(policy: Policy, job_timeout: Any, killed: bool) -> HardTimeLimitExceeded:
+    """The exception for a job past its hard limit: RQ's type when the limit is RQ's ``job_timeout``;
+    ``killed``: its process was killed (it was stuck where no Python code runs)."""
+    if _rq_limit(policy, job_timeout):
+        return JobTimeoutException(_rq_timeout_message(float(job_timeout)))
+    if killed:
+        return HardTimeLimitExceeded(
+            f"job passed its hard_timeout of {policy.hard_timeout:g} s and was killed "
+            "(stuck where no Python code runs: C code or a blocking call)"
+        )
+    return HardTimeLimitExceeded(f"job passed its hard_timeout of {policy.hard_timeout:g} s")
+
+
+def _exc_string(outcome: str, error: BaseException, stack: str | None) -> str:
+    """The ``exc_info`` RQ records for a job zombieguard ended (``outcome``), with its stack."""
+    if isinstance(error, JobTimeoutException):
+        name = f"{__name__}.JobTimeoutException"
+    else:
+        name = _EXCEPTION_NAMES.get(outcome, "zombieguard.JobFailed")
+    return f"{name}: {error}\n" + (f"\nStack when it was stopped:\n{stack}" if stack else "")
+
+
 class RQAdapter:
     """How the core acts on RQ jobs (requeue, fail, stop, republish)."""
 
@@ -193,11 +234,13 @@ class RQAdapter:
         job = self._job(record.job_id)
         if job is None or job.get_status() in _ENDED:
             return False
-        name = _EXCEPTION_NAMES.get(outcome, "zombieguard.JobFailed")
-        exc_string = f"{name}: {reason}\n" + (
-            f"\nStack when it was stopped:\n{record.stack}" if record.stack else ""
-        )
-        error = {"timed_out": HardTimeLimitExceeded, "hung": JobHung}.get(outcome, JobInterrupt)(reason)
+        error: BaseException
+        policy = record.policy()
+        if outcome == "timed_out" and policy is not None and _rq_limit(policy, job.timeout):
+            error = JobTimeoutException(f"{_rq_timeout_message(job.timeout or 0)}; {reason}")
+        else:
+            error = {"timed_out": HardTimeLimitExceeded, "hung": JobHung}.get(outcome, JobInterrupt)(reason)
+        exc_string = _exc_string(outcome, error, record.stack)
         with contained(f"on_failure callback of rq job {job.id}"):
             run_failure_callback(job, TimerDeathPenalty, error)
         with self.connection.pipeline() as pipe:
@@ -326,6 +369,8 @@ class _GuardedMixin:
     _zg_job_timeout: Any = None
     _zg_parent: int = 0
     _zg_body_done = False
+    _zg_kill_command = False
+    """RQ's kill-horse command came for the running job: an operator's stop, not a stall."""
 
     if TYPE_CHECKING:  # RQ's attributes and methods, as this mixin uses them
         name: str
@@ -333,6 +378,9 @@ class _GuardedMixin:
         is_horse: bool
         horse_pid: int
         death_penalty_class: Any
+
+        pubsub: Any
+        pubsub_thread: Any
 
         def set_state(self, state: str, pipeline: Any = None) -> None: ...
         def prepare_execution(self, job: Job) -> Execution: ...
@@ -352,6 +400,32 @@ class _GuardedMixin:
             self._zg.close()
             self._zg = None
 
+    def unsubscribe(self) -> None:
+        """RQ's, without the minute its pub/sub thread can keep a worker from exiting.
+
+        RQ sends UNSUBSCRIBE, then stops the thread; redis-py 8 joins it in ``stop()``. A thread that
+        read the reply to UNSUBSCRIBE before it was stopped waits ``sleep_time`` (60 s) for a new
+        subscription. Stopped first (without waiting), it exits on reading that reply instead.
+        """
+        thread, pubsub = self.pubsub_thread, self.pubsub
+        if thread is None or pubsub is None:
+            return
+        try:
+            thread.stop(timeout=0)  # redis-py 8: clears the running flag; joins for at most 0 s
+        except TypeError:
+            thread.stop()  # redis-py < 8: clears the running flag, never joins
+        pubsub.unsubscribe()
+        thread.join(timeout=1)
+        pubsub.close()
+
+    def handle_payload(self, message: Any) -> None:
+        """RQ's commands; its kill-horse command is an operator's stop (the job ends failed, as in
+        plain RQ), not a stall to recover."""
+        with contextlib.suppress(Exception):  # RQ parses it again, and says what is wrong
+            if json.loads(message["data"]).get("command") == "kill-horse" and self._zg_attempt is not None:
+                self._zg_kill_command = True
+        super().handle_payload(message)  # type: ignore[misc]
+
     def _zg_install_interrupts(self) -> None:
         """Signal handlers that raise zombieguard's interrupts in the main thread (job code)."""
 
@@ -365,7 +439,7 @@ class _GuardedMixin:
                 if kind == "soft":
                     raise SoftTimeLimitExceeded(f"job passed its soft_timeout of {policy.soft_timeout:g} s")
                 if kind == "hard":
-                    raise HardTimeLimitExceeded(f"job passed its hard_timeout of {policy.hard_timeout:g} s")
+                    raise _hard_limit_error(policy, self._zg_job_timeout, killed=False)
                 if kind == "hung":
                     raise JobHung(
                         f"job made no progress within its progress_timeout of {policy.progress_timeout:g} s"
@@ -403,6 +477,7 @@ class _GuardedMixin:
         self._zg_stop = None
         self._zg_interrupt = None
         self._zg_body_done = False
+        self._zg_kill_command = False
         if zg is None:
             return None
         task, policy = self._zg_policy(job)
@@ -637,6 +712,10 @@ class _GuardedMixin:
         if getattr(self, "_stopped_job_id", None) == job.id:
             # Stopped on request (send_stop_job_command): RQ's STOPPED, not a stall to recover.
             return self._zg_release(attempt, Outcome.STOPPED, "stopped on request (send_stop_job_command)")
+        if self._zg_kill_command and self._zg_stop is None:
+            # Killed on request (send_kill_horse_command): failed, as RQ alone fails it.
+            reason = "horse killed on request (send_kill_horse_command)"
+            return self._zg_release(attempt, Outcome.STOPPED, reason)
         if self._zg_stop is None:
             # It died by itself (OOM, segfault, a poison payload): a stall for the sweeper to recover
             # or dead-letter, not a failure to record.
@@ -654,10 +733,7 @@ class _GuardedMixin:
         outcome = Outcome(outcome_name)
         policy = attempt.policy
         if outcome is Outcome.TIMED_OUT:
-            error: JobInterrupt = HardTimeLimitExceeded(
-                f"job passed its hard_timeout of {policy.hard_timeout:g} s and was killed "
-                "(stuck where no Python code runs: C code or a blocking call)"
-            )
+            error: JobInterrupt = _hard_limit_error(policy, job.timeout, killed=True)
         else:
             error = JobHung(
                 f"job made no progress within its progress_timeout of {policy.progress_timeout:g} s"
@@ -666,8 +742,7 @@ class _GuardedMixin:
             return False
         with contained(f"on_failure callback of rq job {job.id}"):
             run_failure_callback(job, self.death_penalty_class, error)
-        where = f"\nStack when it was stopped:\n{stack}" if stack else ""
-        kwargs["exc_string"] = f"{_EXCEPTION_NAMES[outcome.value]}: {error}\n{where}"
+        kwargs["exc_string"] = _exc_string(outcome.value, error, stack)
         return True
 
 
