@@ -168,6 +168,18 @@ class Attempt:
         if self.on_refused is not None:
             self.on_refused(self)
 
+    def run_unguarded(self) -> None:
+        """Run on without a lease (the lease Redis is unreachable): nothing of this attempt is
+        recorded in Redis, but its beats still count as progress for the limits enforced locally."""
+        with self._acquire_lock:
+            self._pending = False
+            self._unguarded = True
+
+    @property
+    def unguarded(self) -> bool:
+        """Whether this attempt runs without a lease (see :meth:`run_unguarded`)."""
+        return self._unguarded
+
     def finish_unleased(self) -> bool:
         """End a pending attempt without ever writing its lease (it ended within its
         ``lease_delay``, or its lease could not be written); False when the lease is written (or
@@ -275,6 +287,8 @@ class Attempt:
         """
         if self._lost is not None or self._pending:
             return False
+        if self._unguarded:
+            return True  # nothing of it in Redis to check
         now = time.monotonic() if now is None else now
         policy = self.policy
         until = self.confirmed_until
@@ -297,6 +311,8 @@ class Attempt:
             self.acquire_now()
             self._raise_if_lost()
             if self._unguarded:
+                if checkpoint is None:
+                    return  # a beat: its progress is recorded here, for the local limits
                 raise redis.ConnectionError("this job runs unguarded: its lease could not be written")
             code = self.store.progress(self.job, self.token, progress, message, checkpoint)
             if code == "missing":

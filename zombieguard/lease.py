@@ -333,15 +333,16 @@ class PendingAcquire:
         policy: Policy,
         delivery_attempt: int | None,
         releases: list[DeferredRelease],
+        tag: str = "",
     ) -> None:
         self._store = store
         self._connection = connection
-        self._call = (job, worker, policy, delivery_attempt)
+        self._call = (job, worker, policy, delivery_attempt, tag)
         self._releases = releases
 
     def result(self) -> Acquired:
         """Read the replies (the releases sent along are logged when refused) and return the acquire's."""
-        job, worker, policy, delivery_attempt = self._call
+        job, worker, policy, delivery_attempt, tag = self._call
         pool = self._store.client.connection_pool
         replies: list[Any] = []
         try:
@@ -363,7 +364,7 @@ class PendingAcquire:
         if isinstance(replies[-1], redis.ResponseError):
             # NOSCRIPT after a Redis restart, say: the ordinary call loads the script again.
             self._store._loaded = False
-            return self._store.acquire(job, worker, policy, delivery_attempt)
+            return self._store.acquire(job, worker, policy, delivery_attempt, tag=tag)
         return LeaseStore._acquired(job.job_id, replies[-1])
 
 
@@ -526,7 +527,7 @@ class LeaseStore:
         }
 
     def _packed_acquire(
-        self, job: JobSpec, worker: str, policy: Policy, delivery_attempt: int | None
+        self, job: JobSpec, worker: str, policy: Policy, delivery_attempt: int | None, tag: str = ""
     ) -> bytes:
         """The acquire as protocol bytes, the worker's and policy's part encoded once and reused: the
         generic encoder's per-argument work was most of an acquire's cost to the job."""
@@ -555,6 +556,7 @@ class LeaseStore:
             job.queue,
             "payload",
             job.payload,
+            *(("tag", tag) if tag else ()),
         ]
         count, encoded = tail
         return b"*%d\r\n" % (len(head) + count) + b"".join(_bulk(p) for p in head) + encoded
@@ -637,18 +639,22 @@ class LeaseStore:
         policy: Policy,
         releases: Sequence[DeferredRelease] = (),
         delivery_attempt: int | None = None,
+        *,
+        tag: str = "",
     ) -> PendingAcquire:
         """Send :meth:`acquire` (after ``releases``, in the same round trip) without waiting for the reply.
 
         The caller does other work (the framework's own round trip) and then reads the reply with
-        :meth:`PendingAcquire.result`: the acquire costs the job no waiting of its own.
+        :meth:`PendingAcquire.result`: the acquire costs the job no waiting of its own. ``tag``: as
+        for :meth:`acquire` (an acquire sent again under the same tag, its reply lost, takes the
+        lease the first one wrote).
         """
         if not self._loaded:
             for name in ("acquire", "release"):
                 self._scripts[name].sha = text(self.client.script_load(self._scripts[name].script))
             self._loaded = True
         packed = b"".join(self._packed_release(r) for r in releases) + self._packed_acquire(
-            job, worker, policy, delivery_attempt
+            job, worker, policy, delivery_attempt, tag
         )
         pool = self.client.connection_pool
         connection: Any = _connection_from(pool)
@@ -666,6 +672,7 @@ class LeaseStore:
             policy=policy,
             delivery_attempt=delivery_attempt,
             releases=list(releases),
+            tag=tag,
         )
 
     def reestablish(

@@ -75,6 +75,7 @@ from zombieguard.deadletter import DeadLetterEntry
 from zombieguard.events import JobCompleted, JobStarted, JobTimedOut, emit
 from zombieguard.events import JobHung as JobHungEvent
 from zombieguard.lease import (
+    Acquired,
     AcquireStatus,
     DeferredRelease,
     JobSpec,
@@ -289,12 +290,14 @@ def _die_with_parent(parent_pid: int) -> None:
 
 @dataclass(frozen=True)
 class _Sent:
-    """An acquire sent, its reply not read yet."""
+    """An acquire sent, its reply not read yet (``pending`` None: it could not be sent)."""
 
     spec: JobSpec
     policy: Policy
     sent_at: float
-    pending: PendingAcquire
+    pending: PendingAcquire | None
+    tag: str
+    """Names this execution: an acquire sent again after a lost reply takes the lease the first wrote."""
 
 
 class _Guard(WorkerRuntime):
@@ -371,6 +374,8 @@ class _GuardedMixin:
     _zg_body_done = False
     _zg_kill_command = False
     """RQ's kill-horse command came for the running job: an operator's stop, not a stall."""
+    _zg_unprepared: redis.RedisError | None = None
+    """Why RQ could not prepare the running job (Redis did not answer): it never started."""
 
     if TYPE_CHECKING:  # RQ's attributes and methods, as this mixin uses them
         name: str
@@ -471,43 +476,62 @@ class _GuardedMixin:
 
     def _zg_send(self, job: Job, queue: Queue) -> _Sent | None:
         """Send the acquire of the job's lease, with any deferred releases; the reply is read by
-        :meth:`_zg_begin` after RQ's own round trip. None when unguarded (Redis away: run anyway)."""
+        :meth:`_zg_begin` after RQ's own round trip. None when this worker is not guarded."""
         zg = self._zg
         self._zg_attempt = None
         self._zg_stop = None
         self._zg_interrupt = None
         self._zg_body_done = False
         self._zg_kill_command = False
+        self._zg_unprepared = None
         if zg is None:
             return None
         task, policy = self._zg_policy(job)
         spec = JobSpec(job.id, ADAPTER, task, queue.name, json.dumps({"description": job.description}))
         sent_at = time.monotonic()
+        tag = os.urandom(8).hex()
         releases = zg.heartbeat.take_deferred()
         try:
-            pending = zg.store.send_acquire(spec, self.name, policy, releases)
-        except redis.RedisError as exc:
+            pending = zg.store.send_acquire(spec, self.name, policy, releases, tag=tag)
+        except redis.RedisError:
             for release in releases:
                 zg.heartbeat.defer(release)
-            log.warning("rq job %s runs unguarded: Redis for leases unreachable (%s)", job.id, exc)
+            pending = None
+        return _Sent(spec, policy, sent_at, pending, tag)
+
+    def _zg_acquired(self, sent: _Sent) -> Acquired | None:
+        """The reply to the acquire sent, or, when none came, to one sent again on a new connection (a
+        killed connection, or a restart of Redis within a moment); None when Redis does not answer."""
+        assert self._zg is not None
+        try:
+            if sent.pending is not None:
+                return sent.pending.result()
+        except redis.RedisError as exc:
+            log.info("rq job %s: no reply to its acquire (%s); asking again", sent.spec.job_id, exc)
+        try:
+            return self._zg.store.acquire(sent.spec, self.name, sent.policy, tag=sent.tag)
+        except redis.RedisError as exc:
+            log.warning(
+                "rq job %s runs without a lease, its limits enforced here all the same: Redis for "
+                "leases unreachable (%s)",
+                sent.spec.job_id,
+                exc,
+            )
             return None
-        return _Sent(spec, policy, sent_at, pending)
 
     def _zg_begin(self, job: Job, sent: _Sent | None) -> tuple[Attempt | None, bool]:
-        """The job's lease, acquired: (attempt, run?)."""
+        """The job's attempt (leased, or unguarded when Redis is unreachable): (attempt, run?)."""
         zg = self._zg
         if zg is None or sent is None:
             return None, True
         spec, policy = sent.spec, sent.policy
         wait_until = time.monotonic() + RECOVERING_WAIT
+        acquired = self._zg_acquired(sent)
         try:
-            acquired = sent.pending.result()
-            while True:
-                if acquired.status is AcquireStatus.ACQUIRED:
-                    break
+            while acquired is not None and acquired.status is not AcquireStatus.ACQUIRED:
                 if acquired.holder_state == "recovering" and time.monotonic() < wait_until:
                     time.sleep(0.02)
-                    acquired = zg.store.acquire(spec, self.name, policy)
+                    acquired = zg.store.acquire(spec, self.name, policy, tag=sent.tag)
                     continue
                 log.warning(
                     "rq job %s not run: %s (attempt %d, %s on %s)",
@@ -519,9 +543,11 @@ class _GuardedMixin:
                 )
                 return None, False
         except redis.RedisError as exc:
-            log.warning("rq job %s runs unguarded: Redis for leases unreachable (%s)", job.id, exc)
-            return None, True
+            log.warning("rq job %s runs without a lease: Redis for leases unreachable (%s)", job.id, exc)
+            acquired = None
         attempt = Attempt(zg.store, spec, self.name, policy, acquired, sent_at=sent.sent_at)
+        if acquired is None:
+            attempt.run_unguarded()
         started = attempt.started_monotonic
         zg.slot.start(
             job.id,
@@ -535,7 +561,8 @@ class _GuardedMixin:
         attempt.on_confirm = zg.slot.confirm
         slot = zg.slot
         attempt.ending = lambda: slot.read().outcome != 0
-        zg.heartbeat.add(attempt)
+        if not attempt.unguarded:
+            zg.heartbeat.add(attempt)
         self._zg_attempt = attempt
         emit(ADAPTER, attempt.event(JobStarted))
         return attempt, True
@@ -628,6 +655,27 @@ class _GuardedMixin:
         raise NotImplementedError
 
     # -- RQ's job lifecycle, guarded -------------------------------------------------------------
+    def prepare_job_execution(self, job: Job, *args: Any, **kwargs: Any) -> None:
+        """RQ's preparation of the job (in the process that runs it), tried again while Redis does
+        not answer, for up to half the lease's TTL (a killed connection, a restart). Past that, the
+        job never started: it is given up as a stall and recovered, not failed
+        (:meth:`handle_job_failure`)."""
+        attempt = self._zg_attempt
+        if attempt is None:
+            return super().prepare_job_execution(job, *args, **kwargs)  # type: ignore[misc, no-any-return]
+        deadline = time.monotonic() + attempt.policy.lease_ttl / 2
+        delay = 0.1
+        while True:
+            try:
+                return super().prepare_job_execution(job, *args, **kwargs)  # type: ignore[misc, no-any-return]
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() + delay > deadline:
+                    self._zg_unprepared = exc
+                    raise
+                log.warning("rq job %s: RQ could not prepare it (%s); trying again", job.id, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
     def perform_job(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> bool:
         """RQ's perform_job inside the attempt's context; RQ's own alarm becomes a backstop."""
         attempt = self._zg_attempt
@@ -668,7 +716,9 @@ class _GuardedMixin:
 
     def _zg_completed_here(self, attempt: Attempt) -> None:
         assert self._zg is not None
-        if self.is_horse:
+        if attempt.unguarded:
+            pass  # no lease to release
+        elif self.is_horse:
             self._zg.slot.set_outcome(OUTCOME_COMPLETED)  # the parent writes the release
         else:
             self._zg.heartbeat.defer(DeferredRelease(attempt.job, attempt.token, Outcome.COMPLETED))
@@ -687,12 +737,45 @@ class _GuardedMixin:
         attempt = self._zg_attempt
         if attempt is None:
             proceed = True
+        elif self._zg_unprepared is not None:
+            proceed = self._zg_unstarted(attempt, self._zg_unprepared)
         elif self.is_horse or not self._zg_forks:
             proceed = self._zg_raised_here(attempt, kwargs)
         else:
             proceed = self._zg_horse_ended(attempt, job, kwargs)
         if proceed:
             super().handle_job_failure(job, queue, *args, **kwargs)  # type: ignore[misc]
+
+    def _zg_unstarted(self, attempt: Attempt, error: redis.RedisError) -> bool:
+        """RQ could not prepare the job, Redis not answering: it never started. A stall to recover,
+        not a failure to record; without a lease (unguarded), RQ records it as it would alone."""
+        job_id = attempt.job.job_id
+        if attempt.unguarded:
+            return True
+        log.warning("rq job %s: RQ could not prepare it (%s); recovering it", job_id, error)
+        self._zg_give_up(attempt)
+        return False
+
+    def _zg_give_up(self, attempt: Attempt) -> None:
+        """Give the attempt's lease up as a stall and sweep at once (the job is recovered or
+        dead-lettered); Redis away, the lease expires instead."""
+        assert self._zg is not None
+        try:
+            attempt.store.abandon(attempt.job, attempt.token, "stalled")
+            self._zg.sweeper.sweep_once()
+        except (redis.RedisError, LeaseLost) as exc:
+            log.warning(
+                "rq job %s: could not give the lease up (%s); it expires instead", attempt.job.job_id, exc
+            )
+
+    def _zg_died(self, attempt: Attempt, exc_string: str) -> bool:
+        """The horse died by itself (OOM, segfault, a poison payload): a stall for the sweeper to
+        recover or dead-letter, not a failure to record (without a lease: RQ's failure, as alone)."""
+        if attempt.unguarded:
+            return True
+        log.warning("rq job %s: its horse died (%s); recovering it", attempt.job.job_id, exc_string.strip())
+        self._zg_give_up(attempt)
+        return False
 
     def _zg_raised_here(self, attempt: Attempt, kwargs: dict[str, Any]) -> bool:
         """The job raised in this process (zombieguard's interrupts among the possibilities)."""
@@ -717,18 +800,7 @@ class _GuardedMixin:
             reason = "horse killed on request (send_kill_horse_command)"
             return self._zg_release(attempt, Outcome.STOPPED, reason)
         if self._zg_stop is None:
-            # It died by itself (OOM, segfault, a poison payload): a stall for the sweeper to recover
-            # or dead-letter, not a failure to record.
-            log.warning(
-                "rq job %s: its horse died (%s); recovering it", job.id, kwargs.get("exc_string", "").strip()
-            )
-            assert self._zg is not None
-            try:
-                attempt.store.abandon(attempt.job, attempt.token, "stalled")
-                self._zg.sweeper.sweep_once()
-            except (redis.RedisError, LeaseLost) as exc:
-                log.warning("rq job %s: could not give the lease up (%s); it expires instead", job.id, exc)
-            return False
+            return self._zg_died(attempt, kwargs.get("exc_string", ""))
         outcome_name, stack = self._zg_stop
         outcome = Outcome(outcome_name)
         policy = attempt.policy
