@@ -231,3 +231,30 @@ def test_stale_copies_delivered_after_the_task_failed_leave_its_recorded_failure
     assert celery_harness.state(result) == "FAILURE"
     assert "the task's own bug" in str(celery_harness.app.AsyncResult(result.id).result)
     assert len(celery_harness.notes_of("started")) == 1  # no copy's body ran
+
+
+def test_a_frozen_prefork_attempt_records_nothing_when_celery_s_own_time_limit_fires_as_it_wakes(
+    celery_harness: CeleryHarness,
+) -> None:
+    # Celery's own hard limit (the backstop, 3 s past the policy's 4 s) passes while the worker is
+    # frozen; its attempt was recovered meanwhile. As it wakes, neither Celery's timer nor
+    # zombieguard's limit may record the task FAILED: when the new attempt's worker then dies, the
+    # task must be run again, not taken for ended.
+    harness = celery_harness
+    env = {"ZOMBIEGUARD_HARD_TIMEOUT": "4"}
+    frozen = harness.start_worker("prefork", concurrency=1, env=env)
+    result = harness.send("long_task", harness.notes, 3.5)
+    harness.wait_leased(result.id)
+    os.killpg(frozen.pid, signal.SIGSTOP)
+    time.sleep(7.5)  # past the backstop (7 s after the start)
+    second = harness.start_worker("prefork", concurrency=1, env=env)  # recovers, runs attempt 2
+    _next_attempt_started(harness)
+    os.killpg(frozen.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:  # the woken attempt's timer and limit fire now
+        assert harness.state(result) != "FAILURE", harness.diagnosis(result.id)
+        time.sleep(0.05)
+    os.killpg(second.pid, signal.SIGKILL)  # attempt 2 dies: the woken worker recovers it
+    assert result.get(timeout=20) == "done"
+    assert len(harness.notes_of("started")) == 3
+    assert harness.log(0).count("no longer holds the task") >= 1

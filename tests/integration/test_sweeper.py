@@ -103,6 +103,28 @@ def test_a_job_still_renewed_past_its_hard_deadline_is_failed_as_timed_out_not_r
         attempt.release(Outcome.COMPLETED)
 
 
+@pytest.mark.parametrize("expired", ["before", "after"])
+def test_a_lease_that_expired_before_its_hard_deadline_is_a_stall_even_if_swept_after_both(
+    store: LeaseStore, expired: str
+) -> None:
+    # Its worker froze (or died) before the job was overdue: the job did not run too long, its worker
+    # stopped. Only a lease still renewed past its hard deadline (plus grace) is a timeout.
+    adapter = RecordingAdapter()
+    start(store, "j1", Policy(lease_ttl=30, hard_timeout=100, overdue_grace=1))
+    key = store.lease_key("j1")
+    now = store.server_time()
+    hard_deadline = now - 10
+    expires = hard_deadline + (-5 if expired == "before" else 5)
+    store.client.hset(key, mapping={"hard_deadline": repr(hard_deadline), "expires": repr(expires)})
+    store.client.zadd(store.due_key("test"), {"j1": expires})
+    report = Sweeper(store, {"test": adapter}).sweep_once()
+    if expired == "before":
+        assert (report.recovered, adapter.failed) == (["j1"], [])
+    else:
+        assert report.failed == ["j1"]
+        assert adapter.failed[0][:2] == ("j1", "timed_out")
+
+
 def test_a_job_renewed_but_without_progress_past_progress_timeout_is_failed_as_hung(
     store: LeaseStore,
 ) -> None:

@@ -36,6 +36,7 @@ that runs the task; stalled, recovered, dead-lettered by the sweeper that acted.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import operator
 import os
@@ -93,6 +94,7 @@ from zombieguard.events import JobHung as JobHungEvent
 from zombieguard.heartbeat import Heartbeat
 from zombieguard.lease import (
     AcquireStatus,
+    CorruptRecord,
     DeferredRelease,
     FinishedState,
     JobSpec,
@@ -1262,12 +1264,19 @@ class SlotMonitor:
         what = "hard_timeout" if kind == "timed_out" else "progress_timeout"
         reason = f"ran past its {what} of {limit:g} s and was killed (stuck where no Python code runs)"
         spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
+        superseded = False
         if tracked.token:  # else no lease was written (stuck within its lease_delay): Celery's record only
-            with contextlib.suppress(LeaseLost, redis.RedisError):
+            try:
                 self.guard.store.release(spec, tracked.token, Outcome(kind), reason, tracked.stack)
+            except LeaseLost:
+                superseded = True  # a newer attempt holds the task: nothing of this one is recorded
+                self.killed[state.job_id] = "lost"
+            except redis.RedisError as exc:
+                log.warning("celery task %s: its timeout not written to its lease (%s)", state.job_id, exc)
         _signal(state.pid, signal.SIGKILL)
-        job_id = state.job_id
-        self.guard.in_loop(lambda: self.guard.record_timeout(job_id, limit))
+        if not superseded:
+            job_id = state.job_id
+            self.guard.in_loop(lambda: self.guard.record_timeout(job_id, limit))
 
     def _renew(self, due: list[_Tracked]) -> None:
         guard = self.guard
@@ -1305,6 +1314,15 @@ class SlotMonitor:
         state = self.slots[tracked.path].read()
         return state.active and state.generation == tracked.state.generation
 
+    def running(self, job_id: str) -> SlotState | None:
+        """The slot of the pool process running ``job_id`` (its token: the lease this process wrote
+        for it, when its own is not written), None when no pool process runs it."""
+        with self._lock:
+            for tracked in self.tracked.values():
+                if tracked.state.active and tracked.state.job_id == job_id:
+                    return dataclasses.replace(tracked.state, token=tracked.token)
+        return None
+
     def forget(self, job_id: str) -> SlotState | None:
         """A pool process died: clear the slot it left for ``job_id``; its state, if it had one."""
         with self._lock:
@@ -1336,6 +1354,16 @@ class SlotMonitor:
             self._thread.join(5)
         with contained("prefork monitor's last look"):
             self.check(time.monotonic())
+
+
+def _holds(record: LeaseRecord, worker: str, state: SlotState | None) -> bool:
+    """Whether the lease ``record`` is the one of the attempt ``worker`` runs (``state``: its slot, if
+    known). A lease of another worker, or not running, or under another token, is not; an attempt
+    whose lease is not written yet holds the task unless the lease is a newer attempt's."""
+    if state is not None and not state.token:
+        return record.attempt < state.attempt or (record.attempt == state.attempt and record.worker == worker)
+    running = record.state == "running" and record.worker == worker
+    return running and (state is None or record.token == state.token)
 
 
 def _lease_late(tracked: _Tracked, now: float) -> bool:
@@ -1514,6 +1542,14 @@ class WorkerGuard(WorkerRuntime):
                 with contained(f"failing celery task {job_id}"):
                     request.zg_timed_out(limit)
 
+    def forget_request(self, job_id: str) -> None:
+        """The running attempt of ``job_id`` here no longer holds the task (a newer attempt does):
+        its request is done with and its message acked, and nothing of it is recorded."""
+        for request in list(worker_state.active_requests):
+            if request.id == job_id:
+                worker_state.task_ready(request)
+                request.acknowledge()
+
     # -- events from the pool ----------------------------------------------------------------------
     def _lost(self, attempt: Attempt, error: LeaseLost) -> None:
         if isinstance(_executor, InProcessExecutor):
@@ -1536,24 +1572,45 @@ class WorkerGuard(WorkerRuntime):
         state = state or unleased
         if killed is not None:
             return killed
+        return self._died_verdict(request, state, terminated)
+
+    def _died_verdict(self, request: Any, state: SlotState | None, terminated: bool) -> str | None:
+        """:meth:`pool_process_lost` for a pool process this worker did not kill, from the lease."""
+        job_id = request.id
         record = None
         with contextlib.suppress(Exception):
             record = self.store.record(job_id)
         if record is None and state is not None and not state.token and not terminated:
             # Its lease not written yet (within its lease_delay): write it, recover.
             return "stalled" if self._recover_unleased(state, request) else None
-        if record is None or record.state != "running" or record.worker != self.name:
+        if record is None:
             return None
+        if not _holds(record, self.name, state):
+            # Its attempt ended, or a newer one (or a sweeper) holds the task: nothing of it is recorded.
+            log.warning("celery task %s: its pool process died; its attempt no longer holds the task", job_id)
+            return "lost"
         token = state.token if state is not None and state.token else record.token
         spec = JobSpec(job_id, ADAPTER, record.task, record.queue)
-        if terminated:
-            try:
-                self.store.release(spec, token, Outcome.STOPPED, "revoked with terminate=True")
-            except (redis.RedisError, LeaseLost) as exc:
-                log.warning("celery task %s: its stop not recorded (%s)", job_id, exc)
-            return None
-        self.recover_stalled(spec, token)
-        return "stalled"
+        if not terminated:
+            self.recover_stalled(spec, token)
+            return "stalled"
+        try:  # revoked: Celery records it so; the lease ends stopped
+            self.store.release(spec, token, Outcome.STOPPED, "revoked with terminate=True")
+        except (redis.RedisError, LeaseLost) as exc:
+            log.warning("celery task %s: its stop not recorded (%s)", job_id, exc)
+        return None
+
+    def superseded(self, job_id: str) -> bool:
+        """Prefork: whether the attempt of ``job_id`` that this worker runs no longer holds the task
+        (a newer attempt, or a sweeper recovering it, does): then nothing of it may be recorded, by
+        whatever path notices its end. False when Redis cannot tell."""
+        state = self.monitor.running(job_id) if self.monitor is not None else None
+        try:
+            record = self.store.record(job_id)
+        except (redis.RedisError, CorruptRecord) as exc:
+            log.warning("celery task %s: could not check its lease (%s)", job_id, exc)
+            return False
+        return record is not None and not _holds(record, self.name, state)
 
     def recover_unleased(self, job_id: str) -> None:
         """In the event loop: recover a task whose pool process the monitor saw die before its lease
@@ -1632,8 +1689,13 @@ class WorkerGuard(WorkerRuntime):
         what = "hard_timeout" if kind == "timed_out" else "progress_timeout"
         reason = f"ran past its {what} of {limit:g} s; its thread is stuck"
         state.recorded = True
-        with contextlib.suppress(LeaseLost, redis.RedisError):
+        superseded = False
+        try:
             attempt.release(Outcome(kind), reason, state.stack)
+        except LeaseLost:
+            superseded = True  # a newer attempt holds the task: nothing of this one is recorded
+        except redis.RedisError as exc:
+            log.warning("celery task %s: its timeout not written to its lease (%s)", attempt.job.job_id, exc)
         self.thread_slot(ident).clear()  # the watchdog process must not kill the worker for it
         job_id = attempt.job.job_id
         self.zombies[ident] = attempt.job.job_id
@@ -1663,7 +1725,10 @@ class WorkerGuard(WorkerRuntime):
         self._restarting = self._restarting or restart
 
         def record() -> None:  # the failure first: a warm shutdown stops the event loop
-            self.record_timeout(job_id, limit or 0)
+            if superseded:
+                self.forget_request(job_id)
+            else:
+                self.record_timeout(job_id, limit or 0)
             if restart:
                 self._restart()
 
@@ -1786,12 +1851,33 @@ class GuardedRequestMixin:
         self._zg_limits = value
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
-        """Celery's, once per task for the hard limit (whoever noticed it first)."""
+        """Celery's, once per task for the hard limit (whoever noticed it first); nothing for an
+        attempt that no longer holds the task (its worker was frozen past its lease, say): a
+        superseded attempt never writes the task's state."""
         if not soft:
-            if self._zg_timed_out:
+            if self._zg_timed_out or self._zg_superseded(timeout):
                 return
             self._zg_timed_out = True
         super().on_timeout(soft, timeout)  # type: ignore[misc]
+
+    def _zg_superseded(self, limit: object) -> bool:
+        """Celery's hard time limit passed: when this attempt no longer holds the task (its worker
+        was frozen past its lease, say), the request is done with, its message acked, nothing is
+        recorded, and True."""
+        guard = _guard
+        if guard is None or not guard.superseded(self.id):
+            return False
+        log.warning(
+            "celery task %s[%s]: Celery's hard time limit (%s) passed for an attempt that no longer "
+            "holds the task; nothing recorded",
+            self.task.name,
+            self.id,
+            limit,
+        )
+        self._zg_timed_out = True
+        worker_state.task_ready(self)
+        self.acknowledge()
+        return True
 
     def zg_timed_out(self, limit: float) -> None:
         """Record the task as past its hard limit, once, as Celery 5.7 records a prefork hard timeout:
@@ -1832,12 +1918,15 @@ class GuardedRequestMixin:
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
         """Celery's, except where zombieguard has the verdict: a pool process that died in a guarded
         task is a stall (recovered, not failed or requeued forever) or a kill at a limit (timed out,
-        recorded once)."""
+        recorded once); Celery's own hard limit passing for an attempt that no longer holds the task
+        records nothing (the pool reports it here first, then to :meth:`on_timeout`)."""
         exc = getattr(exc_info, "exception", None)
         exc = getattr(exc, "exc", exc)  # ExceptionWithTraceback
         if self._zg_timed_out:
             worker_state.task_ready(self)
             return  # already recorded as timed out; the late news of its process is not another failure
+        if isinstance(exc, TimeLimitExceeded) and self._zg_superseded(exc):
+            return
         guard = _guard
         lost = isinstance(exc, WorkerLostError | SystemExit | KeyboardInterrupt)
         terminated = type(exc).__name__ == "Terminated"

@@ -1,10 +1,10 @@
 -- A sweeper claims the leases that are due: abandoned by their worker (with the reason it gave),
--- past the hard deadline plus grace (timed out, whether the worker is alive or not), expired
--- (stalled), past the progress deadline plus grace while still renewed (hung), or requeued and
--- started by no worker by its republish_at (unstarted: its message may sit in a frozen consumer). Claiming bumps the fencing
--- token, so the old attempt's writes are refused from here on, and re-scores the lease at the claim's
--- expiry: a sweeper that dies mid-recovery is replaced after claim_ttl. Atomic, so sweepers racing
--- over the same leases each get a disjoint set.
+-- expired before the hard deadline plus grace (stalled), past the hard deadline plus grace while
+-- still renewed then (timed out), past the progress deadline plus grace while still renewed (hung),
+-- or requeued and started by no worker by its republish_at (unstarted: its message may sit in a
+-- frozen consumer). Claiming bumps the fencing token, so the old attempt's writes are refused from
+-- here on, and re-scores the lease at the claim's expiry: a sweeper that dies mid-recovery is
+-- replaced after claim_ttl. Atomic, so sweepers racing over the same leases each get a disjoint set.
 -- KEYS: due, fence, workers
 -- ARGV: limit, claim_ttl, sweeper, key prefix
 -- Returns {claims, dead_workers}; a claim is {job, 'claimed', record, checkpoint|nil} or
@@ -30,11 +30,13 @@ for _, job in ipairs(ids) do
         local hard, prog = tonumber(r[3]), tonumber(r[4])
         if r[8] and expires <= now then
           reason = r[8]
-        elseif hard and hard + grace <= now then
-          -- Past the hard limit, dead or alive: re-running it would hang again.
-          reason = 'timed_out'
-        elseif expires <= now then
+        elseif expires <= now and not (hard and hard + grace <= expires) then
+          -- Its worker stopped renewing before the job was overdue: dead or frozen, a stall, even
+          -- when no sweeper looked until the hard limit had passed as well.
           reason = 'stalled'
+        elseif hard and hard + grace <= now then
+          -- Past the hard limit while its worker still renewed it: re-running it would hang again.
+          reason = 'timed_out'
         elseif prog and prog + grace <= now then
           reason = 'hung'
         else
