@@ -98,3 +98,25 @@ def test_a_threads_worker_restarts_itself_once_zombie_threads_reach_their_share_
     assert "1 of 2 threads are zombies" in log
     assert "Warm shutdown" in log
     assert [line.split()[1] for line in celery_harness.notes_of("task_failure")] == ["TimeLimitExceeded"]
+
+
+def test_a_threads_worker_restarting_for_zombie_threads_hands_its_unstarted_tasks_back_at_once(
+    celery_harness: CeleryHarness, black_hole: int
+) -> None:
+    # Both threads stuck: the two prefetched tasks can never start here. They must go back to the
+    # broker as the worker exits, not wait in kombu's unacked hash for the visibility timeout.
+    env = {"ZOMBIEGUARD_ZOMBIE_THREAD_SHARE": "1", "ZG_CELERY_PREFETCH": "2"}
+    worker = celery_harness.start_worker("threads", concurrency=2, env=env)
+    hung = [
+        celery_harness.send("hang_on_socket", celery_harness.notes, black_hole, time_limit=1) for _ in "ab"
+    ]
+    waiting = [celery_harness.send("add", 2, 3) for _ in "ab"]
+    assert worker.wait(20) == 1
+    for result in hung:
+        assert celery_harness.state(result) == "FAILURE"
+    assert [celery_harness.state(result) for result in waiting] == ["PENDING", "PENDING"]
+    unacked = celery_harness.client.hlen(f"{celery_harness.celery_prefix}:unacked")
+    assert unacked == 0, celery_harness.log()[-3000:]
+    celery_harness.start_worker("threads", concurrency=2)
+    for result in waiting:
+        celery_harness.wait_state(result, {"SUCCESS"}, 10)

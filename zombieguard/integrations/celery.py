@@ -1454,6 +1454,7 @@ class WorkerGuard(WorkerRuntime):
         )
         self.monitor = SlotMonitor(self) if self.pool == "prefork" else None
         self.hub = getattr(worker, "hub", None)
+        self.celery_worker = worker
         self.slots_dir = self.dir / "slots"
         self._thread_slots: dict[int, JobSlot] = {}
         self._slots_lock = threading.Lock()
@@ -1744,25 +1745,76 @@ class WorkerGuard(WorkerRuntime):
         with contextlib.suppress(redis.RedisError):
             self.store.client.hset(self.store.worker_key(self.name), "zombie_threads", str(len(self.zombies)))
 
+    def _unstarted_left(self, held: list[Any]) -> list[Any] | None:
+        """Once only zombie threads run tasks: the requests of ``held`` (those the worker had
+        received when it began to shut down) that never started and no thread will start now (all
+        are zombies, or none is left to run); None while that may still change."""
+        zombies = set(self.zombies.values())
+        active = {r.id for r in list(worker_state.active_requests)}
+        if not active <= zombies or not self._consumer_stopped():
+            return None
+        waiting = [
+            r for r in held if r.id not in active | zombies and not r.acknowledged and r.time_start is None
+        ]
+        if waiting and len(self.zombies) < self.pool_size:
+            return None  # a live thread runs them during the warm shutdown
+        return waiting
+
+    def _consumer_stopped(self) -> bool:
+        """Whether the worker's consumer has stopped (a message handed back before could be taken
+        again by it)."""
+        blueprint = getattr(getattr(self.celery_worker, "consumer", None), "blueprint", None)
+        return blueprint is None or blueprint.state == bootsteps.TERMINATE
+
     def _restart(self) -> None:
-        """Warm shutdown, then exit once only zombie threads are left, for the supervisor to restart."""
+        """Warm shutdown, then exit once only zombie threads are left, for the supervisor to restart.
+        The tasks it received and never started go back to the broker first (Celery forgets them
+        as its consumer closes, and an exit that does not close the connection would leave them
+        in kombu's unacked hash until the visibility timeout)."""
         log.error(
             "celery worker %s: zombie threads reached %g of the pool: shutting down warm to be restarted",
             self.name,
             self.config.settings.zombie_thread_share,
         )
+        held = [*worker_state.reserved_requests, *getattr(worker_state, "scheduled_requests", ())]
         os.kill(os.getpid(), signal.SIGTERM)
 
         def exit_when_only_zombies() -> None:
-            while True:
+            while (waiting := self._unstarted_left(held)) is None:
                 time.sleep(0.2)
-                active = {r.id for r in list(worker_state.active_requests)}
-                if active <= set(self.zombies.values()):
-                    break
+            log.warning(
+                "celery worker %s: handing back %d task(s) it received and never started, then exiting",
+                self.name,
+                len(waiting),
+            )
+            with contained(f"celery worker {self.name}: handing its unstarted tasks back"):
+                # Its connection closed first: kombu puts back what that channel holds, and no read
+                # of the queue still pending on it takes a message handed back after.
+                connection = getattr(getattr(self.celery_worker, "consumer", None), "connection", None)
+                if connection is not None:
+                    connection.close()
+                hand_back(self.app, [request.message.delivery_tag for request in waiting])
             self.stop()
             os._exit(1)
 
         threading.Thread(target=exit_when_only_zombies, name="zombieguard-restart", daemon=True).start()
+
+
+def hand_back(app: Celery, delivery_tags: list[str]) -> None:
+    """Put messages that a worker received and never ran back at the front of their queues, now.
+
+    kombu's Redis transport keeps a delivered message in its ``unacked`` hash until it is acked, or
+    until the ``visibility_timeout`` passes (an hour by default) when the worker that had it exits
+    without closing its channel; its ``restore_by_tag`` puts one back (a tag already acked is left
+    alone). RabbitMQ returns a consumer's unacked messages itself when its connection closes.
+    Through a connection of its own: the worker's channel may be closed, or its process gone.
+    """
+    with app.connection_for_write() as connection:
+        restore = getattr(getattr(connection.default_channel, "qos", None), "restore_by_tag", None)
+        if restore is None:
+            return
+        for tag in delivery_tags:
+            restore(tag, leftmost=True)
 
 
 class WorkerGuardStep(bootsteps.StartStopStep):  # type: ignore[misc]
