@@ -1,10 +1,21 @@
 # Every target installs what it needs first, so each works on a fresh machine.
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The RQ integration supports RQ 2.x and 3.x: its end-to-end tests run on both.
-RQ2 ?= .venv-rq2
-# The Celery integration supports Celery 5.3 to 5.7: its end-to-end tests run on the oldest as well.
-CELERY53 ?= .venv-celery53
+
+# The supported-version matrix: the oldest and the newest release of every range pyproject.toml
+# declares. .venv (python3, the newest of everything, RQ 3) runs the whole suite; each venv below pins
+# what .ci/matrix/<name>.txt says and runs the tests that concern its pins.
+PYENV_VERSIONS := $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions
+PYTHON_OLDEST ?= $(firstword $(wildcard $(PYENV_VERSIONS)/3.10.*/bin/python) python3.10)
+PYTHON_NEWEST ?= $(firstword $(wildcard $(PYENV_VERSIONS)/3.13.*/bin/python) python3.13)
+OLDEST := .venv-oldest
+OLDEST_CELERY := .venv-oldest-celery
+RQ26 := .venv-rq26
+NEWEST := .venv-newest
+MATRIX := $(OLDEST) $(OLDEST_CELERY) $(RQ26) $(NEWEST)
+# The integration tests that need Celery (the oldest venv has none).
+CELERY_INTEGRATION := tests/integration/test_celery_call.py tests/integration/test_celery_prerun.py \
+	tests/integration/test_late_leases.py
 
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -12,26 +23,33 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-$(RQ2)/bin/.installed: pyproject.toml
-	python3 -m venv $(RQ2)
-	$(RQ2)/bin/python -m pip install --quiet --upgrade pip
-	$(RQ2)/bin/python -m pip install --quiet -e '.[test]' 'rq>=2.0,<3'
+$(OLDEST)/bin/.installed: PYTHON := $(PYTHON_OLDEST)
+$(OLDEST_CELERY)/bin/.installed: PYTHON := $(PYTHON_OLDEST)
+$(RQ26)/bin/.installed: PYTHON := python3
+$(NEWEST)/bin/.installed: PYTHON := $(PYTHON_NEWEST)
+.venv-%/bin/.installed: .ci/matrix/%.txt pyproject.toml
+	rm -rf .venv-$*
+	$(PYTHON) -m venv .venv-$*
+	.venv-$*/bin/python -m pip install --quiet --upgrade pip
+	.venv-$*/bin/python -m pip install --quiet -r .ci/matrix/$*.txt
 	touch $@
 
-$(CELERY53)/bin/.installed: pyproject.toml
-	python3 -m venv $(CELERY53)
-	$(CELERY53)/bin/python -m pip install --quiet --upgrade pip
-	$(CELERY53)/bin/python -m pip install --quiet -e '.[test]' 'celery[redis]==5.3.6' 'kombu>=5.3.4,<5.4'
-	touch $@
-
-.PHONY: demo test lint bench
+.PHONY: demo test suite matrix lint bench
 demo: $(BIN)/.installed
 	$(BIN)/zombieguard demo
 
-test: $(BIN)/.installed $(RQ2)/bin/.installed $(CELERY53)/bin/.installed
+test: suite matrix
+
+suite: $(BIN)/.installed
 	$(BIN)/pytest
-	$(RQ2)/bin/pytest tests/e2e/test_rq_*.py
-	$(CELERY53)/bin/pytest tests/e2e/test_celery_*.py
+
+matrix: $(MATRIX:%=%/bin/.installed)
+	$(OLDEST)/bin/pytest tests/unit tests/integration $(CELERY_INTEGRATION:%=--ignore=%) \
+		tests/e2e/test_rq_*.py tests/e2e/test_django.py
+	$(OLDEST_CELERY)/bin/pytest $(CELERY_INTEGRATION) tests/e2e/test_celery_*.py tests/e2e/test_sentry_workers.py
+	$(RQ26)/bin/pytest tests/integration/test_rq_adapter.py tests/e2e/test_rq_*.py
+	$(NEWEST)/bin/pytest tests/unit tests/integration tests/e2e/test_rq_*.py tests/e2e/test_django.py \
+		tests/e2e/test_celery_healthy.py tests/e2e/test_celery_limits.py tests/e2e/test_sentry_workers.py
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -32,13 +32,11 @@ from typing import IO
 from zombieguard.containment import contained
 from zombieguard.policy import Policy
 
-# The signal a child process dumps its stacks on. SIGUSR1 is Celery's soft time limit; SIGALRM is
-# RQ's death penalty; SIGUSR2 is free in both (Celery's rdb uses it only when CELERY_RDBSIG is set).
-STACK_DUMP_SIGNAL = signal.SIGUSR2
-
 # Signals that raise zombieguard's interrupts in the process running a job (an RQ horse or simple
-# worker, a Celery prefork pool process or solo worker). Real-time signals: RQ, Celery and billiard
-# use none of them.
+# worker, a Celery prefork pool process or solo worker), and the one it dumps its stacks on.
+# Real-time signals: RQ, Celery and billiard use none of them. Not SIGUSR2: billiard < 4.2.1 makes it
+# a signal that ends a pool process (installed after worker_process_init, over faulthandler's).
+STACK_DUMP_SIGNAL = signal.SIGRTMIN + 5
 SOFT_SIGNAL = signal.SIGRTMIN + 1
 HARD_SIGNAL = signal.SIGRTMIN + 2
 HUNG_SIGNAL = signal.SIGRTMIN + 3

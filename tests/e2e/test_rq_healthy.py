@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from rq import Callback, Retry
 from rq.command import send_kill_horse_command, send_stop_job_command
+from rq.worker import Worker
 
 from tests.e2e.rq_harness import RQ_BIN, RQHarness, wait_until
 
@@ -18,6 +19,8 @@ pytestmark = pytest.mark.slow
 
 CLASSES = ["GuardedWorker", "GuardedSimpleWorker"]
 LEASE_TTL = 2.0
+RETURNED_RETRY = hasattr(Worker, "handle_job_retry")
+"""A job that returns ``Retry`` is run again: RQ 2.1 and later (on 2.0, ``Retry`` is its result)."""
 
 
 @pytest.mark.parametrize("cls", CLASSES)
@@ -35,8 +38,9 @@ def test_results_callbacks_retries_and_dependencies_work_as_in_plain_rq(
     dependent = rq_harness.queue.enqueue("tests.rq_jobs.add", 1, 1, depends_on=ok)
     rq_harness.jobs.append(dependent)
     retried = rq_harness.enqueue("fails", rq_harness.notes, retry=Retry(max=1))
-    asks_retry = rq_harness.enqueue("returns_retry", rq_harness.notes + "/../retry-notes")
-    (rq_harness.workdir / "retry-notes").mkdir(exist_ok=True)
+    if RETURNED_RETRY:
+        asks_retry = rq_harness.enqueue("returns_retry", rq_harness.notes + "/../retry-notes")
+        (rq_harness.workdir / "retry-notes").mkdir(exist_ok=True)
     for job in (ok, dependent):
         rq_harness.wait_status(job, ["finished"], 15)
     assert ok.return_value() == "slept"
@@ -47,8 +51,9 @@ def test_results_callbacks_retries_and_dependencies_work_as_in_plain_rq(
     rq_harness.wait_status(retried, ["failed"], 15)
     assert len(rq_harness.notes_of("started")) == 3  # sleep_then_return once; fails, and its one retry
     assert "ValueError: boom" in retried.latest_result().exc_string
-    rq_harness.wait_status(asks_retry, ["finished"], 15)
-    assert asks_retry.return_value() == "second time"
+    if RETURNED_RETRY:
+        rq_harness.wait_status(asks_retry, ["finished"], 15)
+        assert asks_retry.return_value() == "second time"
 
     # Nothing of zombieguard's stays running after healthy jobs (the last release is written soon after).
     def running_leases() -> list[bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,11 @@ import pytest
 from tests.waiting import wait_until
 from zombieguard import HardTimeLimitExceeded, Policy, SoftTimeLimitExceeded
 from zombieguard.watchdog import (
+    HARD_SIGNAL,
+    HUNG_SIGNAL,
+    LOST_SIGNAL,
+    SOFT_SIGNAL,
+    STACK_DUMP_SIGNAL,
     Limit,
     LimitClock,
     StackDumper,
@@ -219,3 +225,14 @@ def test_a_child_counts_as_exited_once_it_ends_and_is_left_for_its_owner_to_reap
     finally:
         child.kill()
         child.wait()
+
+
+def test_no_signal_of_zombieguard_s_is_one_that_ends_a_celery_pool_process() -> None:
+    # billiard makes these end its pool processes (billiard < 4.2.1: SIGUSR2 too), over any handler
+    # installed before, worker_process_init's included.
+    common = pytest.importorskip("billiard.common")
+    ours = {STACK_DUMP_SIGNAL, SOFT_SIGNAL, HARD_SIGNAL, HUNG_SIGNAL, LOST_SIGNAL}
+    names = common.TERMSIGS_DEFAULT | common.TERMSIGS_FULL
+    theirs = {getattr(signal, name) for name in names if hasattr(signal, name)}
+    assert not ours & theirs
+    assert len(ours) == 5

@@ -102,6 +102,8 @@ from zombieguard.watchdog import (
 
 RQ_VERSION = require("rq", rq.__version__)
 _RQ3 = RQ_VERSION >= (3,)
+_RQ_FAILURE_NAMES_WORKER = RQ_VERSION >= (2, 5)
+"""Whether RQ's ``Job._handle_failure`` takes ``worker_name`` (added in RQ 2.5)."""
 
 
 def run_failure_callback(job: Job, death_penalty_class: Any, error: BaseException) -> None:
@@ -248,8 +250,12 @@ class RQAdapter:
             self._forget_executions(job, record.queue or job.origin, pipe)
             job.set_status(JobStatus.FAILED, pipeline=pipe)
             # RQ's own worker-less failure path (abandoned-job cleanup): failed registry and a
-            # failure Result, so job.latest_result() tells why.
-            job._handle_failure(exc_string, pipe, worker_name=record.worker)
+            # failure Result, so job.latest_result() tells why. Private to RQ, used here only
+            # (tests/integration/test_rq_adapter.py pins it); RQ < 2.5 records no worker name.
+            if _RQ_FAILURE_NAMES_WORKER:
+                job._handle_failure(exc_string, pipe, worker_name=record.worker)
+            else:
+                job._handle_failure(exc_string, pipe)
             pipe.execute()
         return True
 

@@ -136,9 +136,9 @@ def _tag_scope(sender: Any, event: JobStarted) -> None:
     until the next job sets its own (Celery and RQ give each job a scope of its own anyway)."""
     if sentry_sdk.get_client().get_integration(ZombieGuardIntegration) is None:
         return
-    scope = sentry_sdk.get_isolation_scope()
-    scope.set_tag("zombieguard.attempt", str(event.attempt))
-    scope.set_tag("zombieguard.worker", event.worker)
+    # The isolation scope's tags (sentry_sdk.get_isolation_scope() itself exists only since 2.12).
+    sentry_sdk.set_tag("zombieguard.attempt", str(event.attempt))
+    sentry_sdk.set_tag("zombieguard.worker", event.worker)
 
 
 def _drop_interrupt_reports(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:

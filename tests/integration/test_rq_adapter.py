@@ -1,0 +1,61 @@
+"""RQAdapter.fail records a zombie's failure through RQ's private ``Job._handle_failure``, the one
+place zombieguard calls it; its signature changed within RQ 2 (``worker_name`` since 2.5). These
+tests pin what each supported RQ does with it, on real Redis."""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from rq import Queue
+from rq.job import Job, JobStatus
+
+from zombieguard.integrations.rq import _RQ_FAILURE_NAMES_WORKER, RQ_VERSION, RQAdapter
+from zombieguard.lease import AcquireStatus, JobSpec, LeaseStore
+from zombieguard.policy import Policy
+
+
+@pytest.fixture
+def markers(client: redis.Redis) -> Iterator[list[str]]:
+    """The test's queue name and job ids: RQ keys holding any of them are deleted afterwards."""
+    seen: list[str] = []
+    yield seen
+    keys = [k for k in client.scan_iter(match="rq:*", count=1000) if any(m.encode() in k for m in seen)]
+    if keys:
+        client.delete(*keys)
+    for name in seen:
+        client.srem("rq:queues", f"rq:queue:{name}")
+
+
+def test_rq_s_private_handle_failure_takes_a_worker_name_exactly_where_zombieguard_passes_one() -> None:
+    parameters = inspect.signature(Job._handle_failure).parameters
+    assert list(parameters)[:3] == ["self", "exc_string", "pipeline"]
+    assert _RQ_FAILURE_NAMES_WORKER is (RQ_VERSION >= (2, 5))
+    assert ("worker_name" in parameters) is _RQ_FAILURE_NAMES_WORKER
+
+
+def test_a_timed_out_job_is_failed_the_rq_way_with_its_reason(
+    client: redis.Redis, store: LeaseStore, markers: list[str]
+) -> None:
+    queue = Queue(f"zgq-{uuid.uuid4().hex[:10]}", connection=client)
+    job = queue.enqueue("tests.rq_jobs.add", 1, 1)
+    markers += [queue.name, job.id]
+    spec = JobSpec(job.id, "rq", "tests.rq_jobs.add", queue.name, '{"description": "add(1, 1)"}')
+    acquired = store.acquire(spec, "zgw-pinned", Policy(hard_timeout=2))
+    assert acquired.status is AcquireStatus.ACQUIRED
+    record = store.record(job.id)
+    assert record is not None
+
+    assert RQAdapter(client).fail(record, "timed_out", "ran past its hard_timeout of 2 s")
+
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    assert job.id in queue.failed_job_registry.get_job_ids()
+    result = job.latest_result()
+    assert result is not None
+    assert result.exc_string.startswith("zombieguard.HardTimeLimitExceeded: ran past its hard_timeout of 2 s")
+    if _RQ_FAILURE_NAMES_WORKER:
+        assert result.worker_name == "zgw-pinned"
+    assert not RQAdapter(client).fail(record, "timed_out", "again"), "a job that ended is not failed twice"
