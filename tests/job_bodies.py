@@ -35,9 +35,11 @@ def hang_on_socket(directory: str, port: int) -> None:
     note(directory, "completed")
 
 
-def stuck_in_c_code(directory: str) -> None:
-    """Holds the GIL in C code: no signal handler, no other thread of this process runs."""
+def stuck_in_c_code(directory: str, after: float = 0.0) -> None:
+    """Holds the GIL in C code: no signal handler, no other thread of this process runs (after
+    ``after`` seconds of sleep, during which the other threads do run)."""
     note(directory, "started")
+    time.sleep(after)
     collections.deque(itertools.repeat(None, 10**12), maxlen=0)
 
 

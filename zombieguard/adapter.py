@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from zombieguard.deadletter import DeadLetterEntry
     from zombieguard.lease import LeaseRecord
 
@@ -48,3 +50,9 @@ class JobAdapter(Protocol):
 
     def republish(self, entry: DeadLetterEntry) -> None:
         """Enqueue a dead-lettered job again (``zombieguard dlq requeue``), as a fresh job."""
+
+    def worker_gone(self, workdir: Path) -> None:
+        """A worker of this integration died (its watchdog process, or a worker started after it on
+        the same machine, tells): hand back at once what the broker still holds for it (messages it
+        received and never finished), from what it left in ``workdir``, its working directory.
+        Nothing for a broker that returns them by itself."""

@@ -45,6 +45,7 @@ class WorkerRuntime:
         watchdog_name: str,
     ) -> None:
         self.store = store
+        self.adapter = adapter
         self.framework = adapter.name
         self.worker = worker
         self.heartbeat = Heartbeat(store, adapter.name, worker, renew_every, on_lost=on_lost)
@@ -53,9 +54,15 @@ class WorkerRuntime:
         )
         self.counter = EventCounter(store)
         self.watchdog = Watchdog(name=watchdog_name)
-        remove_stale_workdirs(dir_prefix)
+        remove_stale_workdirs(dir_prefix, before_removal=self._predecessor_gone)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{dir_prefix}{os.getpid()}-"))
         self.sidecar: subprocess.Popen[bytes] | None = None
+
+    def _predecessor_gone(self, workdir: Path) -> None:
+        """A worker of this integration died on this machine, leaving ``workdir``: hand back what
+        its broker still holds for it (its watchdog process, if it outlived it, did so already)."""
+        with contained(f"{self.framework} worker: handing back what a dead worker on this machine held"):
+            self.adapter.worker_gone(workdir)
 
     def start_sidecar(
         self,
@@ -64,13 +71,16 @@ class WorkerRuntime:
         dump: Path,
         redis_url: str,
         adapter: str,
+        adapter_arg: str = "",
         grace: str = "",
         slot_payload: str = "",
     ) -> None:
         """Start the watchdog process beside this one: it kills this process when a job stuck in it
-        passes its limit and no thread here can act (C code holding the GIL). ``adapter``: how the
-        sidecar loads the integration's adapter; ``grace``: seconds it leaves this process first;
-        ``slot_payload``: how it reads a payload a slot keeps (``module:function``)."""
+        passes its limit and no thread here can act (C code holding the GIL), and acts for the jobs
+        this process leaves when it dies. ``adapter``: how the sidecar loads the integration's
+        adapter (``module:factory``, given the Redis client and ``adapter_arg``); ``grace``: seconds
+        it leaves this process first; ``slot_payload``: how it reads a payload a slot keeps
+        (``module:function``)."""
         options = {
             "--pid": str(os.getpid()),
             "--slot": str(slot),
@@ -78,8 +88,12 @@ class WorkerRuntime:
             "--redis-url": redis_url,
             "--key-prefix": self.store.settings.key_prefix,
             "--adapter": adapter,
+            "--integration": self.framework,
             "--worker": self.worker,
+            "--workdir": str(self.dir),
         }
+        if adapter_arg:
+            options["--adapter-arg"] = adapter_arg
         if grace:
             options["--grace"] = grace
         if slot_payload:

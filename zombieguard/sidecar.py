@@ -4,13 +4,19 @@ RQ's SimpleWorker and Celery's solo pool run the job in the worker's main thread
 C code holding the GIL, no thread of that process runs, not the heartbeat and not the in-process
 watchdog. This small process reads the worker's :class:`~zombieguard.slot.JobSlot`; when a job passes
 its hard limit (or its progress limit) by ``grace`` seconds and is still there, it has the worker dump
-its stack (faulthandler), kills the worker with SIGKILL, gives the lease up with the reason and the
-stack, and, when it can build the integration's adapter (``--adapter module:factory``), runs one sweep
-so that the job is failed the framework's way at once; given only the integration's name, it leaves
-that to the sweepers of the integration's other workers (and of the restarted one). A job whose lease
-was still to be written (Celery's ``lease_delay``) has it written from its slot first
-(``--slot-payload module:function`` reads what the slot keeps). The worker's
-supervisor restarts the worker, as after any crash. It exits by itself when the worker is gone.
+its stack (faulthandler), kills the worker with SIGKILL and gives the lease up with the reason and the
+stack. A job whose lease was still to be written (Celery's ``lease_delay``) has it written from its
+slot first (``--slot-payload module:function`` reads what the slot keeps). Grace is counted from when
+both processes last ran: after a freeze of the whole worker (SIGSTOP, a paused VM), the worker's own
+threads get their grace to stop a job before this process kills anything.
+
+When the worker is gone (killed here, or by anything else), the jobs still in its slots are given up
+as stalls and, when it can build the integration's adapter (``--adapter module:factory``, given the
+Redis client and ``--adapter-arg``), it runs one sweep so that each is failed (the stuck one) or
+recovered at once, and asks the adapter to hand back what the worker's broker still holds for it
+(:meth:`~zombieguard.adapter.JobAdapter.worker_gone`); with no adapter it leaves that to the sweepers
+of the integration's other workers (and of the restarted one). The worker's supervisor restarts the
+worker, as after any crash. This process exits once the worker is gone.
 
 Run by the integrations: ``python -m zombieguard.sidecar --pid ... --slot ... --adapter mod:factory``.
 """
@@ -43,6 +49,9 @@ log = logging.getLogger("zombieguard.sidecar")
 
 POLL_SECONDS = 0.05
 """The shortest wait between two looks at the slots."""
+THAWED_AFTER = 1.0
+"""A look this much later than planned means this process did not run meanwhile (frozen with its
+worker, or the machine paused): the worker gets its grace again from then."""
 
 
 def overdue(state: SlotState, now: float, grace: float) -> str | None:
@@ -72,8 +81,8 @@ def _load(spec: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
-def _load_adapter(spec: str, store: LeaseStore) -> JobAdapter:
-    adapter: JobAdapter = _load(spec)(store.client)
+def _load_adapter(spec: str, store: LeaseStore, arg: str) -> JobAdapter:
+    adapter: JobAdapter = _load(spec)(store.client, *([arg] if arg else []))
     return adapter
 
 
@@ -104,10 +113,16 @@ def watch(
     grace: float,
     worker: str = "",
     payload_spec: str = "",
+    integration: str = "",
+    adapter_arg: str = "",
+    workdir: Path | None = None,
 ) -> str | None:
-    """Watch ``pid`` until it exits (None) or has to be killed (the reason). ``worker``: the
-    worker's name, for a lease this process has to write for it; ``payload_spec``: the function
-    (``module:function``) that turns what a slot keeps into that lease's payload (none: no payload).
+    """Watch ``pid`` until it exits (None) or has to be killed (the reason), then act for the jobs
+    it left (see the module's docstring). ``worker``: the worker's name, for a lease this process has
+    to write for it; ``payload_spec``: the function (``module:function``) that turns what a slot
+    keeps into that lease's payload (none: no payload); ``integration``: the integration's name (by
+    default ``adapter_spec``, when that names no factory); ``workdir``: the worker's working
+    directory (what the adapter reads when the worker is gone).
 
     It looks again when the first job it saw can be overdue, and at least every ``grace`` seconds: a
     job that starts after a look cannot be overdue sooner than ``grace`` after it. So it wakes a few
@@ -126,17 +141,23 @@ def watch(
         grace=grace,
         worker=worker or f"pid {pid}",
         payload_spec=payload_spec,
+        integration=integration,
+        adapter_arg=adapter_arg,
     )
+    reason: str | None = None
     try:
         while not process_exited(pid):
             look_at = time.monotonic() + grace
             for slot in slots():
                 reason, due = watcher.act_on(slot)
                 if reason is not None:
-                    return reason
+                    break
                 look_at = min(look_at, due)
+            if reason is not None:
+                break
             time.sleep(max(POLL_SECONDS, look_at - time.monotonic()))
-        return None
+        watcher.worker_gone(slots(), workdir)
+        return reason
     finally:
         watcher.settle()
 
@@ -163,25 +184,39 @@ class SlotWatcher:
         grace: float,
         worker: str,
         payload_spec: str,
+        integration: str = "",
+        adapter_arg: str = "",
     ) -> None:
         self.pid = pid
         self.dumper = dumper
         self.store = store
         self.adapter_spec = adapter_spec
+        self.adapter_arg = adapter_arg
+        self.integration = integration or (adapter_spec if ":" not in adapter_spec else "")
         self.grace = grace
         self.worker = worker
         self.payload_spec = payload_spec
         self.written: dict[JobSlot, _Written] = {}
+        self.killed: JobSlot | None = None
+        """The slot whose job this process killed the worker for (its lease given up already)."""
         self._loaded: JobAdapter | None = None
+        self._load_failed = False
+        self._looked = self._awake_since = time.monotonic()
         self._unanswered = False
         """Redis did not answer the last write or release of a lease (logged once until it does)."""
 
     def act_on(self, slot: JobSlot) -> tuple[str | None, float]:
-        """Kill the worker when the slot's job is overdue: the reason, else None and when to look
-        again. Writes and releases the leases the worker cannot write (see :func:`watch`)."""
+        """Kill the worker when the slot's job is overdue (and the worker has had ``grace`` since
+        this process last ran again after a freeze): the reason, else None and when to look again.
+        Writes and releases the leases the worker cannot write (see :func:`watch`)."""
         state = slot.read()
         now = time.monotonic()
+        if now - self._looked > self.grace + THAWED_AFTER:
+            self._awake_since = now  # this process did not run meanwhile: frozen, likely with its worker
+        self._looked = now
         reason = overdue(state, now, self.grace)
+        if reason is not None and now < self._awake_since + self.grace:
+            return None, self._awake_since + self.grace  # just thawed: the worker's own threads act first
         if reason is not None and slot.read().generation == state.generation:
             self._kill(slot, state, reason)
             return reason, time.monotonic()
@@ -215,12 +250,23 @@ class SlotWatcher:
         return payload
 
     def _adapter(self) -> JobAdapter | None:
-        """The integration's adapter, when ``--adapter`` names a factory (loaded once)."""
-        if self._loaded is None and ":" in self.adapter_spec:
-            self._loaded = _load_adapter(self.adapter_spec, self.store)
+        """The integration's adapter, when ``--adapter`` names a factory (loaded once, when first
+        needed: it may import the worker's application)."""
+        if self._loaded is None and not self._load_failed and ":" in self.adapter_spec:
+            try:
+                self._loaded = _load_adapter(self.adapter_spec, self.store, self.adapter_arg)
+            except Exception as exc:  # the sweepers of the integration's other workers act instead
+                self._load_failed = True
+                log.warning(
+                    "the integration's adapter could not be loaded (%r); its jobs are left to "
+                    "the sweepers of its other workers",
+                    exc,
+                )
         return self._loaded
 
     def _adapter_name(self) -> str:
+        if self.integration:
+            return self.integration
         adapter = self._adapter()
         return self.adapter_spec if adapter is None else adapter.name
 
@@ -294,15 +340,45 @@ class SlotWatcher:
         stack = self.dumper.request(pid)
         os.kill(pid, signal.SIGKILL)
         log.error("worker %d stuck %s in job %s: killed", pid, reason, state.job_id)
-        adapter = self._adapter()
-        name = self._adapter_name()
+        self.killed = slot
         # The lease still to be written (Celery): the slot says all it needs. The worker is dead now,
         # so the slot stays as it was; one this process wrote is taken over under the job's tag.
-        token = state.token or self._lease_for(slot, state)
-        if token:
-            self.store.abandon(JobSpec(state.job_id, name, "", ""), token, reason, stack)
-        if adapter is not None:
-            Sweeper(self.store, {name: adapter}, name=f"sidecar-of-{pid}", sender=name).sweep_once()
+        self._give_up(slot, state, reason, stack)
+
+    def _give_up(self, slot: JobSlot, state: SlotState, reason: str, stack: str | None = None) -> None:
+        """Give the lease of the slot's job up for the sweeper to act on ``reason`` (its worker is
+        dead). Nothing when another attempt holds the job (or its lease cannot be written now)."""
+        try:
+            token = state.token or self._lease_for(slot, state)
+            if token:
+                self.store.abandon(JobSpec(state.job_id, self._adapter_name(), "", ""), token, reason, stack)
+        except LeaseLost as exc:
+            log.info("job %s: nothing to give up, another attempt holds it (%s)", state.job_id, exc)
+        except Exception as exc:  # Redis away, a payload that does not load: its lease expires instead
+            log.warning("job %s: its lease not given up (%r); it expires instead", state.job_id, exc)
+
+    def worker_gone(self, slots: Sequence[JobSlot], workdir: Path | None) -> None:
+        """The worker is gone: the jobs it left in its slots are stalls (given up now, not when their
+        leases expire), one sweep acts on them, and the adapter hands back what the worker's broker
+        still holds for it."""
+        for slot in slots:
+            state = slot.read()
+            if state.active and slot is not self.killed:
+                log.warning("worker %d is gone, job %s with it: recovering it", self.pid, state.job_id)
+                self._give_up(slot, state, "stalled")
+        adapter = self._adapter()
+        if adapter is None:
+            return
+        name = self._adapter_name()
+        try:
+            Sweeper(self.store, {name: adapter}, name=f"sidecar-of-{self.pid}", sender=name).sweep_once()
+        except Exception as exc:  # the sweepers of the integration's other workers act instead
+            log.warning("sweep after worker %d was gone failed (%r)", self.pid, exc)
+        if workdir is not None:
+            try:
+                adapter.worker_gone(workdir)
+            except Exception as exc:  # the broker's own timeout returns them instead
+                log.warning("what worker %d held was not handed back (%r)", self.pid, exc)
 
 
 def lease_from_slot(
@@ -334,6 +410,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         required=True,
         help="module:factory taking a Redis client, or the integration's name (abandon only)",
     )
+    parser.add_argument("--adapter-arg", default="", help="given to the adapter's factory")
+    parser.add_argument(
+        "--integration", default="", help="the integration's name (when --adapter is a factory)"
+    )
+    parser.add_argument("--workdir", type=Path, help="the worker's working directory")
     parser.add_argument("--grace", type=float, default=0.5)
     parser.add_argument("--worker", default="", help="the worker's name")
     parser.add_argument(
@@ -357,6 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         grace=args.grace,
         worker=args.worker,
         payload_spec=args.slot_payload,
+        integration=args.integration,
+        adapter_arg=args.adapter_arg,
+        workdir=args.workdir,
     )
     return 0
 

@@ -17,6 +17,7 @@ import mmap
 import os
 import struct
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ PAYLOAD_ROOM = 16384
 _STRUCT = struct.Struct("=" + _HEAD_FORMAT + _TAIL_FORMAT)
 _HEAD = struct.Struct("=" + _HEAD_FORMAT)
 _TAIL = struct.Struct("=" + _TAIL_FORMAT)
-_PAYLOAD_OFFSET = _STRUCT.size
+_TARGET_OFFSET = _STRUCT.size
+_PAYLOAD_OFFSET = _TARGET_OFFSET + 8
 SIZE = _PAYLOAD_OFFSET + 8 + PAYLOAD_ROOM
 _GENERATION = struct.Struct("=q")
 _DOUBLE = struct.Struct("=d")
@@ -225,6 +227,17 @@ class JobSlot:
         """Record how the job ended, for the watching process."""
         struct.pack_into("=q", self._map, _OUTCOME_OFFSET, outcome)
 
+    def aim(self, generation: int) -> None:
+        """Name the job (by the generation its start gave) that an interrupt about to be sent to its
+        process is for: a signal can arrive after that job ended and the next one began, and the
+        process raises it only in the job named (see :meth:`aimed_at`). One 8-byte store."""
+        _GENERATION.pack_into(self._map, _TARGET_OFFSET, generation)
+
+    def aimed_at(self, generation: int) -> bool:
+        """Whether the last interrupt sent is for the job ``generation`` names."""
+        target: int = _GENERATION.unpack_from(self._map, _TARGET_OFFSET)[0]
+        return target == generation
+
     def payload(self) -> bytes:
         """The payload the job was announced with (empty when none was kept). Read it only while the
         job's process cannot write the slot (stuck, or dead), or check the generation around it."""
@@ -319,13 +332,16 @@ def execution_tag(nonce: int, generation: int) -> str:
     return f"{nonce:x}.{generation}"
 
 
-def remove_stale_workdirs(prefix: str) -> None:
+def remove_stale_workdirs(prefix: str, before_removal: Callable[[Path], None] | None = None) -> None:
     """Delete the working directories (``<tmp>/<prefix><pid>-*``, slots and stack dumps) of workers
-    that were killed and could not clean up after themselves."""
+    that were killed and could not clean up after themselves; ``before_removal`` is given each one
+    first."""
     for path in Path(tempfile.gettempdir()).glob(f"{prefix}*-*"):
         pid = path.name[len(prefix) :].split("-", 1)[0]
         if not pid.isdigit() or Path(f"/proc/{pid}").exists():
             continue
+        if before_removal is not None:
+            before_removal(path)
         with contextlib.suppress(OSError):
             for child in path.iterdir():
                 if child.is_dir():

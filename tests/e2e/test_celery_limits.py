@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -64,24 +66,71 @@ def test_a_prefork_task_stuck_in_c_code_is_killed_within_1s_of_hard_timeout_and_
 
 
 @pytest.mark.parametrize("pool", ["solo", "threads"])
-def test_a_worker_stuck_in_c_code_is_killed_by_its_watchdog_process_and_the_task_fails_as_timed_out(
+def test_a_worker_stuck_in_c_code_is_killed_by_its_watchdog_process_and_the_task_failed_at_once(
     celery_harness: CeleryHarness, pool: str
 ) -> None:
     # C code holding the GIL: no thread of the worker runs, so the process beside it acts. The task
-    # got stuck at once, before its lease was written (lease_delay): the watchdog process writes it.
-    solo = celery_harness.start_worker(pool)
+    # got stuck at once, before its lease was written (lease_delay): the watchdog process writes it
+    # and fails the task the Celery way, with no other worker running.
+    worker = celery_harness.start_worker(pool)
     result = celery_harness.send("stuck_in_c_code", celery_harness.notes, time_limit=2)
     started = _started_at(celery_harness)
     # The worker is killed 0.5 s past the limit; its supervisor (here: the test) starts another.
-    wait_until(lambda: solo.poll() is not None, 10, what="the stuck solo worker killed")
+    wait_until(lambda: worker.poll() is not None, 10, what="the stuck worker killed")
     assert time.time() - started < 3.0
-    celery_harness.start_worker("prefork")
-    celery_harness.wait_state(result, {"FAILURE"}, 10)
+    celery_harness.wait_state(result, {"FAILURE"}, 5)
     assert type(result.result).__name__ == "TimeLimitExceeded"
     assert "stuck_in_c_code" in str(result.result)  # the stack, dumped while it held the GIL
     # Failed with its arguments: the watchdog process wrote the lease from the request the slot keeps.
     assert celery_harness.app.backend.get_task_meta(result.id)["args"] == [celery_harness.notes]
     assert celery_harness.notes_of("on_failure")
+    assert celery_harness.client.hlen(f"{celery_harness.celery_prefix}:unacked") == 0
+    celery_harness.start_worker(pool)
+    _worker_goes_on(celery_harness)
+
+
+def test_a_threads_worker_killed_for_c_code_hands_back_its_other_tasks_and_their_leases_at_once(
+    celery_harness: CeleryHarness,
+) -> None:
+    # One thread runs a long task, the other gets stuck in C code after a moment; two more tasks wait
+    # in the worker, received, for a free thread. When the watchdog process kills the worker, the
+    # long task is recovered at once (not when its lease expires) and the waiting ones go back to the
+    # broker (not into kombu's unacked hash until the visibility timeout).
+    worker = celery_harness.start_worker("threads", concurrency=2, env={"ZG_CELERY_PREFETCH": "4"})
+    long = celery_harness.send("long_task", celery_harness.notes, 4.0)
+    celery_harness.wait_leased(long.id)
+    stuck = celery_harness.send("stuck_in_c_code", celery_harness.notes, 0.5, time_limit=2)
+    waiting = [celery_harness.send("add", 2, 3) for _ in range(2)]
+    wait_until(lambda: worker.poll() is not None, 10, what="the stuck worker killed")
+    killed_at = time.time()
+    celery_harness.wait_state(stuck, {"FAILURE"}, 5)
+    unacked = f"{celery_harness.celery_prefix}:unacked"
+    wait_until(lambda: celery_harness.client.hlen(unacked) == 0, 5, what="nothing left unacked")
+    assert celery_harness.lease_state(long.id) in ("queued", "recovering")  # not left to expire
+    celery_harness.start_worker("threads", concurrency=2)
+    for result in waiting:
+        celery_harness.wait_state(result, {"SUCCESS"}, 10)
+    celery_harness.wait_state(long, {"SUCCESS"}, 15)
+    restarted = float(celery_harness.notes_of("started")[-1].split()[0])
+    assert restarted - killed_at < 5.0
+
+
+@pytest.mark.parametrize("pool", ["solo", "threads"])
+def test_a_worker_frozen_whole_past_a_task_s_limit_is_not_killed_by_its_watchdog_process_as_it_wakes(
+    celery_harness: CeleryHarness, pool: str
+) -> None:
+    # Its watchdog process was frozen with it: as both wake, the worker's own threads stop the task
+    # (it is past its hard limit, in wall-clock time); killing the worker is for C code only.
+    worker = celery_harness.start_worker(pool, env={"ZOMBIEGUARD_HARD_TIMEOUT": "3"})
+    result = celery_harness.send("long_task", celery_harness.notes, 30.0)
+    celery_harness.wait_leased(result.id)
+    os.killpg(worker.pid, signal.SIGSTOP)
+    time.sleep(4.5)
+    os.killpg(worker.pid, signal.SIGCONT)
+    celery_harness.wait_state(result, {"FAILURE"}, 10)
+    assert type(result.result).__name__ == "TimeLimitExceeded"
+    time.sleep(1.0)
+    assert worker.poll() is None, celery_harness.log()
     _worker_goes_on(celery_harness)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from zombieguard.attempt import Attempt
 from zombieguard.deadletter import DeadLetterEntry
@@ -21,6 +22,7 @@ class RecordingAdapter:
     failed: list[tuple[str, str, str]] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
     republished: list[str] = field(default_factory=list)
+    gone: list[Path] = field(default_factory=list)
     fail_requeue: bool = False
     ended: bool = False
     """Say the job had already ended in the framework."""
@@ -54,6 +56,10 @@ class RecordingAdapter:
     def republish(self, entry: DeadLetterEntry) -> None:
         with self.lock:
             self.republished.append(entry.job_id)
+
+    def worker_gone(self, workdir: Path) -> None:
+        with self.lock:
+            self.gone.append(workdir)
 
 
 def job(job_id: str, adapter: str = "test", task: str = "app.tasks.work") -> JobSpec:

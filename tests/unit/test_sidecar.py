@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from zombieguard.sidecar import POLL_SECONDS, next_look, watch
+from zombieguard.sidecar import POLL_SECONDS, THAWED_AFTER, next_look, watch
 from zombieguard.slot import JobSlot
 from zombieguard.watchdog import StackDumper
 
@@ -51,3 +51,38 @@ def test_the_watchdog_process_looks_a_few_times_a_second_not_every_poll(tmp_path
     assert 2 <= len(looks) <= 5, looks  # every 0.4 s for about 1.2 s; every 0.05 s would be 24
     gaps = [b - a for a, b in itertools.pairwise(looks)]
     assert all(gap >= POLL_SECONDS for gap in gaps)
+
+
+def test_after_a_freeze_of_its_own_the_watchdog_process_gives_the_worker_its_grace_again(
+    tmp_path: Path,
+) -> None:
+    # Frozen with its worker (SIGSTOP of the whole group, a paused VM), it wakes to find a job past
+    # its limit; the worker's own threads, which woke too, get `grace` to stop it before any kill.
+    grace = 0.4
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    slot = JobSlot()
+    now = time.monotonic()
+    slot.start("j1", 7, now, hard_deadline=now + 1.0, progress_timeout=None)
+    thawed: list[float] = []
+
+    def slots() -> list[JobSlot]:
+        if not thawed and time.monotonic() > now + 0.2:
+            time.sleep(1.2 + grace + THAWED_AFTER)  # frozen: the job's limit passes meanwhile
+            thawed.append(time.monotonic())
+        return [slot]
+
+    watching = threading.Thread(
+        target=watch,
+        args=(worker.pid, slots, StackDumper(tmp_path / "stacks.txt"), None),
+        kwargs={"adapter_spec": "celery", "grace": grace},
+    )
+    watching.start()
+    try:
+        worker.wait(10)
+        killed_at = time.monotonic()
+    finally:
+        worker.kill()
+        watching.join(5)
+    assert thawed
+    assert killed_at - thawed[0] >= grace - POLL_SECONDS  # not at once
+    assert killed_at - thawed[0] < grace + 0.5  # but once the worker had its grace

@@ -362,6 +362,19 @@ class CeleryAdapter:
                 raise
         return int(declared.message_count)
 
+    def worker_gone(self, workdir: Path) -> None:
+        """Put the messages a dead worker received back in their queues now (see :func:`hand_back`):
+        every delivery tag it wrote down (:class:`ReceivedLog`) that is still unacked."""
+        tags = ReceivedLog.read(workdir)
+        if tags:
+            hand_back(self.app, tags)
+            log.warning(
+                "celery: a worker that died (%s) had received %d message(s) not yet acked; handed back "
+                "those still held",
+                workdir.name,
+                len(tags),
+            )
+
     def republish(self, entry: DeadLetterEntry) -> None:
         """Send a dead-lettered task again (``send_task`` with its original options), same id."""
         signature = self._signature(entry.payload)
@@ -379,6 +392,87 @@ class CeleryAdapter:
             headers=headers or None,
             **options,
         )
+
+
+def sidecar_adapter(connection: redis.Redis, app_spec: str) -> CeleryAdapter:
+    """The adapter the watchdog process beside a threads or solo worker loads when it must act for
+    the worker's tasks (``app_spec``: ``module:attribute`` of the worker's app)."""
+    return CeleryAdapter(load_app(app_spec))
+
+
+def app_spec(app: Celery) -> str | None:
+    """``module:attribute`` naming ``app`` among the modules imported (as ``celery -A`` found it),
+    for another process to import it; None when no module holds it."""
+    for name, module in list(sys.modules.items()):
+        if name == "__main__" or module is None or name.startswith(("celery.", "zombieguard.")):
+            continue
+        for attribute, value in list(vars(module).items()):
+            if value is app and not attribute.startswith("_"):
+                return f"{name}:{attribute}"
+    return None
+
+
+class ReceivedLog:
+    """The delivery tags of the messages a worker received, written down as they come (main
+    process), so that they can be handed back when the worker dies before acking them (see
+    :meth:`CeleryAdapter.worker_gone`). Only for a broker that does not return them itself (kombu's
+    Redis transport). A tag acked since is skipped when handed back; the file is rewritten with the
+    tags of the requests still held when it grows past :data:`RECEIVED_LOG_BYTES`."""
+
+    NAME = "received"
+
+    def __init__(self, workdir: Path) -> None:
+        self.path = workdir / self.NAME
+        self._file = self.path.open("ab", buffering=0)
+        self._written = 0
+
+    def __call__(self, request: Any = None, **_: Any) -> None:
+        """``task_received``: write its tag down."""
+        tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+        if not tag:
+            return
+        line = f"{tag}\n".encode()
+        self._file.write(line)
+        self._written += len(line)
+        if self._written > RECEIVED_LOG_BYTES:
+            self._compact()
+
+    def _compact(self) -> None:
+        held = [*worker_state.reserved_requests, *worker_state.active_requests]
+        tags = {getattr(r.message, "delivery_tag", "") for r in held}
+        text = "".join(f"{tag}\n" for tag in tags if tag).encode()
+        temporary = self.path.with_suffix(".new")
+        temporary.write_bytes(text)
+        temporary.replace(self.path)
+        self._file.close()
+        self._file = self.path.open("ab", buffering=0)
+        self._written = len(text)
+
+    def close(self) -> None:
+        """Stop writing."""
+        self._file.close()
+
+    @classmethod
+    def read(cls, workdir: Path) -> list[str]:
+        """The tags a worker wrote down in ``workdir`` (none when it wrote none)."""
+        try:
+            return [line for line in (workdir / cls.NAME).read_text().splitlines() if line]
+        except OSError:
+            return []
+
+
+RECEIVED_LOG_BYTES = 1 << 20
+"""How large a worker's :class:`ReceivedLog` grows before it is rewritten with the tags still held."""
+
+
+def _restores_by_tag(app: Celery) -> bool:
+    """Whether the app's broker keeps a dead consumer's messages until a timeout (kombu's Redis
+    transport: its QoS puts one back by delivery tag), rather than returning them itself."""
+    try:
+        with app.connection_for_write() as connection:
+            return hasattr(connection.transport.Channel.QoS, "restore_by_tag")
+    except Exception:  # a transport that cannot say: nothing is written down for it
+        return False
 
 
 def cli_adapter(connection: redis.Redis) -> CeleryAdapter:
@@ -418,6 +512,8 @@ class _Running:
     """The attempt running in one thread, and how it is being stopped."""
 
     attempt: Attempt
+    generation: int = 0
+    """Its start's generation in its slot (names it to an interrupt aimed at it)."""
     interrupt: str | None = None
     body_done: bool = False
     stack: str | None = None
@@ -664,11 +760,23 @@ class Executor:
         """The attempt ended: stop renewing and enforcing."""
         raise NotImplementedError
 
+    def aimed_at(self, state: _Running) -> bool:
+        """Whether the interrupt signal being handled was sent for ``state``'s attempt (a signal
+        sent for the task before may arrive in the next one)."""
+        raise NotImplementedError
+
     def raise_interrupt(self, kind: str) -> None:
         """In the thread running a task: raise zombieguard's interrupt ``kind`` (from a signal)."""
         state = self.current
         if state is None or state.body_done:
             return  # no task, or it returned just before the limit: its end is being recorded
+        if kind != "lost" and not self.aimed_at(state):
+            log.warning(
+                "celery task %s: a %s interrupt meant for the task before it ignored",
+                state.attempt.job.job_id,
+                kind,
+            )
+            return
         if kind == "lost":
             # The main process saw a renewal refused; the signal may be late, meant for an attempt
             # that ended before this one began in the same process: only Redis can tell.
@@ -750,7 +858,7 @@ def _never_run() -> None:
     """The body of the stand-in task :func:`payload_from_slot` builds signatures with."""
 
 
-def announce(slot: JobSlot, attempt: Attempt, pid: int, *, keep_payload: bool) -> None:
+def announce(slot: JobSlot, attempt: Attempt, pid: int, *, keep_payload: bool) -> int:
     """Write ``attempt`` (run by process ``pid``: this one) to ``slot``, for the process that renews
     or enforces from outside; ``keep_payload``: with the pickled request of a pending attempt, for a
     process that may have to write its lease (the watchdog process, when no thread of the task's
@@ -758,7 +866,7 @@ def announce(slot: JobSlot, attempt: Attempt, pid: int, *, keep_payload: bool) -
 
     A pending attempt's lease may be written by that other process (the main process, or the
     watchdog process) when this one's threads do not write it in time (C code holding the GIL):
-    under the attempt's tag, so that this process adopts it."""
+    under the attempt's tag, so that this process adopts it. Returns the slot's generation for it."""
     policy, started = attempt.policy, attempt.started_monotonic
     generation = slot.start(
         attempt.job.job_id,
@@ -784,6 +892,7 @@ def announce(slot: JobSlot, attempt: Attempt, pid: int, *, keep_payload: bool) -
         overdue_grace=policy.overdue_grace,
     )
     attempt.tag = execution_tag(slot.nonce, generation)
+    return generation
 
 
 def _install_interrupt_handlers(executor: Executor) -> None:
@@ -825,7 +934,7 @@ class PoolProcessExecutor(Executor):
         """Write the slot: the main process renews the lease and watches the limits from it (the
         limits at once; the lease once it is written, when the token reaches the slot)."""
         attempt = state.attempt
-        announce(self.slot, attempt, self.pid, keep_payload=False)
+        state.generation = announce(self.slot, attempt, self.pid, keep_payload=False)
         attempt.on_progress, attempt.confirmations = self._progress, self._confirmations
         attempt.on_acquired = self._on_acquired
 
@@ -862,6 +971,10 @@ class PoolProcessExecutor(Executor):
     def _acquired(self, attempt: Attempt) -> None:
         self.slot.set_token(attempt.token)
         self.slot.confirm(attempt.confirmed_until)
+
+    def aimed_at(self, state: _Running) -> bool:
+        """The main process names the task an interrupt is for in the slot before it signals."""
+        return self.slot.aimed_at(state.generation)
 
     def refused(self, attempt: Attempt) -> None:
         """Interrupt the task in the main thread (the signal handler raises ``LeaseLost``)."""
@@ -906,7 +1019,7 @@ class InProcessExecutor(Executor):
             self._watched[ident] = guard.watchdog.watch(watched)
         # The watchdog process beside the worker reads it, for when no thread of this one can run.
         slot = state.slot = guard.thread_slot(ident)
-        announce(slot, attempt, self.pid, keep_payload=True)
+        state.generation = announce(slot, attempt, self.pid, keep_payload=True)
         attempt.on_progress = slot.progress
         attempt.on_acquired = lambda written: self._acquired(written, slot)
 
@@ -929,6 +1042,10 @@ class InProcessExecutor(Executor):
     def _acquired(self, attempt: Attempt, slot: JobSlot) -> None:
         self.guard.heartbeat.add(attempt)
         slot.set_token(attempt.token)
+
+    def aimed_at(self, state: _Running) -> bool:
+        """Solo: the watchdog thread names the task an interrupt is for before it signals."""
+        return state.slot is not None and state.slot.aimed_at(state.generation)
 
     def refused(self, attempt: Attempt) -> None:
         """Interrupt the task's thread, as for a lease found superseded."""
@@ -959,10 +1076,12 @@ class InProcessExecutor(Executor):
         if limit is not Limit.SOFT:
             state.stack = stack
         if self.signals_main_thread:
+            if state.slot is not None:
+                state.slot.aim(state.generation)
             os.kill(os.getpid(), {"soft": SOFT_SIGNAL, "hard": HARD_SIGNAL, "hung": HUNG_SIGNAL}[kind])
             return
-        if state.body_done:
-            return
+        if state.body_done or self._states.get(ident) is not state:
+            return  # it ended meanwhile: an interrupt now would land in the thread's next task
         state.interrupt = kind
         exc_type: type[BaseException] = {
             "soft": SoftTimeLimit,
@@ -1236,6 +1355,7 @@ class SlotMonitor:
         elif state.soft_deadline is not None and not tracked.soft_fired and now >= state.soft_deadline:
             tracked.soft_fired = True
             _emit_limit(self._event(state), Limit.SOFT, None, None)
+            self.slots[tracked.path].aim(state.generation)
             _signal(state.pid, SOFT_SIGNAL)
 
     def _dumper(self, tracked: _Tracked) -> StackDumper:
@@ -1248,6 +1368,7 @@ class SlotMonitor:
         limit = Limit.HARD if kind == "timed_out" else Limit.PROGRESS
         _emit_limit(self._event(state), limit, _seconds(state, kind), stack)
         tracked.stopped, tracked.stopped_at, tracked.stack = kind, time.monotonic(), stack
+        self.slots[tracked.path].aim(state.generation)
         _signal(state.pid, HARD_SIGNAL if kind == "timed_out" else HUNG_SIGNAL)
 
     def _kill(self, tracked: _Tracked) -> None:
@@ -1455,6 +1576,7 @@ class WorkerGuard(WorkerRuntime):
         self.monitor = SlotMonitor(self) if self.pool == "prefork" else None
         self.hub = getattr(worker, "hub", None)
         self.celery_worker = worker
+        self.received: ReceivedLog | None = None
         self.slots_dir = self.dir / "slots"
         self._thread_slots: dict[int, JobSlot] = {}
         self._slots_lock = threading.Lock()
@@ -1486,16 +1608,26 @@ class WorkerGuard(WorkerRuntime):
                 "(its sweeper still recovers other workers' tasks)",
                 self.pool,
             )
-        elif self.pool != "prefork":
+        if _restores_by_tag(self.app):
+            self.received = ReceivedLog(self.dir)
+            signals.task_received.connect(self.received, weak=False)
+        if self.pool in ("threads", "solo"):
             self.slots_dir.mkdir()
             self.dumper = StackDumper(self.dir / "stacks.txt")
             self.dumper.path.touch()
             self.dumper.install()
+            spec = app_spec(self.app)
+            if spec is None:
+                log.warning(
+                    "zombieguard: the Celery app is found in no module; the watchdog process cannot "
+                    "act for this worker's tasks when it dies (the other workers' sweepers do, later)"
+                )
             self.start_sidecar(
                 slot=self.slots_dir,
                 dump=self.dumper.path,
                 redis_url=leases_url(self.app, self.config),
-                adapter=ADAPTER,
+                adapter=f"{__name__}:sidecar_adapter" if spec else ADAPTER,
+                adapter_arg=spec or "",
                 # Threads: a thread stuck in a blocking call is this process's to handle, 0.5 s past
                 # its limit; the watchdog process acts only when no thread here can (C code, the GIL).
                 grace="0.5" if self.pool == "solo" else "0.8",
@@ -1510,6 +1642,9 @@ class WorkerGuard(WorkerRuntime):
         """Stop everything and leave cleanly (not a zombie)."""
         if self.monitor is not None:
             self.monitor.stop()
+        if self.received is not None:
+            signals.task_received.disconnect(self.received)
+            self.received.close()
         self.shutdown()
         if self.dumper is not None:
             self.dumper.close()

@@ -37,6 +37,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -279,6 +280,9 @@ class RQAdapter:
         else:
             self._queue(entry.queue or job.origin).enqueue_job(job)
 
+    def worker_gone(self, workdir: Path) -> None:
+        """Nothing: RQ holds no job for a worker beyond what its leases recover."""
+
 
 def sidecar_adapter(connection: redis.Redis) -> RQAdapter:
     """The adapter :mod:`zombieguard.sidecar` loads (``zombieguard.integrations.rq:sidecar_adapter``)."""
@@ -380,6 +384,8 @@ class _GuardedMixin:
     _zg_body_done = False
     _zg_kill_command = False
     """RQ's kill-horse command came for the running job: an operator's stop, not a stall."""
+    _zg_generation = 0
+    """The running job's generation in the slot (an interrupt is raised only in the job it names)."""
     _zg_unprepared: redis.RedisError | None = None
     """Why RQ could not prepare the running job (Redis did not answer): it never started."""
 
@@ -444,6 +450,9 @@ class _GuardedMixin:
             def handler(signum: int, frame: FrameType | None) -> None:
                 if self._zg_body_done:
                     return  # the body returned just before the limit: RQ is recording its end
+                zg = self._zg
+                if kind != "lost" and zg is not None and not zg.slot.aimed_at(self._zg_generation):
+                    return  # sent for the job before this one
                 attempt = self._zg_attempt
                 policy = attempt.policy if attempt is not None else Policy()
                 self._zg_interrupt = kind
@@ -455,7 +464,9 @@ class _GuardedMixin:
                     raise JobHung(
                         f"job made no progress within its progress_timeout of {policy.progress_timeout:g} s"
                     )
-                raise attempt.lost if attempt is not None and attempt.lost else LeaseLost("?", 0)
+                if attempt is not None and attempt.lost is not None:
+                    raise attempt.lost
+                self._zg_interrupt = None  # sent for a superseded job before this one
 
             return handler
 
@@ -555,7 +566,7 @@ class _GuardedMixin:
         if acquired is None:
             attempt.run_unguarded()
         started = attempt.started_monotonic
-        zg.slot.start(
+        self._zg_generation = zg.slot.start(
             job.id,
             attempt.token,
             started,
@@ -595,10 +606,19 @@ class _GuardedMixin:
         assert self._zg is not None
         zg = self._zg
 
+        generation = self._zg_generation
+
+        def signal_job(signum: int) -> None:
+            zg.slot.aim(generation)  # a signal that arrives once the next job began is not its
+            with contextlib.suppress(ProcessLookupError):  # the horse ended meanwhile
+                os.kill(pid, signum)
+
         def stop(watched: Watched, limit: Limit, stack: str | None) -> None:
+            if self._zg_attempt is not attempt:
+                return  # it ended meanwhile
             if limit is Limit.SOFT:
                 emit(ADAPTER, attempt.event(JobTimedOut, reason="soft_timeout passed", limit="soft"))
-                os.kill(pid, SOFT_SIGNAL)
+                signal_job(SOFT_SIGNAL)
                 return
             hard = limit is Limit.HARD
             self._zg_stop = ("timed_out" if hard else "hung", stack)
@@ -608,7 +628,7 @@ class _GuardedMixin:
             else:
                 reason = f"no progress within its progress_timeout of {attempt.policy.progress_timeout:g} s"
                 emit(ADAPTER, attempt.event(JobHungEvent, reason=reason, stack=stack))
-            os.kill(pid, HARD_SIGNAL if hard else HUNG_SIGNAL)
+            signal_job(HARD_SIGNAL if hard else HUNG_SIGNAL)
 
         clock = LimitClock(attempt.policy, attempt.started_monotonic, lambda: zg.slot.read().last_progress)
         return zg.watchdog.watch(

@@ -147,8 +147,11 @@ def _drop_interrupt_reports(event: dict[str, Any], hint: dict[str, Any]) -> dict
         return event
     for value in (event.get("exception") or {}).get("values") or []:
         kind, text = value.get("type") or "", str(value.get("value") or "")
+        module = str(value.get("module") or "")
         if kind in _INTERRUPTS or (kind == "TimeLimitExceeded" and "zombieguard:" in text):
             return None
+        if kind == "JobTimeoutException" and module.startswith("zombieguard."):
+            return None  # RQ's timeout type, as zombieguard raises it at RQ's own job_timeout
     return event
 
 
