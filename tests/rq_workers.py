@@ -1,36 +1,27 @@
-"""RQ worker classes that end-to-end tests start (``rq worker -w``) to inject a fault of their own."""
+"""RQ classes that end-to-end tests start workers with (``rq worker --job-class``) to inject a fault
+of their own."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import redis
-
-from zombieguard.integrations.rq import GuardedSimpleWorker, GuardedWorker
-
-
-def _kill_clients(worker: Any) -> None:
-    """``CLIENT KILL TYPE normal`` on the worker's (private) Redis: every client's connection is
-    closed, as a proxy restart or a failover closes them."""
-    kwargs = worker.connection.connection_pool.connection_kwargs
-    killer = redis.Redis(host=kwargs["host"], port=kwargs["port"])
-    killer.client_kill_filter(_type="normal", skipme=True)
-    killer.close()
+from rq.job import Job
 
 
-class ClientKilledInPreparation(GuardedWorker):
-    """Every client of its Redis is disconnected as RQ prepares each job (in the horse)."""
+class PreparationFails(Job):
+    """A job whose preparation by RQ (in the process that runs it) finds Redis away the first
+    ``ZG_PREPARE_FAILS`` times it is tried, whatever process tries: a connection killed mid-command,
+    a restart, a partition."""
 
-    def prepare_job_execution(self, job: Any, *args: Any, **kwargs: Any) -> None:
-        """Disconnect every client, then prepare."""
-        _kill_clients(self)
-        super().prepare_job_execution(job, *args, **kwargs)
-
-
-class SimpleClientKilledInPreparation(GuardedSimpleWorker):
-    """The same, for the worker that runs jobs in its own process."""
-
-    def prepare_job_execution(self, job: Any, *args: Any, **kwargs: Any) -> None:
-        """Disconnect every client, then prepare."""
-        _kill_clients(self)
-        super().prepare_job_execution(job, *args, **kwargs)
+    def prepare_for_execution(self, worker_name: str, pipeline: Any) -> None:
+        """RQ's, after the fault."""
+        tries = Path(tempfile.gettempdir()) / f"zg-prepare-fails-{self.id}"
+        with tries.open("a") as f:
+            f.write(".")
+        if len(tries.read_text()) <= int(os.environ["ZG_PREPARE_FAILS"]):
+            raise redis.ConnectionError("Connection closed by server (injected)")
+        super().prepare_for_execution(worker_name, pipeline)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
     from zombieguard.deadletter import DeadLetterEntry
@@ -50,6 +51,11 @@ class JobAdapter(Protocol):
 
     def republish(self, entry: DeadLetterEntry) -> None:
         """Enqueue a dead-lettered job again (``zombieguard dlq requeue``), as a fresh job."""
+
+    def reclaim(self, queues: Sequence[str]) -> list[str]:
+        """Put back in their queues the jobs that a worker took from one of ``queues`` and never
+        started (it died, or froze, in between), where the framework keeps them apart meanwhile (RQ's
+        intermediate queue); the job ids put back. Called at every sweep: cheap when there are none."""
 
     def worker_gone(self, workdir: Path) -> None:
         """A worker of this integration died (its watchdog process, or a worker started after it on

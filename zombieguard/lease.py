@@ -926,6 +926,10 @@ class LeaseStore:
                 corrupt.append((job_id, str(exc)))
         return records, corrupt
 
+    def queues_of(self, adapter: str) -> list[str]:
+        """The queues guarded jobs of ``adapter`` ran from (acquire records each)."""
+        return sorted(text(q) for q, a in self.client.hgetall(self.queues_key).items() if text(a) == adapter)
+
     def register_worker(self, name: str, info: Mapping[str, str], ttl: float) -> None:
         """Announce a worker: its description, and its presence until ``ttl`` from now (server time)."""
         pipe = self.client.pipeline(transaction=True)

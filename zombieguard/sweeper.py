@@ -73,6 +73,8 @@ class SweepReport:
     """Leases whose job had ended already in its framework: closed, nothing recovered."""
     republished: list[str] = field(default_factory=list)
     """Requeued jobs no worker started in time, published again."""
+    reclaimed: list[str] = field(default_factory=list)
+    """Jobs a worker took from a queue and never started, put back (see ``JobAdapter.reclaim``)."""
     corrupt: list[tuple[str, str]] = field(default_factory=list)
     dead_workers: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -137,6 +139,12 @@ class Sweeper:
                         tuple(sorted(dead.info.items())),
                     ),
                 )
+            try:
+                report.reclaimed += adapter.reclaim(self.store.queues_of(adapter_name))
+            except redis.RedisError:
+                raise
+            except Exception as exc:
+                report_error(f"sweeper {self.name} reclaiming {adapter_name} jobs", exc)
             for claimed in sweep.claimed:
                 try:
                     self._act(adapter, claimed, report)

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +40,25 @@ class RQHarness(WorkerHarness):
         self.jobs: list[Job] = []
 
     def start_worker(
-        self, cls: str = "GuardedWorker", env: dict[str, str] | None = None
+        self, cls: str = "GuardedWorker", env: dict[str, str] | None = None, options: Sequence[str] = ()
     ) -> subprocess.Popen[bytes]:
-        """Start ``rq worker -w <cls>`` on the test's queue; wait until it has registered."""
+        """Start ``rq worker -w <cls> <options>`` on the test's queue; wait until it has registered."""
         name = f"zgw-{uuid.uuid4().hex[:8]}"
         worker_class = cls if "." in cls else f"zombieguard.integrations.rq.{cls}"
         log = (self.workdir / f"{name}.log").open("wb")
         process = subprocess.Popen(
-            [RQ_BIN, "worker", "-w", worker_class, "--url", self.redis_url, "--name", name, self.queue_name],
+            [
+                RQ_BIN,
+                "worker",
+                "-w",
+                worker_class,
+                *options,
+                "--url",
+                self.redis_url,
+                "--name",
+                name,
+                self.queue_name,
+            ],
             env={k: v for k, v in {**os.environ, **self.env, **(env or {})}.items() if v is not None},
             cwd=REPO,
             stdout=log,

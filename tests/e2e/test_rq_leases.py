@@ -123,3 +123,21 @@ def test_a_recovered_attempt_resumes_from_the_last_checkpoint(rq_harness: RQHarn
     items = [int(line.split()[1]) for line in rq_harness.notes_of("item")]
     assert items == list(range(10))  # 0-4 by the first attempt, 5-9 by the second, none twice
     assert job.return_value() == [5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("cls", ["GuardedWorker", "GuardedSimpleWorker"])
+def test_a_job_taken_from_its_queue_by_a_worker_that_died_before_starting_it_is_run_within_seconds(
+    rq_harness: RQHarness, cls: str
+) -> None:
+    # What a worker killed (or frozen) right after RQ's BLMOVE leaves: the job in the queue's
+    # intermediate list, never prepared. RQ alone fails it after a minute, at its next maintenance.
+    job = rq_harness.enqueue("long_job", rq_harness.notes, 0.2)
+    queue = rq_harness.queue
+    assert rq_harness.client.lmove(queue.key, queue.intermediate_queue_key) == job.id.encode()
+    taken_at = time.time()
+    rq_harness.start_worker(cls)
+    rq_harness.wait_status(job, ["finished"], 15)
+    started = float(rq_harness.notes_of("started")[0].split()[0])
+    assert started - taken_at < 9  # 5 s unstarted, and a sweep
+    assert len(rq_harness.notes_of("started")) == 1
+    assert rq_harness.client.llen(queue.intermediate_queue_key) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,9 @@ class RecordingAdapter:
     def republish(self, entry: DeadLetterEntry) -> None:
         with self.lock:
             self.republished.append(entry.job_id)
+
+    def reclaim(self, queues: Sequence[str]) -> list[str]:
+        return []
 
     def worker_gone(self, workdir: Path) -> None:
         with self.lock:

@@ -46,7 +46,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -361,6 +361,11 @@ class CeleryAdapter:
                     return 0
                 raise
         return int(declared.message_count)
+
+    def reclaim(self, queues: Sequence[str]) -> list[str]:
+        """Nothing: a message a consumer took stays in the broker until it is acked (a dead worker's
+        are handed back by :meth:`worker_gone`)."""
+        return []
 
     def worker_gone(self, workdir: Path) -> None:
         """Put the messages a dead worker received back in their queues now (see :func:`hand_back`):

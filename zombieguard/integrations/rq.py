@@ -36,6 +36,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -176,6 +177,23 @@ def _exc_string(outcome: str, error: BaseException, stack: str | None) -> str:
     return f"{name}: {error}\n" + (f"\nStack when it was stopped:\n{stack}" if stack else "")
 
 
+STRANDED_AFTER = 5.0
+"""Seconds a job must sit in RQ's intermediate queue, unstarted, before a sweeper puts it back: a live
+worker moves it on within a few round trips; one that died (or froze) after taking it never does."""
+
+_RECLAIM = """
+-- A job id found in RQ's intermediate queue, unstarted for STRANDED_AFTER: its worker took it from
+-- the queue and died (or froze) before preparing it. KEYS: intermediate, queue, job hash; ARGV: id.
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then return 'gone' end
+local status = redis.call('HGET', KEYS[3], 'status')
+if status == 'started' then return 'started' end  -- its lease and RQ's started registry cover it
+redis.call('LREM', KEYS[1], 1, ARGV[1])
+if status ~= 'queued' or redis.call('LPOS', KEYS[2], ARGV[1]) then return 'dropped' end
+redis.call('LPUSH', KEYS[2], ARGV[1])  -- the front, as RQ puts back what it gives up on
+return 'requeued'
+"""
+
+
 class RQAdapter:
     """How the core acts on RQ jobs (requeue, fail, stop, republish)."""
 
@@ -188,11 +206,18 @@ class RQAdapter:
         job_class: type[Job] = Job,
         queue_class: type[Queue] = Queue,
         serializer: Any = None,
+        queues: Sequence[str] = (),
     ) -> None:
         self.connection = connection
         self.job_class = job_class
         self.queue_class = queue_class
         self.serializer = serializer
+        self.queues = tuple(queues)
+        """The queues of the worker this adapter serves (a sweeper also looks at every queue guarded
+        jobs ran from)."""
+        self._reclaim = connection.register_script(_RECLAIM)
+        self._unstarted: dict[tuple[str, str], float] = {}
+        """(queue, job id) seen unstarted in the queue's intermediate queue, and since when."""
 
     def _job(self, job_id: str) -> Job | None:
         try:
@@ -280,8 +305,35 @@ class RQAdapter:
         else:
             self._queue(entry.queue or job.origin).enqueue_job(job)
 
+    def reclaim(self, queues: Sequence[str]) -> list[str]:
+        """Put back at the front of its queue a job that sat in RQ's intermediate queue, unstarted,
+        for :data:`STRANDED_AFTER` (RQ would fail it, after a minute, at its next maintenance). A
+        job that ended meanwhile, or waits in its queue already, only loses that stale entry."""
+        now = time.monotonic()
+        seen: dict[tuple[str, str], float] = {}
+        requeued: list[str] = []
+        for name in sorted({*queues, *self.queues}):
+            queue = self._queue(name)
+            for raw in self.connection.lrange(queue.intermediate_queue_key, 0, -1):
+                key = (name, text(raw))
+                since = seen[key] = self._unstarted.get(key, now)
+                if now - since < STRANDED_AFTER:
+                    continue
+                keys = [queue.intermediate_queue_key, queue.key, self.job_class.key_for(key[1])]
+                if text(self._reclaim(keys=keys, args=[key[1]])) == "requeued":
+                    requeued.append(key[1])
+                    log.warning(
+                        "rq job %s: taken from queue %s by a worker that never started it; put back",
+                        key[1],
+                        name,
+                    )
+                del seen[key]
+        self._unstarted = seen
+        return requeued
+
     def worker_gone(self, workdir: Path) -> None:
-        """Nothing: RQ holds no job for a worker beyond what its leases recover."""
+        """Nothing: RQ holds no job for a worker beyond what its leases, and :meth:`reclaim`,
+        recover."""
 
 
 def sidecar_adapter(connection: redis.Redis) -> RQAdapter:
@@ -323,6 +375,7 @@ class _Guard(WorkerRuntime):
             job_class=worker.job_class,
             queue_class=worker.queue_class,
             serializer=worker.serializer,
+            queues=worker.queue_names(),
         )
         super().__init__(
             LeaseStore(self.client, settings),
