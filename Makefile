@@ -15,7 +15,7 @@ NEWEST := .venv-newest
 MATRIX := $(OLDEST) $(OLDEST_CELERY) $(RQ26) $(NEWEST)
 # The integration tests that need Celery (the oldest venv has none).
 CELERY_INTEGRATION := tests/integration/test_celery_call.py tests/integration/test_celery_prerun.py \
-	tests/integration/test_late_leases.py
+	tests/integration/test_celery_received.py tests/integration/test_late_leases.py
 
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -34,7 +34,7 @@ $(NEWEST)/bin/.installed: PYTHON := $(PYTHON_NEWEST)
 	.venv-$*/bin/python -m pip install --quiet -r .ci/matrix/$*.txt
 	touch $@
 
-.PHONY: demo test suite matrix lint bench
+.PHONY: demo test suite matrix lint bench chaos
 demo: $(BIN)/.installed
 	$(BIN)/zombieguard demo
 
@@ -55,6 +55,15 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict
+
+# The long chaos run: 1,000 jobs under 10 minutes of random faults, per framework and broker (about
+# 35 minutes in all). SEED=<n> replays one; each run prints its seed and its table.
+SEED ?=
+CHAOS := $(BIN)/python -m tests.chaos --jobs 1000 --duration 600 --drain 240 $(if $(SEED),--seed $(SEED))
+chaos: $(BIN)/.installed
+	$(CHAOS) --framework rq --workers GuardedWorker,GuardedWorker,GuardedWorker,GuardedSimpleWorker,GuardedSimpleWorker
+	$(CHAOS) --framework celery --pools prefork,prefork,threads,threads,solo --broker redis
+	$(CHAOS) --framework celery --pools prefork,prefork,threads,solo --broker rabbitmq
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.core

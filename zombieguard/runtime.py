@@ -147,6 +147,16 @@ class WorkerRuntime:
         ):
             self.store.deregister_worker(self.worker)
 
-    def remove_dir(self) -> None:
-        """Delete the working directory and what is in it (its files are closed)."""
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def remove_dir(self, keep: str | None = None) -> None:
+        """Delete the working directory and what is in it (its files are closed); with ``keep``, all
+        but that file (a worker started later on this machine reads it if this one dies first)."""
+        if keep is None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            return
+        for child in list(self.dir.iterdir()) if self.dir.exists() else []:
+            if child.name == keep:
+                continue
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)

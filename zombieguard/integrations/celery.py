@@ -46,7 +46,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -430,6 +430,8 @@ class ReceivedLog:
         self.path = workdir / self.NAME
         self._file = self.path.open("ab", buffering=0)
         self._written = 0
+        self.started: set[str] = set()
+        """Tags of the messages whose tasks started here (kept in memory only: see :meth:`settle`)."""
 
     def __call__(self, request: Any = None, **_: Any) -> None:
         """``task_received``: write its tag down."""
@@ -449,13 +451,29 @@ class ReceivedLog:
         temporary = self.path.with_suffix(".new")
         temporary.write_bytes(text)
         temporary.replace(self.path)
+        self.started &= tags
         self._file.close()
         self._file = self.path.open("ab", buffering=0)
         self._written = len(text)
 
+    def start(self, request: Any) -> None:
+        """A task started here (its request accepted by the pool)."""
+        tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+        if tag:
+            self.started.add(tag)
+
     def close(self) -> None:
         """Stop writing."""
         self._file.close()
+
+    def settle(self, app: Celery) -> None:
+        """The worker is stopping, its tasks done: each message it received that is still unacked
+        (its consumer's connection broke, say, and with it the ack) goes back to its queue if its
+        task never started here, else is dropped (see :func:`hand_back`); then the log is deleted.
+        Redis unreachable: the log stays, for a worker started later on this machine."""
+        self.close()
+        hand_back(app, self.read(self.path.parent), ran=self.started)
+        self.path.unlink(missing_ok=True)
 
     @classmethod
     def read(cls, workdir: Path) -> list[str]:
@@ -1616,6 +1634,7 @@ class WorkerGuard(WorkerRuntime):
         if _restores_by_tag(self.app):
             self.received = ReceivedLog(self.dir)
             signals.task_received.connect(self.received, weak=False)
+            signals.worker_shutdown.connect(self._settle_received, sender=self.celery_worker, weak=False)
         if self.pool in ("threads", "solo"):
             self.slots_dir.mkdir()
             self.dumper = StackDumper(self.dir / "stacks.txt")
@@ -1649,11 +1668,25 @@ class WorkerGuard(WorkerRuntime):
             self.monitor.stop()
         if self.received is not None:
             signals.task_received.disconnect(self.received)
-            self.received.close()
         self.shutdown()
         if self.dumper is not None:
             self.dumper.close()
-        self.remove_dir()
+        # The log of what it received stays until the worker's tasks are done (worker_shutdown).
+        self.remove_dir(keep=ReceivedLog.NAME if self.received is not None else None)
+
+    def _settle_received(self, **_: Any) -> None:
+        """``worker_shutdown`` (its tasks are done): settle what it received and did not ack (see
+        :meth:`ReceivedLog.settle`), then remove the working directory."""
+        received = self.received
+        if received is None:
+            return
+        with contained(f"celery worker {self.name}: settling the messages it did not ack"):
+            try:
+                received.settle(self.app)
+            except Exception as exc:  # the broker unreachable: a worker started later settles it
+                log.warning("celery worker %s: messages it did not ack left unsettled (%r)", self.name, exc)
+                return
+            self.remove_dir()
 
     def thread_slot(self, ident: int) -> JobSlot:
         """The slot of one pool thread (created at its first task)."""
@@ -1940,21 +1973,27 @@ class WorkerGuard(WorkerRuntime):
         threading.Thread(target=exit_when_only_zombies, name="zombieguard-restart", daemon=True).start()
 
 
-def hand_back(app: Celery, delivery_tags: list[str]) -> None:
-    """Put messages that a worker received and never ran back at the front of their queues, now.
+def hand_back(app: Celery, delivery_tags: Iterable[str], ran: Collection[str] = ()) -> None:
+    """Put messages that a worker received and never ran back at the front of their queues, now, and
+    drop those of ``ran`` (their tasks started here and ended, or were recovered through their
+    leases: only their ack was lost, with the worker's connection).
 
     kombu's Redis transport keeps a delivered message in its ``unacked`` hash until it is acked, or
     until the ``visibility_timeout`` passes (an hour by default) when the worker that had it exits
-    without closing its channel; its ``restore_by_tag`` puts one back (a tag already acked is left
-    alone). RabbitMQ returns a consumer's unacked messages itself when its connection closes.
-    Through a connection of its own: the worker's channel may be closed, or its process gone.
+    without closing its channel; its QoS puts one back by delivery tag (``restore_by_tag``) or drops
+    it (``reject``); a tag acked already is left alone either way. RabbitMQ returns a consumer's
+    unacked messages itself when its connection closes. Through a connection of its own: the
+    worker's channel may be closed, or its process gone.
     """
     with app.connection_for_write() as connection:
-        restore = getattr(getattr(connection.default_channel, "qos", None), "restore_by_tag", None)
-        if restore is None:
+        qos: Any = getattr(connection.default_channel, "qos", None)
+        if not hasattr(qos, "restore_by_tag"):
             return
         for tag in delivery_tags:
-            restore(tag, leftmost=True)
+            if tag in ran:
+                qos.reject(tag, requeue=False)
+            else:
+                qos.restore_by_tag(tag, leftmost=True)
 
 
 class WorkerGuardStep(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -2020,6 +2059,13 @@ class GuardedRequestMixin:
         def acknowledge(self) -> None: ...
         def reject(self, requeue: bool = False) -> Any: ...
         def send_event(self, type: str, **fields: Any) -> None: ...
+
+    def on_accepted(self, pid: int, time_accepted: float) -> None:
+        """Celery's; the worker notes that this message's task started here (see :class:`ReceivedLog`)."""
+        super().on_accepted(pid, time_accepted)  # type: ignore[misc]
+        guard = _guard
+        if guard is not None and guard.received is not None:
+            guard.received.start(self)
 
     @property
     def time_limits(self) -> Any:
