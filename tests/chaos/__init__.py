@@ -1,0 +1,1 @@
+"""Chaos tests: real workers under random combined faults, and a checker of every job's history."""
