@@ -15,7 +15,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 
@@ -34,9 +34,12 @@ class Verdict(str, Enum):
     """An attempt committed after a newer attempt of the same job had started."""
     WRONG_TERMINAL = "wrong terminal state"
     """Ended, but not the way its kind and its faults allow, or ended two ways."""
+    LOST_IN_BROKER = "lost in the broker"
+    """Lost, and shown lost by kombu's Redis transport before any worker could see it (see
+    :func:`lost_to_a_frozen_worker`): reported, and not counted against zombieguard's promise."""
 
 
-BROKEN = frozenset(v for v in Verdict if v is not Verdict.OK)
+BROKEN = frozenset(v for v in Verdict if v not in (Verdict.OK, Verdict.LOST_IN_BROKER))
 """Verdicts that break the promise."""
 
 LIVE_LEASE_STATES = frozenset({"running", "recovering", "queued"})
@@ -483,6 +486,60 @@ def judge_all(
     """Judge every job of a run, from its final state and every history line of the run."""
     runs = executions(lines)
     return [judge(f, runs.get(f.job_id, []), guarded=guarded, max_stalls=max_stalls) for f in finals]
+
+
+BRPOP_WINDOW = 1.2
+"""Seconds after a worker froze during which a message pushed to its queue can still be popped for
+it: kombu's BRPOP timeout (1 s), issued before the freeze, and a margin."""
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """A worker frozen (SIGSTOP) from ``start`` to ``end``, killed at ``killed`` (None: woken)."""
+
+    worker: str
+    start: float
+    end: float
+    killed: float | None = None
+
+
+def lost_to_a_frozen_worker(sent_at: float, freezes: Iterable[Freeze]) -> str | None:
+    """Why a lost job is the broker's loss, or None. kombu's Redis transport takes a message with
+    BRPOP: Redis pops it for the worker whose read is pending, and only the worker, reading the reply,
+    writes it to the ``unacked`` hash. A worker frozen with a read pending, then killed before it
+    woke, takes the message with it: no worker ever received it, nothing of it is left anywhere. A
+    job sent within :data:`BRPOP_WINDOW` after a worker froze that was killed frozen is that loss."""
+    for freeze in freezes:
+        if (
+            freeze.killed is not None
+            and freeze.start <= freeze.killed < freeze.end
+            and freeze.start <= sent_at <= freeze.start + BRPOP_WINDOW
+        ):
+            return (
+                f"sent {sent_at - freeze.start:.2f} s after {freeze.worker} froze, and {freeze.worker} was "
+                f"killed frozen {freeze.killed - freeze.start:.1f} s later: kombu's BRPOP popped it for that "
+                "worker, which never read it"
+            )
+    return None
+
+
+def attribute_broker_losses(
+    judgements: Sequence[Judgement],
+    sent_at: Mapping[str, float],
+    freezes: Sequence[Freeze],
+    received: Mapping[str, bool],
+) -> list[Judgement]:
+    """Judgements with each LOST job that no worker ever received and that
+    :func:`lost_to_a_frozen_worker` explains made :attr:`Verdict.LOST_IN_BROKER`."""
+    out = []
+    for j in judgements:
+        why = None
+        if j.verdict is Verdict.LOST and not received.get(j.job_id, True) and j.job_id in sent_at:
+            why = lost_to_a_frozen_worker(sent_at[j.job_id], freezes)
+        out.append(
+            j if why is None else replace(j, verdict=Verdict.LOST_IN_BROKER, problems=(*j.problems, why))
+        )
+    return out
 
 
 def unsettled(judgements: Iterable[Judgement]) -> list[Judgement]:

@@ -143,6 +143,10 @@ class Report:
             out += [f"  note: {n}" for n in j.notes]
             out += [_execution_line(e) for e in j.executions]
             out += [f"  log {line}" for line in self.logs.get(j.job_id, [])]
+        for j in self.judgements:
+            if j.verdict is history.Verdict.LOST_IN_BROKER:
+                out += ["", f"LOST IN THE BROKER (not counted): {j.job_id} ({j.kind})"]
+                out += [f"  {p}" for p in j.problems]
         dups = [j for j in self.judgements if j.duplicate and j.verdict not in history.BROKEN]
         if dups:
             out += [
@@ -425,6 +429,8 @@ class _Sender(threading.Thread):
         self.t0 = t0
         self.halt = threading.Event()
         self.sent: list[workload.PlannedJob] = []
+        self.sent_at: dict[str, float] = {}
+        """When each job was sent, on the run's clock (the faults' clock)."""
 
     def run(self) -> None:
         for job in self.planned:
@@ -435,6 +441,7 @@ class _Sender(threading.Thread):
                 try:
                     with self.framework.server.lock:
                         self.framework.send(job)
+                        self.sent_at[job.job_id] = self.events.elapsed()
                     self.sent.append(job)
                     break
                 except Exception as exc:  # Redis answering again after a fault: try again, bounded
@@ -466,6 +473,35 @@ def _finals(
 def _judge(report: Report, finals: dict[str, JobFinal]) -> list[Judgement]:
     lines = read_history(report.run_dir / "history")
     return history.judge_all(finals.values(), lines, guarded=report.guarded, max_stalls=workload.MAX_STALLS)
+
+
+def freezes(faults: list[Fault]) -> list[history.Freeze]:
+    """The freezes of a run's fault log, each with the kill that ended it, if one came first."""
+    found = []
+    for fault in faults:
+        if fault.cls == "worker-freeze":
+            end = fault.at + float(fault.detail.split()[0])
+            kill = next(
+                (
+                    k.at
+                    for k in faults
+                    if k.cls == "worker-kill" and k.target == fault.target and fault.at <= k.at < end
+                ),
+                None,
+            )
+            found.append(history.Freeze(fault.target, fault.at, end, kill))
+    return found
+
+
+def _broker_losses(report: Report, faults: list[Fault], sent_at: dict[str, float]) -> list[Judgement]:
+    """Celery on Redis: the lost jobs that kombu's BRPOP lost with a worker killed frozen (see
+    :func:`history.lost_to_a_frozen_worker`), when no worker ever logged receiving them."""
+    if report.config.framework != "celery" or report.config.broker != "redis":
+        return report.judgements
+    lost = [j.job_id for j in report.judgements if j.verdict is history.Verdict.LOST]
+    lines = log_lines(report.run_dir / "logs", lost)
+    received = {job_id: any("received" in line for line in lines.get(job_id, [])) for job_id in lost}
+    return history.attribute_broker_losses(report.judgements, sent_at, freezes(faults), received)
 
 
 def _drain(report: Report, framework: _Framework, client: redis.Redis, events: EventLog) -> None:
@@ -564,6 +600,7 @@ def run(config: RunConfig) -> Report:
                     )
         report.finals = finals
         report.judgements = _judge(report, finals)
+        report.judgements = _broker_losses(report, injector.faults if injector else [], sender.sent_at)
         report.leases = gather.lease_hashes(client, KEY_PREFIX, [j.job_id for j in report.broken])
         report.logs = log_lines(run_dir / "logs", [j.job_id for j in report.broken])
         report.errors = worker_errors(run_dir / "logs")

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from tests.chaos import history
 from tests.chaos.history import (
     Copy,
     DeadLetter,
@@ -262,3 +263,21 @@ def test_judge_all_unsettled_and_table() -> None:
     rendered = table(judgements)
     assert "| ok " in rendered
     assert "| stuck " in rendered
+
+
+def test_a_job_sent_just_after_a_worker_froze_that_was_killed_frozen_is_the_broker_s_loss() -> None:
+    # kombu's BRPOP, pending when the worker froze, popped the message for it; it never read it.
+    killed = history.Freeze("w1", start=10.0, end=18.0, killed=12.0)
+    assert history.lost_to_a_frozen_worker(10.4, [killed]) is not None
+    woken = history.Freeze("w1", start=10.0, end=18.0, killed=None)  # it read the message on waking
+    assert history.lost_to_a_frozen_worker(10.4, [woken]) is None
+    assert history.lost_to_a_frozen_worker(13.0, [killed]) is None  # its read had timed out by then
+    assert history.lost_to_a_frozen_worker(9.5, [killed]) is None  # sent before: it could read it
+
+
+def test_only_a_lost_job_that_no_worker_received_is_attributed_to_the_broker() -> None:
+    freeze = [history.Freeze("w1", start=10.0, end=18.0, killed=12.0)]
+    lost = [history.Judgement("a", "normal", Verdict.LOST), history.Judgement("b", "normal", Verdict.LOST)]
+    out = history.attribute_broker_losses(lost, {"a": 10.2, "b": 10.3}, freeze, {"a": False, "b": True})
+    assert [j.verdict for j in out] == [Verdict.LOST_IN_BROKER, Verdict.LOST]
+    assert Verdict.LOST_IN_BROKER not in history.BROKEN
