@@ -30,6 +30,10 @@ class JobAdapter(Protocol):
     where each delivery carries its attempt number, so that the copies after the first are refused
     as stale."""
 
+    reclaims: bool
+    """Whether the framework keeps a taken job apart from its queue until a worker starts it (RQ's
+    intermediate queue): then every sweep calls :meth:`reclaim`."""
+
     def requeue(self, record: LeaseRecord) -> bool:
         """Put the job back on its queue as a new attempt, with the same job id.
 
@@ -55,7 +59,8 @@ class JobAdapter(Protocol):
     def reclaim(self, queues: Sequence[str]) -> list[str]:
         """Put back in their queues the jobs that a worker took from one of ``queues`` and never
         started (it died, or froze, in between), where the framework keeps them apart meanwhile (RQ's
-        intermediate queue); the job ids put back. Called at every sweep: cheap when there are none."""
+        intermediate queue); the job ids put back. Called at every sweep when :attr:`reclaims`:
+        cheap when there are none."""
 
     def worker_gone(self, workdir: Path) -> None:
         """A worker of this integration died (its watchdog process, or a worker started after it on

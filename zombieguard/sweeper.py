@@ -140,7 +140,8 @@ class Sweeper:
                     ),
                 )
             try:
-                report.reclaimed += adapter.reclaim(self.store.queues_of(adapter_name))
+                if adapter.reclaims:
+                    report.reclaimed += adapter.reclaim(self.store.queues_of(adapter_name))
             except redis.RedisError:
                 raise
             except Exception as exc:

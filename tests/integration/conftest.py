@@ -19,6 +19,7 @@ class RecordingAdapter:
 
     name: str = "test"
     republishes_unstarted: bool = False
+    reclaims: bool = False
     requeued: list[str] = field(default_factory=list)
     failed: list[tuple[str, str, str]] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)

@@ -245,6 +245,7 @@ class CeleryAdapter:
 
     name = ADAPTER
     republishes_unstarted = True
+    reclaims = False
 
     def __init__(self, app: Celery) -> None:
         self.app = app
@@ -363,8 +364,8 @@ class CeleryAdapter:
         return int(declared.message_count)
 
     def reclaim(self, queues: Sequence[str]) -> list[str]:
-        """Nothing: a message a consumer took stays in the broker until it is acked (a dead worker's
-        are handed back by :meth:`worker_gone`)."""
+        """Nothing (never called: :attr:`reclaims` is False): a message a consumer took stays in the
+        broker until it is acked (a dead worker's are handed back by :meth:`worker_gone`)."""
         return []
 
     def worker_gone(self, workdir: Path) -> None:

@@ -199,6 +199,7 @@ class RQAdapter:
 
     name = ADAPTER
     republishes_unstarted = False  # RQ would run a second copy of the job id: it carries no attempt
+    reclaims = True
 
     def __init__(
         self,
