@@ -15,7 +15,8 @@ NEWEST := .venv-newest
 MATRIX := $(OLDEST) $(OLDEST_CELERY) $(RQ26) $(NEWEST)
 # The integration tests that need Celery (the oldest venv has none).
 CELERY_INTEGRATION := tests/integration/test_celery_call.py tests/integration/test_celery_prerun.py \
-	tests/integration/test_celery_received.py tests/integration/test_late_leases.py
+	tests/integration/test_celery_received.py tests/integration/test_celery_superseded.py \
+	tests/integration/test_late_leases.py
 
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
     from zombieguard.deadletter import DeadLetterEntry
@@ -56,11 +56,12 @@ class JobAdapter(Protocol):
     def republish(self, entry: DeadLetterEntry) -> None:
         """Enqueue a dead-lettered job again (``zombieguard dlq requeue``), as a fresh job."""
 
-    def reclaim(self, queues: Sequence[str]) -> list[str]:
+    def reclaim(self, queues: Sequence[str], leased: Callable[[str], bool]) -> list[str]:
         """Put back in their queues the jobs that a worker took from one of ``queues`` and never
         started (it died, or froze, in between), where the framework keeps them apart meanwhile (RQ's
-        intermediate queue); the job ids put back. Called at every sweep when :attr:`reclaims`:
-        cheap when there are none."""
+        intermediate queue); the job ids put back. ``leased``: whether a job's lease is running or
+        being recovered (its expiry recovers it: it is not put back here). Called at every sweep
+        when :attr:`reclaims`: cheap when there are none."""
 
     def worker_gone(self, workdir: Path) -> None:
         """A worker of this integration died (its watchdog process, or a worker started after it on

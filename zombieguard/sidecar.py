@@ -363,7 +363,9 @@ class SlotWatcher:
         still holds for it."""
         for slot in slots:
             state = slot.read()
-            if state.active and slot is not self.killed:
+            # A job with no lease and none to write (it ran unguarded, Redis away) has none to give up.
+            unleased = not state.token and state.lease_delay is None
+            if state.active and slot is not self.killed and not unleased:
                 log.warning("worker %d is gone, job %s with it: recovering it", self.pid, state.job_id)
                 self._give_up(slot, state, "stalled")
         adapter = self._adapter()

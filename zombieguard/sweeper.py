@@ -39,7 +39,7 @@ from zombieguard.events import (
     WorkerZombie,
     emit,
 )
-from zombieguard.lease import AttemptRecord, Claimed, FinishedState, LeaseRecord, LeaseStore
+from zombieguard.lease import AttemptRecord, Claimed, CorruptRecord, FinishedState, LeaseRecord, LeaseStore
 
 
 def record_event(kind: type[JobEvent], record: LeaseRecord, reason: str, **extra: object) -> JobEvent:
@@ -139,13 +139,6 @@ class Sweeper:
                         tuple(sorted(dead.info.items())),
                     ),
                 )
-            try:
-                if adapter.reclaims:
-                    report.reclaimed += adapter.reclaim(self.store.queues_of(adapter_name))
-            except redis.RedisError:
-                raise
-            except Exception as exc:
-                report_error(f"sweeper {self.name} reclaiming {adapter_name} jobs", exc)
             for claimed in sweep.claimed:
                 try:
                     self._act(adapter, claimed, report)
@@ -158,7 +151,31 @@ class Sweeper:
                         claimed.record.job_id,
                         exc,
                     )
+            if adapter.reclaims:
+                self._reclaim(adapter_name, adapter, report)
         return report
+
+    def _reclaim(self, adapter_name: str, adapter: JobAdapter, report: SweepReport) -> None:
+        """The adapter's :meth:`~JobAdapter.reclaim`, after the claims are acted on; its failure
+        (Redis away, the framework's own store) is logged, and the next sweep tries again."""
+
+        def leased(job_id: str) -> bool:
+            try:
+                record = self.store.record(job_id)
+            except CorruptRecord:
+                return True  # not this sweep's to decide
+            return record is not None and record.state in ("running", "recovering")
+
+        try:
+            report.reclaimed += adapter.reclaim(self.store.queues_of(adapter_name), leased)
+        except Exception as exc:
+            report.errors.append(f"reclaim {adapter_name}")
+            log.warning(
+                "sweeper %s: reclaiming %s jobs failed (%r); tried again next sweep",
+                self.name,
+                adapter_name,
+                exc,
+            )
 
     def _act(self, adapter: JobAdapter, claimed: Claimed, report: SweepReport) -> None:
         record = claimed.record

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +59,7 @@ class RecordingAdapter:
         with self.lock:
             self.republished.append(entry.job_id)
 
-    def reclaim(self, queues: Sequence[str]) -> list[str]:
+    def reclaim(self, queues: Sequence[str], leased: Callable[[str], bool]) -> list[str]:
         return []
 
     def worker_gone(self, workdir: Path) -> None:

@@ -20,7 +20,13 @@ from zombieguard.integrations.celery import ReceivedLog, hand_back
 def app(redis_url: str, key_prefix: str) -> Iterator[Celery]:
     """A Celery app on the test Redis, under a key prefix of the test's own."""
     celery = Celery("received", set_as_current=False)
-    celery.conf.update(broker_url=redis_url, broker_transport_options={"global_keyprefix": f"{key_prefix}:"})
+    options = {"global_keyprefix": f"{key_prefix}:"}
+    celery.conf.update(
+        broker_url=redis_url,
+        broker_transport_options=options,
+        result_backend=redis_url,
+        result_backend_transport_options=options,
+    )
     yield celery
     celery.close()
     client = redis.Redis.from_url(redis_url)
@@ -29,10 +35,11 @@ def app(redis_url: str, key_prefix: str) -> Iterator[Celery]:
 
 
 class _Request:
-    """What ReceivedLog reads of a Celery request: its message's delivery tag."""
+    """What ReceivedLog reads of a Celery request: its task's id, its message's delivery tag."""
 
-    def __init__(self, message: object) -> None:
+    def __init__(self, message: object, task_id: str) -> None:
         self.message = message
+        self.id = task_id
 
 
 def _take(connection: Connection, queue: Queue, count: int) -> list[object]:
@@ -44,34 +51,38 @@ def _take(connection: Connection, queue: Queue, count: int) -> list[object]:
     return taken
 
 
-def test_at_a_worker_s_stop_its_unacked_messages_go_back_unless_their_tasks_started_there(
+def test_at_a_worker_s_stop_its_unacked_messages_go_back_unless_their_tasks_ended_there(
     app: Celery, tmp_path: Path
 ) -> None:
     queue = Queue(f"q-{uuid.uuid4().hex[:8]}", Exchange("received", type="direct"), routing_key="r")
     with app.connection_for_write() as connection:
         producer = connection.Producer()
-        for body in ("ran", "never-started"):
+        for body in ("ended", "started", "never-started"):
             producer.publish(body, exchange=queue.exchange, routing_key="r", declare=[queue])
-        taken = _take(connection, queue, 2)
+        taken = _take(connection, queue, 3)
         unacked = connection.default_channel.unacked_key
         client = connection.default_channel.client
-        assert client.hlen(unacked) == 2
+        assert client.hlen(unacked) == 3
         received = ReceivedLog(tmp_path)
-        for message in taken:
-            received(request=_Request(message))
-        received.start(_Request(taken[0]))
-        # The worker's connection breaks here: neither message is acked.
+        requests = [_Request(message, f"t-{uuid.uuid4().hex}") for message in taken]
+        for request in requests:
+            received(request=request)
+        received.start(requests[0])
+        received.start(requests[1])
+        app.backend.mark_as_done(requests[0].id, "done")  # it ended; the other started, no end recorded
+        # The worker's connection breaks here: no message is acked.
         received.settle(app)
         assert client.hlen(unacked) == 0
         with connection.SimpleQueue(queue) as simple:
-            back = simple.get(timeout=5)
-            assert back.payload == "never-started"  # handed back
-            back.ack()
-        assert client.llen(queue.name) == 0  # the one that ran is not back
+            back = [simple.get(timeout=5) for _ in range(2)]
+            assert sorted(m.payload for m in back) == ["never-started", "started"]  # handed back
+            for message in back:
+                message.ack()
+        assert client.llen(queue.name) == 0  # the one that ended is not back
     assert not (tmp_path / ReceivedLog.NAME).exists()
 
 
-def test_a_dead_worker_s_unacked_messages_are_handed_back_by_the_next_one(
+def test_a_dead_worker_s_unacked_messages_are_handed_back_by_the_next_one_unless_delivered_again(
     app: Celery, tmp_path: Path
 ) -> None:
     queue = Queue(f"q-{uuid.uuid4().hex[:8]}", Exchange("received", type="direct"), routing_key="r")
@@ -80,9 +91,11 @@ def test_a_dead_worker_s_unacked_messages_are_handed_back_by_the_next_one(
             "lost-with-its-worker", exchange=queue.exchange, routing_key="r", declare=[queue]
         )
         [message] = _take(connection, queue, 1)
-        ReceivedLog(tmp_path)(request=_Request(message))
+        ReceivedLog(tmp_path)(request=_Request(message, "t-1"))
         hand_back(app, ReceivedLog.read(tmp_path))
         with connection.SimpleQueue(queue) as simple:
-            back = simple.get(timeout=5)
+            back = simple.get(timeout=5)  # delivered again: to this other consumer, same tag
             assert back.payload == "lost-with-its-worker"
+            hand_back(app, ReceivedLog.read(tmp_path))  # the dead worker's entry is older: not its own
+            assert connection.default_channel.client.hlen(connection.default_channel.unacked_key) == 1
             back.ack()

@@ -263,9 +263,7 @@ class CeleryAdapter:
 
     def _ended(self, task_id: str) -> bool:
         """Whether the result backend says the task ended (False when there is no backend)."""
-        with contextlib.suppress(Exception):
-            return self.app.AsyncResult(task_id).state in states.READY_STATES
-        return False
+        return _recorded_end(self.app, task_id)
 
     def _publish(self, signature: dict[str, Any], attempt: int | None) -> None:
         sig = self.app.signature(signature)
@@ -363,7 +361,7 @@ class CeleryAdapter:
                 raise
         return int(declared.message_count)
 
-    def reclaim(self, queues: Sequence[str]) -> list[str]:
+    def reclaim(self, queues: Sequence[str], leased: Callable[[str], bool]) -> list[str]:
         """Nothing (never called: :attr:`reclaims` is False): a message a consumer took stays in the
         broker until it is acked (a dead worker's are handed back by :meth:`worker_gone`)."""
         return []
@@ -371,14 +369,14 @@ class CeleryAdapter:
     def worker_gone(self, workdir: Path) -> None:
         """Put the messages a dead worker received back in their queues now (see :func:`hand_back`):
         every delivery tag it wrote down (:class:`ReceivedLog`) that is still unacked."""
-        tags = ReceivedLog.read(workdir)
-        if tags:
-            hand_back(self.app, tags)
+        received = ReceivedLog.read(workdir)
+        if received:
+            hand_back(self.app, received)
             log.warning(
-                "celery: a worker that died (%s) had received %d message(s) not yet acked; handed back "
-                "those still held",
+                "celery: handed back what a worker that died (%s) still held of the %d message(s) it "
+                "had received",
                 workdir.name,
-                len(tags),
+                len(received),
             )
 
     def republish(self, entry: DeadLetterEntry) -> None:
@@ -400,6 +398,13 @@ class CeleryAdapter:
         )
 
 
+def _recorded_end(app: Celery, task_id: str) -> bool:
+    """Whether the result backend says the task ended (False when there is no backend)."""
+    with contextlib.suppress(Exception):
+        return app.AsyncResult(task_id).state in states.READY_STATES
+    return False
+
+
 def sidecar_adapter(connection: redis.Redis, app_spec: str) -> CeleryAdapter:
     """The adapter the watchdog process beside a threads or solo worker loads when it must act for
     the worker's tasks (``app_spec``: ``module:attribute`` of the worker's app)."""
@@ -418,12 +423,23 @@ def app_spec(app: Celery) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Received:
+    """A message a worker received, as its :class:`ReceivedLog` wrote it down."""
+
+    tag: str
+    """Its delivery tag (kombu's Redis transport keeps one per message, across its redeliveries)."""
+    task_id: str
+    at: float
+    """When the worker received it (``time.time()``)."""
+
+
 class ReceivedLog:
-    """The delivery tags of the messages a worker received, written down as they come (main
-    process), so that they can be handed back when the worker dies before acking them (see
-    :meth:`CeleryAdapter.worker_gone`). Only for a broker that does not return them itself (kombu's
-    Redis transport). A tag acked since is skipped when handed back; the file is rewritten with the
-    tags of the requests still held when it grows past :data:`RECEIVED_LOG_BYTES`."""
+    """The messages a worker received, written down as they come (main process, one line each), so
+    that they can be settled when the worker stops without acking them, or handed back when it dies
+    (see :func:`hand_back`). Only for a broker that does not return them itself (kombu's Redis
+    transport). The file is rewritten with the requests still held when it grows past
+    :data:`RECEIVED_LOG_BYTES`."""
 
     NAME = "received"
 
@@ -434,28 +450,30 @@ class ReceivedLog:
         self.started: set[str] = set()
         """Tags of the messages whose tasks started here (kept in memory only: see :meth:`settle`)."""
 
-    def __call__(self, request: Any = None, **_: Any) -> None:
-        """``task_received``: write its tag down."""
+    @staticmethod
+    def _line(request: Any) -> bytes:
         tag = getattr(getattr(request, "message", None), "delivery_tag", None)
-        if not tag:
-            return
-        line = f"{tag}\n".encode()
-        self._file.write(line)
-        self._written += len(line)
-        if self._written > RECEIVED_LOG_BYTES:
-            self._compact()
+        return f"{tag} {request.id} {time.time():.6f}\n".encode() if tag else b""
+
+    def __call__(self, request: Any = None, **_: Any) -> None:
+        """``task_received``: write it down."""
+        line = self._line(request)
+        if line:
+            self._file.write(line)
+            self._written += len(line)
+            if self._written > RECEIVED_LOG_BYTES:
+                self._compact()
 
     def _compact(self) -> None:
-        held = [*worker_state.reserved_requests, *worker_state.active_requests]
-        tags = {getattr(r.message, "delivery_tag", "") for r in held}
-        text = "".join(f"{tag}\n" for tag in tags if tag).encode()
+        held = {*worker_state.reserved_requests, *worker_state.active_requests}
+        text = b"".join(self._line(r) for r in held)
         temporary = self.path.with_suffix(".new")
         temporary.write_bytes(text)
         temporary.replace(self.path)
-        self.started &= tags
         self._file.close()
         self._file = self.path.open("ab", buffering=0)
         self._written = len(text)
+        self.started &= {getattr(r.message, "delivery_tag", "") for r in held}
 
     def start(self, request: Any) -> None:
         """A task started here (its request accepted by the pool)."""
@@ -468,21 +486,28 @@ class ReceivedLog:
         self._file.close()
 
     def settle(self, app: Celery) -> None:
-        """The worker is stopping, its tasks done: each message it received that is still unacked
-        (its consumer's connection broke, say, and with it the ack) goes back to its queue if its
-        task never started here, else is dropped (see :func:`hand_back`); then the log is deleted.
-        Redis unreachable: the log stays, for a worker started later on this machine."""
+        """The worker is stopping, its tasks done: each message it received that it still holds
+        unacked (its consumer's connection broke, say, and with it the ack) is dropped if its task
+        started here and its end is recorded, else goes back to its queue (see :func:`hand_back`);
+        then the log is deleted. Redis unreachable: it raises, and the log stays, for a worker
+        started later on this machine."""
         self.close()
         hand_back(app, self.read(self.path.parent), ran=self.started)
         self.path.unlink(missing_ok=True)
 
     @classmethod
-    def read(cls, workdir: Path) -> list[str]:
-        """The tags a worker wrote down in ``workdir`` (none when it wrote none)."""
+    def read(cls, workdir: Path) -> list[Received]:
+        """What a worker wrote down in ``workdir`` (nothing when it wrote nothing)."""
         try:
-            return [line for line in (workdir / cls.NAME).read_text().splitlines() if line]
+            lines = (workdir / cls.NAME).read_text().splitlines()
         except OSError:
             return []
+        out = []
+        for line in lines:
+            parts = line.split()
+            with contextlib.suppress(ValueError, IndexError):
+                out.append(Received(parts[0], parts[1], float(parts[2])))
+        return out
 
 
 RECEIVED_LOG_BYTES = 1 << 20
@@ -1503,12 +1528,13 @@ class SlotMonitor:
 
 def _holds(record: LeaseRecord, worker: str, state: SlotState | None) -> bool:
     """Whether the lease ``record`` is the one of the attempt ``worker`` runs (``state``: its slot, if
-    known). A lease of another worker, or not running, or under another token, is not; an attempt
-    whose lease is not written yet holds the task unless the lease is a newer attempt's."""
+    known), still running or ended by that attempt itself (``done``). Not when another worker or
+    token holds it, or a sweeper claimed, requeued or ended it: then the attempt is superseded. An
+    attempt whose lease is not written yet holds the task unless the lease is a newer attempt's."""
     if state is not None and not state.token:
         return record.attempt < state.attempt or (record.attempt == state.attempt and record.worker == worker)
-    running = record.state == "running" and record.worker == worker
-    return running and (state is None or record.token == state.token)
+    own = record.state in ("running", "done") and record.worker == worker
+    return own and (state is None or record.token == state.token)
 
 
 def _lease_late(tracked: _Tracked, now: float) -> bool:
@@ -1761,9 +1787,11 @@ class WorkerGuard(WorkerRuntime):
         if record is None:
             return None
         if not _holds(record, self.name, state):
-            # Its attempt ended, or a newer one (or a sweeper) holds the task: nothing of it is recorded.
+            # A newer attempt (or a sweeper) holds the task: nothing of this one is recorded.
             log.warning("celery task %s: its pool process died; its attempt no longer holds the task", job_id)
             return "lost"
+        if record.state == "done":
+            return None  # it died after its attempt's end was written: Celery's own handling
         token = state.token if state is not None and state.token else record.token
         spec = JobSpec(job_id, ADAPTER, record.task, record.queue)
         if not terminated:
@@ -1974,27 +2002,35 @@ class WorkerGuard(WorkerRuntime):
         threading.Thread(target=exit_when_only_zombies, name="zombieguard-restart", daemon=True).start()
 
 
-def hand_back(app: Celery, delivery_tags: Iterable[str], ran: Collection[str] = ()) -> None:
-    """Put messages that a worker received and never ran back at the front of their queues, now, and
-    drop those of ``ran`` (their tasks started here and ended, or were recovered through their
-    leases: only their ack was lost, with the worker's connection).
+def hand_back(app: Celery, received: Iterable[Received], ran: Collection[str] = ()) -> None:
+    """Settle, now, messages a worker received and never acked: put each back at the front of its
+    queue, or drop it when its task started there (a tag of ``ran``) and the result backend has its
+    end (only its ack was lost, with the worker's connection). A message handed to another worker
+    since (kombu restored it) is not this one's to settle, nor one acked already.
 
-    kombu's Redis transport keeps a delivered message in its ``unacked`` hash until it is acked, or
-    until the ``visibility_timeout`` passes (an hour by default) when the worker that had it exits
-    without closing its channel; its QoS puts one back by delivery tag (``restore_by_tag``) or drops
-    it (``reject``); a tag acked already is left alone either way. RabbitMQ returns a consumer's
+    kombu's Redis transport keeps a delivered message in its ``unacked`` hash (with the time of the
+    delivery in ``unacked_index``) until it is acked, or until the ``visibility_timeout`` passes (an
+    hour by default) when the worker that had it exits without closing its channel; its QoS puts one
+    back by delivery tag (``restore_by_tag``) or drops it (``reject``). RabbitMQ returns a consumer's
     unacked messages itself when its connection closes. Through a connection of its own: the
     worker's channel may be closed, or its process gone.
     """
     with app.connection_for_write() as connection:
-        qos: Any = getattr(connection.default_channel, "qos", None)
+        channel: Any = connection.default_channel
+        qos: Any = getattr(channel, "qos", None)
         if not hasattr(qos, "restore_by_tag"):
             return
-        for tag in delivery_tags:
-            if tag in ran:
-                qos.reject(tag, requeue=False)
+        # The index's key as stored (kombu's prefixing client does not prefix ZSCORE).
+        index = redis.Redis(connection_pool=channel.client.connection_pool)
+        index_key = channel.global_keyprefix + channel.unacked_index_key
+        for message in received:
+            delivered = index.zscore(index_key, message.tag)
+            if delivered is None or delivered > message.at:
+                continue  # acked, or delivered again since to some worker
+            if message.tag in ran and _recorded_end(app, message.task_id):
+                qos.reject(message.tag, requeue=False)
             else:
-                qos.restore_by_tag(tag, leftmost=True)
+                qos.restore_by_tag(message.tag, leftmost=True)
 
 
 class WorkerGuardStep(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -2164,8 +2200,8 @@ class GuardedRequestMixin:
         if self._zg_timed_out:
             worker_state.task_ready(self)
             return  # already recorded as timed out; the late news of its process is not another failure
-        if isinstance(exc, TimeLimitExceeded) and self._zg_superseded(exc):
-            return
+        if isinstance(exc, TimeLimitExceeded) and not return_ok and self._zg_superseded(exc):
+            return  # the pool's own hard limit (a task's own exception comes with return_ok)
         guard = _guard
         lost = isinstance(exc, WorkerLostError | SystemExit | KeyboardInterrupt)
         terminated = type(exc).__name__ == "Terminated"

@@ -36,7 +36,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -124,6 +124,9 @@ ESCALATE_AFTER = 0.5
 """Seconds between the in-process interrupt and SIGKILL of a job that did not end."""
 RECOVERING_WAIT = 5.0
 """How long a delivery waits for the sweeper that requeued it to finish recording the recovery."""
+ACQUIRE_RETRY = 2.0
+"""Seconds an acquire whose reply did not come is sent again, at most, before the job runs without a
+lease (Redis restarting, a failover)."""
 BACKSTOP_SECONDS = 2
 """RQ's own alarm stays armed this long after the policy's hard limit, in case everything else fails."""
 
@@ -140,9 +143,9 @@ _EXCEPTION_NAMES = {
 class JobTimeoutException(HardTimeLimitExceeded, RQJobTimeoutException):
     """Raised in a job past its hard limit when that limit is RQ's own ``job_timeout`` (no zombieguard
     source set ``hard_timeout``): both zombieguard's interrupt and RQ's exception, so that a job
-    catching ``rq.timeouts.JobTimeoutException`` to clean up still does, and ``exc_info`` reads as
-    RQ's. Like RQ's, it is an ``Exception``: a job that swallows it is still stopped, its horse (or
-    worker) killed :data:`ESCALATE_AFTER` later."""
+    catching ``rq.timeouts.JobTimeoutException`` to clean up still does; ``exc_info`` names it
+    ``JobTimeoutException``, with RQ's message. Like RQ's, it is an ``Exception``: a job that
+    swallows it is still stopped, its horse (or worker) killed :data:`ESCALATE_AFTER` later."""
 
 
 def _rq_timeout_message(seconds: float) -> str:
@@ -254,9 +257,18 @@ class RQAdapter:
         with self.connection.pipeline() as pipe:
             self._forget_executions(job, queue.name, pipe)
             pipe.execute()
+        if self._waiting(queue, job.id):
+            return True  # put back already (see reclaim): a second copy would run it twice
         # Its own round trip: RQ WATCHes the job's dependencies on a pipeline of its own.
         queue.enqueue_job(job, at_front=True)
         return True
+
+    def _waiting(self, queue: Queue, job_id: str) -> bool:
+        """Whether the job is in its queue's list (LPOS: Redis 6.0.6 and later; before, not known)."""
+        try:
+            return self.connection.lpos(queue.key, job_id) is not None
+        except redis.ResponseError:
+            return False
 
     def fail(self, record: LeaseRecord, outcome: str, reason: str) -> bool:
         """Failed the RQ way: failure callback, FAILED status, failed registry (no retry: it would
@@ -306,9 +318,10 @@ class RQAdapter:
         else:
             self._queue(entry.queue or job.origin).enqueue_job(job)
 
-    def reclaim(self, queues: Sequence[str]) -> list[str]:
+    def reclaim(self, queues: Sequence[str], leased: Callable[[str], bool]) -> list[str]:
         """Put back at the front of its queue a job that sat in RQ's intermediate queue, unstarted,
-        for :data:`STRANDED_AFTER` (RQ would fail it, after a minute, at its next maintenance). A
+        for :data:`STRANDED_AFTER` (RQ would fail it, after a minute, at its next maintenance),
+        unless it has a live lease (its expiry recovers it, and two copies would run it twice). A
         job that ended meanwhile, or waits in its queue already, only loses that stale entry."""
         now = time.monotonic()
         seen: dict[tuple[str, str], float] = {}
@@ -318,7 +331,7 @@ class RQAdapter:
             for raw in self.connection.lrange(queue.intermediate_queue_key, 0, -1):
                 key = (name, text(raw))
                 since = seen[key] = self._unstarted.get(key, now)
-                if now - since < STRANDED_AFTER:
+                if now - since < STRANDED_AFTER or leased(key[1]):
                     continue
                 keys = [queue.intermediate_queue_key, queue.key, self.job_class.key_for(key[1])]
                 if text(self._reclaim(keys=keys, args=[key[1]])) == "requeued":
@@ -337,9 +350,10 @@ class RQAdapter:
         recover."""
 
 
-def sidecar_adapter(connection: redis.Redis) -> RQAdapter:
-    """The adapter :mod:`zombieguard.sidecar` loads (``zombieguard.integrations.rq:sidecar_adapter``)."""
-    return RQAdapter(connection)
+def sidecar_adapter(connection: redis.Redis, rq_url: str = "") -> RQAdapter:
+    """The adapter :mod:`zombieguard.sidecar` loads (``zombieguard.integrations.rq:sidecar_adapter``),
+    on RQ's own Redis (``rq_url``; the leases' by default, when they share one)."""
+    return RQAdapter(redis.Redis.from_url(rq_url) if rq_url else connection)
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -398,6 +412,7 @@ class _Guard(WorkerRuntime):
                 dump=self.dumper.path,
                 redis_url=settings.redis_url or _url_of(self.client),
                 adapter="zombieguard.integrations.rq:sidecar_adapter",
+                adapter_arg=_url_of(worker.connection) if settings.redis_url else "",
             )
         # Before RQ's own maintenance runs: the first sweep recovers what dead workers left, so that
         # RQ's abandoned-job cleanup does not fail it first.
@@ -572,23 +587,31 @@ class _GuardedMixin:
 
     def _zg_acquired(self, sent: _Sent) -> Acquired | None:
         """The reply to the acquire sent, or, when none came, to one sent again on a new connection (a
-        killed connection, or a restart of Redis within a moment); None when Redis does not answer."""
+        killed connection, a restart of Redis), for up to :data:`ACQUIRE_RETRY` or a third of the
+        lease's TTL; under the execution's tag, so that it takes the lease the first one may have
+        written. None when Redis does not answer by then."""
         assert self._zg is not None
         try:
             if sent.pending is not None:
                 return sent.pending.result()
         except redis.RedisError as exc:
             log.info("rq job %s: no reply to its acquire (%s); asking again", sent.spec.job_id, exc)
-        try:
-            return self._zg.store.acquire(sent.spec, self.name, sent.policy, tag=sent.tag)
-        except redis.RedisError as exc:
-            log.warning(
-                "rq job %s runs without a lease, its limits enforced here all the same: Redis for "
-                "leases unreachable (%s)",
-                sent.spec.job_id,
-                exc,
-            )
-            return None
+        deadline = time.monotonic() + min(ACQUIRE_RETRY, sent.policy.lease_ttl / 3)
+        delay = 0.1
+        while True:
+            try:
+                return self._zg.store.acquire(sent.spec, self.name, sent.policy, tag=sent.tag)
+            except redis.RedisError as exc:
+                if time.monotonic() + delay > deadline:
+                    log.warning(
+                        "rq job %s runs without a lease, its limits enforced here all the same: Redis "
+                        "for leases unreachable (%s)",
+                        sent.spec.job_id,
+                        exc,
+                    )
+                    return None
+            time.sleep(delay)
+            delay *= 2
 
     def _zg_begin(self, job: Job, sent: _Sent | None) -> tuple[Attempt | None, bool]:
         """The job's attempt (leased, or unguarded when Redis is unreachable): (attempt, run?)."""
@@ -744,6 +767,8 @@ class _GuardedMixin:
         if attempt is None:
             return super().prepare_job_execution(job, *args, **kwargs)  # type: ignore[misc, no-any-return]
         deadline = time.monotonic() + attempt.policy.lease_ttl / 2
+        if attempt.policy.hard_timeout is not None:  # its limit's clock runs: leave it room to start
+            deadline = min(deadline, attempt.started_monotonic + attempt.policy.hard_timeout / 2)
         delay = 0.1
         while True:
             try:

@@ -1,0 +1,60 @@
+"""Whether an attempt a Celery worker runs still holds its task, as its lease record says: only then
+may what notices its end (Celery's own time limit, its pool process's death) record anything."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from zombieguard.integrations.celery import _holds
+from zombieguard.lease import LeaseRecord
+from zombieguard.slot import JobSlot, SlotState
+
+RECORD = LeaseRecord.from_hash(
+    {
+        "job": "t1",
+        "adapter": "celery",
+        "state": "running",
+        "token": "7",
+        "attempt": "2",
+        "worker": "w1",
+        "started": "1.0",
+        "expires": "31.0",
+        "lease_ttl": "30",
+        "overdue_grace": "5",
+        "max_stalls": "3",
+    }
+)
+
+
+def _slot(token: int, attempt: int = 2) -> SlotState:
+    slot = JobSlot()
+    slot.start("t1", token, 1.0, hard_deadline=None, progress_timeout=None, attempt=attempt)
+    return slot.read()
+
+
+@pytest.mark.parametrize(
+    ("change", "token", "holds"),
+    [
+        ({}, 7, True),  # its own running lease
+        ({"state": "done"}, 7, True),  # its own end, written by itself
+        ({}, None, True),  # its slot gone: by worker and state
+        ({"worker": "w2"}, 7, False),  # another worker's attempt
+        ({"token": 9}, 7, False),  # another attempt on this worker
+        ({"state": "recovering"}, 7, False),  # a sweeper claimed it
+        ({"state": "queued"}, 7, False),  # requeued as the next attempt
+        ({"state": "dead_lettered", "token": 9}, 7, False),  # a sweeper ended it
+    ],
+)
+def test_an_attempt_holds_its_task_while_its_lease_is_its_own(
+    change: dict[str, object], token: int | None, holds: bool
+) -> None:
+    record = replace(RECORD, **change)
+    state = None if token is None else _slot(token)
+    assert _holds(record, "w1", state) is holds
+
+
+def test_an_attempt_not_leased_yet_holds_its_task_unless_a_newer_attempt_has_a_lease() -> None:
+    assert _holds(replace(RECORD, attempt=1, state="done"), "w1", _slot(0, attempt=2))
+    assert not _holds(replace(RECORD, attempt=3), "w1", _slot(0, attempt=2))
