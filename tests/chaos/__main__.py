@@ -7,6 +7,7 @@ Exit status 1 when a guarded run breaks the promise that every job ends exactly 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -80,5 +81,12 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
     )
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    """End the run the way Ctrl-C does, so its workers and its Redis are stopped with it."""
+    raise SystemExit(128 + signum)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGHUP, _exit_on_signal)
     sys.exit(main_report(parse_args()))
