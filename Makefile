@@ -14,9 +14,9 @@ RQ26 := .venv-rq26
 NEWEST := .venv-newest
 MATRIX := $(OLDEST) $(OLDEST_CELERY) $(RQ26) $(NEWEST)
 # The integration tests that need Celery (the oldest venv has none).
-CELERY_INTEGRATION := tests/integration/test_celery_call.py tests/integration/test_celery_prerun.py \
-	tests/integration/test_celery_received.py tests/integration/test_celery_superseded.py \
-	tests/integration/test_late_leases.py
+CELERY_INTEGRATION := tests/integration/test_celery_call.py tests/integration/test_celery_internals.py \
+	tests/integration/test_celery_prerun.py tests/integration/test_celery_received.py \
+	tests/integration/test_celery_superseded.py tests/integration/test_late_leases.py
 
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -48,7 +48,8 @@ matrix: $(MATRIX:%=%/bin/.installed)
 	$(OLDEST)/bin/pytest tests/unit tests/integration $(CELERY_INTEGRATION:%=--ignore=%) \
 		tests/e2e/test_rq_*.py tests/e2e/test_django.py
 	$(OLDEST_CELERY)/bin/pytest $(CELERY_INTEGRATION) tests/e2e/test_celery_*.py tests/e2e/test_sentry_workers.py
-	$(RQ26)/bin/pytest tests/integration/test_rq_adapter.py tests/e2e/test_rq_*.py
+	$(RQ26)/bin/pytest tests/integration/test_rq_adapter.py tests/integration/test_rq_internals.py \
+		tests/e2e/test_rq_*.py
 	$(NEWEST)/bin/pytest tests/unit tests/integration tests/e2e/test_rq_*.py tests/e2e/test_django.py \
 		tests/e2e/test_celery_healthy.py tests/e2e/test_celery_limits.py tests/e2e/test_sentry_workers.py
 

@@ -211,7 +211,7 @@ class RQDemo(Framework):
         return str(next((line for line in lines if line.startswith("zombieguard.")), lines[-1]))
 
     def cleanup(self) -> None:
-        self.client.srem("rq:queues", f"rq:queue:{self.queue}")
+        self.client.srem(self.rq_queue.redis_queues_keys, self.rq_queue.key)
 
 
 FRAMEWORKS: dict[str, tuple[str, str]] = {

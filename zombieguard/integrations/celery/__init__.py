@@ -74,12 +74,10 @@ try:
     from billiard.exceptions import WorkerLostError
     from celery import Celery, bootsteps, signals, states
     from celery.app.task import Context, Task
-    from celery.app.trace import task_has_custom
     from celery.backends.base import BaseKeyValueStoreBackend
     from celery.exceptions import Ignore, Reject, Retry, Terminated, TimeLimitExceeded
     from celery.exceptions import SoftTimeLimitExceeded as CelerySoftTimeLimitExceeded
     from celery.utils.imports import symbol_by_name
-    from celery.worker import state as worker_state
     from kombu.transport.virtual import Channel as VirtualChannel
     from kombu.utils import json as kombu_json
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -92,6 +90,7 @@ from zombieguard.deadletter import DeadLetterEntry
 from zombieguard.events import JobCompleted, JobStarted, JobTimedOut, WorkerZombie, emit, listened
 from zombieguard.events import JobHung as JobHungEvent
 from zombieguard.heartbeat import Heartbeat
+from zombieguard.integrations.celery import internals
 from zombieguard.lease import (
     AcquireStatus,
     CorruptRecord,
@@ -465,7 +464,7 @@ class ReceivedLog:
                 self._compact()
 
     def _compact(self) -> None:
-        held = {*worker_state.reserved_requests, *worker_state.active_requests}
+        held = internals.received_requests()
         text = b"".join(self._line(r) for r in held)
         temporary = self.path.with_suffix(".new")
         temporary.write_bytes(text)
@@ -519,7 +518,7 @@ def _restores_by_tag(app: Celery) -> bool:
     transport: its QoS puts one back by delivery tag), rather than returning them itself."""
     try:
         with app.connection_for_write() as connection:
-            return hasattr(connection.transport.Channel.QoS, "restore_by_tag")
+            return internals.restores_by_tag(connection.transport)
     except Exception:  # a transport that cannot say: nothing is written down for it
         return False
 
@@ -751,7 +750,7 @@ class Executor:
         if raw is None or not isinstance(backend, BaseKeyValueStoreBackend):
             return
         status = backend.decode_result(raw).get("status")
-        backend._set_with_state(backend.get_key_for_task(task_id), raw, status)
+        internals.store_raw_result(backend, task_id, raw, status)
 
     def _interrupted(self, state: _Running, exc: JobInterrupt) -> None:
         """Turn zombieguard's interrupt into Celery's outcome (raises)."""
@@ -856,7 +855,7 @@ def _payload(task: Task, request: Any, args: Any = None, kwargs: Any = None) -> 
 
 def _message_payload(request: Any) -> str:
     """The payload of the task a worker's main-process ``Request`` describes, as its message came."""
-    return _payload(request.task, request._context, request.args, request.kwargs)
+    return _payload(request.task, internals.request_context(request), request.args, request.kwargs)
 
 
 class _Snapshot:
@@ -1334,7 +1333,7 @@ class SlotMonitor:
         for index, tracked in enumerate(ended):
             state = tracked.state
             spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
-            revoked = state.job_id in worker_state.revoked
+            revoked = internals.revoked(state.job_id)
             try:
                 self.guard.store.release(
                     spec,
@@ -1554,7 +1553,7 @@ def _died_by_itself(state: SlotState, tracked: _Tracked | None) -> bool:
     """Whether a pool process that exited mid-task died on its own: not killed by this monitor (at
     a limit, or superseded) nor terminated by ``revoke(terminate=True)``, both of which Celery's
     report of the death settles."""
-    return not (tracked is not None and tracked.killed) and state.job_id not in worker_state.revoked
+    return not (tracked is not None and tracked.killed) and not internals.revoked(state.job_id)
 
 
 def _seconds(state: SlotState, kind: str) -> float:
@@ -1738,7 +1737,7 @@ class WorkerGuard(WorkerRuntime):
 
     def record_timeout(self, job_id: str, limit: float) -> None:
         """In the event loop: record a killed task as timed out, Celery's way (once)."""
-        for request in list(worker_state.active_requests):
+        for request in internals.active_requests():
             if request.id == job_id:
                 with contained(f"failing celery task {job_id}"):
                     request.zg_timed_out(limit)
@@ -1746,9 +1745,9 @@ class WorkerGuard(WorkerRuntime):
     def forget_request(self, job_id: str) -> None:
         """The running attempt of ``job_id`` here no longer holds the task (a newer attempt does):
         its request is done with and its message acked, and nothing of it is recorded."""
-        for request in list(worker_state.active_requests):
+        for request in internals.active_requests():
             if request.id == job_id:
-                worker_state.task_ready(request)
+                internals.task_ready(request)
                 request.acknowledge()
 
     # -- events from the pool ----------------------------------------------------------------------
@@ -1821,7 +1820,7 @@ class WorkerGuard(WorkerRuntime):
         state = self.monitor.unleased.pop(job_id, None) if self.monitor is not None else None
         if state is None:
             return
-        request = worker_state.requests.get(job_id)
+        request = internals.request_by_id(job_id)
         if request is None:
             log.warning("celery task %s: its pool process died; no request left to recover it", job_id)
             return
@@ -1835,7 +1834,7 @@ class WorkerGuard(WorkerRuntime):
     def request_payload(self, job_id: str) -> str | None:
         """Prefork: the payload of the task ``job_id`` as its message came (Celery's request for it
         in this process), for a lease written here; None when no request is left."""
-        request = worker_state.requests.get(job_id)
+        request = internals.request_by_id(job_id)
         return None if request is None else _message_payload(request)
 
     def _recover_unleased(self, state: SlotState, request: Any) -> bool:
@@ -1952,7 +1951,7 @@ class WorkerGuard(WorkerRuntime):
         received when it began to shut down) that never started and no thread will start now (all
         are zombies, or none is left to run); None while that may still change."""
         zombies = set(self.zombies.values())
-        active = {r.id for r in list(worker_state.active_requests)}
+        active = {r.id for r in internals.active_requests()}
         if not active <= zombies or not self._consumer_stopped():
             return None
         waiting = [
@@ -1978,7 +1977,7 @@ class WorkerGuard(WorkerRuntime):
             self.name,
             self.config.settings.zombie_thread_share,
         )
-        held = [*worker_state.reserved_requests, *getattr(worker_state, "scheduled_requests", ())]
+        held = internals.held_requests()
         os.kill(os.getpid(), signal.SIGTERM)
 
         def exit_when_only_zombies() -> None:
@@ -2015,22 +2014,17 @@ def hand_back(app: Celery, received: Iterable[Received], ran: Collection[str] = 
     unacked messages itself when its connection closes. Through a connection of its own: the
     worker's channel may be closed, or its process gone.
     """
-    with app.connection_for_write() as connection:
-        channel: Any = connection.default_channel
-        qos: Any = getattr(channel, "qos", None)
-        if not hasattr(qos, "restore_by_tag"):
+    with internals.unacked(app) as unacked:
+        if unacked is None:
             return
-        # The index's key as stored (kombu's prefixing client does not prefix ZSCORE).
-        index = redis.Redis(connection_pool=channel.client.connection_pool)
-        index_key = channel.global_keyprefix + channel.unacked_index_key
         for message in received:
-            delivered = index.zscore(index_key, message.tag)
+            delivered = unacked.delivered_at(message.tag)
             if delivered is None or delivered > message.at:
                 continue  # acked, or delivered again since to some worker
             if message.tag in ran and _recorded_end(app, message.task_id):
-                qos.reject(message.tag, requeue=False)
+                unacked.drop(message.tag)
             else:
-                qos.restore_by_tag(message.tag, leftmost=True)
+                unacked.restore(message.tag)
 
 
 class WorkerGuardStep(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -2091,7 +2085,6 @@ class GuardedRequestMixin:
         args: Any
         kwargs: Any
         store_errors: bool
-        _context: Any
 
         def acknowledge(self) -> None: ...
         def reject(self, requeue: bool = False) -> Any: ...
@@ -2150,7 +2143,7 @@ class GuardedRequestMixin:
             limit,
         )
         self._zg_timed_out = True
-        worker_state.task_ready(self)
+        internals.task_ready(self)
         self.acknowledge()
         return True
 
@@ -2162,17 +2155,19 @@ class GuardedRequestMixin:
             return
         self._zg_timed_out = True
         task = self.task
-        worker_state.task_ready(self)
+        internals.task_ready(self)
         log.error("Hard time limit (%ss) exceeded for %s[%s]", limit, task.name, self.id)
         exc = TimeLimitExceeded(limit)
-        task.backend.mark_as_failure(self.id, exc, request=self._context, store_result=self.store_errors)
+        task.backend.mark_as_failure(
+            self.id, exc, request=internals.request_context(self), store_result=self.store_errors
+        )
         try:
             raise exc
         except TimeLimitExceeded:
             einfo = ExceptionInfo()
         with contained(f"on_failure of celery task {self.id}"):
             task.on_failure(exc, self.id, self.args, self.kwargs, einfo)
-            if task_has_custom(task, "after_return"):
+            if internals.has_custom_after_return(task):
                 task.after_return(states.FAILURE, exc, self.id, self.args, self.kwargs, None)
         signals.task_failure.send(
             sender=task,
@@ -2198,7 +2193,7 @@ class GuardedRequestMixin:
         exc = getattr(exc_info, "exception", None)
         exc = getattr(exc, "exc", exc)  # ExceptionWithTraceback
         if self._zg_timed_out:
-            worker_state.task_ready(self)
+            internals.task_ready(self)
             return  # already recorded as timed out; the late news of its process is not another failure
         if isinstance(exc, TimeLimitExceeded) and not return_ok and self._zg_superseded(exc):
             return  # the pool's own hard limit (a task's own exception comes with return_ok)
@@ -2215,7 +2210,7 @@ class GuardedRequestMixin:
                 self.zg_timed_out(limit or 0)
                 return
             if verdict in ("stalled", "lost"):
-                worker_state.task_ready(self)
+                internals.task_ready(self)
                 self.acknowledge()
                 return
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)  # type: ignore[misc]

@@ -63,7 +63,6 @@ try:
     from rq.executions import Execution
     from rq.job import Job, JobStatus
     from rq.queue import Queue
-    from rq.registry import StartedJobRegistry
     from rq.timeouts import JobTimeoutException as RQJobTimeoutException
     from rq.timeouts import TimerDeathPenalty
     from rq.worker import SimpleWorker, Worker, WorkerStatus
@@ -76,6 +75,7 @@ from zombieguard.attempt import Attempt, running
 from zombieguard.deadletter import DeadLetterEntry
 from zombieguard.events import JobCompleted, JobStarted, JobTimedOut, emit
 from zombieguard.events import JobHung as JobHungEvent
+from zombieguard.integrations.rq import internals
 from zombieguard.lease import (
     Acquired,
     AcquireStatus,
@@ -85,7 +85,6 @@ from zombieguard.lease import (
     LeaseStore,
     Outcome,
     PendingAcquire,
-    text,
 )
 from zombieguard.policy import Config, Policy, current_config, guard_fields
 from zombieguard.runtime import WorkerRuntime
@@ -104,8 +103,6 @@ from zombieguard.watchdog import (
 
 RQ_VERSION = require("rq", rq.__version__)
 _RQ3 = RQ_VERSION >= (3,)
-_RQ_FAILURE_NAMES_WORKER = RQ_VERSION >= (2, 5)
-"""Whether RQ's ``Job._handle_failure`` takes ``worker_name`` (added in RQ 2.5)."""
 
 
 def run_failure_callback(job: Job, death_penalty_class: Any, error: BaseException) -> None:
@@ -184,18 +181,6 @@ STRANDED_AFTER = 5.0
 """Seconds a job must sit in RQ's intermediate queue, unstarted, before a sweeper puts it back: a live
 worker moves it on within a few round trips; one that died (or froze) after taking it never does."""
 
-_RECLAIM = """
--- A job id found in RQ's intermediate queue, unstarted for STRANDED_AFTER: its worker took it from
--- the queue and died (or froze) before preparing it. KEYS: intermediate, queue, job hash; ARGV: id.
-if not redis.call('LPOS', KEYS[1], ARGV[1]) then return 'gone' end
-local status = redis.call('HGET', KEYS[3], 'status')
-if status == 'started' then return 'started' end  -- its lease and RQ's started registry cover it
-redis.call('LREM', KEYS[1], 1, ARGV[1])
-if status ~= 'queued' or redis.call('LPOS', KEYS[2], ARGV[1]) then return 'dropped' end
-redis.call('LPUSH', KEYS[2], ARGV[1])  -- the front, as RQ puts back what it gives up on
-return 'requeued'
-"""
-
 
 class RQAdapter:
     """How the core acts on RQ jobs (requeue, fail, stop, republish)."""
@@ -219,7 +204,7 @@ class RQAdapter:
         self.queues = tuple(queues)
         """The queues of the worker this adapter serves (a sweeper also looks at every queue guarded
         jobs ran from)."""
-        self._reclaim = connection.register_script(_RECLAIM)
+        self._intermediate = internals.Intermediate(connection, job_class)
         self._unstarted: dict[tuple[str, str], float] = {}
         """(queue, job id) seen unstarted in the queue's intermediate queue, and since when."""
 
@@ -235,19 +220,6 @@ class RQAdapter:
             name, connection=self.connection, job_class=self.job_class, serializer=self.serializer
         )
 
-    def _forget_executions(self, job: Job, queue_name: str, pipe: Any) -> None:
-        """Drop a dead attempt's executions from RQ's started registry (RQ would call them abandoned).
-
-        Members are ``<job id>:<execution id>``; the registry holds the running jobs only, so
-        reading it whole at a recovery is cheap.
-        """
-        registry_key = StartedJobRegistry(queue_name, connection=self.connection).key
-        for member in self.connection.zrange(registry_key, 0, -1):
-            job_id, _, execution_id = text(member).partition(":")
-            if job_id == job.id and execution_id:
-                pipe.zrem(registry_key, member)
-                pipe.delete(Execution(execution_id, job.id, connection=self.connection).key)
-
     def requeue(self, record: LeaseRecord) -> bool:
         """Back on the front of its queue, same job id, as the next attempt; False if it had ended."""
         job = self._job(record.job_id)
@@ -255,7 +227,7 @@ class RQAdapter:
             return False
         queue = self._queue(record.queue or job.origin)
         with self.connection.pipeline() as pipe:
-            self._forget_executions(job, queue.name, pipe)
+            internals.forget_executions(self.connection, job.id, queue.name, pipe)
             pipe.execute()
         if self._waiting(queue, job.id):
             return True  # put back already (see reclaim): a second copy would run it twice
@@ -286,15 +258,9 @@ class RQAdapter:
         with contained(f"on_failure callback of rq job {job.id}"):
             run_failure_callback(job, TimerDeathPenalty, error)
         with self.connection.pipeline() as pipe:
-            self._forget_executions(job, record.queue or job.origin, pipe)
+            internals.forget_executions(self.connection, job.id, record.queue or job.origin, pipe)
             job.set_status(JobStatus.FAILED, pipeline=pipe)
-            # RQ's own worker-less failure path (abandoned-job cleanup): failed registry and a
-            # failure Result, so job.latest_result() tells why. Private to RQ, used here only
-            # (tests/integration/test_rq_adapter.py pins it); RQ < 2.5 records no worker name.
-            if _RQ_FAILURE_NAMES_WORKER:
-                job._handle_failure(exc_string, pipe, worker_name=record.worker)
-            else:
-                job._handle_failure(exc_string, pipe)
+            internals.record_failure(job, exc_string, pipe, record.worker)
             pipe.execute()
         return True
 
@@ -328,13 +294,12 @@ class RQAdapter:
         requeued: list[str] = []
         for name in sorted({*queues, *self.queues}):
             queue = self._queue(name)
-            for raw in self.connection.lrange(queue.intermediate_queue_key, 0, -1):
-                key = (name, text(raw))
+            for job_id in self._intermediate.job_ids(queue):
+                key = (name, job_id)
                 since = seen[key] = self._unstarted.get(key, now)
                 if now - since < STRANDED_AFTER or leased(key[1]):
                     continue
-                keys = [queue.intermediate_queue_key, queue.key, self.job_class.key_for(key[1])]
-                if text(self._reclaim(keys=keys, args=[key[1]])) == "requeued":
+                if self._intermediate.put_back(queue, job_id) == "requeued":
                     requeued.append(key[1])
                     log.warning(
                         "rq job %s: taken from queue %s by a worker that never started it; put back",
@@ -897,7 +862,7 @@ class _GuardedMixin:
         """In the parent: the horse did not exit normally. Decide what RQ is to record, if anything."""
         if attempt.lost is not None:
             return False  # killed because a newer attempt holds the job: nothing of this one is recorded
-        if getattr(self, "_stopped_job_id", None) == job.id:
+        if internals.stop_requested_for(self) == job.id:
             # Stopped on request (send_stop_job_command): RQ's STOPPED, not a stall to recover.
             return self._zg_release(attempt, Outcome.STOPPED, "stopped on request (send_stop_job_command)")
         if self._zg_kill_command and self._zg_stop is None:

@@ -1,0 +1,150 @@
+"""The Celery and kombu internals zombieguard relies on (``zombieguard.integrations.celery.internals``,
+listed in docs/internals.md), pinned against the installed Celery and kombu on real Redis: a release
+that changes one fails here, by name."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery, states
+from celery.app.task import Context, Task
+from celery.contrib.testing.mocks import TaskMessage
+from celery.worker import state as worker_state
+from celery.worker.request import Request
+from kombu import Exchange, Queue
+
+from tests.conftest import delete_prefixed
+from zombieguard.integrations.celery import internals
+
+
+@pytest.fixture
+def app(redis_url: str, key_prefix: str) -> Iterator[Celery]:
+    """A Celery app on the test Redis, under a key prefix of the test's own."""
+    celery = Celery("internals", set_as_current=False)
+    options = {"global_keyprefix": f"{key_prefix}:"}
+    celery.conf.update(
+        broker_url=redis_url,
+        broker_transport_options=options,
+        result_backend=redis_url,
+        result_backend_transport_options=options,
+    )
+    yield celery
+    celery.close()
+    client = redis.Redis.from_url(redis_url)
+    delete_prefixed(client, f"{key_prefix}:*")
+    client.close()
+
+
+def _request(app: Celery, task: Task, **headers: Any) -> Request:
+    """A worker's request for ``task``, built from a message as Celery's consumer builds one."""
+    message = TaskMessage(task.name, id=f"t-{uuid.uuid4().hex}", args=(2, 3), **headers)
+    return Request(message, app=app, task=task)
+
+
+def test_a_request_s_context_is_the_task_context_its_message_came_with(app: Celery) -> None:
+    @app.task(name="internals.add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    request = _request(app, add, retries=2, zombieguard_attempt=3)
+    context = internals.request_context(request)
+    assert isinstance(context, Context)
+    assert (context.id, context.retries, context.args) == (request.id, 2, (2, 3))
+    assert context.zombieguard_attempt == 3
+
+
+def test_a_stored_result_written_back_raw_is_read_as_it_was_with_its_expiry(app: Celery) -> None:
+    backend = app.backend
+    task_id = f"t-{uuid.uuid4().hex}"
+    backend.mark_as_failure(task_id, ValueError("its own error"))
+    key = backend.get_key_for_task(task_id)
+    raw = backend.get(key)
+    backend.mark_as_started(task_id)
+    assert app.AsyncResult(task_id).state == states.STARTED
+
+    internals.store_raw_result(backend, task_id, raw, states.FAILURE)
+
+    assert backend.get(key) == raw
+    assert app.AsyncResult(task_id).state == states.FAILURE
+    assert 0 < backend.client.ttl(key) <= app.conf.result_expires.total_seconds()
+
+
+def test_only_a_task_that_defines_after_return_is_said_to_have_one(app: Celery) -> None:
+    class Cleans(Task):  # type: ignore[misc]
+        def after_return(self, *args: Any, **kwargs: Any) -> None:
+            """Clean up."""
+
+    @app.task(name="internals.plain")
+    def plain() -> None:
+        """Nothing."""
+
+    @app.task(name="internals.cleans", base=Cleans)
+    def cleans() -> None:
+        """Nothing."""
+
+    assert not internals.has_custom_after_return(plain)
+    assert internals.has_custom_after_return(cleans)
+
+
+def test_the_worker_s_request_state_reads_reserved_active_revoked_and_ready(app: Celery) -> None:
+    @app.task(name="internals.noop")
+    def task(a: int, b: int) -> None:
+        """Nothing."""
+
+    held, running = _request(app, task), _request(app, task)
+    worker_state.task_reserved(held)
+    worker_state.task_reserved(running)
+    worker_state.task_accepted(running)
+    try:
+        assert {held, running} <= set(internals.held_requests())  # reserved until ready, started or not
+        assert internals.active_requests() == [running]
+        assert {held, running} <= internals.received_requests()
+        assert internals.request_by_id(held.id) is held
+        assert not internals.revoked(running.id)
+        worker_state.revoked.add(running.id)
+        assert internals.revoked(running.id)
+        internals.task_ready(running)
+        assert internals.active_requests() == []
+        assert internals.request_by_id(running.id) is None
+    finally:
+        worker_state.revoked.discard(running.id)
+        for request in (held, running):
+            worker_state.task_ready(request)
+
+
+def test_kombu_s_redis_transport_restores_an_unacked_message_by_tag_and_rabbitmq_s_does_not_need_to(
+    app: Celery,
+) -> None:
+    with app.connection_for_write() as connection:
+        assert internals.restores_by_tag(connection.transport)
+    assert not internals.restores_by_tag(
+        Celery(broker="amqp://127.0.0.1:1//").connection_for_write().transport
+    )
+
+    queue = Queue(f"q-{uuid.uuid4().hex[:8]}", Exchange("internals", type="direct"), routing_key="r")
+    with app.connection_for_write() as connection:
+        connection.Producer().publish("body", exchange=queue.exchange, routing_key="r", declare=[queue])
+        channel = connection.default_channel
+        message = channel.basic_get(queue.name, no_ack=False)  # delivered: in the unacked hash now
+        assert message is not None
+        tag = message.delivery_tag
+        with internals.unacked(app) as unacked:
+            assert unacked is not None
+            delivered = unacked.delivered_at(tag)
+            assert delivered is not None
+            assert delivered > 0
+            unacked.restore(tag)
+            assert unacked.delivered_at(tag) is None
+        again = channel.basic_get(queue.name, no_ack=False)
+        assert again is not None
+        assert again.body == message.body
+        with internals.unacked(app) as unacked:
+            assert unacked is not None
+            unacked.drop(again.delivery_tag)
+            assert unacked.delivered_at(again.delivery_tag) is None
+        assert channel.basic_get(queue.name, no_ack=False) is None  # dropped for good
+        assert channel.client.hlen(channel.unacked_key) == 0

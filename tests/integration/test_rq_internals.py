@@ -1,0 +1,138 @@
+"""The RQ internals zombieguard relies on (``zombieguard.integrations.rq.internals``, listed in
+docs/internals.md), pinned against the installed RQ on real Redis: an RQ release that changes one
+fails here, by name."""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from rq import Queue, Worker
+from rq.command import handle_stop_job_command
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+
+from zombieguard.integrations.rq import RQ_VERSION, internals
+from zombieguard.lease import text
+
+
+@pytest.fixture
+def markers(client: redis.Redis) -> Iterator[list[str]]:
+    """Names (queue, job ids, worker) the test made: RQ keys holding any of them are deleted afterwards."""
+    seen: list[str] = []
+    yield seen
+    keys = [k for k in client.scan_iter(match="rq:*", count=1000) if any(m.encode() in k for m in seen)]
+    if keys:
+        client.delete(*keys)
+    for name in seen:
+        client.srem(Queue.redis_queues_keys, f"{Queue.redis_queue_namespace_prefix}{name}")
+        client.srem(Worker.redis_workers_keys, f"{Worker.redis_worker_namespace_prefix}{name}")
+
+
+@pytest.fixture
+def queue(client: redis.Redis, markers: list[str]) -> Queue:
+    """A queue of the test's own."""
+    q = Queue(f"zgq-{uuid.uuid4().hex[:10]}", connection=client)
+    markers.append(q.name)
+    return q
+
+
+def test_rq_s_private_handle_failure_takes_a_worker_name_exactly_where_zombieguard_passes_one() -> None:
+    parameters = inspect.signature(Job._handle_failure).parameters
+    assert list(parameters)[:3] == ["self", "exc_string", "pipeline"]
+    assert ("worker_name" in parameters) is (RQ_VERSION >= (2, 5))
+
+
+def test_record_failure_puts_the_job_in_the_failed_registry_with_a_failure_result(
+    client: redis.Redis, queue: Queue, markers: list[str]
+) -> None:
+    job = queue.enqueue("tests.rq_jobs.add", 1, 1)
+    markers.append(job.id)
+    with client.pipeline() as pipe:
+        job.set_status(JobStatus.FAILED, pipeline=pipe)
+        internals.record_failure(job, "zombieguard.JobHung: no progress", pipe, "zgw-internals")
+        pipe.execute()
+    assert job.id in queue.failed_job_registry.get_job_ids()
+    result = job.latest_result()
+    assert result is not None
+    assert result.exc_string == "zombieguard.JobHung: no progress"
+
+
+def test_rq_s_stop_command_marks_the_job_zombieguard_reads_as_stopped_on_request(
+    client: redis.Redis, queue: Queue, markers: list[str]
+) -> None:
+    worker = Worker([queue], connection=client, name=f"zgw-{uuid.uuid4().hex[:10]}")
+    markers.append(worker.name)
+    job = queue.enqueue("tests.rq_jobs.add", 1, 1)
+    markers.append(job.id)
+    assert internals.stop_requested_for(worker) is None
+    worker.prepare_execution(job)  # what RQ's worker does before it forks the horse (RQ 3: current job)
+    if RQ_VERSION < (3,):
+        worker.set_current_job_id(job.id)  # what RQ 2's horse does as it prepares the job
+    killed: list[bool] = []
+    worker.kill_horse = lambda *_, **__: killed.append(True)  # type: ignore[method-assign]
+    handle_stop_job_command(worker, {"job_id": job.id})
+    assert killed == [True]
+    assert internals.stop_requested_for(worker) == job.id
+
+
+def test_forget_executions_removes_what_rq_s_worker_wrote_for_a_started_job(
+    client: redis.Redis, queue: Queue, markers: list[str]
+) -> None:
+    worker = Worker([queue], connection=client, name=f"zgw-{uuid.uuid4().hex[:10]}")
+    markers.append(worker.name)
+    job = queue.enqueue("tests.rq_jobs.add", 1, 1)
+    other = queue.enqueue("tests.rq_jobs.add", 2, 2)
+    markers += [job.id, other.id]
+    execution = worker.prepare_execution(job)
+    kept = worker.prepare_execution(other)
+    registry = StartedJobRegistry(queue.name, connection=client)
+    members = {text(m) for m in client.zrange(registry.key, 0, -1)}
+    assert members == {f"{job.id}:{execution.id}", f"{other.id}:{kept.id}"}
+    assert client.exists(execution.key)
+
+    with client.pipeline() as pipe:
+        internals.forget_executions(client, job.id, queue.name, pipe)
+        pipe.execute()
+
+    assert [text(m) for m in client.zrange(registry.key, 0, -1)] == [f"{other.id}:{kept.id}"]
+    assert not client.exists(execution.key)
+    assert client.exists(kept.key)
+
+
+def test_a_job_rq_took_into_its_intermediate_list_is_put_back_at_the_front_of_its_queue(
+    client: redis.Redis, queue: Queue, markers: list[str]
+) -> None:
+    taken = queue.enqueue("tests.rq_jobs.add", 1, 1)
+    waiting = queue.enqueue("tests.rq_jobs.add", 2, 2)
+    markers += [taken.id, waiting.id]
+    dequeued = Queue.dequeue_any([queue], timeout=1, connection=client)
+    assert dequeued is not None
+    assert dequeued[0].id == taken.id
+    intermediate = internals.Intermediate(client, Job)
+    assert intermediate.job_ids(queue) == [taken.id]
+
+    assert intermediate.put_back(queue, taken.id) == "requeued"
+    assert intermediate.job_ids(queue) == []
+    assert queue.get_job_ids() == [taken.id, waiting.id]
+    assert intermediate.put_back(queue, taken.id) == "gone"
+
+
+@pytest.mark.parametrize(
+    ("status", "reply"), [(JobStatus.STARTED, "started"), (JobStatus.FINISHED, "dropped")]
+)
+def test_a_job_that_started_or_ended_is_not_put_back_from_the_intermediate_list(
+    client: redis.Redis, queue: Queue, markers: list[str], status: JobStatus, reply: str
+) -> None:
+    job = queue.enqueue("tests.rq_jobs.add", 1, 1)
+    markers.append(job.id)
+    assert Queue.dequeue_any([queue], timeout=1, connection=client) is not None
+    job.set_status(status)
+    intermediate = internals.Intermediate(client, Job)
+
+    assert intermediate.put_back(queue, job.id) == reply
+    assert queue.get_job_ids() == []
+    assert intermediate.job_ids(queue) == ([job.id] if reply == "started" else [])

@@ -1,0 +1,113 @@
+"""What the Celery integration relies on in Celery and kombu beyond their public API.
+
+Each function here is the one place its internal is used, so that a release that changes it breaks
+here and nowhere else; docs/internals.md lists each with the test that pins it
+(``tests/integration/test_celery_internals.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.app.task import Task
+from celery.app.trace import task_has_custom
+from celery.backends.base import BaseKeyValueStoreBackend
+from celery.worker import state as worker_state
+
+
+def request_context(request: Any) -> Any:
+    """The task's context as its message came (``Request._context``: what Celery itself passes to
+    the result backend as ``request=``)."""
+    return request._context
+
+
+def store_raw_result(backend: BaseKeyValueStoreBackend, task_id: str, raw: bytes | str, status: str) -> None:
+    """Write a result exactly as the backend had stored it, with the expiry and notifications of an
+    ordinary store (``BaseKeyValueStoreBackend._set_with_state``)."""
+    backend._set_with_state(backend.get_key_for_task(task_id), raw, status)
+
+
+def has_custom_after_return(task: Task) -> bool:
+    """Whether the task defines its own ``after_return`` (Celery's tracer calls it only then)."""
+    return bool(task_has_custom(task, "after_return"))
+
+
+# The worker's global request state (``celery.worker.state``), read in the worker's main process.
+
+
+def active_requests() -> list[Any]:
+    """The requests the worker's pool is running."""
+    return list(worker_state.active_requests)
+
+
+def held_requests() -> list[Any]:
+    """The requests the worker received and has not done with: reserved (a request stays reserved
+    while it runs, until it is ready) and, with an ETA or countdown, scheduled (a set Celery 5.3
+    does not keep)."""
+    return [*worker_state.reserved_requests, *getattr(worker_state, "scheduled_requests", ())]
+
+
+def received_requests() -> set[Any]:
+    """Every request the worker holds: reserved or running."""
+    return {*worker_state.reserved_requests, *worker_state.active_requests}
+
+
+def request_by_id(task_id: str) -> Any | None:
+    """The worker's request for ``task_id``, if it still holds one."""
+    return worker_state.requests.get(task_id)
+
+
+def revoked(task_id: str) -> bool:
+    """Whether ``task_id`` was revoked (by ``revoke`` or ``terminate``) in this worker."""
+    return task_id in worker_state.revoked
+
+
+def task_ready(request: Any) -> None:
+    """Tell the worker a request is done with (it leaves the active and reserved sets)."""
+    worker_state.task_ready(request)
+
+
+# kombu's Redis transport: its QoS keeps a delivered message in the ``unacked`` hash, indexed by the
+# time of delivery in ``unacked_index``, until it is acked or the visibility timeout passes.
+
+
+def restores_by_tag(transport: Any) -> bool:
+    """Whether a kombu transport's QoS can put an unacked message back by its delivery tag (the
+    Redis transport's can; py-amqp's has no QoS class of its own)."""
+    return hasattr(getattr(getattr(transport, "Channel", None), "QoS", None), "restore_by_tag")
+
+
+class Unacked:
+    """The unacked messages of kombu's Redis transport, through one channel."""
+
+    def __init__(self, channel: Any) -> None:
+        self._qos = channel.qos
+        # The index's key as stored (kombu's prefixing client does not prefix ZSCORE).
+        self._index = redis.Redis(connection_pool=channel.client.connection_pool)
+        self._index_key = channel.global_keyprefix + channel.unacked_index_key
+
+    def delivered_at(self, tag: str) -> float | None:
+        """When the message was last delivered (None: acked, or never delivered)."""
+        score = self._index.zscore(self._index_key, tag)
+        return None if score is None else float(score)
+
+    def restore(self, tag: str) -> None:
+        """Put the message back at the front of its queue."""
+        self._qos.restore_by_tag(tag, leftmost=True)
+
+    def drop(self, tag: str) -> None:
+        """Remove the message for good."""
+        self._qos.reject(tag, requeue=False)
+
+
+@contextmanager
+def unacked(app: Celery) -> Iterator[Unacked | None]:
+    """The app's unacked messages, through a connection of its own; None when its broker keeps
+    none for this (RabbitMQ returns a consumer's unacked messages itself when it goes)."""
+    with app.connection_for_write() as connection:
+        channel: Any = connection.default_channel
+        yield Unacked(channel) if hasattr(getattr(channel, "qos", None), "restore_by_tag") else None
