@@ -5,11 +5,8 @@ that changes one fails here, by name."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-import redis
 from celery import Celery, states
 from celery.app.task import Context, Task
 from celery.contrib.testing.mocks import TaskMessage
@@ -17,26 +14,7 @@ from celery.worker import state as worker_state
 from celery.worker.request import Request
 from kombu import Exchange, Queue
 
-from tests.conftest import delete_prefixed
 from zombieguard.integrations.celery import internals
-
-
-@pytest.fixture
-def app(redis_url: str, key_prefix: str) -> Iterator[Celery]:
-    """A Celery app on the test Redis, under a key prefix of the test's own."""
-    celery = Celery("internals", set_as_current=False)
-    options = {"global_keyprefix": f"{key_prefix}:"}
-    celery.conf.update(
-        broker_url=redis_url,
-        broker_transport_options=options,
-        result_backend=redis_url,
-        result_backend_transport_options=options,
-    )
-    yield celery
-    celery.close()
-    client = redis.Redis.from_url(redis_url)
-    delete_prefixed(client, f"{key_prefix}:*")
-    client.close()
 
 
 def _request(app: Celery, task: Task, **headers: Any) -> Request:

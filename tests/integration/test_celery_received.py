@@ -4,34 +4,12 @@ Redis broker (kombu's own consumer takes the messages, as a worker's does)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import redis
 from celery import Celery
 from kombu import Connection, Exchange, Queue
 
-from tests.conftest import delete_prefixed
 from zombieguard.integrations.celery import ReceivedLog, hand_back
-
-
-@pytest.fixture
-def app(redis_url: str, key_prefix: str) -> Iterator[Celery]:
-    """A Celery app on the test Redis, under a key prefix of the test's own."""
-    celery = Celery("received", set_as_current=False)
-    options = {"global_keyprefix": f"{key_prefix}:"}
-    celery.conf.update(
-        broker_url=redis_url,
-        broker_transport_options=options,
-        result_backend=redis_url,
-        result_backend_transport_options=options,
-    )
-    yield celery
-    celery.close()
-    client = redis.Redis.from_url(redis_url)
-    delete_prefixed(client, f"{key_prefix}:*")
-    client.close()
 
 
 class _Request:

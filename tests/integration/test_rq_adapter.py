@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
-import pytest
 import redis
 from rq import Queue
 from rq.job import JobStatus
@@ -15,24 +13,12 @@ from zombieguard.lease import AcquireStatus, JobSpec, LeaseStore
 from zombieguard.policy import Policy
 
 
-@pytest.fixture
-def markers(client: redis.Redis) -> Iterator[list[str]]:
-    """The test's queue name and job ids: RQ keys holding any of them are deleted afterwards."""
-    seen: list[str] = []
-    yield seen
-    keys = [k for k in client.scan_iter(match="rq:*", count=1000) if any(m.encode() in k for m in seen)]
-    if keys:
-        client.delete(*keys)
-    for name in seen:
-        client.srem("rq:queues", f"rq:queue:{name}")
-
-
 def test_a_timed_out_job_is_failed_the_rq_way_with_its_reason(
-    client: redis.Redis, store: LeaseStore, markers: list[str]
+    client: redis.Redis, store: LeaseStore, rq_markers: list[str]
 ) -> None:
     queue = Queue(f"zgq-{uuid.uuid4().hex[:10]}", connection=client)
     job = queue.enqueue("tests.rq_jobs.add", 1, 1)
-    markers += [queue.name, job.id]
+    rq_markers += [queue.name, job.id]
     spec = JobSpec(job.id, "rq", "tests.rq_jobs.add", queue.name, '{"description": "add(1, 1)"}')
     acquired = store.acquire(spec, "zgw-pinned", Policy(hard_timeout=2))
     assert acquired.status is AcquireStatus.ACQUIRED

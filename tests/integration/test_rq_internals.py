@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import inspect
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -20,24 +19,25 @@ from zombieguard.lease import text
 
 
 @pytest.fixture
-def markers(client: redis.Redis) -> Iterator[list[str]]:
-    """Names (queue, job ids, worker) the test made: RQ keys holding any of them are deleted afterwards."""
-    seen: list[str] = []
-    yield seen
-    keys = [k for k in client.scan_iter(match="rq:*", count=1000) if any(m.encode() in k for m in seen)]
-    if keys:
-        client.delete(*keys)
-    for name in seen:
-        client.srem(Queue.redis_queues_keys, f"{Queue.redis_queue_namespace_prefix}{name}")
-        client.srem(Worker.redis_workers_keys, f"{Worker.redis_worker_namespace_prefix}{name}")
+def queue(client: redis.Redis, rq_markers: list[str]) -> Queue:
+    """A queue of the test's own."""
+    q = Queue(f"zgq-{uuid.uuid4().hex[:10]}", connection=client)
+    rq_markers.append(q.name)
+    return q
 
 
 @pytest.fixture
-def queue(client: redis.Redis, markers: list[str]) -> Queue:
-    """A queue of the test's own."""
-    q = Queue(f"zgq-{uuid.uuid4().hex[:10]}", connection=client)
-    markers.append(q.name)
-    return q
+def worker(client: redis.Redis, queue: Queue, rq_markers: list[str]) -> Worker:
+    """An RQ worker of that queue (not started: the test calls what RQ's worker calls)."""
+    w = Worker([queue], connection=client, name=f"zgw-{uuid.uuid4().hex[:10]}")
+    rq_markers.append(w.name)
+    return w
+
+
+def _enqueue(queue: Queue, rq_markers: list[str], *args: int) -> Job:
+    job = queue.enqueue("tests.rq_jobs.add", *args)
+    rq_markers.append(job.id)
+    return job
 
 
 def test_rq_s_private_handle_failure_takes_a_worker_name_exactly_where_zombieguard_passes_one() -> None:
@@ -47,10 +47,9 @@ def test_rq_s_private_handle_failure_takes_a_worker_name_exactly_where_zombiegua
 
 
 def test_record_failure_puts_the_job_in_the_failed_registry_with_a_failure_result(
-    client: redis.Redis, queue: Queue, markers: list[str]
+    client: redis.Redis, queue: Queue, rq_markers: list[str]
 ) -> None:
-    job = queue.enqueue("tests.rq_jobs.add", 1, 1)
-    markers.append(job.id)
+    job = _enqueue(queue, rq_markers, 1, 1)
     with client.pipeline() as pipe:
         job.set_status(JobStatus.FAILED, pipeline=pipe)
         internals.record_failure(job, "zombieguard.JobHung: no progress", pipe, "zgw-internals")
@@ -62,12 +61,9 @@ def test_record_failure_puts_the_job_in_the_failed_registry_with_a_failure_resul
 
 
 def test_rq_s_stop_command_marks_the_job_zombieguard_reads_as_stopped_on_request(
-    client: redis.Redis, queue: Queue, markers: list[str]
+    worker: Worker, queue: Queue, rq_markers: list[str]
 ) -> None:
-    worker = Worker([queue], connection=client, name=f"zgw-{uuid.uuid4().hex[:10]}")
-    markers.append(worker.name)
-    job = queue.enqueue("tests.rq_jobs.add", 1, 1)
-    markers.append(job.id)
+    job = _enqueue(queue, rq_markers, 1, 1)
     assert internals.stop_requested_for(worker) is None
     worker.prepare_execution(job)  # what RQ's worker does before it forks the horse (RQ 3: current job)
     if RQ_VERSION < (3,):
@@ -80,13 +76,9 @@ def test_rq_s_stop_command_marks_the_job_zombieguard_reads_as_stopped_on_request
 
 
 def test_forget_executions_removes_what_rq_s_worker_wrote_for_a_started_job(
-    client: redis.Redis, queue: Queue, markers: list[str]
+    client: redis.Redis, worker: Worker, queue: Queue, rq_markers: list[str]
 ) -> None:
-    worker = Worker([queue], connection=client, name=f"zgw-{uuid.uuid4().hex[:10]}")
-    markers.append(worker.name)
-    job = queue.enqueue("tests.rq_jobs.add", 1, 1)
-    other = queue.enqueue("tests.rq_jobs.add", 2, 2)
-    markers += [job.id, other.id]
+    job, other = _enqueue(queue, rq_markers, 1, 1), _enqueue(queue, rq_markers, 2, 2)
     execution = worker.prepare_execution(job)
     kept = worker.prepare_execution(other)
     registry = StartedJobRegistry(queue.name, connection=client)
@@ -104,11 +96,9 @@ def test_forget_executions_removes_what_rq_s_worker_wrote_for_a_started_job(
 
 
 def test_a_job_rq_took_into_its_intermediate_list_is_put_back_at_the_front_of_its_queue(
-    client: redis.Redis, queue: Queue, markers: list[str]
+    client: redis.Redis, queue: Queue, rq_markers: list[str]
 ) -> None:
-    taken = queue.enqueue("tests.rq_jobs.add", 1, 1)
-    waiting = queue.enqueue("tests.rq_jobs.add", 2, 2)
-    markers += [taken.id, waiting.id]
+    taken, waiting = _enqueue(queue, rq_markers, 1, 1), _enqueue(queue, rq_markers, 2, 2)
     dequeued = Queue.dequeue_any([queue], timeout=1, connection=client)
     assert dequeued is not None
     assert dequeued[0].id == taken.id
@@ -125,10 +115,9 @@ def test_a_job_rq_took_into_its_intermediate_list_is_put_back_at_the_front_of_it
     ("status", "reply"), [(JobStatus.STARTED, "started"), (JobStatus.FINISHED, "dropped")]
 )
 def test_a_job_that_started_or_ended_is_not_put_back_from_the_intermediate_list(
-    client: redis.Redis, queue: Queue, markers: list[str], status: JobStatus, reply: str
+    client: redis.Redis, queue: Queue, rq_markers: list[str], status: JobStatus, reply: str
 ) -> None:
-    job = queue.enqueue("tests.rq_jobs.add", 1, 1)
-    markers.append(job.id)
+    job = _enqueue(queue, rq_markers, 1, 1)
     assert Queue.dequeue_any([queue], timeout=1, connection=client) is not None
     job.set_status(status)
     intermediate = internals.Intermediate(client, Job)
