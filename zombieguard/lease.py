@@ -165,6 +165,9 @@ class LeaseRecord:
     """Times a requeued job was published again because no worker started it."""
     stopped_by: str = ""
     """Who stopped the job (``zombieguard kill``), and why."""
+    verdict: str = ""
+    """The end a sweeper that claimed the job decided on and may have recorded in the framework
+    (``failed``, ``dead_lettered``) before it died: the sweeper that takes its claim over finishes it."""
 
     @classmethod
     def from_hash(cls, raw: Mapping[Any, Any]) -> LeaseRecord:
@@ -204,6 +207,7 @@ class LeaseRecord:
                 history=history,
                 republished=int(h.get("republished") or 0),
                 stopped_by=h.get("stopped_by", ""),
+                verdict=h.get("verdict", ""),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise CorruptRecord(f"lease record of {h.get('job', '?')!r} is unreadable: {exc!r}") from None
@@ -376,6 +380,7 @@ _SCRIPTS = (
     "reestablish",
     "abandon",
     "claim",
+    "decide",
     "finish",
     "seize",
     "completed",
@@ -867,6 +872,14 @@ class LeaseStore:
             checkpoint=None,
             claimed_at=float(raw["claimed_at"]),
         )
+
+    def decide(self, claimed: Claimed, state: FinishedState) -> bool:
+        """Write down the end a sweeper gives a claimed job before it records that end in the
+        framework; False when its claim was taken over meanwhile."""
+        reply = self._scripts["decide"](
+            keys=[self.lease_key(claimed.record.job_id)], args=[str(claimed.claim_token), state.value]
+        )
+        return int(reply) == 1
 
     def finish(
         self,

@@ -197,9 +197,17 @@ class Sweeper:
         with contained(f"sweeper asking {adapter.name} to stop {record.job_id}"):
             adapter.stop(record)
         ended = record.ended_attempt(claimed.reason, why, claimed.claimed_at, record.stack or None)
-        if not adapter.fail(record, claimed.reason, why):
-            self._already_ended(claimed, ended, report)
-        elif self._finish(claimed, FinishedState.FAILED, ended):
+        if not self._failed(
+            adapter,
+            claimed,
+            outcome=claimed.reason,
+            why=why,
+            state=FinishedState.FAILED,
+            ended=ended,
+            report=report,
+        ):
+            return
+        if self._finish(claimed, FinishedState.FAILED, ended):
             report.failed.append(record.job_id)
             emit(self.sender, record_event(JobHung if hung else JobTimedOut, record, why))
 
@@ -221,8 +229,14 @@ class Sweeper:
                 emit(self.sender, record_event(JobRecovered, record, why, details=details))
             return
         verdict = f"stalled {stalls} times (max_stalls={record.max_stalls}): a poison pill"
-        if not adapter.fail(record, "dead_lettered" if record.dead_letter else "stalled", verdict):
-            self._already_ended(claimed, ended, report)
+        outcome, state = (
+            ("dead_lettered", FinishedState.DEAD_LETTERED)
+            if record.dead_letter
+            else ("stalled", FinishedState.FAILED)
+        )
+        if not self._failed(
+            adapter, claimed, outcome=outcome, why=verdict, state=state, ended=ended, report=report
+        ):
             return
         if not record.dead_letter:
             if self._finish(claimed, FinishedState.FAILED, ended):
@@ -256,9 +270,17 @@ class Sweeper:
         with contained(f"{self.name} asking {adapter.name} to stop {record.job_id}"):
             adapter.stop(record)
         ended = record.ended_attempt("stopped", why, claimed.claimed_at)
-        if not adapter.fail(record, "stopped", why):
-            self._already_ended(claimed, ended, report)
-        elif self._finish(claimed, FinishedState.FAILED, ended):
+        if not self._failed(
+            adapter,
+            claimed,
+            outcome="stopped",
+            why=why,
+            state=FinishedState.FAILED,
+            ended=ended,
+            report=report,
+        ):
+            return
+        if self._finish(claimed, FinishedState.FAILED, ended):
             report.failed.append(record.job_id)
             details = (("stopped_by", record.stopped_by),)
             emit(self.sender, record_event(JobCompleted, record, "stopped", details=details))
@@ -279,6 +301,29 @@ class Sweeper:
                 record.job_id,
             )
 
+    def _failed(
+        self,
+        adapter: JobAdapter,
+        claimed: Claimed,
+        *,
+        outcome: str,
+        why: str,
+        state: FinishedState,
+        ended: AttemptRecord | None,
+        report: SweepReport,
+    ) -> bool:
+        """Fail the claimed job in its framework, its end (``state``) written down in the lease
+        first. True when this sweeper is to finish the lease as ``state``: it failed the job now, or
+        a sweeper that claimed it before did and died before finishing. False when the job had ended
+        by itself (the lease is closed) or the claim was taken over."""
+        if not self.store.decide(claimed, state):
+            self._taken_over(claimed)
+            return False
+        if adapter.fail(claimed.record, outcome, why) or claimed.record.verdict == state.value:
+            return True
+        self._already_ended(claimed, ended, report)
+        return False
+
     def _already_ended(self, claimed: Claimed, ended: AttemptRecord | None, report: SweepReport) -> None:
         """The framework recorded the job's end but the worker died before the lease's release was
         written (it is written after the end when that is safe): close the lease, nothing to recover."""
@@ -295,13 +340,16 @@ class Sweeper:
     ) -> bool:
         if self.store.finish(claimed, state, ended, entry, republish_after):
             return True
+        self._taken_over(claimed)
+        return False
+
+    def _taken_over(self, claimed: Claimed) -> None:
         log.warning(
             "sweeper %s: claim of %s was taken over before it finished (claim_ttl=%gs too short?)",
             self.name,
             claimed.record.job_id,
             self.store.settings.claim_ttl,
         )
-        return False
 
     def _run(self) -> None:
         failures = 0

@@ -33,6 +33,8 @@ class RecordingAdapter:
     fail_requeue: bool = False
     ended: bool = False
     """Say the job had already ended in the framework."""
+    die_after_fail: bool = False
+    """Record the failure, then raise: the sweeper died before it finished the lease."""
     backlog: int | None = 0
     """What :meth:`waiting` says."""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -51,6 +53,9 @@ class RecordingAdapter:
             return False
         with self.lock:
             self.failed.append((record.job_id, outcome, reason))
+        if self.die_after_fail:
+            self.ended, self.die_after_fail = True, False
+            raise RuntimeError("the sweeper died after the framework recorded the failure")
         return True
 
     def stop(self, record: LeaseRecord) -> None:

@@ -196,6 +196,40 @@ def test_when_the_adapter_fails_the_claim_expires_and_a_later_sweep_recovers_the
         client.delete(key)
 
 
+@pytest.mark.parametrize("fault", ["stall", "hard_timeout"])
+def test_a_job_whose_sweeper_died_after_failing_it_in_the_framework_gets_that_same_end_from_the_next(
+    client: redis.Redis, key_prefix: str, fault: str
+) -> None:
+    store = LeaseStore(client, Settings(key_prefix=key_prefix, claim_ttl=0.3))
+    adapter = RecordingAdapter(die_after_fail=True)
+    if fault == "stall":
+        start(store, "j1", Policy(lease_ttl=5, max_stalls=0))  # its first stall dead-letters it
+        expire(store, "j1")
+    else:
+        start(store, "j1", Policy(lease_ttl=5, hard_timeout=0.1, overdue_grace=0.1))
+        time.sleep(0.3)
+    assert Sweeper(store, {"test": adapter}, name="dies").sweep_once().errors == ["j1"]
+    with capture_events() as events:
+        report = _sweep_until(
+            Sweeper(store, {"test": adapter}), lambda r: r.dead_lettered or r.failed or r.ended
+        )
+    record = store.record("j1")
+    assert record is not None
+    assert len(adapter.failed) == 1  # the framework recorded the failure once, for the first sweeper
+    if fault == "stall":
+        assert (report.dead_lettered, report.ended) == (["j1"], [])
+        assert [e.kind for e in events] == ["stalled", "dead_lettered"]
+        entry = DeadLetterStore(store).get("j1")
+        assert entry is not None
+        assert entry.reason == "stalled 1 times (max_stalls=0): a poison pill"
+    else:
+        assert (report.failed, report.ended) == (["j1"], [])
+        assert [e.kind for e in events] == ["timed_out"]
+    assert (record.state, record.verdict) == ("done", "")
+    for key in client.scan_iter(match="{" + key_prefix + "}*"):
+        client.delete(key)
+
+
 def test_a_worker_that_stops_heartbeating_is_reported_once_as_a_zombie(store: LeaseStore) -> None:
     store.register_worker("w-dead", {"adapter": "test", "host": "h1"}, ttl=0.05)
     store.register_worker("w-alive", {"adapter": "test"}, ttl=30)

@@ -17,7 +17,7 @@ if r[4] == 'unstarted' then redis.call('HINCRBY', KEYS[1], 'republished', 1) end
 redis.call('ZREM', KEYS[2], job)
 redis.call('HSET', KEYS[1], 'stalls', stalls, 'ended', fmt(now))
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'history', (r[5] or '') .. ARGV[4] .. '\n') end
-redis.call('HDEL', KEYS[1], 'claimed_by', 'claimed_at', 'claim_expires')
+redis.call('HDEL', KEYS[1], 'claimed_by', 'claimed_at', 'claim_expires', 'verdict')
 if outcome == 'queued' then
   redis.call('HSET', KEYS[1], 'state', 'queued')
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
