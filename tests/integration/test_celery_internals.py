@@ -105,10 +105,12 @@ def test_kombu_s_redis_transport_restores_an_unacked_message_by_tag_and_rabbitmq
 
     queue = Queue(f"q-{uuid.uuid4().hex[:8]}", Exchange("internals", type="direct"), routing_key="r")
     with app.connection_for_write() as connection:
-        connection.Producer().publish("body", exchange=queue.exchange, routing_key="r", declare=[queue])
+        producer = connection.Producer()
+        producer.publish("first", exchange=queue.exchange, routing_key="r", declare=[queue])
         channel = connection.default_channel
         message = channel.basic_get(queue.name, no_ack=False)  # delivered: in the unacked hash now
         assert message is not None
+        producer.publish("second", exchange=queue.exchange, routing_key="r", declare=[queue])
         tag = message.delivery_tag
         with internals.unacked(app) as unacked:
             assert unacked is not None
@@ -119,10 +121,13 @@ def test_kombu_s_redis_transport_restores_an_unacked_message_by_tag_and_rabbitmq
             assert unacked.delivered_at(tag) is None
         again = channel.basic_get(queue.name, no_ack=False)
         assert again is not None
-        assert again.body == message.body
+        assert again.body == message.body  # back at the front: before the one sent after it
         with internals.unacked(app) as unacked:
             assert unacked is not None
             unacked.drop(again.delivery_tag)
             assert unacked.delivered_at(again.delivery_tag) is None
-        assert channel.basic_get(queue.name, no_ack=False) is None  # dropped for good
+        last = channel.basic_get(queue.name, no_ack=True)
+        assert last is not None
+        assert last.body != message.body
+        assert channel.basic_get(queue.name, no_ack=False) is None  # the first was dropped for good
         assert channel.client.hlen(channel.unacked_key) == 0

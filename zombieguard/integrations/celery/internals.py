@@ -96,8 +96,9 @@ class Unacked:
         return None if score is None else float(score)
 
     def restore(self, tag: str) -> None:
-        """Put the message back at the front of its queue."""
-        self._qos.restore_by_tag(tag, leftmost=True)
+        """Put the message back at the front of its queue (the end its consumers pop from: kombu
+        pushes on the left and pops on the right, so ``leftmost`` is the back)."""
+        self._qos.restore_by_tag(tag, leftmost=False)
 
     def drop(self, tag: str) -> None:
         """Remove the message for good."""
