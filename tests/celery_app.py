@@ -128,6 +128,19 @@ def changes_its_arguments(directory: str, items: list[str], seconds: float) -> s
     return result
 
 
+@app.task(acks_late=True)
+def works_in_steps(directory: str, steps: int) -> str:
+    """Works ``steps`` steps of 0.05 s, beating at each: unlike a body that waits for a moment on the
+    clock, a frozen one has as much left to do when it wakes."""
+    note(directory, "started", str(os.getpid()))
+    for _ in range(steps):
+        zombieguard.beat()
+        time.sleep(0.05)
+    zombieguard.beat(progress="finishing")
+    note(directory, "completed", str(os.getpid()))
+    return "done"
+
+
 @app.task
 def long_task_early_ack(directory: str, seconds: float) -> str:
     """long_task without acks_late: Celery acks it on receipt."""

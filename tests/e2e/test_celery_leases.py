@@ -258,3 +258,29 @@ def test_a_frozen_prefork_attempt_records_nothing_when_celery_s_own_time_limit_f
     assert result.get(timeout=20) == "done"
     assert len(harness.notes_of("started")) == 3
     assert harness.log(0).count("no longer holds the task") >= 1
+
+
+@pytest.mark.parametrize("lease", ["written", "not yet written"])
+def test_a_lone_prefork_worker_frozen_past_its_task_s_lease_and_limits_reruns_the_task_not_fails_it(
+    celery_harness: CeleryHarness, lease: str
+) -> None:
+    # No other worker: nothing recovers the task while its worker is frozen (not yet written: frozen
+    # within the task's lease_delay). As it wakes, the task is past its hard_timeout and Celery's own
+    # limit by the clock only: its lease lapsed first, a stall, as a sweeper elsewhere would have
+    # judged it. It is run again, not failed as timed out.
+    harness = celery_harness
+    delay = "1.5" if lease == "not yet written" else "none"
+    env = {"ZOMBIEGUARD_HARD_TIMEOUT": "4", "ZOMBIEGUARD_LEASE_DELAY": delay}
+    worker = harness.start_worker("prefork", concurrency=1, env=env)
+    result = harness.send("works_in_steps", harness.notes, 40)  # 2 s of work
+    wait_until(lambda: harness.notes_of("started"), 15, what="first attempt started")
+    if lease == "written":
+        harness.wait_leased(result.id)
+    os.killpg(worker.pid, signal.SIGSTOP)
+    assert harness.lease_state(result.id) == ("running" if lease == "written" else "")
+    time.sleep(6.5)  # past its lease (2 s), its hard_timeout (4 s) and Celery's backstop (6 s)
+    os.killpg(worker.pid, signal.SIGCONT)
+    assert harness.wait_state(result, {"SUCCESS", "FAILURE"}, 25) == "SUCCESS", harness.diagnosis(result.id)
+    assert len(harness.notes_of("started")) == 2
+    assert len(harness.notes_of("completed")) == 1
+    assert harness.state(result) == "SUCCESS"

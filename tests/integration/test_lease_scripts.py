@@ -222,3 +222,27 @@ def test_a_requeued_attempt_lets_the_same_delivery_start_again_and_keeps_its_sto
     assert [(h.attempt, h.outcome) for h in record.history] == [(1, "requeued")]
     store.release(job("j1"), again.token, Outcome.FAILED, "boom")
     assert store.acquire(job("j1"), "w3", policy, delivery_attempt=1).status is AcquireStatus.STALE
+
+
+@pytest.mark.parametrize("write", ["renew", "beat"])
+def test_a_lease_that_lapsed_before_it_was_overdue_is_not_renewed_once_overdue_but_given_up_as_a_stall(
+    store: LeaseStore, write: str
+) -> None:
+    # Its worker froze past the lease, then past the hard limit: a sweeper takes it for a stall, and
+    # so must the worker that wakes, whoever looks first; a lease that only lapsed is renewed.
+    for job_id, overdue in (("lapsed", False), ("lapsed-then-overdue", True)):
+        hard_timeout = 0.2 if overdue else 30.0
+        attempt = start(store, job_id, Policy(lease_ttl=5, hard_timeout=hard_timeout, overdue_grace=0.1))
+        expire(store, job_id)
+        if overdue:
+            time.sleep(0.4)  # the hard deadline and its grace pass, the lease still lapsed
+        if write == "renew":
+            [code] = store.renew("test", "w1", 10, [(job_id, attempt.token)])
+            assert code == ("lost" if overdue else "ok")
+        elif overdue:
+            with pytest.raises(LeaseLost, match="stalled"):
+                store.progress(job(job_id), attempt.token)
+        else:
+            assert store.progress(job(job_id), attempt.token) == "ok"
+    sweep = store.claim("test", "sweeper")
+    assert [(c.record.job_id, c.reason) for c in sweep.claimed] == [("lapsed-then-overdue", "stalled")]

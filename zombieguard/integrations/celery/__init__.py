@@ -1212,6 +1212,8 @@ class SlotMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listed = 0.0
+        self.looked = time.monotonic()
+        """When this monitor last looked at the slots (monotonic), or was made."""
         self._unanswered = False
         """Redis did not answer the last write or release of a lease this process wrote for a task
         (logged once until it answers again)."""
@@ -1232,6 +1234,7 @@ class SlotMonitor:
         late: list[_Tracked] = []
         died: list[tuple[SlotState, int]] = []
         with self._lock:
+            since, self.looked = now - self.looked, now
             for path, slot in list(self.slots.items()):
                 state = slot.read()
                 tracked = self.tracked.get(path)
@@ -1242,7 +1245,18 @@ class SlotMonitor:
                     tracked = None
                 if not state.active:
                     continue
-                if process_exited(state.pid) and _died_by_itself(state, tracked):
+                gone = process_exited(state.pid) and _died_by_itself(state, tracked)
+                if not gone and _woke_past_its_lease(state, tracked, now, since):
+                    log.warning(
+                        "celery task %s[%s]: its worker was frozen %.1f s, past the task's lease and a "
+                        "limit: a stall, killed and recovered, not timed out",
+                        state.task,
+                        state.job_id,
+                        since,
+                    )
+                    _signal(state.pid, signal.SIGKILL)
+                    gone = True
+                if gone:
                     token = state.token or (tracked.written if tracked is not None else 0)
                     # Marked before the slot is cleared: Celery's report, if it comes in between,
                     # must find the task handled here (or to be handled), not take it for one with
@@ -1483,6 +1497,21 @@ class SlotMonitor:
         state = self.slots[tracked.path].read()
         return state.active and state.generation == tracked.state.generation
 
+    def woke_past_lease(self, job_id: str) -> bool:
+        """Whether the task ``job_id`` is (or is being) given up as a stall because its worker was
+        frozen past its lease and a limit (see :func:`_woke_past_its_lease`): this monitor did so,
+        or has not looked since the worker woke and will."""
+        now = time.monotonic()
+        with self._lock:
+            if self.killed.get(job_id) == "stalled" or job_id in self.unleased:
+                return True
+            since = now - self.looked
+            for path, slot in self.slots.items():
+                state = slot.read()
+                if state.active and state.job_id == job_id:
+                    return _woke_past_its_lease(state, self.tracked.get(path), now, since)
+        return False
+
     def running(self, job_id: str) -> SlotState | None:
         """The slot of the pool process running ``job_id`` (its token: the lease this process wrote
         for it, when its own is not written), None when no pool process runs it."""
@@ -1547,6 +1576,18 @@ def _lease_late(tracked: _Tracked, now: float) -> bool:
         and state.lease_delay is not None
         and now >= max(state.started + state.lease_delay + LATE_LEASE, tracked.retry_at)
     )
+
+
+def _woke_past_its_lease(state: SlotState, tracked: _Tracked | None, now: float, since: float) -> bool:
+    """Whether a task's hard or progress limit passed while the worker was frozen (or starved: its
+    monitor did not look for ``since`` seconds) longer than the task's lease lives. Its lease lapsed
+    before the limit passed: a sweeper elsewhere takes that for a stall, and so does this worker
+    (the task is run again, not failed), whether or not one did. A task stopped already is not."""
+    if since <= state.lease_ttl or (tracked is not None and tracked.stopped is not None):
+        return False
+    hard = state.hard_deadline is not None and now >= state.hard_deadline
+    hung = state.progress_timeout is not None and now >= state.last_progress + state.progress_timeout
+    return hard or hung
 
 
 def _died_by_itself(state: SlotState, tracked: _Tracked | None) -> bool:
@@ -2123,10 +2164,27 @@ class GuardedRequestMixin:
         attempt that no longer holds the task (its worker was frozen past its lease, say): a
         superseded attempt never writes the task's state."""
         if not soft:
-            if self._zg_timed_out or self._zg_superseded(timeout):
+            if self._zg_timed_out or self._zg_stalled_frozen() or self._zg_superseded(timeout):
                 return
             self._zg_timed_out = True
         super().on_timeout(soft, timeout)  # type: ignore[misc]
+
+    def _zg_stalled_frozen(self) -> bool:
+        """Celery's hard time limit passed while the whole worker was frozen past the task's lease
+        (a paused VM): a stall, as the prefork monitor judges it (the task is recovered, this attempt
+        records nothing), whichever of the two notices first. True when handled so."""
+        guard = _guard
+        if guard is None or guard.monitor is None or not guard.monitor.woke_past_lease(self.id):
+            return False
+        verdict = None
+        with contained(f"celery task {self.id}: frozen past its lease"):
+            verdict = guard.pool_process_lost(self, terminated=False)
+        if verdict not in ("stalled", "lost"):
+            return False
+        self._zg_timed_out = True  # settled: Celery's other report of the limit records nothing
+        internals.task_ready(self)
+        self.acknowledge()
+        return True
 
     def _zg_superseded(self, limit: object) -> bool:
         """Celery's hard time limit passed: when this attempt no longer holds the task (its worker
@@ -2195,8 +2253,9 @@ class GuardedRequestMixin:
         if self._zg_timed_out:
             internals.task_ready(self)
             return  # already recorded as timed out; the late news of its process is not another failure
-        if isinstance(exc, TimeLimitExceeded) and not return_ok and self._zg_superseded(exc):
-            return  # the pool's own hard limit (a task's own exception comes with return_ok)
+        pool_limit = isinstance(exc, TimeLimitExceeded) and not return_ok  # a task's own: return_ok
+        if pool_limit and (self._zg_stalled_frozen() or self._zg_superseded(exc)):
+            return
         guard = _guard
         lost = isinstance(exc, WorkerLostError | SystemExit | KeyboardInterrupt)
         terminated = type(exc).__name__ == "Terminated"
