@@ -25,3 +25,18 @@ class PreparationFails(Job):
         if len(tries.read_text()) <= int(os.environ["ZG_PREPARE_FAILS"]):
             raise redis.ConnectionError("Connection closed by server (injected)")
         super().prepare_for_execution(worker_name, pipeline)
+
+
+class EndFails(Job):
+    """A job whose end RQ records (its heartbeat once the body returned) while Redis is away, the
+    first ``ZG_END_FAILS`` times."""
+
+    def heartbeat(self, timestamp: Any, ttl: int, *args: Any, **kwargs: Any) -> None:
+        """RQ's, after the fault (only once the body ended: RQ then set ``ended_at``)."""
+        if self.ended_at is not None:
+            tries = Path(tempfile.gettempdir()) / f"zg-end-fails-{self.id}"
+            with tries.open("a") as f:
+                f.write(".")
+            if len(tries.read_text()) <= int(os.environ["ZG_END_FAILS"]):
+                raise redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory (injected)")
+        super().heartbeat(timestamp, ttl, *args, **kwargs)

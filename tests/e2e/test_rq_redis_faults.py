@@ -39,6 +39,25 @@ def test_redis_away_while_rq_prepares_a_job_does_not_fail_it(
     assert (recovered in rq_harness.log()) == (fails == 4)
 
 
+@pytest.mark.parametrize("cls", CLASSES)
+def test_redis_away_while_rq_records_a_finished_job_s_end_does_not_fail_it(
+    rq_harness: RQHarness, cls: str
+) -> None:
+    # Redis restarting (loading its data) as RQ writes the end of a job whose body returned: RQ
+    # alone fails the healthy job; here its writes are tried again and the job finishes, run once.
+    rq_harness.start_worker(
+        cls, env={"ZG_END_FAILS": "2"}, options=["--job-class", "tests.rq_workers.EndFails"]
+    )
+    job = rq_harness.enqueue("long_job", rq_harness.notes, 0.2)
+    rq_harness.wait_status(job, ["finished", "failed"], 20)
+    assert job.get_status() == "finished", rq_harness.log()
+    assert job.return_value() == "done"
+    assert len(rq_harness.notes_of("started")) == 1
+    assert (
+        "RQ could not record its end (Redis is loading the dataset in memory (injected))" in rq_harness.log()
+    )
+
+
 @pytest.fixture
 def leases_unreachable() -> str:
     """The URL of a lease Redis that is down for the whole test (a port nothing listens on)."""

@@ -321,6 +321,22 @@ def sidecar_adapter(connection: redis.Redis, rq_url: str = "") -> RQAdapter:
     return RQAdapter(redis.Redis.from_url(rq_url) if rq_url else connection)
 
 
+def _while_redis_away(what: str, deadline: float, call: Callable[[], object]) -> None:
+    """``call``, tried again (backing off) while Redis does not answer, until ``deadline``
+    (monotonic); then its error is raised."""
+    delay = 0.1
+    while True:
+        try:
+            call()
+            return
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s (%s); trying again", what, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
 def _die_with_parent(parent_pid: int) -> None:
     """In a horse: be killed by the kernel when the worker that forked it dies (Linux)."""
     with contextlib.suppress(Exception):
@@ -734,17 +750,14 @@ class _GuardedMixin:
         deadline = time.monotonic() + attempt.policy.lease_ttl / 2
         if attempt.policy.hard_timeout is not None:  # its limit's clock runs: leave it room to start
             deadline = min(deadline, attempt.started_monotonic + attempt.policy.hard_timeout / 2)
-        delay = 0.1
-        while True:
-            try:
-                return super().prepare_job_execution(job, *args, **kwargs)  # type: ignore[misc, no-any-return]
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if time.monotonic() + delay > deadline:
-                    self._zg_unprepared = exc
-                    raise
-                log.warning("rq job %s: RQ could not prepare it (%s); trying again", job.id, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        prepare = super().prepare_job_execution  # type: ignore[misc]
+        try:
+            _while_redis_away(
+                f"rq job {job.id}: RQ could not prepare it", deadline, lambda: prepare(job, *args, **kwargs)
+            )
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._zg_unprepared = exc
+            raise
 
     def perform_job(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> bool:
         """RQ's perform_job inside the attempt's context; RQ's own alarm becomes a backstop."""
@@ -768,7 +781,8 @@ class _GuardedMixin:
             job.timeout = self._zg_job_timeout
             if self._zg is not None:
                 self._zg.slot.set_outcome(OUTCOME_RECORDING)  # the heartbeat: its release is coming
-        super().handle_execution_ended(job, queue, heartbeat_ttl)  # type: ignore[misc]
+        ended = super().handle_execution_ended  # type: ignore[misc]
+        self._zg_while_redis_away(job, "record its end", lambda: ended(job, queue, heartbeat_ttl))
 
     def handle_job_success(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
         """Record the completion only if this attempt still holds the lease.
@@ -782,7 +796,19 @@ class _GuardedMixin:
                 self._zg_completed_here(attempt)
             elif not self._zg_release(attempt, Outcome.COMPLETED):
                 return
-        super().handle_job_success(job, queue, *args, **kwargs)  # type: ignore[misc]
+        succeeded = super().handle_job_success  # type: ignore[misc]
+        self._zg_while_redis_away(job, "record its success", lambda: succeeded(job, queue, *args, **kwargs))
+
+    def _zg_while_redis_away(self, job: Job, what: str, call: Callable[[], object]) -> None:
+        """RQ's own writes for a guarded job whose body ended, tried again while Redis does not
+        answer (a killed connection, a restart) for up to half the lease's TTL: RQ alone would fail
+        the job, healthy as it is. Past that, the error is RQ's to handle."""
+        attempt = self._zg_attempt
+        if attempt is None:
+            call()
+            return
+        deadline = time.monotonic() + attempt.policy.lease_ttl / 2
+        _while_redis_away(f"rq job {job.id}: RQ could not {what}", deadline, call)
 
     def _zg_completed_here(self, attempt: Attempt) -> None:
         assert self._zg is not None
