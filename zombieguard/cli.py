@@ -17,7 +17,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -232,16 +231,32 @@ def cmd_status(args: argparse.Namespace) -> int:
         data, view = _status(args, store)
         _print(args, data, view)
         return 0
-    with contextlib.suppress(KeyboardInterrupt):
-        while True:
-            data, view = _status(args, store)
-            if args.json:
-                sys.stdout.write(json.dumps(data) + "\n")
-            else:
-                sys.stdout.write("\x1b[H\x1b[2J" + view() + "\n")  # clear the screen, then draw
-            sys.stdout.flush()
-            time.sleep(args.interval)
+    stop = _stopped_by_signal()
+    while not stop.is_set():
+        data, view = _status(args, store)
+        if args.json:
+            sys.stdout.write(json.dumps(data) + "\n")
+        else:
+            sys.stdout.write("\x1b[H\x1b[2J" + view() + "\n")  # clear the screen, then draw
+        sys.stdout.flush()
+        stop.wait(args.interval)
     return 0
+
+
+def _stopped_by_signal() -> threading.Event:
+    """An event set by Ctrl-C (SIGINT) or SIGTERM, which then end a loop between two of its steps: a
+    KeyboardInterrupt raised anywhere could leave a lock of the Redis client held, and the process
+    hung at exit. A second Ctrl-C interrupts at once."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return stop
 
 
 def _filter(args: argparse.Namespace) -> DeadLetterFilter:

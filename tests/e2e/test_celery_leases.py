@@ -257,7 +257,8 @@ def test_a_frozen_prefork_attempt_records_nothing_when_celery_s_own_time_limit_f
     os.killpg(second.pid, signal.SIGKILL)  # attempt 2 dies: the woken worker recovers it
     assert result.get(timeout=20) == "done"
     assert len(harness.notes_of("started")) == 3
-    assert harness.log(0).count("no longer holds the task") >= 1
+    woken = harness.log(0)  # it noticed, by Celery's timer or by its own monitor, first
+    assert "no longer holds the task" in woken or "its worker was frozen" in woken
 
 
 @pytest.mark.parametrize("lease", ["written", "not yet written"])
