@@ -63,6 +63,11 @@ def process_exited(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
+FROZEN_AFTER = 2.0
+"""A watchdog that did not look for longer than this (and than the attempt's ``lease_ttl``) was
+frozen: it looks at least once a second while it runs."""
+
+
 class Limit(str, Enum):
     """A limit an attempt can pass."""
 
@@ -194,6 +199,11 @@ class Watched:
     stopped_by: Limit | None = None
     escalated: bool = False
     label: str = field(default="")
+    stalled: Callable[[Watched], None] | None = None
+    """Called instead of ``stop`` when the hard or progress limit is found passed on a look that
+    came longer than the attempt's ``lease_ttl`` after the one before (the process was frozen: a
+    paused VM): its lease lapsed before the limit passed, a stall, as a sweeper judges it. None:
+    ``stop``, as for any limit."""
 
 
 class Watchdog:
@@ -207,6 +217,7 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         self._name = name
         self._next_look = 0.0
+        self._looked = time.monotonic()
 
     def watch(self, watched: Watched) -> Watched:
         """Start enforcing ``watched``'s limits.
@@ -234,21 +245,15 @@ class Watchdog:
         next_at = now + 1.0
         with self._lock:
             watched = list(self._watched)
+            since, self._looked = now - self._looked, now
         for entry in watched:
             with contained(f"watchdog {entry.label}"):
-                next_at = min(next_at, self._check_one(entry, now))
+                next_at = min(next_at, self._check_one(entry, now, since))
         return next_at
 
-    def _check_one(self, entry: Watched, now: float) -> float:
+    def _check_one(self, entry: Watched, now: float, since: float) -> float:
         if entry.stopped_at is not None:
-            escalate_at = entry.stopped_at + entry.escalate_after
-            if entry.escalate is not None and not entry.escalated:
-                if now >= escalate_at:
-                    entry.escalated = True
-                    entry.escalate(entry)
-                    return now + 1.0
-                return escalate_at
-            return now + 1.0
+            return self._escalate_if_due(entry, now)
         limit, at = entry.clock.due(now)
         if limit is None:
             return at
@@ -256,11 +261,27 @@ class Watchdog:
             entry.clock.soft_fired = True
             entry.stop(entry, limit, None)
             return now
-        stack = entry.capture() if entry.clock.policy.capture_stack else None
         entry.stopped_at = now
+        if entry.stalled is not None and since > max(entry.clock.policy.lease_ttl, FROZEN_AFTER):
+            entry.escalated = True
+            entry.stalled(entry)
+            return now + 1.0
+        stack = entry.capture() if entry.clock.policy.capture_stack else None
         entry.stopped_by = limit
         entry.stop(entry, limit, stack)
         return now + min(entry.escalate_after, 1.0)
+
+    @staticmethod
+    def _escalate_if_due(entry: Watched, now: float) -> float:
+        """A stopped attempt still watched: escalate once ``escalate_after`` passed."""
+        escalate_at = entry.stopped_at + entry.escalate_after if entry.stopped_at is not None else now
+        if entry.escalate is None or entry.escalated:
+            return now + 1.0
+        if now < escalate_at:
+            return escalate_at
+        entry.escalated = True
+        entry.escalate(entry)
+        return now + 1.0
 
     def _run(self) -> None:
         while not self._stop.is_set():

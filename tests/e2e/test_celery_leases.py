@@ -262,17 +262,19 @@ def test_a_frozen_prefork_attempt_records_nothing_when_celery_s_own_time_limit_f
 
 
 @pytest.mark.parametrize("lease", ["written", "not yet written"])
-def test_a_lone_prefork_worker_frozen_past_its_task_s_lease_and_limits_reruns_the_task_not_fails_it(
-    celery_harness: CeleryHarness, lease: str
+@pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
+def test_a_lone_worker_frozen_past_its_task_s_lease_and_limits_reruns_the_task_not_fails_it(
+    celery_harness: CeleryHarness, pool: str, lease: str
 ) -> None:
     # No other worker: nothing recovers the task while its worker is frozen (not yet written: frozen
     # within the task's lease_delay). As it wakes, the task is past its hard_timeout and Celery's own
     # limit by the clock only: its lease lapsed first, a stall, as a sweeper elsewhere would have
-    # judged it. It is run again, not failed as timed out.
+    # judged it. It is run again, not failed as timed out (prefork: Celery's own limit, the backstop,
+    # records nothing either).
     harness = celery_harness
     delay = "1.5" if lease == "not yet written" else "none"
     env = {"ZOMBIEGUARD_HARD_TIMEOUT": "4", "ZOMBIEGUARD_LEASE_DELAY": delay}
-    worker = harness.start_worker("prefork", concurrency=1, env=env)
+    worker = harness.start_worker(pool, concurrency=1, env=env)
     result = harness.send("works_in_steps", harness.notes, 40)  # 2 s of work
     wait_until(lambda: harness.notes_of("started"), 15, what="first attempt started")
     if lease == "written":

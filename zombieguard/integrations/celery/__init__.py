@@ -1063,6 +1063,7 @@ class InProcessExecutor(Executor):
                 escalate=lambda w: guard.stuck(state, ident, w),
                 escalate_after=ESCALATE_AFTER,
                 label=attempt.job.job_id,
+                stalled=lambda w: self._stalled(state, ident),
             )
             self._watched[ident] = guard.watchdog.watch(watched)
         # The watchdog process beside the worker reads it, for when no thread of this one can run.
@@ -1137,6 +1138,24 @@ class InProcessExecutor(Executor):
             "hung": JobHung,
         }[kind]
         interrupt_thread(ident, exc_type)
+
+    def _stalled(self, state: _Running, ident: int) -> None:
+        """The worker was frozen past the task's lease and a limit (see :attr:`Watched.stalled`):
+        a stall, not a timeout. The lease is given up as stalled (written first if it was still
+        pending), the task recovered at once, and this attempt stopped as superseded: nothing of it
+        is recorded."""
+        if state.body_done or self._states.get(ident) is not state:
+            return
+        attempt = state.attempt
+        why = "its worker was frozen past the task's lease and a limit: a stall, not a timeout"
+        with contained(f"celery task {attempt.job.job_id}: giving it up as stalled"):
+            try:
+                attempt.acquire_now()
+            except redis.RedisError as exc:
+                log.warning("celery task %s: %s; its lease not written (%s)", attempt.job.job_id, why, exc)
+            if attempt.token and attempt.lost is None:
+                self.guard.recover_stalled(attempt.described(), attempt.token, why)
+        self.lost(attempt)
 
     def lost(self, attempt: Attempt) -> None:
         """The heartbeat found this attempt superseded: stop it."""
@@ -1908,10 +1927,11 @@ class WorkerGuard(WorkerRuntime):
         )
         return lease_from_slot(self.store, state, payload, adapter=ADAPTER, worker=self.name, policy=policy)
 
-    def recover_stalled(self, spec: JobSpec, token: int) -> bool:
-        """A pool process died in the middle of ``spec``'s task: give its lease up as stalled and sweep
-        at once (the task is recovered or dead-lettered). False when it was given up already."""
-        log.warning("celery task %s[%s]: its pool process died; recovering it", spec.task, spec.job_id)
+    def recover_stalled(self, spec: JobSpec, token: int, why: str = "its pool process died") -> bool:
+        """A pool process died in the middle of ``spec``'s task (or ``why``): give its lease up as
+        stalled and sweep at once (the task is recovered or dead-lettered). False when it was given
+        up already."""
+        log.warning("celery task %s[%s]: %s; recovering it", spec.task, spec.job_id, why)
         try:
             self.store.abandon(spec, token, "stalled")
             self.sweeper.sweep_once()
