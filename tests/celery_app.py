@@ -128,19 +128,6 @@ def changes_its_arguments(directory: str, items: list[str], seconds: float) -> s
     return result
 
 
-@app.task(acks_late=True)
-def works_in_steps(directory: str, steps: int) -> str:
-    """Works ``steps`` steps of 0.05 s, beating at each: unlike a body that waits for a moment on the
-    clock, a frozen one has as much left to do when it wakes."""
-    note(directory, "started", str(os.getpid()))
-    for _ in range(steps):
-        zombieguard.beat()
-        time.sleep(0.05)
-    zombieguard.beat(progress="finishing")
-    note(directory, "completed", str(os.getpid()))
-    return "done"
-
-
 @app.task
 def long_task_early_ack(directory: str, seconds: float) -> str:
     """long_task without acks_late: Celery acks it on receipt."""
@@ -210,6 +197,7 @@ stuck_in_c_code = _register(bodies.stuck_in_c_code, base=Recorded)
 holds_the_gil = _register(bodies.holds_the_gil)
 beats_then_stalls = _register(bodies.beats_then_stalls, base=Recorded)
 long_task = _register(bodies.long_job, name="long_task", acks_late=True)
+works_in_steps = _register(bodies.works_in_steps, acks_late=True)
 kills_its_process = _register(bodies.kills_its_process, acks_late=True, reject_on_worker_lost=True)
 checkpointed = _register(bodies.checkpointed, acks_late=True)
 dies_the_first_times = _register(bodies.dies_the_first_times, acks_late=True, reject_on_worker_lost=True)

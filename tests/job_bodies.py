@@ -68,6 +68,18 @@ def beats_then_stalls(directory: str, beats: int) -> None:
         time.sleep(0.05)
 
 
+def works_in_steps(directory: str, steps: int) -> str:
+    """Works ``steps`` steps of 0.05 s, beating at each: unlike a body that waits for a moment on the
+    clock, a frozen one has as much left to do when it wakes."""
+    note(directory, "started", str(os.getpid()))
+    for _ in range(steps):
+        zombieguard.beat()
+        time.sleep(0.05)
+    zombieguard.beat(progress="finishing")
+    note(directory, "completed", str(os.getpid()))
+    return "done"
+
+
 def long_job(directory: str, seconds: float) -> str:
     """Beats until done; used to kill or freeze its worker mid-job.
 

@@ -21,6 +21,7 @@ from tests.job_bodies import (  # noqa: F401 - enqueued by name as tests.rq_jobs
     note,
     notes,
     stuck_in_c_code,
+    works_in_steps,
 )
 
 if os.environ.get("ZG_SENTRY_DSN"):  # tests/e2e/test_sentry_workers.py: a local envelope endpoint

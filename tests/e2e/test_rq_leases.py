@@ -96,6 +96,28 @@ def test_a_frozen_worker_loses_its_job_and_when_it_wakes_its_attempt_is_fenced(
     assert completed_pid != pid  # the woken attempt never completed
 
 
+@pytest.mark.parametrize("cls", ["GuardedWorker", "GuardedSimpleWorker"])
+def test_a_lone_worker_frozen_past_its_job_s_lease_and_hard_limit_reruns_the_job_not_fails_it(
+    rq_harness: RQHarness, cls: str
+) -> None:
+    # No other worker: nothing recovers the job while its worker is frozen. As it wakes, the job is
+    # past its hard_timeout by the clock only: its lease lapsed first, a stall, as a sweeper elsewhere
+    # would have judged it. It is run again, not failed as timed out.
+    worker = rq_harness.start_worker(cls, env={"ZOMBIEGUARD_HARD_TIMEOUT": "4"})
+    job = rq_harness.enqueue("works_in_steps", rq_harness.notes, 40)  # 2 s of work
+    _, pid = _first_start(rq_harness)
+    groups = {os.getpgid(worker.pid), os.getpgid(pid)}
+    for group in groups:
+        os.killpg(group, signal.SIGSTOP)
+    time.sleep(6.5)  # past its lease (2 s), its hard_timeout (4 s) and RQ's own (backstop, 6 s)
+    for group in groups:
+        os.killpg(group, signal.SIGCONT)
+    rq_harness.wait_status(job, ["finished", "failed"], 20)
+    assert job.get_status() == "finished", rq_harness.diagnosis(job.id)
+    assert len(rq_harness.notes_of("started")) == 2
+    assert len(rq_harness.notes_of("completed")) == 1
+
+
 def test_a_poison_pill_is_recovered_max_stalls_times_then_dead_lettered_with_its_story(
     rq_harness: RQHarness,
 ) -> None:

@@ -688,6 +688,24 @@ class _GuardedMixin:
                 emit(ADAPTER, attempt.event(JobHungEvent, reason=reason, stack=stack))
             signal_job(HARD_SIGNAL if hard else HUNG_SIGNAL)
 
+        def stalled(watched: Watched) -> None:
+            # The worker was frozen past the job's lease and a limit: a stall, as a sweeper judges
+            # it, not a timeout. Given up now (recovered at once) and stopped as superseded.
+            if self._zg_attempt is not attempt or attempt.unguarded:
+                return
+            why = "its worker was frozen past the job's lease and a limit: a stall, not a timeout"
+            log.warning("rq job %s: %s; recovering it", attempt.job.job_id, why)
+            try:
+                zg.store.abandon(attempt.job, attempt.token, "stalled")
+            except LeaseLost:
+                pass  # recovered elsewhere while it was frozen
+            except redis.RedisError as exc:
+                log.warning(
+                    "rq job %s: not given up (%s); its lease expires instead", attempt.job.job_id, exc
+                )
+            attempt.mark_lost(LeaseLost(attempt.job.job_id, attempt.token, why))
+            self._zg_stop_lost()
+
         clock = LimitClock(attempt.policy, attempt.started_monotonic, lambda: zg.slot.read().last_progress)
         return zg.watchdog.watch(
             Watched(
@@ -697,6 +715,7 @@ class _GuardedMixin:
                 escalate=escalate,
                 escalate_after=ESCALATE_AFTER,
                 label=attempt.job.job_id,
+                stalled=stalled,
             )
         )
 
