@@ -198,13 +198,7 @@ class Sweeper:
             adapter.stop(record)
         ended = record.ended_attempt(claimed.reason, why, claimed.claimed_at, record.stack or None)
         if not self._failed(
-            adapter,
-            claimed,
-            outcome=claimed.reason,
-            why=why,
-            state=FinishedState.FAILED,
-            ended=ended,
-            report=report,
+            adapter, claimed, claimed.reason, why, FinishedState.FAILED, ended=ended, report=report
         ):
             return
         if self._finish(claimed, FinishedState.FAILED, ended):
@@ -234,9 +228,7 @@ class Sweeper:
             if record.dead_letter
             else ("stalled", FinishedState.FAILED)
         )
-        if not self._failed(
-            adapter, claimed, outcome=outcome, why=verdict, state=state, ended=ended, report=report
-        ):
+        if not self._failed(adapter, claimed, outcome, verdict, state, ended=ended, report=report):
             return
         if not record.dead_letter:
             if self._finish(claimed, FinishedState.FAILED, ended):
@@ -271,13 +263,7 @@ class Sweeper:
             adapter.stop(record)
         ended = record.ended_attempt("stopped", why, claimed.claimed_at)
         if not self._failed(
-            adapter,
-            claimed,
-            outcome="stopped",
-            why=why,
-            state=FinishedState.FAILED,
-            ended=ended,
-            report=report,
+            adapter, claimed, "stopped", why, FinishedState.FAILED, ended=ended, report=report
         ):
             return
         if self._finish(claimed, FinishedState.FAILED, ended):
@@ -305,10 +291,10 @@ class Sweeper:
         self,
         adapter: JobAdapter,
         claimed: Claimed,
-        *,
         outcome: str,
         why: str,
         state: FinishedState,
+        *,
         ended: AttemptRecord | None,
         report: SweepReport,
     ) -> bool:
