@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from celery.exceptions import Reject, SoftTimeLimitExceeded
-from celery.signals import task_failure
+from celery.signals import task_failure, task_received
 
 import zombieguard
 from tests import job_bodies as bodies
@@ -65,6 +66,17 @@ def _count_task_failure(
         note(args[0], "task_failure", type(exception).__name__)
 
 
+@task_received.connect
+def _die_on_first_receipt(request: Any = None, **_: Any) -> None:
+    """``kills_its_worker_on_receipt``: the first worker to receive it dies there, after kombu
+    delivered its message and before the rest of Celery's handling (as a worker killed then would)."""
+    if request is not None and request.name == "tests.celery_app.kills_its_worker_on_receipt":
+        marker = Path(request.args[0]) / "killed-on-receipt"
+        if not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 @zombieguard.events.job_timed_out.connect
 def _count_timed_out(sender: str, event: Any) -> None:
     directory = os.environ.get("ZG_EVENTS_DIR")
@@ -92,6 +104,13 @@ class Recorded(app.Task):  # type: ignore[misc,name-defined]
 def add(x: int, y: int) -> int:
     """A healthy task."""
     return x + y
+
+
+@app.task
+def kills_its_worker_on_receipt(directory: str) -> str:
+    """Healthy, once a worker takes it (see ``_die_on_first_receipt``)."""
+    note(directory, "ran")
+    return "ran"
 
 
 @app.task

@@ -31,6 +31,22 @@ def _next_attempt_started(harness: CeleryHarness) -> float:
     return float(line.split()[0])
 
 
+def test_a_task_whose_worker_died_as_it_received_it_runs_on_the_next_worker_at_once(
+    celery_harness: CeleryHarness,
+) -> None:
+    # Killed after kombu delivered the message (into its unacked hash) and before Celery announced it
+    # (task_received): the worker started next hands it back, not the visibility timeout an hour on.
+    worker = celery_harness.start_worker("prefork")
+    result = celery_harness.send("kills_its_worker_on_receipt", celery_harness.notes)
+    wait_until(lambda: worker.poll() is not None, 10, what="the worker killed on receipt")
+    unacked = f"{celery_harness.celery_prefix}:unacked"
+    assert celery_harness.client.hlen(unacked) == 1
+    celery_harness.start_worker("prefork")
+    assert result.get(timeout=10) == "ran"
+    assert celery_harness.notes_of("ran")
+    assert celery_harness.client.hlen(unacked) == 0
+
+
 @pytest.mark.parametrize("task", ["long_task", "long_task_early_ack"])
 def test_a_task_of_a_sigkilled_worker_is_rerun_by_another_within_lease_ttl_plus_2s_same_id_and_args(
     any_broker_harness: CeleryHarness, task: str

@@ -80,7 +80,6 @@ def test_the_worker_s_request_state_reads_reserved_active_revoked_and_ready(app:
     try:
         assert {held, running} <= set(internals.held_requests())  # reserved until ready, started or not
         assert internals.active_requests() == [running]
-        assert {held, running} <= internals.received_requests()
         assert internals.request_by_id(held.id) is held
         assert not internals.revoked(running.id)
         worker_state.revoked.add(running.id)
@@ -131,3 +130,27 @@ def test_kombu_s_redis_transport_restores_an_unacked_message_by_tag_and_rabbitmq
         assert last.body != message.body
         assert channel.basic_get(queue.name, no_ack=False) is None  # the first was dropped for good
         assert channel.client.hlen(channel.unacked_key) == 0
+
+
+def test_a_delivery_is_noted_with_its_task_id_before_it_enters_kombu_s_unacked_hash(app: Celery) -> None:
+    queue = Queue(f"q-{uuid.uuid4().hex[:8]}", Exchange("internals", type="direct"), routing_key="r")
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        noted: list[tuple[str, str, bool]] = []
+
+        def note(tag: str, task_id: str) -> None:
+            noted.append((tag, task_id, channel.client.hget(channel.unacked_key, tag) is not None))
+
+        internals.on_delivery(channel, note)
+        internals.on_delivery(channel, note)  # once per channel
+        producer = connection.Producer()
+        producer.publish(
+            "a task", exchange=queue.exchange, routing_key="r", declare=[queue], headers={"id": "t-1"}
+        )
+        taken: list[Any] = []
+        with connection.Consumer(queue, callbacks=[lambda body, message: taken.append(message)]):
+            connection.drain_events(timeout=5)
+            [message] = taken
+            assert noted == [(message.delivery_tag, "t-1", False)]  # noted first, then written unacked
+            assert channel.client.hget(channel.unacked_key, message.delivery_tag) is not None
+            message.ack()

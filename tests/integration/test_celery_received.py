@@ -3,26 +3,30 @@ Redis broker (kombu's own consumer takes the messages, as a worker's does)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 from kombu import Connection, Exchange, Queue
 
-from zombieguard.integrations.celery import ReceivedLog, hand_back
+from zombieguard.integrations.celery import DELIVERY_SLACK, ReceivedLog, hand_back, internals
 
 
 class _Request:
     """What ReceivedLog reads of a Celery request: its task's id, its message's delivery tag."""
 
-    def __init__(self, message: object, task_id: str) -> None:
+    def __init__(self, message: Any) -> None:
         self.message = message
-        self.id = task_id
+        self.id = message.headers["id"]
 
 
-def _take(connection: Connection, queue: Queue, count: int) -> list[object]:
-    """Have kombu's consumer deliver ``count`` messages and leave them unacked (in its unacked hash)."""
-    taken: list[object] = []
+def _take(connection: Connection, queue: Queue, count: int, received: ReceivedLog) -> list[Any]:
+    """Have kombu's consumer deliver ``count`` messages, written down in ``received`` as a worker's
+    are, and leave them unacked (in its unacked hash)."""
+    internals.on_delivery(connection.default_channel, received.delivered)
+    taken: list[Any] = []
     with connection.Consumer(queue, callbacks=[lambda body, message: taken.append(message)], no_ack=False):
         while len(taken) < count:
             connection.drain_events(timeout=5)
@@ -36,15 +40,14 @@ def test_at_a_worker_s_stop_its_unacked_messages_go_back_unless_their_tasks_ende
     with app.connection_for_write() as connection:
         producer = connection.Producer()
         for body in ("ended", "started", "never-started"):
-            producer.publish(body, exchange=queue.exchange, routing_key="r", declare=[queue])
-        taken = _take(connection, queue, 3)
+            headers = {"id": f"t-{uuid.uuid4().hex}"}
+            producer.publish(body, exchange=queue.exchange, routing_key="r", declare=[queue], headers=headers)
+        received = ReceivedLog(tmp_path)
+        taken = _take(connection, queue, 3, received)
         unacked = connection.default_channel.unacked_key
         client = connection.default_channel.client
         assert client.hlen(unacked) == 3
-        received = ReceivedLog(tmp_path)
-        requests = [_Request(message, f"t-{uuid.uuid4().hex}") for message in taken]
-        for request in requests:
-            received(request=request)
+        requests = [_Request(message) for message in taken]
         received.start(requests[0])
         received.start(requests[1])
         app.backend.mark_as_done(requests[0].id, "done")  # it ended; the other started, no end recorded
@@ -66,12 +69,18 @@ def test_a_dead_worker_s_unacked_messages_are_handed_back_by_the_next_one_unless
     queue = Queue(f"q-{uuid.uuid4().hex[:8]}", Exchange("received", type="direct"), routing_key="r")
     with app.connection_for_write() as connection:
         connection.Producer().publish(
-            "lost-with-its-worker", exchange=queue.exchange, routing_key="r", declare=[queue]
+            "lost-with-its-worker",
+            exchange=queue.exchange,
+            routing_key="r",
+            declare=[queue],
+            headers={"id": "t-1"},
         )
-        [message] = _take(connection, queue, 1)
-        ReceivedLog(tmp_path)(request=_Request(message, "t-1"))
+        _take(connection, queue, 1, ReceivedLog(tmp_path))
+        [written] = ReceivedLog.read(tmp_path)
+        assert written.task_id == "t-1"
         hand_back(app, ReceivedLog.read(tmp_path))
-        with connection.SimpleQueue(queue) as simple:
+        with app.connection_for_write() as other, other.SimpleQueue(queue) as simple:
+            time.sleep(DELIVERY_SLACK)
             back = simple.get(timeout=5)  # delivered again: to this other consumer, same tag
             assert back.payload == "lost-with-its-worker"
             hand_back(app, ReceivedLog.read(tmp_path))  # the dead worker's entry is older: not its own

@@ -46,7 +46,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -430,15 +430,15 @@ class Received:
     """Its delivery tag (kombu's Redis transport keeps one per message, across its redeliveries)."""
     task_id: str
     at: float
-    """When the worker received it (``time.time()``)."""
+    """When the worker received it (``time.time()``, taken just before kombu's own time of delivery)."""
 
 
 class ReceivedLog:
-    """The messages a worker received, written down as they come (main process, one line each), so
-    that they can be settled when the worker stops without acking them, or handed back when it dies
-    (see :func:`hand_back`). Only for a broker that does not return them itself (kombu's Redis
-    transport). The file is rewritten with the requests still held when it grows past
-    :data:`RECEIVED_LOG_BYTES`."""
+    """The messages a worker received, written down as they come (main process, one line each, as
+    kombu delivers each, before it enters the unacked hash), so that they can be settled when the
+    worker stops without acking them, or handed back when it dies (see :func:`hand_back`). Only for
+    a broker that does not return them itself (kombu's Redis transport). The file is rewritten with
+    the messages still held when it grows past :data:`RECEIVED_LOG_BYTES`."""
 
     NAME = "received"
 
@@ -446,39 +446,41 @@ class ReceivedLog:
         self.path = workdir / self.NAME
         self._file = self.path.open("ab", buffering=0)
         self._written = 0
-        self.started: set[str] = set()
-        """Tags of the messages whose tasks started here (kept in memory only: see :meth:`settle`)."""
+        self.started: dict[str, str] = {}
+        """The messages whose tasks started here, by delivery tag: their task ids (kept in memory
+        only: see :meth:`settle`)."""
 
-    @staticmethod
-    def _line(request: Any) -> bytes:
-        tag = getattr(getattr(request, "message", None), "delivery_tag", None)
-        return f"{tag} {request.id} {time.time():.6f}\n".encode() if tag else b""
-
-    def __call__(self, request: Any = None, **_: Any) -> None:
-        """``task_received``: write it down."""
-        line = self._line(request)
-        if line:
-            self._file.write(line)
-            self._written += len(line)
+    def delivered(self, tag: str, task_id: str) -> None:
+        """kombu delivers a message to this worker: write it down (see :func:`internals.on_delivery`).
+        Never raises: the delivery goes on whatever happens here."""
+        if self._file.closed:
+            return  # the worker settled what it received: it takes no more
+        line = f"{tag} {task_id} {time.time():.6f}\n".encode()
+        try:
             if self._written > RECEIVED_LOG_BYTES:
                 self._compact()
+            self._file.write(line)
+        except (OSError, ValueError) as exc:
+            log.warning("celery: message %s for task %s not written down (%r)", tag, task_id, exc)
+            return
+        self._written += len(line)
 
     def _compact(self) -> None:
-        held = internals.received_requests()
-        text = b"".join(self._line(r) for r in held)
+        held = {r.message.delivery_tag: r.id for r in internals.held_requests() if r.message.delivery_tag}
+        text = b"".join(f"{tag} {task_id} {time.time():.6f}\n".encode() for tag, task_id in held.items())
         temporary = self.path.with_suffix(".new")
         temporary.write_bytes(text)
         temporary.replace(self.path)
         self._file.close()
         self._file = self.path.open("ab", buffering=0)
         self._written = len(text)
-        self.started &= {getattr(r.message, "delivery_tag", "") for r in held}
+        self.started = {tag: task_id for tag, task_id in self.started.items() if tag in held}
 
     def start(self, request: Any) -> None:
         """A task started here (its request accepted by the pool)."""
         tag = getattr(getattr(request, "message", None), "delivery_tag", None)
         if tag:
-            self.started.add(tag)
+            self.started[tag] = request.id
 
     def close(self) -> None:
         """Stop writing."""
@@ -508,6 +510,10 @@ class ReceivedLog:
                 out.append(Received(parts[0], parts[1], float(parts[2])))
         return out
 
+
+DELIVERY_SLACK = 1.0
+"""Seconds between a worker writing a delivery down and kombu's own time of it within which they are
+the same delivery (kombu takes its time just after: microseconds, unless the process froze there)."""
 
 RECEIVED_LOG_BYTES = 1 << 20
 """How large a worker's :class:`ReceivedLog` grows before it is rewritten with the tags still held."""
@@ -1719,7 +1725,6 @@ class WorkerGuard(WorkerRuntime):
             )
         if _restores_by_tag(self.app):
             self.received = ReceivedLog(self.dir)
-            signals.task_received.connect(self.received, weak=False)
             signals.worker_shutdown.connect(self._settle_received, sender=self.celery_worker, weak=False)
         if self.pool in ("threads", "solo"):
             self.slots_dir.mkdir()
@@ -1752,8 +1757,6 @@ class WorkerGuard(WorkerRuntime):
         """Stop everything and leave cleanly (not a zombie)."""
         if self.monitor is not None:
             self.monitor.stop()
-        if self.received is not None:
-            signals.task_received.disconnect(self.received)
         self.shutdown()
         if self.dumper is not None:
             self.dumper.close()
@@ -2055,18 +2058,20 @@ class WorkerGuard(WorkerRuntime):
                 connection = getattr(getattr(self.celery_worker, "consumer", None), "connection", None)
                 if connection is not None:
                     connection.close()
-                hand_back(self.app, [request.message.delivery_tag for request in waiting])
+                tags = {request.message.delivery_tag for request in waiting}
+                hand_back(self.app, [m for m in ReceivedLog.read(self.dir) if m.tag in tags])
             self.stop()
             os._exit(1)
 
         threading.Thread(target=exit_when_only_zombies, name="zombieguard-restart", daemon=True).start()
 
 
-def hand_back(app: Celery, received: Iterable[Received], ran: Collection[str] = ()) -> None:
+def hand_back(app: Celery, received: Iterable[Received], ran: Mapping[str, str] | None = None) -> None:
     """Settle, now, messages a worker received and never acked: put each back at the front of its
-    queue, or drop it when its task started there (a tag of ``ran``) and the result backend has its
-    end (only its ack was lost, with the worker's connection). A message handed to another worker
-    since (kombu restored it) is not this one's to settle, nor one acked already.
+    queue, or drop it when its task started there (``ran``: task ids by delivery tag) and the result
+    backend has its end (only its ack was lost, with the worker's connection). A message delivered
+    again since (kombu restored it, and some worker took it: later than :data:`DELIVERY_SLACK` after
+    this worker wrote it down) is not this one's to settle, nor one acked already.
 
     kombu's Redis transport keeps a delivered message in its ``unacked`` hash (with the time of the
     delivery in ``unacked_index``) until it is acked, or until the ``visibility_timeout`` passes (an
@@ -2080,9 +2085,10 @@ def hand_back(app: Celery, received: Iterable[Received], ran: Collection[str] = 
             return
         for message in received:
             delivered = unacked.delivered_at(message.tag)
-            if delivered is None or delivered > message.at:
+            if delivered is None or delivered > message.at + DELIVERY_SLACK:
                 continue  # acked, or delivered again since to some worker
-            if message.tag in ran and _recorded_end(app, message.task_id):
+            task_id = (ran or {}).get(message.tag)
+            if task_id is not None and _recorded_end(app, task_id):
                 unacked.drop(message.tag)
             else:
                 unacked.restore(message.tag)
@@ -2100,6 +2106,22 @@ class WorkerGuardStep(bootsteps.StartStopStep):  # type: ignore[misc]
         global _guard
         _guard = WorkerGuard(worker)
         return _guard
+
+
+class DeliveryLogStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """The consumer bootstep :func:`install` adds: has the worker's :class:`ReceivedLog` write down
+    each message its task consumer's channel delivers, as it delivers it. It starts again with the
+    consumer's every new connection (after a lost one, a new channel)."""
+
+    label = "zombieguard delivery log"
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, consumer: Any) -> None:
+        """Note the deliveries of the consumer's task channel (when the worker keeps a log)."""
+        guard = _guard
+        task_consumer = getattr(consumer, "task_consumer", None)
+        if guard is not None and guard.received is not None and task_consumer is not None:
+            internals.on_delivery(task_consumer.channel, guard.received.delivered)
 
 
 # -- the Task and Request classes -----------------------------------------------------------------
@@ -2380,6 +2402,7 @@ def install(app: Celery) -> Celery:
             {"__module__": base.__module__, "Request": request_cls, "__qualname__": base.__qualname__},
         )
     app.steps["worker"].add(WorkerGuardStep)
+    app.steps["consumer"].add(DeliveryLogStep)
     _connect_signals()
     app.__dict__["_zombieguard_installed"] = True
     return app

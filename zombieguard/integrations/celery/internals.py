@@ -7,7 +7,7 @@ here and nowhere else; docs/internals.md lists each with the test that pins it
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -51,11 +51,6 @@ def held_requests() -> list[Any]:
     return [*worker_state.reserved_requests, *getattr(worker_state, "scheduled_requests", ())]
 
 
-def received_requests() -> set[Any]:
-    """Every request the worker holds: reserved or running."""
-    return {*worker_state.reserved_requests, *worker_state.active_requests}
-
-
 def request_by_id(task_id: str) -> Any | None:
     """The worker's request for ``task_id``, if it still holds one."""
     return worker_state.requests.get(task_id)
@@ -79,6 +74,23 @@ def restores_by_tag(transport: Any) -> bool:
     """Whether a kombu transport's QoS can put an unacked message back by its delivery tag (the
     Redis transport's can; py-amqp's has no QoS class of its own)."""
     return hasattr(getattr(getattr(transport, "Channel", None), "QoS", None), "restore_by_tag")
+
+
+def on_delivery(channel: Any, note: Callable[[str, str], None]) -> None:
+    """Call ``note(delivery_tag, task_id)`` for each message ``channel`` delivers, just before kombu's
+    Redis transport writes it to its unacked hash (``QoS.append``, which the channel calls before
+    handing the message to its consumer). Once per channel."""
+    qos = channel.qos
+    if getattr(qos.append, "_zg_notes", False):
+        return
+    append = qos.append
+
+    def noting(message: Any, delivery_tag: str) -> Any:
+        note(delivery_tag, str((message.headers or {}).get("id") or "-"))
+        return append(message, delivery_tag)
+
+    noting._zg_notes = True  # type: ignore[attr-defined]
+    qos.append = noting
 
 
 class Unacked:
