@@ -523,19 +523,78 @@ def lost_to_a_frozen_worker(sent_at: float, freezes: Iterable[Freeze]) -> str | 
     return None
 
 
+RECEIPT_MARGIN = 0.5
+"""Seconds by which receipts logged by different workers may come out of the order of their pops."""
+
+QUIET_SPAN = 5.0
+"""The widest span in which a lost job can have been popped for it to be blamed on a death in it."""
+
+
+@dataclass(frozen=True)
+class Death:
+    """A worker's main process killed (SIGKILL: a fault, or a poison pill in its own process), as the
+    supervisor saw it dead at ``seen`` (within ``SUPERVISE_EVERY`` of the death)."""
+
+    worker: str
+    seen: float
+
+
+def pop_span(
+    job_id: str, sent: Sequence[str], first_received: Mapping[str, float]
+) -> tuple[float, float] | None:
+    """When kombu can have popped a job: its queue is first in, first out (LPUSH, BRPOP), so after
+    every job sent before it was first received and before any job sent after it was (None when
+    no job on one side was received)."""
+    at = sent.index(job_id)
+    before = [first_received[j] for j in sent[:at] if j in first_received]
+    after = [first_received[j] for j in sent[at + 1 :] if j in first_received]
+    if not before or not after:
+        return None
+    return max(before), min(after)
+
+
+def lost_to_a_dying_worker(
+    span: tuple[float, float], deaths: Iterable[Death], supervise_every: float
+) -> str | None:
+    """Why a lost job no worker received is the broker's loss, or None. A worker killed with kombu's
+    BRPOP reply on its way (Redis popped the message for it; only the worker, reading the reply,
+    writes it to the ``unacked`` hash) takes the message with it. A job that can only have been
+    popped in a span of at most :data:`QUIET_SPAN` in which a worker was killed is that loss."""
+    low, high = span[0] - RECEIPT_MARGIN, span[1] + RECEIPT_MARGIN
+    if high - low > QUIET_SPAN + 2 * RECEIPT_MARGIN:
+        return None
+    for death in deaths:
+        if low <= death.seen and death.seen - supervise_every - RECEIPT_MARGIN <= high:
+            return (
+                f"popped between {span[0]:.2f} s and {span[1]:.2f} s (the receipts of the jobs sent "
+                f"before and after it), and {death.worker} was killed then (seen dead at "
+                f"{death.seen:.2f} s): kombu's BRPOP popped it for that worker, which never read it"
+            )
+    return None
+
+
 def attribute_broker_losses(
     judgements: Sequence[Judgement],
     sent_at: Mapping[str, float],
     freezes: Sequence[Freeze],
-    received: Mapping[str, bool],
+    received: Mapping[str, float],
+    *,
+    deaths: Sequence[Death] = (),
+    supervise_every: float = 0.2,
 ) -> list[Judgement]:
     """Judgements with each LOST job that no worker ever received and that
-    :func:`lost_to_a_frozen_worker` explains made :attr:`Verdict.LOST_IN_BROKER`."""
+    :func:`lost_to_a_frozen_worker` or :func:`lost_to_a_dying_worker` explains made
+    :attr:`Verdict.LOST_IN_BROKER` (``sent_at``: run times, in the order sent; ``received``: when a
+    worker first logged receiving each job, in run time)."""
+    sent = list(sent_at)
     out = []
     for j in judgements:
         why = None
-        if j.verdict is Verdict.LOST and not received.get(j.job_id, True) and j.job_id in sent_at:
+        if j.verdict is Verdict.LOST and j.job_id not in received and j.job_id in sent_at:
             why = lost_to_a_frozen_worker(sent_at[j.job_id], freezes)
+            span = pop_span(j.job_id, sent, received)
+            if why is None and span is not None:
+                why = lost_to_a_dying_worker(span, deaths, supervise_every)
         out.append(
             j if why is None else replace(j, verdict=Verdict.LOST_IN_BROKER, problems=(*j.problems, why))
         )

@@ -26,7 +26,15 @@ import redis
 from tests.chaos import gather, history, jobs, workload
 from tests.chaos.faults import FAULT_CLASSES, Fault, FaultInjector, PrivateRedis
 from tests.chaos.history import JobFinal, Judgement, Line
-from tests.chaos.workers import RQ_CLASSES, EventLog, WorkerPool, WorkerProcess, celery_command, rq_command
+from tests.chaos.workers import (
+    RQ_CLASSES,
+    SUPERVISE_EVERY,
+    EventLog,
+    WorkerPool,
+    WorkerProcess,
+    celery_command,
+    rq_command,
+)
 from tests.e2e.harness import REPO
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
@@ -493,15 +501,42 @@ def freezes(faults: list[Fault]) -> list[history.Freeze]:
     return found
 
 
-def _broker_losses(report: Report, faults: list[Fault], sent_at: dict[str, float]) -> list[Judgement]:
-    """Celery on Redis: the lost jobs that kombu's BRPOP lost with a worker killed frozen (see
-    :func:`history.lost_to_a_frozen_worker`), when no worker ever logged receiving them."""
+_RECEIVED = re.compile(
+    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}): INFO/MainProcess\] Task \S+?\[([^\]]+)\] received"
+)
+
+
+def first_received(logs: Path, wall_t0: float) -> dict[str, float]:
+    """When a Celery worker first logged receiving each job, in run time (``wall_t0``: the wall
+    clock at the run's time 0; Celery stamps its log lines with the local time, to the millisecond)."""
+    found: dict[str, float] = {}
+    for path in sorted(logs.glob("*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            match = _RECEIVED.match(line)
+            if match is None:
+                continue
+            stamp, millis, job_id = match.groups()
+            at = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000 - wall_t0
+            found[job_id] = min(at, found.get(job_id, at))
+    return found
+
+
+def _broker_losses(
+    report: Report,
+    faults: list[Fault],
+    sent_at: dict[str, float],
+    deaths: list[history.Death],
+    wall_t0: float,
+) -> list[Judgement]:
+    """Celery on Redis: the lost jobs that no worker ever logged receiving and that kombu's BRPOP lost
+    with a worker killed frozen or killed as it popped them (see :func:`history.lost_to_a_frozen_worker`
+    and :func:`history.lost_to_a_dying_worker`)."""
     if report.config.framework != "celery" or report.config.broker != "redis":
         return report.judgements
-    lost = [j.job_id for j in report.judgements if j.verdict is history.Verdict.LOST]
-    lines = log_lines(report.run_dir / "logs", lost)
-    received = {job_id: any("received" in line for line in lines.get(job_id, [])) for job_id in lost}
-    return history.attribute_broker_losses(report.judgements, sent_at, freezes(faults), received)
+    received = first_received(report.run_dir / "logs", wall_t0)
+    return history.attribute_broker_losses(
+        report.judgements, sent_at, freezes(faults), received, deaths=deaths, supervise_every=SUPERVISE_EVERY
+    )
 
 
 def _drain(report: Report, framework: _Framework, client: redis.Redis, events: EventLog) -> None:
@@ -564,7 +599,7 @@ def run(config: RunConfig) -> Report:
         pool.start_all(READY_TIMEOUT)
         events.add(f"workers ready: {', '.join(w.name for w in pool.live())}")
         pool.supervise()
-        t0 = time.monotonic()
+        t0, wall_t0 = time.monotonic(), time.time()
         events.t0 = t0
         # The faults' generator is seeded apart from the workload's: the same seed gives the same jobs
         # whichever fault classes are chosen.
@@ -600,7 +635,9 @@ def run(config: RunConfig) -> Report:
                     )
         report.finals = finals
         report.judgements = _judge(report, finals)
-        report.judgements = _broker_losses(report, injector.faults if injector else [], sender.sent_at)
+        report.judgements = _broker_losses(
+            report, injector.faults if injector else [], sender.sent_at, pool.deaths, wall_t0
+        )
         report.leases = gather.lease_hashes(client, KEY_PREFIX, [j.job_id for j in report.broken])
         report.logs = log_lines(run_dir / "logs", [j.job_id for j in report.broken])
         report.errors = worker_errors(run_dir / "logs")

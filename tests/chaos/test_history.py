@@ -278,6 +278,38 @@ def test_a_job_sent_just_after_a_worker_froze_that_was_killed_frozen_is_the_brok
 def test_only_a_lost_job_that_no_worker_received_is_attributed_to_the_broker() -> None:
     freeze = [history.Freeze("w1", start=10.0, end=18.0, killed=12.0)]
     lost = [history.Judgement("a", "normal", Verdict.LOST), history.Judgement("b", "normal", Verdict.LOST)]
-    out = history.attribute_broker_losses(lost, {"a": 10.2, "b": 10.3}, freeze, {"a": False, "b": True})
+    out = history.attribute_broker_losses(lost, {"a": 10.2, "b": 10.3}, freeze, {"b": 10.5})
     assert [j.verdict for j in out] == [Verdict.LOST_IN_BROKER, Verdict.LOST]
     assert Verdict.LOST_IN_BROKER not in history.BROKEN
+
+
+def test_a_lost_job_is_the_broker_s_loss_when_a_worker_was_killed_in_the_span_it_was_popped_in() -> None:
+    # Sent in the order a, b, c: b was popped after a's receipt and before c's, when w2 was killed.
+    sent = {"a": 1.0, "b": 1.1, "c": 1.2}
+    lost = [history.Judgement("b", "normal", Verdict.LOST)]
+    killed_then = [history.Death("w2", seen=20.3)]
+    out = history.attribute_broker_losses(lost, sent, [], {"a": 20.0, "c": 20.4}, deaths=killed_then)
+    assert out[0].verdict is Verdict.LOST_IN_BROKER
+    assert "w2" in out[0].problems[-1]
+    killed_later = [history.Death("w2", seen=25.0)]
+    assert history.attribute_broker_losses(lost, sent, [], {"a": 20.0, "c": 20.4}, deaths=killed_later)[
+        0
+    ].verdict is (Verdict.LOST)
+    killed_before = [history.Death("w2", seen=18.0)]
+    assert history.attribute_broker_losses(lost, sent, [], {"a": 20.0, "c": 20.4}, deaths=killed_before)[
+        0
+    ].verdict is (Verdict.LOST)
+    # A span too wide to tell (no receipt for a long while): not blamed on a death in it.
+    wide = history.attribute_broker_losses(lost, sent, [], {"a": 20.0, "c": 30.0}, deaths=killed_then)
+    assert wide[0].verdict is Verdict.LOST
+    # No receipt on one side: no span.
+    assert (
+        history.attribute_broker_losses(lost, sent, [], {"a": 20.0}, deaths=killed_then)[0].verdict
+        is Verdict.LOST
+    )
+
+
+def test_a_job_is_popped_between_the_last_receipt_of_those_sent_before_and_the_first_after() -> None:
+    sent = ["a", "b", "c", "d", "e"]
+    received = {"a": 5.0, "b": 4.0, "d": 7.0, "e": 6.5}
+    assert history.pop_span("c", sent, received) == (5.0, 6.5)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.chaos.history import Death
 from tests.e2e.harness import REPO, children
 
 CELERY_BIN = str(Path(sys.executable).with_name("celery"))
@@ -144,6 +145,8 @@ class WorkerPool:
         self.current: list[WorkerProcess | None] = [None] * len(self.specs)
         self.every: list[WorkerProcess] = []
         """Every worker process started, in order."""
+        self.deaths: list[Death] = []
+        """The workers the supervisor found killed (SIGKILL), in run time."""
         self.lock = threading.Lock()
         """Held while a slot's worker is replaced (the fault injector reads the slots)."""
         self._stop = threading.Event()
@@ -192,6 +195,8 @@ class WorkerPool:
             for slot, worker in enumerate(self.current):
                 if worker is None or worker.alive():
                     continue
+                if worker.process.returncode == -signal.SIGKILL:
+                    self.deaths.append(Death(worker.name, self.events.elapsed()))
                 with self.lock:
                     # Its surviving processes (a watchdog process, an orphaned horse) go with it, as
                     # a service manager stops a unit's whole control group.
