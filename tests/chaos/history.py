@@ -554,15 +554,16 @@ def pop_span(
 
 
 def lost_to_a_dying_worker(
-    span: tuple[float, float], deaths: Iterable[Death], supervise_every: float
+    span: tuple[float, float], sent_at: float, deaths: Iterable[Death], supervise_every: float
 ) -> str | None:
     """Why a lost job no worker received is the broker's loss, or None. A worker killed with kombu's
     BRPOP reply on its way (Redis popped the message for it; only the worker, reading the reply,
     writes it to the ``unacked`` hash) takes the message with it. A job that can only have been
-    popped in a span of at most :data:`QUIET_SPAN` in which a worker was killed is that loss."""
-    low, high = span[0] - RECEIPT_MARGIN, span[1] + RECEIPT_MARGIN
-    if high - low > QUIET_SPAN + 2 * RECEIPT_MARGIN:
+    popped in a span of at most :data:`QUIET_SPAN` in which a worker was killed is that loss (not
+    popped before it was sent)."""
+    if span[1] - span[0] > QUIET_SPAN:
         return None
+    low, high = max(span[0] - RECEIPT_MARGIN, sent_at), span[1] + RECEIPT_MARGIN
     for death in deaths:
         if low <= death.seen and death.seen - supervise_every - RECEIPT_MARGIN <= high:
             return (
@@ -587,6 +588,14 @@ def attribute_broker_losses(
     :attr:`Verdict.LOST_IN_BROKER` (``sent_at``: run times, in the order sent; ``received``: when a
     worker first logged receiving each job, in run time)."""
     sent = list(sent_at)
+    # A worker killed frozen read nothing near its death: only the freeze can explain a loss to it.
+    awake = [
+        d
+        for d in deaths
+        if not any(
+            f.worker == d.worker and f.killed is not None and f.killed <= d.seen <= f.end for f in freezes
+        )
+    ]
     out = []
     for j in judgements:
         why = None
@@ -594,7 +603,7 @@ def attribute_broker_losses(
             why = lost_to_a_frozen_worker(sent_at[j.job_id], freezes)
             span = pop_span(j.job_id, sent, received)
             if why is None and span is not None:
-                why = lost_to_a_dying_worker(span, deaths, supervise_every)
+                why = lost_to_a_dying_worker(span, sent_at[j.job_id], awake, supervise_every)
         out.append(
             j if why is None else replace(j, verdict=Verdict.LOST_IN_BROKER, problems=(*j.problems, why))
         )

@@ -302,6 +302,17 @@ def test_a_lost_job_is_the_broker_s_loss_when_a_worker_was_killed_in_the_span_it
     # A span too wide to tell (no receipt for a long while): not blamed on a death in it.
     wide = history.attribute_broker_losses(lost, sent, [], {"a": 20.0, "c": 30.0}, deaths=killed_then)
     assert wide[0].verdict is Verdict.LOST
+    # Not popped before it was sent: a death before the send explains nothing.
+    sent_late = {"a": 1.0, "b": 19.9, "c": 20.35}
+    killed_early = [history.Death("w2", seen=19.5)]
+    assert history.attribute_broker_losses(lost, sent_late, [], {"a": 19.0, "c": 20.4}, deaths=killed_early)[
+        0
+    ].verdict is (Verdict.LOST)
+    # A worker killed frozen read nothing then: only the freeze rule can blame it.
+    frozen = [history.Freeze("w2", start=12.0, end=22.0, killed=20.2)]
+    assert history.attribute_broker_losses(lost, sent, frozen, {"a": 20.0, "c": 20.4}, deaths=killed_then)[
+        0
+    ].verdict is (Verdict.LOST)
     # No receipt on one side: no span.
     assert (
         history.attribute_broker_losses(lost, sent, [], {"a": 20.0}, deaths=killed_then)[0].verdict

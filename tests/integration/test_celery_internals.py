@@ -5,6 +5,7 @@ that changes one fails here, by name."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, states
@@ -132,17 +133,22 @@ def test_kombu_s_redis_transport_restores_an_unacked_message_by_tag_and_rabbitmq
         assert channel.client.hlen(channel.unacked_key) == 0
 
 
-def test_a_delivery_is_noted_with_its_task_id_before_it_enters_kombu_s_unacked_hash(app: Celery) -> None:
+def test_a_delivery_is_noted_before_and_after_it_enters_kombu_s_unacked_hash_and_held_until_acked(
+    app: Celery,
+) -> None:
     queue = Queue(f"q-{uuid.uuid4().hex[:8]}", Exchange("internals", type="direct"), routing_key="r")
     with app.connection_for_write() as connection:
         channel = connection.default_channel
-        noted: list[tuple[str, str, bool]] = []
+        noted: list[tuple[str, str, str, bool]] = []
 
-        def note(tag: str, task_id: str) -> None:
-            noted.append((tag, task_id, channel.client.hget(channel.unacked_key, tag) is not None))
+        def note(when: str) -> Callable[[str, str], None]:
+            def record(tag: str, task_id: str) -> None:
+                noted.append((when, tag, task_id, channel.client.hget(channel.unacked_key, tag) is not None))
 
-        internals.on_delivery(channel, note)
-        internals.on_delivery(channel, note)  # once per channel
+            return record
+
+        internals.on_delivery(channel, note("before"), note("after"))
+        internals.on_delivery(channel, note("before"), note("after"))  # once per channel
         producer = connection.Producer()
         producer.publish(
             "a task", exchange=queue.exchange, routing_key="r", declare=[queue], headers={"id": "t-1"}
@@ -151,6 +157,7 @@ def test_a_delivery_is_noted_with_its_task_id_before_it_enters_kombu_s_unacked_h
         with connection.Consumer(queue, callbacks=[lambda body, message: taken.append(message)]):
             connection.drain_events(timeout=5)
             [message] = taken
-            assert noted == [(message.delivery_tag, "t-1", False)]  # noted first, then written unacked
-            assert channel.client.hget(channel.unacked_key, message.delivery_tag) is not None
+            tag = message.delivery_tag
+            assert noted == [("before", tag, "t-1", False), ("after", tag, "t-1", True)]
+            assert internals.delivered_tags(channel) == {tag}
             message.ack()

@@ -3,15 +3,16 @@ Redis broker (kombu's own consumer takes the messages, as a worker's does)."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from celery import Celery
 from kombu import Connection, Exchange, Queue
 
-from zombieguard.integrations.celery import DELIVERY_SLACK, ReceivedLog, hand_back, internals
+import zombieguard.integrations.celery as celery_integration
+from zombieguard.integrations.celery import ReceivedLog, hand_back, internals
 
 
 class _Request:
@@ -25,7 +26,7 @@ class _Request:
 def _take(connection: Connection, queue: Queue, count: int, received: ReceivedLog) -> list[Any]:
     """Have kombu's consumer deliver ``count`` messages, written down in ``received`` as a worker's
     are, and leave them unacked (in its unacked hash)."""
-    internals.on_delivery(connection.default_channel, received.delivered)
+    internals.on_delivery(connection.default_channel, received.delivering, received.delivered)
     taken: list[Any] = []
     with connection.Consumer(queue, callbacks=[lambda body, message: taken.append(message)], no_ack=False):
         while len(taken) < count:
@@ -80,9 +81,52 @@ def test_a_dead_worker_s_unacked_messages_are_handed_back_by_the_next_one_unless
         assert written.task_id == "t-1"
         hand_back(app, ReceivedLog.read(tmp_path))
         with app.connection_for_write() as other, other.SimpleQueue(queue) as simple:
-            time.sleep(DELIVERY_SLACK)
             back = simple.get(timeout=5)  # delivered again: to this other consumer, same tag
             assert back.payload == "lost-with-its-worker"
             hand_back(app, ReceivedLog.read(tmp_path))  # the dead worker's entry is older: not its own
             assert connection.default_channel.client.hlen(connection.default_channel.unacked_key) == 1
             back.ack()
+
+
+def test_a_dead_worker_s_messages_are_handed_back_once_not_again_when_delivered_again_at_once(
+    app: Celery, tmp_path: Path
+) -> None:
+    # Its watchdog process hands back first, then the worker started after it reads the same
+    # directory: a message delivered again meanwhile to a live worker stays with that worker.
+    queue = Queue(f"q-{uuid.uuid4().hex[:8]}", Exchange("received", type="direct"), routing_key="r")
+    with app.connection_for_write() as connection:
+        connection.Producer().publish(
+            "lost-with-its-worker",
+            exchange=queue.exchange,
+            routing_key="r",
+            declare=[queue],
+            headers={"id": "t-2"},
+        )
+        _take(connection, queue, 1, ReceivedLog(tmp_path))
+        written = ReceivedLog.read(tmp_path)
+        assert ReceivedLog.hand_back_for(app, tmp_path) == 1
+        with app.connection_for_write() as other, other.SimpleQueue(queue) as simple:
+            back = simple.get(timeout=5)
+            assert ReceivedLog.hand_back_for(app, tmp_path) == 0  # taken: not handed back twice
+            hand_back(app, written)  # written once in kombu's unacked hash: its time tells it apart
+            assert other.default_channel.client.hlen(other.default_channel.unacked_key) == 1
+            back.ack()
+
+
+def test_a_worker_s_log_rewritten_keeps_the_messages_it_still_holds_as_first_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    received = ReceivedLog(tmp_path)
+    for tag in ("a", "b", "c"):
+        received.delivering(tag, f"t-{tag}")
+        received.delivered(tag, f"t-{tag}")
+    before = {m.tag: m for m in ReceivedLog.read(tmp_path)}
+    received.unacked_here = lambda: {"b"}  # a and c were acked
+    monkeypatch.setattr(celery_integration, "RECEIVED_LOG_BYTES", 0)
+    received.delivering("d", "t-d")
+    after = {m.tag: m for m in ReceivedLog.read(tmp_path)}
+    assert set(after) == {"b", "d"}
+    assert after["b"] == before["b"]
+    assert after["b"].exact
+    assert not after["d"].exact  # written before kombu's own write only
+    received.close()

@@ -368,14 +368,13 @@ class CeleryAdapter:
     def worker_gone(self, workdir: Path) -> None:
         """Put the messages a dead worker received back in their queues now (see :func:`hand_back`):
         every delivery tag it wrote down (:class:`ReceivedLog`) that is still unacked."""
-        received = ReceivedLog.read(workdir)
+        received = ReceivedLog.hand_back_for(self.app, workdir)
         if received:
-            hand_back(self.app, received)
             log.warning(
                 "celery: handed back what a worker that died (%s) still held of the %d message(s) it "
                 "had received",
                 workdir.name,
-                len(received),
+                received,
             )
 
     def republish(self, entry: DeadLetterEntry) -> None:
@@ -430,15 +429,27 @@ class Received:
     """Its delivery tag (kombu's Redis transport keeps one per message, across its redeliveries)."""
     task_id: str
     at: float
-    """When the worker received it (``time.time()``, taken just before kombu's own time of delivery)."""
+    """When the worker wrote it down (``time.time()``)."""
+    exact: bool = True
+    """Written once kombu had put it in its unacked hash (``at`` is then later than kombu's own time
+    of the delivery); False: written just before, and the worker went no further."""
+
+
+def _copied(read: Callable[[], Iterable[str]]) -> set[str]:
+    """A copy of a set other threads change (Celery's request sets, kombu's delivered messages)."""
+    for _ in range(10):
+        with contextlib.suppress(RuntimeError):  # it changed size while being copied
+            return set(read())
+    return set(read())
 
 
 class ReceivedLog:
-    """The messages a worker received, written down as they come (main process, one line each, as
-    kombu delivers each, before it enters the unacked hash), so that they can be settled when the
-    worker stops without acking them, or handed back when it dies (see :func:`hand_back`). Only for
-    a broker that does not return them itself (kombu's Redis transport). The file is rewritten with
-    the messages still held when it grows past :data:`RECEIVED_LOG_BYTES`."""
+    """The messages a worker received, written down as they come (main process, a line as kombu
+    delivers each, just before it enters the unacked hash, and another once it has), so that they
+    can be settled when the worker stops without acking them, or handed back when it dies (see
+    :func:`hand_back`). Only for a broker that does not return them itself (kombu's Redis
+    transport). The file is rewritten with the messages still held when it grows past
+    :data:`RECEIVED_LOG_BYTES`."""
 
     NAME = "received"
 
@@ -446,28 +457,42 @@ class ReceivedLog:
         self.path = workdir / self.NAME
         self._file = self.path.open("ab", buffering=0)
         self._written = 0
+        self._lines: dict[str, bytes] = {}
+        """The last line written of each message (what a rewrite keeps of those still held)."""
         self.started: dict[str, str] = {}
         """The messages whose tasks started here, by delivery tag: their task ids (kept in memory
         only: see :meth:`settle`)."""
+        self.unacked_here: Callable[[], Iterable[str]] = tuple
+        """The delivery tags the worker's task channel holds unacked (set by :class:`DeliveryLogStep`)."""
+
+    def delivering(self, tag: str, task_id: str) -> None:
+        """kombu is delivering a message to this worker (see :func:`internals.on_delivery`)."""
+        self._write(tag, task_id, "")
 
     def delivered(self, tag: str, task_id: str) -> None:
-        """kombu delivers a message to this worker: write it down (see :func:`internals.on_delivery`).
-        Never raises: the delivery goes on whatever happens here."""
+        """kombu has put the message in its unacked hash."""
+        self._write(tag, task_id, " +")
+
+    def _write(self, tag: str, task_id: str, mark: str) -> None:
+        """Write a line down. Never raises: the delivery goes on whatever happens here."""
         if self._file.closed:
             return  # the worker settled what it received: it takes no more
-        line = f"{tag} {task_id} {time.time():.6f}\n".encode()
+        line = f"{tag} {task_id} {time.time():.6f}{mark}\n".encode()
         try:
             if self._written > RECEIVED_LOG_BYTES:
                 self._compact()
             self._file.write(line)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:
             log.warning("celery: message %s for task %s not written down (%r)", tag, task_id, exc)
             return
         self._written += len(line)
+        self._lines[tag] = line
 
     def _compact(self) -> None:
-        held = {r.message.delivery_tag: r.id for r in internals.held_requests() if r.message.delivery_tag}
-        text = b"".join(f"{tag} {task_id} {time.time():.6f}\n".encode() for tag, task_id in held.items())
+        held = _copied(lambda: (r.message.delivery_tag for r in internals.held_requests()))
+        held |= _copied(self.unacked_here)
+        self._lines = {tag: line for tag, line in self._lines.items() if tag in held}
+        text = b"".join(self._lines.values())
         temporary = self.path.with_suffix(".new")
         temporary.write_bytes(text)
         temporary.replace(self.path)
@@ -499,21 +524,48 @@ class ReceivedLog:
     @classmethod
     def read(cls, workdir: Path) -> list[Received]:
         """What a worker wrote down in ``workdir`` (nothing when it wrote nothing)."""
+        return cls._read(workdir / cls.NAME)
+
+    @staticmethod
+    def _read(path: Path) -> list[Received]:
         try:
-            lines = (workdir / cls.NAME).read_text().splitlines()
+            lines = path.read_text().splitlines()
         except OSError:
             return []
-        out = []
+        out: dict[str, Received] = {}
         for line in lines:
             parts = line.split()
             with contextlib.suppress(ValueError, IndexError):
-                out.append(Received(parts[0], parts[1], float(parts[2])))
-        return out
+                out[parts[0]] = Received(parts[0], parts[1], float(parts[2]), exact=parts[3:] == ["+"])
+        return list(out.values())
+
+    @classmethod
+    def hand_back_for(cls, app: Celery, workdir: Path) -> int:
+        """Hand back what a dead worker wrote down in ``workdir`` (see :func:`hand_back`), once: the
+        file is taken (renamed) first, so that whoever comes next (the watchdog process, then the
+        worker started after it) does not hand back again a message delivered since to a live
+        worker. Redis unreachable: it raises, and the file stays for a worker started later.
+        Returns how many messages were written down."""
+        taken = workdir / f"{cls.NAME}.{os.getpid()}"
+        try:
+            (workdir / cls.NAME).rename(taken)
+        except OSError:
+            return 0  # nothing written down, or taken already
+        received = cls._read(taken)
+        try:
+            if received:
+                hand_back(app, received)
+        except Exception:
+            taken.rename(workdir / cls.NAME)
+            raise
+        taken.unlink()
+        return len(received)
 
 
 DELIVERY_SLACK = 1.0
-"""Seconds between a worker writing a delivery down and kombu's own time of it within which they are
-the same delivery (kombu takes its time just after: microseconds, unless the process froze there)."""
+"""For a delivery a worker wrote down only before kombu took its own time of it (the worker went no
+further): the seconds after which kombu's time is that of a later delivery (kombu takes its time
+microseconds after, unless the process froze there)."""
 
 RECEIVED_LOG_BYTES = 1 << 20
 """How large a worker's :class:`ReceivedLog` grows before it is rewritten with the tags still held."""
@@ -2085,7 +2137,7 @@ def hand_back(app: Celery, received: Iterable[Received], ran: Mapping[str, str] 
             return
         for message in received:
             delivered = unacked.delivered_at(message.tag)
-            if delivered is None or delivered > message.at + DELIVERY_SLACK:
+            if delivered is None or delivered > message.at + (0 if message.exact else DELIVERY_SLACK):
                 continue  # acked, or delivered again since to some worker
             task_id = (ran or {}).get(message.tag)
             if task_id is not None and _recorded_end(app, task_id):
@@ -2121,7 +2173,9 @@ class DeliveryLogStep(bootsteps.StartStopStep):  # type: ignore[misc]
         guard = _guard
         task_consumer = getattr(consumer, "task_consumer", None)
         if guard is not None and guard.received is not None and task_consumer is not None:
-            internals.on_delivery(task_consumer.channel, guard.received.delivered)
+            channel = task_consumer.channel
+            internals.on_delivery(channel, guard.received.delivering, guard.received.delivered)
+            guard.received.unacked_here = lambda: internals.delivered_tags(channel)
 
 
 # -- the Task and Request classes -----------------------------------------------------------------

@@ -76,21 +76,30 @@ def restores_by_tag(transport: Any) -> bool:
     return hasattr(getattr(getattr(transport, "Channel", None), "QoS", None), "restore_by_tag")
 
 
-def on_delivery(channel: Any, note: Callable[[str, str], None]) -> None:
-    """Call ``note(delivery_tag, task_id)`` for each message ``channel`` delivers, just before kombu's
+def on_delivery(channel: Any, before: Callable[[str, str], None], after: Callable[[str, str], None]) -> None:
+    """Call ``before(delivery_tag, task_id)`` for each message ``channel`` delivers, just before kombu's
     Redis transport writes it to its unacked hash (``QoS.append``, which the channel calls before
-    handing the message to its consumer). Once per channel."""
+    handing the message to its consumer), and ``after`` once it has. Once per channel."""
     qos = channel.qos
     if getattr(qos.append, "_zg_notes", False):
         return
     append = qos.append
 
     def noting(message: Any, delivery_tag: str) -> Any:
-        note(delivery_tag, str((message.headers or {}).get("id") or "-"))
-        return append(message, delivery_tag)
+        task_id = str((message.headers or {}).get("id") or "-")
+        before(delivery_tag, task_id)
+        appended = append(message, delivery_tag)
+        after(delivery_tag, task_id)
+        return appended
 
     noting._zg_notes = True  # type: ignore[attr-defined]
     qos.append = noting
+
+
+def delivered_tags(channel: Any) -> set[str]:
+    """The delivery tags of the messages ``channel`` delivered and has not acked (``QoS._delivered``;
+    an ack leaves it there until kombu's next flush)."""
+    return set(channel.qos._delivered)
 
 
 class Unacked:
