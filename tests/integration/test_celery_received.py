@@ -104,10 +104,13 @@ def test_a_dead_worker_s_messages_are_handed_back_once_not_again_when_delivered_
         )
         _take(connection, queue, 1, ReceivedLog(tmp_path))
         written = ReceivedLog.read(tmp_path)
+        siblings = sorted(tmp_path.parent.iterdir())
         assert ReceivedLog.hand_back_for(app, tmp_path) == 1
         with app.connection_for_write() as other, other.SimpleQueue(queue) as simple:
             back = simple.get(timeout=5)
             assert ReceivedLog.hand_back_for(app, tmp_path) == 0  # taken: not handed back twice
+            assert not (tmp_path / ReceivedLog.NAME).exists()
+            assert sorted(tmp_path.parent.iterdir()) == siblings  # the taker's own directory removed
             hand_back(app, written)  # written once in kombu's unacked hash: its time tells it apart
             assert other.default_channel.client.hlen(other.default_channel.unacked_key) == 1
             back.ack()

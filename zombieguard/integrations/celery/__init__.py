@@ -43,6 +43,7 @@ import os
 import pickle
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -541,24 +542,26 @@ class ReceivedLog:
 
     @classmethod
     def hand_back_for(cls, app: Celery, workdir: Path) -> int:
-        """Hand back what a dead worker wrote down in ``workdir`` (see :func:`hand_back`), once: the
-        file is taken (renamed) first, so that whoever comes next (the watchdog process, then the
-        worker started after it) does not hand back again a message delivered since to a live
-        worker. Redis unreachable: it raises, and the file stays for a worker started later.
-        Returns how many messages were written down."""
-        taken = workdir / f"{cls.NAME}.{os.getpid()}"
+        """Hand back what a dead worker wrote down in ``workdir`` (see :func:`hand_back`), once:
+        whoever comes first (its watchdog process, or one of the workers started after it) takes the
+        file, moving it into a working directory of its own, so that no one hands back again a
+        message delivered since to a live worker, nor deletes the file with ``workdir`` before it is
+        read. Redis unreachable: it raises, and the file stays in that directory, for a worker
+        started after this process to find (as a dead process's). Returns how many messages were
+        written down."""
+        # Working directories are named <prefix><pid>-<random>, and mkdtemp's random part has no "-".
+        prefix = workdir.name.rsplit("-", 2)[0] + "-"
+        taken = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=workdir.parent))
         try:
-            (workdir / cls.NAME).rename(taken)
+            (workdir / cls.NAME).rename(taken / cls.NAME)
         except OSError:
+            taken.rmdir()
             return 0  # nothing written down, or taken already
-        received = cls._read(taken)
-        try:
-            if received:
-                hand_back(app, received)
-        except Exception:
-            taken.rename(workdir / cls.NAME)
-            raise
-        taken.unlink()
+        received = cls._read(taken / cls.NAME)
+        if received:
+            hand_back(app, received)
+        (taken / cls.NAME).unlink()
+        taken.rmdir()
         return len(received)
 
 
@@ -1212,7 +1215,13 @@ class InProcessExecutor(Executor):
             except redis.RedisError as exc:
                 log.warning("celery task %s: %s; its lease not written (%s)", attempt.job.job_id, why, exc)
             if attempt.token and attempt.lost is None:
-                self.guard.recover_stalled(attempt.described(), attempt.token, why)
+                # The attempt stopped before the sweep (a round trip to the broker): the watchdog
+                # process, woken with this one, would take a job still running past its limit for
+                # one stuck in C code.
+                self.guard.recover_stalled(
+                    attempt.described(), attempt.token, why, before_sweep=lambda: self.lost(attempt)
+                )
+                return
         self.lost(attempt)
 
     def lost(self, attempt: Attempt) -> None:
@@ -1982,18 +1991,32 @@ class WorkerGuard(WorkerRuntime):
         )
         return lease_from_slot(self.store, state, payload, adapter=ADAPTER, worker=self.name, policy=policy)
 
-    def recover_stalled(self, spec: JobSpec, token: int, why: str = "its pool process died") -> bool:
+    def recover_stalled(
+        self,
+        spec: JobSpec,
+        token: int,
+        why: str = "its pool process died",
+        before_sweep: Callable[[], object] = tuple,
+    ) -> bool:
         """A pool process died in the middle of ``spec``'s task (or ``why``): give its lease up as
-        stalled and sweep at once (the task is recovered or dead-lettered). False when it was given
-        up already."""
+        stalled, call ``before_sweep``, and sweep at once (the task is recovered or dead-lettered).
+        False when it was given up already."""
         log.warning("celery task %s[%s]: %s; recovering it", spec.task, spec.job_id, why)
         try:
             self.store.abandon(spec, token, "stalled")
-            self.sweeper.sweep_once()
         except LeaseLost:
             return False
         except redis.RedisError as exc:
             log.warning("celery task %s: lease not given up (%s); it expires instead", spec.job_id, exc)
+            return True
+        finally:
+            before_sweep()
+        try:
+            self.sweeper.sweep_once()
+        except redis.RedisError as exc:
+            log.warning(
+                "celery task %s: not swept at once (%s); the next sweep recovers it", spec.job_id, exc
+            )
         return True
 
     def stuck(self, state: _Running, ident: int, watched: Watched) -> None:
