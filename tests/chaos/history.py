@@ -503,22 +503,37 @@ class Freeze:
     killed: float | None = None
 
 
-def lost_to_a_frozen_worker(sent_at: float, freezes: Iterable[Freeze]) -> str | None:
+def lost_to_a_frozen_worker(
+    sent_at: float, freezes: Iterable[Freeze], span: tuple[float, float] | None = None
+) -> str | None:
     """Why a lost job is the broker's loss, or None. kombu's Redis transport takes a message with
     BRPOP: Redis pops it for the worker whose read is pending, and only the worker, reading the reply,
     writes it to the ``unacked`` hash. A worker frozen with a read pending, then killed before it
-    woke, takes the message with it: no worker ever received it, nothing of it is left anywhere. A
-    job sent within :data:`BRPOP_WINDOW` after a worker froze that was killed frozen is that loss."""
+    woke, takes the message with it: no worker ever received it, nothing of it is left anywhere.
+    That read is pending for up to :data:`BRPOP_WINDOW` after the freeze began. A job sent in that
+    window is that loss; so is one sent before it that can only have been popped then (``span``:
+    see :func:`pop_span`, at most :data:`QUIET_SPAN` wide, give or take :data:`RECEIPT_MARGIN`)."""
     for freeze in freezes:
+        if freeze.killed is None or not freeze.start <= freeze.killed < freeze.end:
+            continue
+        window = (freeze.start, freeze.start + BRPOP_WINDOW)
+        killed = f"{freeze.worker} was killed frozen {freeze.killed - freeze.start:.1f} s later"
+        if window[0] <= sent_at <= window[1]:
+            return (
+                f"sent {sent_at - freeze.start:.2f} s after {freeze.worker} froze, and {killed}: kombu's "
+                "BRPOP popped it for that worker, which never read it"
+            )
         if (
-            freeze.killed is not None
-            and freeze.start <= freeze.killed < freeze.end
-            and freeze.start <= sent_at <= freeze.start + BRPOP_WINDOW
+            span is not None
+            and sent_at < window[0]
+            and span[1] - span[0] <= QUIET_SPAN
+            and span[0] - RECEIPT_MARGIN <= window[1]
+            and window[0] <= span[1] + RECEIPT_MARGIN
         ):
             return (
-                f"sent {sent_at - freeze.start:.2f} s after {freeze.worker} froze, and {freeze.worker} was "
-                f"killed frozen {freeze.killed - freeze.start:.1f} s later: kombu's BRPOP popped it for that "
-                "worker, which never read it"
+                f"popped between {span[0]:.2f} s and {span[1]:.2f} s (the receipts of the jobs sent "
+                f"before and after it), {freeze.worker} froze at {freeze.start:.2f} s with a read "
+                f"pending, and {killed}: kombu's BRPOP popped it for that worker, which never read it"
             )
     return None
 
@@ -600,8 +615,8 @@ def attribute_broker_losses(
     for j in judgements:
         why = None
         if j.verdict is Verdict.LOST and j.job_id not in received and j.job_id in sent_at:
-            why = lost_to_a_frozen_worker(sent_at[j.job_id], freezes)
             span = pop_span(j.job_id, sent, received)
+            why = lost_to_a_frozen_worker(sent_at[j.job_id], freezes, span)
             if why is None and span is not None:
                 why = lost_to_a_dying_worker(span, sent_at[j.job_id], awake, supervise_every)
         out.append(

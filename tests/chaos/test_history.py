@@ -275,6 +275,19 @@ def test_a_job_sent_just_after_a_worker_froze_that_was_killed_frozen_is_the_brok
     assert history.lost_to_a_frozen_worker(9.5, [killed]) is None  # sent before: it could read it
 
 
+def test_a_queued_job_popped_as_a_worker_froze_then_killed_frozen_is_the_broker_s_loss() -> None:
+    # Sent before the freeze, but the jobs ahead of it were received until the freeze began and
+    # the ones behind it only after: the frozen worker's pending read took it.
+    killed = history.Freeze("w1", start=10.0, end=18.0, killed=16.6)
+    assert history.lost_to_a_frozen_worker(8.0, [killed], span=(9.9, 11.1)) is not None
+    woken = history.Freeze("w1", start=10.0, end=18.0, killed=None)
+    assert history.lost_to_a_frozen_worker(8.0, [woken], span=(9.9, 11.1)) is None
+    assert history.lost_to_a_frozen_worker(8.0, [killed], span=(12.0, 13.0)) is None  # popped after its read
+    assert history.lost_to_a_frozen_worker(8.0, [killed], span=(7.0, 9.0)) is None  # popped before the freeze
+    assert history.lost_to_a_frozen_worker(8.0, [killed], span=(4.0, 11.0)) is None  # too wide to tell
+    assert history.lost_to_a_frozen_worker(8.0, [killed]) is None  # no span known
+
+
 def test_only_a_lost_job_that_no_worker_received_is_attributed_to_the_broker() -> None:
     freeze = [history.Freeze("w1", start=10.0, end=18.0, killed=12.0)]
     lost = [history.Judgement("a", "normal", Verdict.LOST), history.Judgement("b", "normal", Verdict.LOST)]
