@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import uuid
 
 import redis
@@ -35,3 +38,42 @@ def test_a_timed_out_job_is_failed_the_rq_way_with_its_reason(
     if RQ_VERSION >= (2, 5):
         assert result.worker_name == "zgw-pinned"
     assert not RQAdapter(client).fail(record, "timed_out", "again"), "a job that ended is not failed twice"
+
+
+_STOP_HORSE = textwrap.dedent(
+    """
+    import subprocess, sys
+    import redis
+    from rq import Queue
+    from zombieguard.integrations.rq import GuardedWorker
+
+    class Worker(GuardedWorker):
+        horse = 0
+
+        @property
+        def horse_pid(self):
+            return self.horse
+
+    client = redis.Redis.from_url(sys.argv[1])
+    worker = Worker([Queue("zg-no-queue", connection=client)], connection=client)
+    worker._zg_kill_horse()  # RQ reaped the horse: horse_pid is 0
+    horse = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    worker.horse = horse.pid  # not yet in a session of its own
+    worker._zg_kill_horse()
+    print(horse.wait(5), "alive")
+    """
+)
+
+
+def test_stopping_a_lost_attempt_never_kills_the_worker_itself_only_its_horse(redis_url: str) -> None:
+    # The worker leads a process group of its own (as under a supervisor): the stop must not hit it,
+    # whether RQ reaped the horse already or the horse has not left the worker's group yet.
+    run = subprocess.run(
+        [sys.executable, "-c", _STOP_HORSE, redis_url],
+        check=False,
+        start_new_session=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (run.returncode, run.stdout.split()) == (0, ["-9", "alive"]), run.stderr

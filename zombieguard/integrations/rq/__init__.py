@@ -982,8 +982,18 @@ class GuardedWorker(_GuardedMixin, Worker):
             self._zg.dumper.install()
 
     def _zg_kill_horse(self) -> None:
+        """Kill the horse and what it started (its own session: RQ's horse calls setsid). Never
+        this worker's own process group: RQ sets ``horse_pid`` to 0 once it reaped the horse, and
+        a horse signalled before its setsid is still in this worker's group."""
+        pid = self.horse_pid
+        if pid <= 0:
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(os.getpgid(self.horse_pid), signal.SIGKILL)
+            group = os.getpgid(pid)
+            if group == os.getpgrp():
+                os.kill(pid, signal.SIGKILL)
+            else:
+                os.killpg(group, signal.SIGKILL)
 
     def _zg_stop_lost(self) -> None:
         self._zg_kill_horse()
