@@ -246,3 +246,37 @@ def test_a_lease_that_lapsed_before_it_was_overdue_is_not_renewed_once_overdue_b
             assert store.progress(job(job_id), attempt.token) == "ok"
     sweep = store.claim("test", "sweeper")
     assert [(c.record.job_id, c.reason) for c in sweep.claimed] == [("lapsed-then-overdue", "stalled")]
+
+
+@pytest.mark.parametrize("given_up", ["by its worker", "lapsed then overdue"])
+def test_an_attempt_given_up_as_a_stall_is_not_renewed_and_may_complete_but_its_failure_is_refused(
+    store: LeaseStore, given_up: str
+) -> None:
+    # Its worker woke from a freeze to a limit that passed by the clock only (RQ's alarm, Celery's
+    # backstop): the sweeper recovers the job, so neither a renewal, a beat nor that failure may
+    # turn it into a timeout first.
+    for job_id, outcome in (
+        ("fails", Outcome.TIMED_OUT),
+        ("raises", Outcome.FAILED),
+        ("completes", Outcome.COMPLETED),
+    ):
+        attempt = start(store, job_id, Policy(lease_ttl=5, hard_timeout=0.2, overdue_grace=0.1))
+        if given_up == "by its worker":
+            store.abandon(attempt.job, attempt.token, "stalled")
+            store.abandon(attempt.job, attempt.token, "timed_out")  # its watchdog process, later
+        else:
+            expire(store, job_id)
+        time.sleep(0.4)  # the hard deadline and its grace pass
+        assert store.renew("test", "w1", 10, [(job_id, attempt.token)]) == ["lost"]
+        with pytest.raises(LeaseLost, match="given up as stalled"):
+            store.progress(attempt.job, attempt.token)
+        if outcome is Outcome.COMPLETED:
+            store.release(attempt.job, attempt.token, outcome)
+        else:
+            with pytest.raises(LeaseLost, match="stalled"):
+                store.release(attempt.job, attempt.token, outcome, "JobTimeoutException")
+    sweep = store.claim("test", "sweeper")
+    assert sorted((c.record.job_id, c.reason) for c in sweep.claimed) == [
+        ("fails", "stalled"),
+        ("raises", "stalled"),
+    ]

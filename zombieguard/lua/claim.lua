@@ -28,7 +28,7 @@ for _, job in ipairs(ids) do
         problem = 'expires or overdue_grace unreadable: ' .. tostring(r[2]) .. ', ' .. tostring(r[5])
       else
         local hard, prog = tonumber(r[3]), tonumber(r[4])
-        if r[8] and expires <= now then
+        if r[8] then
           reason = r[8]
         elseif expires <= now and not (hard and hard + grace <= expires) then
           -- Its worker stopped renewing before the job was overdue: dead or frozen, a stall, even

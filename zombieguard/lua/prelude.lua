@@ -18,18 +18,21 @@ local function due_score(expires, hard_deadline, progress_deadline, grace)
   return d
 end
 
--- A running lease that lapsed (its worker stopped renewing it: frozen, or cut off from Redis) before
--- it was overdue, and is overdue now. A sweeper takes it for a stall (claim.lua), so its worker must
--- not renew it and then stop the job as timed out: it is given up as stalled instead (due now, for
--- a sweeper to recover), and the renewal or beat is refused. True when so.
-local function give_up_lapsed(key, due_key, job, now)
-  local r = redis.call('HMGET', key, 'expires', 'hard_deadline', 'overdue_grace')
+-- Why a running lease is given up, or nil: its worker gave it up (abandon.lua, with the reason a
+-- sweeper acts on), or it lapsed (its worker stopped renewing it: frozen, or cut off from Redis)
+-- before it was overdue and is overdue now. A sweeper takes the latter for a stall (claim.lua), so
+-- its worker must not renew it and then stop the job as timed out: it is given up as stalled here
+-- (due now, for a sweeper to recover). Either way the lease is the sweeper's: its attempt's
+-- renewals and beats are refused, and so is any end but completion of one given up as stalled.
+local function given_up(key, due_key, job, now)
+  local r = redis.call('HMGET', key, 'expires', 'hard_deadline', 'overdue_grace', 'abandoned')
+  if r[4] then return r[4] end
   local expires, hard, grace = tonumber(r[1]), tonumber(r[2]), tonumber(r[3])
-  if not (expires and hard and grace) or expires > now then return false end
-  if hard + grace <= expires or hard + grace > now then return false end
+  if not (expires and hard and grace) or expires > now then return nil end
+  if hard + grace <= expires or hard + grace > now then return nil end
   redis.call('HSET', key, 'abandoned', 'stalled')
   redis.call('ZADD', due_key, fmt(now), job)
-  return true
+  return 'stalled'
 end
 
 local function key_type(key)

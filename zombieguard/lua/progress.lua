@@ -12,7 +12,8 @@ if r[1] ~= 'running' or r[2] ~= ARGV[1] then return {'lost', r[1] or '', r[2] or
 local ttl, grace = tonumber(r[3]), tonumber(r[6])
 if ttl == nil or grace == nil then return {'corrupt', 'lease_ttl or overdue_grace unreadable'} end
 local now = now_s()
-if give_up_lapsed(KEYS[1], KEYS[2], ARGV[2], now) then return {'lost', 'stalled', r[2]} end
+local why = given_up(KEYS[1], KEYS[2], ARGV[2], now)
+if why then return {'lost', 'given up as ' .. why, r[2]} end
 local expires = now + ttl
 local pt = tonumber(r[5])
 local progress_deadline = pt and now + pt or nil

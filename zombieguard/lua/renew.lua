@@ -1,8 +1,8 @@
 -- Renew every lease one worker holds, and the worker's own presence: one round trip per interval.
 -- KEYS: due, workers, lease_1 .. lease_n
 -- ARGV: worker, worker_ttl, job_1, token_1, .. job_n, token_n
--- Returns one code per lease: 'ok', 'lost' (another token or state, or lapsed and overdue since:
--- see give_up_lapsed), 'missing', 'corrupt'.
+-- Returns one code per lease: 'ok', 'lost' (another token or state, or given up: see given_up),
+-- 'missing', 'corrupt'.
 local now = now_s()
 redis.call('ZADD', KEYS[2], fmt(now + tonumber(ARGV[2])), ARGV[1])
 local out = {}
@@ -22,7 +22,7 @@ for i = 3, #KEYS do
       local ttl, grace = tonumber(r[3]), tonumber(r[6])
       if ttl == nil or grace == nil then
         code = 'corrupt'
-      elseif give_up_lapsed(key, KEYS[1], job, now) then
+      elseif given_up(key, KEYS[1], job, now) then
         code = 'lost'
       else
         local expires = now + ttl
