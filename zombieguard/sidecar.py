@@ -8,7 +8,9 @@ its stack (faulthandler), kills the worker with SIGKILL and gives the lease up w
 stack. A job whose lease was still to be written (Celery's ``lease_delay``) has it written from its
 slot first (``--slot-payload module:function`` reads what the slot keeps). Grace is counted from when
 both processes last ran: after a freeze of the whole worker (SIGSTOP, a paused VM), the worker's own
-threads get their grace to stop a job before this process kills anything.
+threads get their grace to stop a job before this process kills anything; and a job it finds past
+a limit on waking from a freeze longer than the job's lease is a stall, as a sweeper judges it (its
+lease lapsed before the limit passed): its lease is given up as stalled, and recovered, not failed.
 
 When the worker is gone (killed here, or by anything else), the jobs still in its slots are given up
 as stalls and, when it can build the integration's adapter (``--adapter module:factory``, given the
@@ -43,7 +45,7 @@ from zombieguard.policy import Policy, Settings
 from zombieguard.slot import JobSlot, SlotState
 from zombieguard.stats import EventCounter
 from zombieguard.sweeper import Sweeper
-from zombieguard.watchdog import StackDumper, process_exited
+from zombieguard.watchdog import FROZEN_AFTER, StackDumper, process_exited
 
 log = logging.getLogger("zombieguard.sidecar")
 
@@ -199,9 +201,14 @@ class SlotWatcher:
         self.written: dict[JobSlot, _Written] = {}
         self.killed: JobSlot | None = None
         """The slot whose job this process killed the worker for (its lease given up already)."""
+        self.stalled: dict[JobSlot, int] = {}
+        """Per slot, the generation of the job found past a limit on waking from a freeze longer
+        than its lease: a stall, not a timeout."""
         self._loaded: JobAdapter | None = None
         self._load_failed = False
         self._looked = self._awake_since = time.monotonic()
+        self._frozen_for = 0.0
+        """How long this process was frozen, last it was (0: never)."""
         self._unanswered = False
         """Redis did not answer the last write or release of a lease (logged once until it does)."""
 
@@ -212,12 +219,18 @@ class SlotWatcher:
         state = slot.read()
         now = time.monotonic()
         if now - self._looked > self.grace + THAWED_AFTER:
-            self._awake_since = now  # this process did not run meanwhile: frozen, likely with its worker
+            # This process did not run meanwhile: frozen, likely with its worker.
+            self._awake_since, self._frozen_for = now, now - self._looked
         self._looked = now
         reason = overdue(state, now, self.grace)
+        if reason is not None and self.stalled.get(slot) != state.generation and self._stall(state):
+            self.stalled[slot] = state.generation
+            self._give_up(slot, state, "stalled")  # the worker's threads, waking, find it so too
         if reason is not None and now < self._awake_since + self.grace:
             return None, self._awake_since + self.grace  # just thawed: the worker's own threads act first
         if reason is not None and slot.read().generation == state.generation:
+            if self.stalled.get(slot) == state.generation:
+                reason = "stalled"
             self._kill(slot, state, reason)
             return reason, time.monotonic()
         due = next_look(state, self.grace)
@@ -232,6 +245,17 @@ class SlotWatcher:
             else:
                 self._write(slot, state)
         return None, due
+
+    def _stall(self, state: SlotState) -> bool:
+        """Whether the job passed its limit while this process was frozen, for longer than the
+        job's lease: its lease lapsed first, a stall."""
+        if self._frozen_for <= max(state.lease_ttl, FROZEN_AFTER):
+            return False
+        froze = self._awake_since - self._frozen_for
+        return (
+            overdue(state, froze, self.grace) is None
+            and overdue(state, self._awake_since, self.grace) is not None
+        )
 
     def _policy(self, state: SlotState) -> Policy:
         """The fields of the job's policy that its lease holds, as its slot gives them."""

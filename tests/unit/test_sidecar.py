@@ -9,6 +9,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from zombieguard.sidecar import POLL_SECONDS, THAWED_AFTER, next_look, watch
 from zombieguard.slot import JobSlot
 from zombieguard.watchdog import StackDumper
@@ -86,3 +88,39 @@ def test_after_a_freeze_of_its_own_the_watchdog_process_gives_the_worker_its_gra
     assert thawed
     assert killed_at - thawed[0] >= grace - POLL_SECONDS  # not at once
     assert killed_at - thawed[0] < grace + 0.5  # but once the worker had its grace
+
+
+@pytest.mark.parametrize(("lease_ttl", "verdict"), [(1.0, "stalled"), (30.0, "timed_out")])
+def test_a_job_past_its_limit_on_waking_from_a_freeze_longer_than_its_lease_is_a_stall(
+    tmp_path: Path, lease_ttl: float, verdict: str
+) -> None:
+    # Frozen with its worker, its lease lapsed before the limit passed: a sweeper would recover it,
+    # so the watchdog process, waking, must not fail it as timed out. Within its lease: timed out.
+    grace = 0.4
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    slot = JobSlot()
+    now = time.monotonic()
+    slot.start("j1", 7, now, hard_deadline=now + 1.0, progress_timeout=None, lease_ttl=lease_ttl)
+    frozen: list[bool] = []
+
+    def slots() -> list[JobSlot]:
+        if not frozen and time.monotonic() > now + 0.2:
+            time.sleep(1.2 + grace + THAWED_AFTER)  # the job's limit passes meanwhile
+            frozen.append(True)
+        return [slot]
+
+    reasons: list[str | None] = []
+    watching = threading.Thread(
+        target=lambda: reasons.append(
+            watch(
+                worker.pid, slots, StackDumper(tmp_path / "stacks.txt"), None, adapter_spec="rq", grace=grace
+            )
+        )
+    )
+    watching.start()
+    try:
+        worker.wait(10)
+    finally:
+        worker.kill()
+        watching.join(5)
+    assert reasons == [verdict]
