@@ -118,3 +118,11 @@ def unconfigured(*args: str, timeout: float = 30) -> subprocess.CompletedProcess
         timeout=timeout,
         check=False,
     )
+
+
+def thaw(groups: Iterable[int]) -> None:
+    """SIGCONT each process group still there: the first group woken (a worker) may have stopped
+    another (its horse's) before it is woken in turn."""
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGCONT)

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.e2e.harness import thaw
 from tests.e2e.rq_harness import RQHarness, wait_until
 from zombieguard.deadletter import DeadLetterStore
 from zombieguard.lease import LeaseStore
@@ -88,8 +89,7 @@ def test_a_frozen_worker_loses_its_job_and_when_it_wakes_its_attempt_is_fenced(
     second = wait_until(lambda: rq_harness.notes_of("started")[1:], LEASE_TTL + 3, what="second attempt")
     assert float(second[0].split()[0]) - frozen_at < LEASE_TTL + 2
     time.sleep(0.5)  # let the new attempt run a little before the zombie wakes
-    for group in groups:
-        os.killpg(group, signal.SIGCONT)
+    thaw(groups)
     rq_harness.wait_status(job, ["finished"], 10)
     _assert_finished_once(rq_harness, job.id)
     completed_pid = int(rq_harness.notes_of("completed")[0].split()[1])
@@ -110,8 +110,7 @@ def test_a_lone_worker_frozen_past_its_job_s_lease_and_hard_limit_reruns_the_job
     for group in groups:
         os.killpg(group, signal.SIGSTOP)
     time.sleep(6.5)  # past its lease (2 s), its hard_timeout (4 s) and RQ's own (backstop, 6 s)
-    for group in groups:
-        os.killpg(group, signal.SIGCONT)
+    thaw(groups)
     rq_harness.wait_status(job, ["finished", "failed"], 20)
     assert job.get_status() == "finished", rq_harness.diagnosis(job.id)
     assert len(rq_harness.notes_of("started")) == 2

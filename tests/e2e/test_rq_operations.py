@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import REPO, ZOMBIEGUARD, unconfigured
+from tests.e2e.harness import REPO, ZOMBIEGUARD, thaw, unconfigured
 from tests.e2e.rq_harness import RQHarness, wait_until
 from zombieguard.embedded import EmbeddedRedis
 
@@ -58,8 +58,7 @@ def test_status_shows_each_active_job_with_its_age_progress_attempt_and_state(rq
         os.killpg(group, signal.SIGSTOP)
     wait_until(lambda: cli_json(rq_harness, "status")["jobs"][0]["state"] == "stalled", 10, interval=0.3)
     assert "STALLED" in cli(rq_harness, "status").stdout
-    for group in groups:
-        os.killpg(group, signal.SIGCONT)
+    thaw(groups)
 
 
 def test_dlq_list_show_requeue_and_purge_work_on_dead_lettered_rq_jobs(rq_harness: RQHarness) -> None:
