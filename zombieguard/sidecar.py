@@ -216,16 +216,22 @@ class SlotWatcher:
         """Kill the worker when the slot's job is overdue (and the worker has had ``grace`` since
         this process last ran again after a freeze): the reason, else None and when to look again.
         Writes and releases the leases the worker cannot write (see :func:`watch`)."""
+        try:
+            return self._act_on(slot)
+        finally:
+            self._looked = time.monotonic()  # a slow look (Redis, an import) is no freeze
+
+    def _act_on(self, slot: JobSlot) -> tuple[str | None, float]:
         state = slot.read()
         now = time.monotonic()
         if now - self._looked > self.grace + THAWED_AFTER:
             # This process did not run meanwhile: frozen, likely with its worker.
             self._awake_since, self._frozen_for = now, now - self._looked
-        self._looked = now
         reason = overdue(state, now, self.grace)
         if reason is not None and self.stalled.get(slot) != state.generation and self._stall(state):
             self.stalled[slot] = state.generation
-            self._give_up(slot, state, "stalled")  # the worker's threads, waking, find it so too
+            if state.token:  # a lease still to be written: the worker writes it, and recovers the job
+                self._give_up(slot, state, "stalled")  # the worker's threads, waking, find it so too
         if reason is not None and now < self._awake_since + self.grace:
             return None, self._awake_since + self.grace  # just thawed: the worker's own threads act first
         if reason is not None and slot.read().generation == state.generation:
@@ -247,15 +253,14 @@ class SlotWatcher:
         return None, due
 
     def _stall(self, state: SlotState) -> bool:
-        """Whether the job passed its limit while this process was frozen, for longer than the
-        job's lease: its lease lapsed first, a stall."""
+        """Whether the job became overdue, as a sweeper counts it (``overdue_grace``), while this
+        process was frozen for longer than the job's lease, and its lease had lapsed by then: a
+        stall, as a sweeper judges it."""
         if self._frozen_for <= max(state.lease_ttl, FROZEN_AFTER):
             return False
         froze = self._awake_since - self._frozen_for
-        return (
-            overdue(state, froze, self.grace) is None
-            and overdue(state, self._awake_since, self.grace) is not None
-        )
+        overdue_at = next_look(state, state.overdue_grace)
+        return froze < overdue_at <= self._awake_since and state.confirmed_until < overdue_at
 
     def _policy(self, state: SlotState) -> Policy:
         """The fields of the job's policy that its lease holds, as its slot gives them."""

@@ -249,7 +249,7 @@ def test_a_lease_that_lapsed_before_it_was_overdue_is_not_renewed_once_overdue_b
 
 
 @pytest.mark.parametrize("given_up", ["by its worker", "lapsed then overdue"])
-def test_an_attempt_given_up_as_a_stall_is_not_renewed_and_may_complete_but_its_failure_is_refused(
+def test_an_attempt_given_up_as_a_stall_is_not_renewed_and_may_end_but_not_fail(
     store: LeaseStore, given_up: str
 ) -> None:
     # Its worker woke from a freeze to a limit that passed by the clock only (RQ's alarm, Celery's
@@ -259,6 +259,7 @@ def test_an_attempt_given_up_as_a_stall_is_not_renewed_and_may_complete_but_its_
         ("fails", Outcome.TIMED_OUT),
         ("raises", Outcome.FAILED),
         ("completes", Outcome.COMPLETED),
+        ("is stopped", Outcome.STOPPED),  # asked for: an operator's stop command
     ):
         attempt = start(store, job_id, Policy(lease_ttl=5, hard_timeout=0.2, overdue_grace=0.1))
         if given_up == "by its worker":
@@ -270,7 +271,7 @@ def test_an_attempt_given_up_as_a_stall_is_not_renewed_and_may_complete_but_its_
         assert store.renew("test", "w1", 10, [(job_id, attempt.token)]) == ["lost"]
         with pytest.raises(LeaseLost, match="given up as stalled"):
             store.progress(attempt.job, attempt.token)
-        if outcome is Outcome.COMPLETED:
+        if outcome in (Outcome.COMPLETED, Outcome.STOPPED):
             store.release(attempt.job, attempt.token, outcome)
         else:
             with pytest.raises(LeaseLost, match="stalled"):

@@ -100,7 +100,9 @@ def test_a_job_past_its_limit_on_waking_from_a_freeze_longer_than_its_lease_is_a
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     slot = JobSlot()
     now = time.monotonic()
-    slot.start("j1", 7, now, hard_deadline=now + 1.0, progress_timeout=None, lease_ttl=lease_ttl)
+    slot.start(
+        "j1", 7, now, hard_deadline=now + 1.0, progress_timeout=None, lease_ttl=lease_ttl, overdue_grace=0.2
+    )
     frozen: list[bool] = []
 
     def slots() -> list[JobSlot]:

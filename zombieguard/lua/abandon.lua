@@ -9,10 +9,11 @@ if kind == 'none' then return {'missing'} end
 if kind ~= 'hash' then return {'corrupt', 'lease key holds a ' .. kind} end
 local r = redis.call('HMGET', KEYS[1], 'state', 'token', 'abandoned')
 if r[1] ~= 'running' or r[2] ~= ARGV[1] then return {'lost', r[1] or '', r[2] or ''} end
-local now = now_s()
 -- Given up twice (the worker's threads and its watchdog process both woke from a freeze): the
--- first reason stands.
-redis.call('HSET', KEYS[1], 'expires', fmt(now), 'abandoned', r[3] or ARGV[3])
+-- first reason, and its stack, stand.
+if r[3] then return {'ok'} end
+local now = now_s()
+redis.call('HSET', KEYS[1], 'expires', fmt(now), 'abandoned', ARGV[3])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'stack', ARGV[4]) end
 redis.call('ZADD', KEYS[2], fmt(now), ARGV[2])
 return {'ok'}

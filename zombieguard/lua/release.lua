@@ -7,8 +7,9 @@
 --       the lease passed to the execution, which records its own end; see acquire.lua)
 -- A first attempt that completed leaves nothing behind. Any other end leaves a tombstone for
 -- tombstone_ttl, so that a late redelivery of a superseded attempt is recognised as stale.
--- A lease given up as a stall (see given_up) is the sweeper's to recover: only its completion is
--- still taken; any other end is refused.
+-- A lease given up as a stall (see given_up) is the sweeper's to recover: a failure (by its own
+-- error or a limit) is refused; its completion, a stop asked for, or its own message handed back
+-- are still taken.
 -- Returns {'ok', now} or {'lost', state, token} or {'missing'} or {'corrupt', why} or {'adopted'}
 local kind = key_type(KEYS[1])
 if kind == 'none' then return {'missing'} end
@@ -19,7 +20,8 @@ if r[1] ~= 'running' or r[2] ~= ARGV[1] then return {'lost', r[1] or '', r[2] or
 if ARGV[8] == '1' and r[9] then return {'adopted'} end
 local now = now_s()
 local outcome = ARGV[3]
-if outcome ~= 'completed' and given_up(KEYS[1], KEYS[2], ARGV[2], now) == 'stalled' then
+local failure = outcome == 'failed' or outcome == 'timed_out' or outcome == 'hung'
+if failure and given_up(KEYS[1], KEYS[2], ARGV[2], now) == 'stalled' then
   return {'lost', 'given up as stalled', r[2]}
 end
 redis.call('ZREM', KEYS[2], ARGV[2])
