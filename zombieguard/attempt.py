@@ -261,12 +261,10 @@ class Attempt:
         except (redis.RedisError, CorruptRecord) as exc:
             log.warning("job %s: could not check its lease (%s)", self.job.job_id, exc)
             return
-        if record is not None and (record.state != "running" or record.token != self.token):
-            self.mark_lost(
-                LeaseLost(
-                    self.job.job_id, self.token, f"the lease is {record.state} under token {record.token}"
-                )
-            )
+        if record is not None and not record.held_by(self.token):
+            state = f"given up as {record.abandoned}" if record.abandoned else record.state
+            why = f"the lease is {state} under token {record.token}"
+            self.mark_lost(LeaseLost(self.job.job_id, self.token, why))
             self._raise_if_lost()
 
     def confirm(self, sent_at: float) -> None:

@@ -165,6 +165,10 @@ class LeaseRecord:
     """Times a requeued job was published again because no worker started it."""
     stopped_by: str = ""
     """Who stopped the job (``zombieguard kill``), and why."""
+    abandoned: str = ""
+    """Why a running lease was given up (``stalled``, ``timed_out``, ``hung``), if it was: by its
+    worker or the watchdog beside it, or by the first script that found it lapsed and overdue. It
+    is then the sweeper's, and no longer its attempt's."""
     verdict: str = ""
     """The end a sweeper that claimed the job decided on and may have recorded in the framework
     (``failed``, ``dead_lettered``) before it died: the sweeper that takes its claim over finishes it."""
@@ -208,9 +212,15 @@ class LeaseRecord:
                 republished=int(h.get("republished") or 0),
                 stopped_by=h.get("stopped_by", ""),
                 verdict=h.get("verdict", ""),
+                abandoned=h.get("abandoned", ""),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise CorruptRecord(f"lease record of {h.get('job', '?')!r} is unreadable: {exc!r}") from None
+
+    def held_by(self, token: int) -> bool:
+        """Whether the attempt of fencing token ``token`` still holds this lease: it is running
+        under that token and nobody gave it up."""
+        return self.state == "running" and self.token == token and not self.abandoned
 
     def policy(self) -> Policy | None:
         """The policy the lease was taken under, as far as the lease records it (None if invalid)."""

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from zombieguard.integrations.celery import _holds
+from zombieguard.integrations.celery import _holds, _superseded
 from zombieguard.lease import LeaseRecord
 from zombieguard.slot import JobSlot, SlotState
 
@@ -58,3 +58,19 @@ def test_an_attempt_holds_its_task_while_its_lease_is_its_own(
 def test_an_attempt_not_leased_yet_holds_its_task_unless_a_newer_attempt_has_a_lease() -> None:
     assert _holds(replace(RECORD, attempt=1, state="done"), "w1", _slot(0, attempt=2))
     assert not _holds(replace(RECORD, attempt=3), "w1", _slot(0, attempt=2))
+
+
+@pytest.mark.parametrize(
+    ("change", "superseded"),
+    [
+        ({}, False),  # its own running lease
+        ({"abandoned": "stalled"}, True),  # given up as a stall: the sweeper recovers it
+        ({"abandoned": "timed_out"}, True),  # given up by its watchdog: the sweeper fails it
+        ({"state": "done", "abandoned": "stalled"}, False),  # it completed before a sweeper came
+        ({"token": 9}, True),  # another attempt on this worker
+    ],
+)
+def test_an_attempt_whose_lease_was_given_up_is_superseded_and_records_nothing(
+    change: dict[str, object], superseded: bool
+) -> None:
+    assert _superseded(replace(RECORD, **change), "w1", _slot(7)) is superseded

@@ -281,3 +281,23 @@ def test_an_attempt_given_up_as_a_stall_is_not_renewed_and_may_end_but_not_fail(
         ("fails", "stalled"),
         ("raises", "stalled"),
     ]
+
+
+def test_an_attempt_whose_lease_was_given_up_learns_it_no_longer_holds_the_job_when_it_checks(
+    store: LeaseStore,
+) -> None:
+    # The prefork main process saw a renewal refused and signals the pool process: the attempt asks
+    # Redis, and a lease given up for a sweeper to act on is no longer its own.
+    attempt = start(store, "given-up", POLICY)
+    attempt.verify()  # its own running lease: nothing happens
+    record = store.record("given-up")
+    assert record is not None
+    assert record.held_by(attempt.token)
+    assert not record.abandoned
+    store.abandon(attempt.job, attempt.token, "stalled")
+    record = store.record("given-up")
+    assert record is not None
+    assert record.abandoned == "stalled"
+    assert not record.held_by(attempt.token)
+    with pytest.raises(LeaseLost, match="given up as stalled"):
+        attempt.verify()

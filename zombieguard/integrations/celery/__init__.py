@@ -1651,6 +1651,13 @@ def _holds(record: LeaseRecord, worker: str, state: SlotState | None) -> bool:
     return own and (state is None or record.token == state.token)
 
 
+def _superseded(record: LeaseRecord, worker: str, state: SlotState | None) -> bool:
+    """Whether the attempt ``worker`` runs (``state``: its slot, if known) no longer holds its task:
+    a newer attempt or a sweeper has it, or its lease, still running, was given up for a sweeper to
+    act on (see :func:`_holds`)."""
+    return bool(record.abandoned and record.state == "running") or not _holds(record, worker, state)
+
+
 def _lease_late(tracked: _Tracked, now: float) -> bool:
     """Whether a pool process's task is past its ``lease_delay`` with no lease written for it (and
     the main process has not tried to write it)."""
@@ -1928,15 +1935,15 @@ class WorkerGuard(WorkerRuntime):
 
     def superseded(self, job_id: str) -> bool:
         """Prefork: whether the attempt of ``job_id`` that this worker runs no longer holds the task
-        (a newer attempt, or a sweeper recovering it, does): then nothing of it may be recorded, by
-        whatever path notices its end. False when Redis cannot tell."""
+        (see :func:`_superseded`): then nothing of it may be recorded, by whatever path notices its
+        end. False when Redis cannot tell."""
         state = self.monitor.running(job_id) if self.monitor is not None else None
         try:
             record = self.store.record(job_id)
         except (redis.RedisError, CorruptRecord) as exc:
             log.warning("celery task %s: could not check its lease (%s)", job_id, exc)
             return False
-        return record is not None and not _holds(record, self.name, state)
+        return record is not None and _superseded(record, self.name, state)
 
     def recover_unleased(self, job_id: str) -> None:
         """In the event loop: recover a task whose pool process the monitor saw die before its lease
