@@ -70,12 +70,16 @@ def _main_thread_deadline(seconds: float) -> Iterator[None]:
     outer = start + previous_delay if previous_delay > 0 else None
 
     def on_alarm(signum: int, frame: FrameType | None) -> None:
-        if time.monotonic() >= ours - 0.0005:
+        nonlocal outer
+        now = time.monotonic()
+        if now >= ours - 0.0005:
             raise _exceeded(seconds)
-        # The outer timer's moment came first: let its handler act, then wait for ours.
+        # The outer timer's moment came first: it is spent (or, repeating, due again an interval
+        # later); let its handler act, then wait for whichever moment comes next.
+        outer = outer + previous_interval if outer is not None and previous_interval > 0 else None
+        signal.setitimer(signal.ITIMER_REAL, max(min(ours, outer or ours) - now, 0.001))
         if callable(previous_handler):
             previous_handler(signum, frame)
-        signal.setitimer(signal.ITIMER_REAL, max(ours - time.monotonic(), 0.001))
 
     signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, min(seconds, previous_delay) if outer is not None else seconds)

@@ -75,8 +75,11 @@ def test_an_outer_alarm_is_kept_and_fires_after_the_block() -> None:
         signal.signal(signal.SIGALRM, previous)
 
 
-def test_an_outer_alarm_that_comes_first_runs_its_handler_inside_the_block() -> None:
+def test_an_outer_alarm_that_comes_first_runs_its_handler_inside_the_block_once() -> None:
+    calls: list[float] = []
+
     def outer(signum: int, frame: object) -> None:
+        calls.append(time.monotonic())
         raise TimeoutError("outer")
 
     previous = signal.signal(signal.SIGALRM, outer)
@@ -84,6 +87,26 @@ def test_an_outer_alarm_that_comes_first_runs_its_handler_inside_the_block() -> 
     try:
         with pytest.raises(TimeoutError, match="outer"), deadline(5):
             time.sleep(2)
+        assert signal.getitimer(signal.ITIMER_REAL)[0] == 0  # spent: not armed again
+        time.sleep(0.2)
+        assert len(calls) == 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_repeating_outer_alarm_keeps_its_rhythm_inside_the_block() -> None:
+    calls: list[float] = []
+    previous = signal.signal(signal.SIGALRM, lambda s, f: calls.append(time.monotonic()))
+    t0 = time.monotonic()
+    signal.setitimer(signal.ITIMER_REAL, 0.2, 0.3)
+    try:
+        with deadline(5):
+            while time.monotonic() - t0 < 1.0:
+                time.sleep(0.01)
+        assert len(calls) == 3
+        assert all(abs(c - t0 - due) < 0.1 for c, due in zip(calls, (0.2, 0.5, 0.8), strict=True))
+        assert 0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 0.3  # due again at 1.1 s
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
