@@ -100,6 +100,18 @@ class Recorded(app.Task):  # type: ignore[misc,name-defined]
             note(args[0], "on_failure", type(exc).__name__)
 
 
+class HangsOnSuccess(app.Task):  # type: ignore[misc,name-defined]
+    """An ``on_success`` that hangs: it runs after the body, outside zombieguard's limits."""
+
+    def on_success(self, *args: Any, **kwargs: Any) -> None:
+        time.sleep(60)
+
+
+@app.task(base=HangsOnSuccess)
+def hangs_after_it_returns() -> str:
+    return "done"
+
+
 @app.task
 def add(x: int, y: int) -> int:
     """A healthy task."""

@@ -65,6 +65,23 @@ def test_a_prefork_task_stuck_in_c_code_is_killed_within_1s_of_hard_timeout_and_
     _worker_goes_on(celery_harness)
 
 
+def test_where_a_pool_process_hung_past_celery_s_own_time_limit_is_logged_before_celery_kills_it(
+    celery_harness: CeleryHarness,
+) -> None:
+    # The body returned (zombieguard's limit is over); the task's on_success hangs, and Celery's own
+    # limit (the backstop, 3 s past the task's 2 s) ends it. Where the process was goes to the log.
+    celery_harness.start_worker("prefork")
+    result = celery_harness.send("hangs_after_it_returns", time_limit=2)
+    assert result.get(timeout=15) == "done"
+    heading = "Celery's own hard time limit (5) passed; pool process"
+    wait_until(lambda: "Hard time limit (5s) exceeded" in celery_harness.log(), 15, what="Celery's limit")
+    assert heading in celery_harness.log()
+    stacks = celery_harness.log().split(heading, 1)[1].split("Hard time limit (5s) exceeded", 1)[0]
+    assert "in on_success" in stacks, stacks
+    _worker_goes_on(celery_harness)
+    assert celery_harness.state(result) == "SUCCESS"
+
+
 @pytest.mark.parametrize("pool", ["solo", "threads"])
 def test_a_worker_stuck_in_c_code_is_killed_by_its_watchdog_process_and_the_task_failed_at_once(
     celery_harness: CeleryHarness, pool: str

@@ -1507,8 +1507,7 @@ class SlotMonitor:
             _signal(state.pid, SOFT_SIGNAL)
 
     def _dumper(self, tracked: _Tracked) -> StackDumper:
-        index = tracked.path.name.removeprefix("slot-")
-        return StackDumper(self.guard.dir / f"stacks-{index}.txt")
+        return _dumper_of(self.guard.dir, tracked.path)
 
     def _stop_task(self, tracked: _Tracked, kind: str, now: float) -> None:
         state = tracked.state
@@ -1607,6 +1606,16 @@ class SlotMonitor:
                     return dataclasses.replace(tracked.state, token=tracked.token)
         return None
 
+    def stacks(self, pid: int) -> str | None:
+        """The stacks of pool process ``pid``, dumped now; None when it has no slot here, or nothing
+        came within half a second."""
+        with self._lock:
+            slots = list(self.slots.items())
+        for path, slot in slots:
+            if slot.read().pid == pid:
+                return _dumper_of(self.guard.dir, path).request(pid)
+        return None
+
     def forget(self, job_id: str) -> SlotState | None:
         """A pool process died: clear the slot it left for ``job_id``; its state, if it had one."""
         with self._lock:
@@ -1649,6 +1658,12 @@ def _holds(record: LeaseRecord, worker: str, state: SlotState | None) -> bool:
         return record.attempt < state.attempt or (record.attempt == state.attempt and record.worker == worker)
     own = record.state in ("running", "done") and record.worker == worker
     return own and (state is None or record.token == state.token)
+
+
+def _dumper_of(directory: Path, slot: Path) -> StackDumper:
+    """Where the pool process of the slot file ``slot`` dumps its stacks."""
+    index = slot.name.removeprefix("slot-")
+    return StackDumper(directory / f"stacks-{index}.txt")
 
 
 def _superseded(record: LeaseRecord, worker: str, state: SlotState | None) -> bool:
@@ -2252,6 +2267,7 @@ class GuardedRequestMixin:
         args: Any
         kwargs: Any
         store_errors: bool
+        worker_pid: int | None
 
         def acknowledge(self) -> None: ...
         def reject(self, requeue: bool = False) -> Any: ...
@@ -2293,7 +2309,26 @@ class GuardedRequestMixin:
             if self._zg_timed_out or self._zg_stalled_frozen() or self._zg_superseded(timeout):
                 return
             self._zg_timed_out = True
+            self._zg_log_stacks(timeout)
         super().on_timeout(soft, timeout)  # type: ignore[misc]
+
+    def _zg_log_stacks(self, limit: object) -> None:
+        """Celery's hard limit passed before zombieguard's own stopped the task (its limits are set
+        past zombieguard's): log where the pool process is, before Celery kills it."""
+        guard, pid = _guard, self.worker_pid
+        if guard is None or guard.monitor is None or not pid:
+            return
+        stacks = None
+        with contained(f"celery task {self.id}: stacks at Celery's hard limit"):
+            stacks = guard.monitor.stacks(pid)
+        log.error(
+            "celery task %s[%s]: Celery's own hard time limit (%s) passed; pool process %d was at:\n%s",
+            self.task.name,
+            self.id,
+            limit,
+            pid,
+            stacks or "(no stacks came)",
+        )
 
     def _zg_stalled_frozen(self) -> bool:
         """Celery's hard time limit passed while the whole worker was frozen past the task's lease
