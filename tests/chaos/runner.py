@@ -45,6 +45,9 @@ READY_TIMEOUT = 60.0
 SEND_RETRY = 15.0
 """Seconds the runner keeps trying to send a job while Redis comes back from a fault."""
 POLL_EVERY = 0.5
+SETTLED_FOR = 1.0
+"""How long every job must stay settled before the drain ends: a copy a worker hands back as it
+wakes from a freeze moves a job again."""
 """Seconds between two looks at every job during the drain."""
 
 
@@ -296,6 +299,11 @@ class _Framework:
     def states(self, client: redis.Redis, job_ids: list[str]) -> dict[str, history.FrameworkState]:
         raise NotImplementedError
 
+    def waiting_in_broker(self) -> int:
+        """Messages waiting in a broker whose queue the job states do not read (RabbitMQ): while any
+        waits, a job may still run again, and the run has not settled."""
+        return 0
+
     def close(self) -> None:
         """Release what the framework created outside the private Redis."""
 
@@ -386,6 +394,12 @@ class _Celery(_Framework):
     def states(self, client: redis.Redis, job_ids: list[str]) -> dict[str, history.FrameworkState]:
         copies = gather.celery_redis_copies(client, self.queue) if self.config.broker == "redis" else []
         return gather.celery_states(gather.celery_results(client, job_ids), copies)
+
+    def waiting_in_broker(self) -> int:
+        if self.config.broker != "rabbitmq":
+            return 0
+        with self.app.connection_for_write() as conn:
+            return int(conn.default_channel.queue_declare(self.queue, passive=True).message_count)
 
     def leftovers(self) -> list[tuple[str, history.Copy]]:
         """RabbitMQ: the messages left in the queue once every worker is gone."""
@@ -544,13 +558,18 @@ def _drain(report: Report, framework: _Framework, client: redis.Redis, events: E
     began = time.monotonic()
     deadline = began + report.config.drain
     waiting: list[Judgement] = []
+    settled_at: float | None = None
     while time.monotonic() < deadline:
         try:
             waiting = history.unsettled(_judge(report, _finals(framework, client, report.sent)))
+            if not waiting and framework.waiting_in_broker():
+                waiting = [Judgement("?", "?", history.Verdict.STUCK, ("a message waits in the broker",))]
         except redis.RedisError:
             waiting = [Judgement("?", "?", history.Verdict.LOST)]  # Redis was restarting: look again
-        if not waiting:
-            report.drained_in = time.monotonic() - began
+        now = time.monotonic()
+        settled_at = None if waiting else settled_at or now
+        if settled_at is not None and now - settled_at >= SETTLED_FOR:
+            report.drained_in = settled_at - began
             events.add(f"drain: every job settled after {report.drained_in:.1f} s")
             return
         time.sleep(POLL_EVERY)

@@ -218,10 +218,14 @@ class WorkerPool:
             self._thread.join(5)
 
     def kill_all(self) -> None:
-        """Wake and SIGKILL every worker's whole tree, and reap them."""
+        """SIGKILL every worker's whole tree, and reap them. Every tree is stopped first, so that no
+        worker takes up what another one's death hands back to the broker."""
         self.stop_supervising()
-        for worker in self.every:
-            signal_tree(worker, signal.SIGCONT)
+        stopped = [(worker, signal_tree(worker, signal.SIGSTOP)) for worker in self.every]
+        for worker, pids in stopped:  # a stopped process forks nothing: these are all there is
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
             signal_tree(worker, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 worker.process.wait(5)
