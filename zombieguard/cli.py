@@ -105,18 +105,31 @@ def _store(args: argparse.Namespace) -> LeaseStore:
     return store
 
 
-def _adapters(store: LeaseStore, names: set[str]) -> dict[str, JobAdapter]:
-    """The adapters of the integrations ``names`` (those not installed here are left out)."""
+def _adapters(store: LeaseStore, names: set[str], celery_app: str | None = None) -> dict[str, JobAdapter]:
+    """The adapters of the integrations ``names`` (those not installed here are left out);
+    ``celery_app``: the Celery app (``module:app``) Celery's adapter acts through."""
+    options: dict[str, dict[str, Any]] = {"rq": {}, "celery": {"app": celery_app}}
     adapters: dict[str, JobAdapter] = {}
     for name, spec in ADAPTER_FACTORIES.items():
         if name not in names:
             continue
         module, _, attribute = spec.partition(":")
         try:
-            adapters[name] = getattr(importlib.import_module(module), attribute)(store.client)
+            factory = getattr(importlib.import_module(module), attribute)
+            adapters[name] = factory(store.client, **options[name])
         except IntegrationNotAvailable:
             continue
     return adapters
+
+
+def _celery_app(args: argparse.Namespace) -> str | None:
+    """The Celery app named by ``--celery-app``, or else by ``ZOMBIEGUARD_CELERY_APP``."""
+    return getattr(args, "celery_app", None) or os.environ.get("ZOMBIEGUARD_CELERY_APP") or None
+
+
+def _integrations(celery_app: str | None) -> set[str]:
+    """The integrations an operation on every queue acts for: RQ, and Celery when its app is named."""
+    return {"rq"} | ({"celery"} if celery_app else set())
 
 
 def _print(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
@@ -150,12 +163,11 @@ class QueueSummary:
 
 
 def _summaries(
-    store: LeaseStore, jobs: Sequence[ActiveJob], now: float, only: str | None
+    store: LeaseStore, jobs: Sequence[ActiveJob], now: float, only: str | None, celery_app: str | None
 ) -> list[QueueSummary]:
     queues = {text(q): text(a) for q, a in store.client.hgetall(store.queues_key).items()}
     completed = {text(q): float(text(t)) for q, t in store.client.hgetall(store.completed_key).items()}
-    names = {"rq"} | ({"celery"} if os.environ.get("ZOMBIEGUARD_CELERY_APP") else set())
-    adapters = _adapters(store, names & set(queues.values()))
+    adapters = _adapters(store, _integrations(celery_app) & set(queues.values()), celery_app)
     out = []
     for queue, adapter_name in sorted(queues.items()):
         if only is not None and queue != only:
@@ -185,7 +197,7 @@ def _status(args: argparse.Namespace, store: LeaseStore) -> tuple[dict[str, Any]
     now = store.server_time()
     jobs = [ActiveJob(r, now) for r in records if args.queue is None or r.queue == args.queue]
     jobs.sort(key=lambda j: j.record.started)
-    queues = _summaries(store, jobs, now, args.queue)
+    queues = _summaries(store, jobs, now, args.queue, _celery_app(args))
 
     def text_view() -> str:
         lines = []
@@ -340,9 +352,7 @@ def cmd_dlq_requeue(args: argparse.Namespace) -> int:
     store = _store(args)
     dlq = DeadLetterStore(store)
     entries = _selected(args, dlq)
-    if getattr(args, "celery_app", None):
-        os.environ["ZOMBIEGUARD_CELERY_APP"] = args.celery_app
-    done = dlq.requeue(entries, _adapters(store, {entry.adapter for entry in entries}))
+    done = dlq.requeue(entries, _adapters(store, {entry.adapter for entry in entries}, _celery_app(args)))
     _print(
         args, {"requeued": done}, lambda: f"requeued {len(done)} job(s)" + "".join(f"\n  {j}" for j in done)
     )
@@ -370,10 +380,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """A sweeper outside the workers: recovers (or fails, or dead-letters) the jobs of dead and frozen
     workers. Safe to run several, and beside the workers' own sweepers: claims are atomic."""
     store = _store(args)
-    if args.celery_app:
-        os.environ["ZOMBIEGUARD_CELERY_APP"] = args.celery_app
-    names = {"rq"} | ({"celery"} if os.environ.get("ZOMBIEGUARD_CELERY_APP") else set())
-    adapters = _adapters(store, names)
+    celery_app = _celery_app(args)
+    adapters = _adapters(store, _integrations(celery_app), celery_app)
     if not adapters:
         raise UsageError("no integration to sweep for: install RQ, or name the Celery app with --celery-app")
     sweeper = Sweeper(store, adapters, name=f"cli:{socket.gethostname()}:{os.getpid()}", sender="sweeper")
@@ -412,9 +420,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
     record = store.record(args.job_id)
     if record is None or record.state != "running":
         raise LookupError(f"job {args.job_id} is not running under a lease")
-    if args.celery_app:
-        os.environ["ZOMBIEGUARD_CELERY_APP"] = args.celery_app
-    adapters = _adapters(store, {record.adapter})
+    adapters = _adapters(store, {record.adapter}, _celery_app(args))
     user = "someone"
     with contextlib.suppress(Exception):  # no user name where the environment and passwd have none
         user = getpass.getuser()

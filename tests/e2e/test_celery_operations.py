@@ -20,11 +20,11 @@ from tests.waiting import wait_until
 pytestmark = pytest.mark.slow
 
 
-def cli(harness: CeleryHarness, *args: str) -> Any:
+def cli(harness: CeleryHarness, *args: str, env: dict[str, str] | None = None) -> Any:
     """Run ``zombieguard ... --json`` where the Celery app can be imported; its parsed output."""
     result = subprocess.run(
         [ZOMBIEGUARD, "--redis-url", harness.redis_url, *args, "--json"],
-        env={**os.environ, **harness.env},
+        env={**os.environ, **harness.env, **(env or {})},
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -55,7 +55,7 @@ def test_a_dead_lettered_task_is_requeued_by_the_cli_with_its_original_id_and_ar
     assert cli(celery_harness, "dlq", "list")["entries"] == []
 
 
-def test_status_lists_celery_tasks_next_to_rq_jobs(
+def test_status_lists_celery_tasks_next_to_rq_jobs_and_what_waits_in_a_named_app_s_queues(
     celery_harness: CeleryHarness, rq_harness: RQHarness
 ) -> None:
     celery_harness.start_worker("prefork")
@@ -70,6 +70,13 @@ def test_status_lists_celery_tasks_next_to_rq_jobs(
     celery_row = next(row for row in rows if row["adapter"] == "celery")
     assert celery_row["task"] == "tests.celery_app.long_task"
     assert celery_row["queue"] == celery_harness.queue
+    # What waits in a Celery queue is read through the app ZOMBIEGUARD_CELERY_APP names; unknown without.
+    queue_rows = {
+        named: next(q for q in cli(celery_harness, "status", env=env)["queues"] if q["adapter"] == "celery")
+        for named, env in (("unnamed", {}), ("named", {"ZOMBIEGUARD_CELERY_APP": "tests.celery_app:app"}))
+    }
+    assert queue_rows["unnamed"]["waiting"] is None
+    assert queue_rows["named"]["waiting"] == 0
 
 
 def test_the_metrics_exporter_serves_the_stall_a_celery_worker_recovered(

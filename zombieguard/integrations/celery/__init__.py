@@ -584,9 +584,9 @@ def _restores_by_tag(app: Celery) -> bool:
         return False
 
 
-def cli_adapter(connection: redis.Redis) -> CeleryAdapter:
-    """The adapter the CLI loads: the app named by ``ZOMBIEGUARD_CELERY_APP`` (``module:attribute``)."""
-    spec = os.environ.get("ZOMBIEGUARD_CELERY_APP")
+def cli_adapter(connection: redis.Redis, app: str | None) -> CeleryAdapter:
+    """The adapter the CLI loads, acting through the Celery app ``app`` (``module:attribute``)."""
+    spec = app
     if not spec:
         raise ZombieGuardError(
             "acting on Celery tasks needs the Celery app: pass --celery-app module:app "
