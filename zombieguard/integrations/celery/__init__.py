@@ -50,7 +50,6 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -103,15 +102,18 @@ from zombieguard.lease import (
     Outcome,
     text,
 )
+from zombieguard.lifecycle import (
+    BACKSTOP_SECONDS,
+    ESCALATE_AFTER,
+    RECOVERING_WAIT,
+    Interrupt,
+    install_interrupt_handlers,
+)
 from zombieguard.policy import Config, Policy, check_fields, current_config, guard_fields
 from zombieguard.runtime import WorkerRuntime
 from zombieguard.sidecar import lease_from_slot
 from zombieguard.slot import PAYLOAD_ROOM, JobSlot, SlotState, execution_tag
 from zombieguard.watchdog import (
-    HARD_SIGNAL,
-    HUNG_SIGNAL,
-    LOST_SIGNAL,
-    SOFT_SIGNAL,
     Limit,
     LimitClock,
     StackDumper,
@@ -137,12 +139,6 @@ _ENDED = frozenset(
 """Lease states in which the task's last attempt ended (no newer one is running or due)."""
 
 
-ESCALATE_AFTER = 0.5
-"""Seconds between the in-process interrupt and the kill (or zombie verdict) of a task that did not end."""
-RECOVERING_WAIT = 5.0
-"""How long a delivery waits for the attempt before it to end (a retry) or to finish being recovered."""
-BACKSTOP_SECONDS = 2
-"""Celery's own prefork time limits stay armed this long past the policy's, in case all else fails."""
 MONITOR_PERIOD = 0.05
 """How often a prefork worker's main process reads its pool processes' slots."""
 LATE_LEASE = 0.1
@@ -874,7 +870,7 @@ class Executor:
         sent for the task before may arrive in the next one)."""
         raise NotImplementedError
 
-    def raise_interrupt(self, kind: str) -> None:
+    def raise_interrupt(self, kind: Interrupt) -> None:
         """In the thread running a task: raise zombieguard's interrupt ``kind`` (from a signal)."""
         state = self.current
         if state is None or state.body_done:
@@ -1004,24 +1000,6 @@ def announce(slot: JobSlot, attempt: Attempt, pid: int, *, keep_payload: bool) -
     return generation
 
 
-def _install_interrupt_handlers(executor: Executor) -> None:
-    """Signal handlers raising zombieguard's interrupts in the main thread (where the task runs)."""
-
-    def raiser(kind: str) -> Callable[[int, FrameType | None], None]:
-        def handler(signum: int, frame: FrameType | None) -> None:
-            executor.raise_interrupt(kind)
-
-        return handler
-
-    for sig, kind in (
-        (SOFT_SIGNAL, "soft"),
-        (HARD_SIGNAL, "hard"),
-        (HUNG_SIGNAL, "hung"),
-        (LOST_SIGNAL, "lost"),
-    ):
-        signal.signal(sig, raiser(kind))
-
-
 class PoolProcessExecutor(Executor):
     """Prefork: a pool process. The worker's main process renews and enforces through the slot."""
 
@@ -1036,7 +1014,7 @@ class PoolProcessExecutor(Executor):
         self._on_acquired = self._acquired
         self.dumper = StackDumper(guard.dir / f"stacks-{index}.txt")
         self.dumper.install()
-        _install_interrupt_handlers(self)
+        install_interrupt_handlers(self.raise_interrupt)
         releases.start()
 
     def begin(self, state: _Running) -> None:
@@ -1088,7 +1066,7 @@ class PoolProcessExecutor(Executor):
     def refused(self, attempt: Attempt) -> None:
         """Interrupt the task in the main thread (the signal handler raises ``LeaseLost``)."""
         log.warning("celery task %s: %s; stopping it", attempt.job.job_id, attempt.lost)
-        os.kill(os.getpid(), LOST_SIGNAL)
+        os.kill(os.getpid(), Interrupt.LOST.signal)
 
     def end(self, state: _Running) -> None:
         """Clear the slot."""
@@ -1104,7 +1082,7 @@ class InProcessExecutor(Executor):
         self._watched: dict[int, Watched] = {}
         self._states: dict[int, _Running] = {}
         if signals_main_thread:
-            _install_interrupt_handlers(self)
+            install_interrupt_handlers(self.raise_interrupt)
 
     def begin(self, state: _Running) -> None:
         """Renew the lease with the worker's heartbeat; enforce the limits with its watchdog."""
@@ -1188,7 +1166,7 @@ class InProcessExecutor(Executor):
         if self.signals_main_thread:
             if state.slot is not None:
                 state.slot.aim(state.generation)
-            os.kill(os.getpid(), {"soft": SOFT_SIGNAL, "hard": HARD_SIGNAL, "hung": HUNG_SIGNAL}[kind])
+            os.kill(os.getpid(), Interrupt(kind).signal)
             return
         if state.body_done or self._states.get(ident) is not state:
             return  # it ended meanwhile: an interrupt now would land in the thread's next task
@@ -1230,7 +1208,7 @@ class InProcessExecutor(Executor):
             if state.attempt is not attempt or state.body_done:
                 continue
             if self.signals_main_thread:
-                os.kill(os.getpid(), LOST_SIGNAL)
+                os.kill(os.getpid(), Interrupt.LOST.signal)
             else:
                 state.interrupt = "lost"
                 interrupt_thread(ident, JobInterrupt)
@@ -1504,7 +1482,7 @@ class SlotMonitor:
             tracked.soft_fired = True
             _emit_limit(self._event(state), Limit.SOFT, None, None)
             self.slots[tracked.path].aim(state.generation)
-            _signal(state.pid, SOFT_SIGNAL)
+            _signal(state.pid, Interrupt.SOFT.signal)
 
     def _dumper(self, tracked: _Tracked) -> StackDumper:
         return _dumper_of(self.guard.dir, tracked.path)
@@ -1516,7 +1494,7 @@ class SlotMonitor:
         _emit_limit(self._event(state), limit, _seconds(state, kind), stack)
         tracked.stopped, tracked.stopped_at, tracked.stack = kind, time.monotonic(), stack
         self.slots[tracked.path].aim(state.generation)
-        _signal(state.pid, HARD_SIGNAL if kind == "timed_out" else HUNG_SIGNAL)
+        _signal(state.pid, (Interrupt.HARD if kind == "timed_out" else Interrupt.HUNG).signal)
 
     def _kill(self, tracked: _Tracked) -> None:
         """The task did not end after its interrupt (C code holding the GIL): kill its process."""
@@ -1575,7 +1553,7 @@ class SlotMonitor:
                     state.job_id,
                 )
                 tracked.stopped, tracked.stopped_at = "lost", time.monotonic()
-                _signal(state.pid, LOST_SIGNAL)
+                _signal(state.pid, Interrupt.LOST.signal)
 
     def _still_running(self, tracked: _Tracked) -> bool:
         """Whether the task a renewal was sent for is still in its slot (it may have ended since)."""

@@ -39,7 +39,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -86,14 +85,17 @@ from zombieguard.lease import (
     Outcome,
     PendingAcquire,
 )
+from zombieguard.lifecycle import (
+    BACKSTOP_SECONDS,
+    ESCALATE_AFTER,
+    RECOVERING_WAIT,
+    Interrupt,
+    install_interrupt_handlers,
+)
 from zombieguard.policy import Config, Policy, current_config, guard_fields
 from zombieguard.runtime import WorkerRuntime
 from zombieguard.slot import OUTCOME_COMPLETED, OUTCOME_RECORDING, JobSlot
 from zombieguard.watchdog import (
-    HARD_SIGNAL,
-    HUNG_SIGNAL,
-    LOST_SIGNAL,
-    SOFT_SIGNAL,
     Limit,
     LimitClock,
     StackDumper,
@@ -117,15 +119,9 @@ def run_failure_callback(job: Job, death_penalty_class: Any, error: BaseExceptio
 ADAPTER = "rq"
 
 
-ESCALATE_AFTER = 0.5
-"""Seconds between the in-process interrupt and SIGKILL of a job that did not end."""
-RECOVERING_WAIT = 5.0
-"""How long a delivery waits for the sweeper that requeued it to finish recording the recovery."""
 ACQUIRE_RETRY = 2.0
 """Seconds an acquire whose reply did not come is sent again, at most, before the job runs without a
 lease (Redis restarting, a failover)."""
-BACKSTOP_SECONDS = 2
-"""RQ's own alarm stays armed this long after the policy's hard limit, in case everything else fails."""
 
 _ENDED = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 _EXCEPTION_NAMES = {
@@ -496,37 +492,28 @@ class _GuardedMixin:
     def _zg_install_interrupts(self) -> None:
         """Signal handlers that raise zombieguard's interrupts in the main thread (job code)."""
 
-        def raiser(kind: str) -> Any:
-            def handler(signum: int, frame: FrameType | None) -> None:
-                if self._zg_body_done:
-                    return  # the body returned just before the limit: RQ is recording its end
-                zg = self._zg
-                if kind != "lost" and zg is not None and not zg.slot.aimed_at(self._zg_generation):
-                    return  # sent for the job before this one
-                attempt = self._zg_attempt
-                policy = attempt.policy if attempt is not None else Policy()
-                self._zg_interrupt = kind
-                if kind == "soft":
-                    raise SoftTimeLimitExceeded(f"job passed its soft_timeout of {policy.soft_timeout:g} s")
-                if kind == "hard":
-                    raise _hard_limit_error(policy, self._zg_job_timeout, killed=False)
-                if kind == "hung":
-                    raise JobHung(
-                        f"job made no progress within its progress_timeout of {policy.progress_timeout:g} s"
-                    )
-                if attempt is not None and attempt.lost is not None:
-                    raise attempt.lost
-                self._zg_interrupt = None  # sent for a superseded job before this one
+        def raise_interrupt(kind: Interrupt) -> None:
+            if self._zg_body_done:
+                return  # the body returned just before the limit: RQ is recording its end
+            zg = self._zg
+            if kind is not Interrupt.LOST and zg is not None and not zg.slot.aimed_at(self._zg_generation):
+                return  # sent for the job before this one
+            attempt = self._zg_attempt
+            policy = attempt.policy if attempt is not None else Policy()
+            self._zg_interrupt = kind
+            if kind is Interrupt.SOFT:
+                raise SoftTimeLimitExceeded(f"job passed its soft_timeout of {policy.soft_timeout:g} s")
+            if kind is Interrupt.HARD:
+                raise _hard_limit_error(policy, self._zg_job_timeout, killed=False)
+            if kind is Interrupt.HUNG:
+                raise JobHung(
+                    f"job made no progress within its progress_timeout of {policy.progress_timeout:g} s"
+                )
+            if attempt is not None and attempt.lost is not None:
+                raise attempt.lost
+            self._zg_interrupt = None  # sent for a superseded job before this one
 
-            return handler
-
-        for sig, kind in (
-            (SOFT_SIGNAL, "soft"),
-            (HARD_SIGNAL, "hard"),
-            (HUNG_SIGNAL, "hung"),
-            (LOST_SIGNAL, "lost"),
-        ):
-            signal.signal(sig, raiser(kind))
+        install_interrupt_handlers(raise_interrupt)
 
     # -- one job ------------------------------------------------------------------------------
     def _zg_policy(self, job: Job) -> tuple[str, Policy]:
@@ -676,7 +663,7 @@ class _GuardedMixin:
                 return  # it ended meanwhile
             if limit is Limit.SOFT:
                 emit(ADAPTER, attempt.event(JobTimedOut, reason="soft_timeout passed", limit="soft"))
-                signal_job(SOFT_SIGNAL)
+                signal_job(Interrupt.SOFT.signal)
                 return
             hard = limit is Limit.HARD
             self._zg_stop = ("timed_out" if hard else "hung", stack)
@@ -686,7 +673,7 @@ class _GuardedMixin:
             else:
                 reason = f"no progress within its progress_timeout of {attempt.policy.progress_timeout:g} s"
                 emit(ADAPTER, attempt.event(JobHungEvent, reason=reason, stack=stack))
-            signal_job(HARD_SIGNAL if hard else HUNG_SIGNAL)
+            signal_job((Interrupt.HARD if hard else Interrupt.HUNG).signal)
 
         def stalled(watched: Watched) -> None:
             # The worker was frozen past the job's lease and a limit: a stall, as a sweeper judges
@@ -1026,7 +1013,7 @@ class GuardedSimpleWorker(_GuardedMixin, SimpleWorker):
         self.set_state(WorkerStatus.IDLE)
 
     def _zg_stop_lost(self) -> None:
-        os.kill(os.getpid(), LOST_SIGNAL)
+        os.kill(os.getpid(), Interrupt.LOST.signal)
 
 
 __all__ = ["GuardedSimpleWorker", "GuardedWorker", "RQAdapter"]

@@ -1,0 +1,64 @@
+"""What a guarded worker does the same way on every integration around one job's execution: the
+interrupts it raises in the job, the signals that carry them there, and the timings they share."""
+
+from __future__ import annotations
+
+import enum
+import signal
+from collections.abc import Callable
+from types import FrameType
+
+from zombieguard.watchdog import HARD_SIGNAL, HUNG_SIGNAL, LOST_SIGNAL, SOFT_SIGNAL
+
+ESCALATE_AFTER = 0.5
+"""Seconds between the interrupt raised in a job and the kill of its process (or, where no process
+can be killed for it, the zombie verdict on its thread) when the job did not end."""
+RECOVERING_WAIT = 5.0
+"""How long a delivery waits for the attempt before it to end (a retry) or to finish being recovered
+by the sweeper that requeued it."""
+BACKSTOP_SECONDS = 2
+"""The framework's own time limit (Celery's prefork timer, RQ's alarm) stays armed this long past the
+policy's hard limit, in case all else fails."""
+
+
+class Interrupt(str, enum.Enum):
+    """What a signal from the worker's watching side tells the job's process to raise."""
+
+    SOFT = "soft"
+    """Past its ``soft_timeout``: the job may catch it and clean up."""
+    HARD = "hard"
+    """Past its ``hard_timeout``."""
+    HUNG = "hung"
+    """No progress within its ``progress_timeout``."""
+    LOST = "lost"
+    """A renewal was refused: another attempt, a sweeper or a stop holds the job now."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def signal(self) -> int:
+        """The real-time signal that carries it."""
+        return _SIGNALS[self]
+
+
+_SIGNALS = {
+    Interrupt.SOFT: SOFT_SIGNAL,
+    Interrupt.HARD: HARD_SIGNAL,
+    Interrupt.HUNG: HUNG_SIGNAL,
+    Interrupt.LOST: LOST_SIGNAL,
+}
+
+
+def install_interrupt_handlers(on_interrupt: Callable[[Interrupt], None]) -> None:
+    """In the process that runs jobs, from its main thread: call ``on_interrupt(kind)`` when the
+    signal of an interrupt comes (it raises the interrupt in the job, or decides it is not for it)."""
+
+    def handler_of(kind: Interrupt) -> Callable[[int, FrameType | None], None]:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            on_interrupt(kind)
+
+        return handler
+
+    for kind in Interrupt:
+        signal.signal(kind.signal, handler_of(kind))
