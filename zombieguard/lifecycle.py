@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import enum
 import signal
+import time
 from collections.abc import Callable
 from types import FrameType
 
+from zombieguard.lease import Acquired
 from zombieguard.watchdog import HARD_SIGNAL, HUNG_SIGNAL, LOST_SIGNAL, SOFT_SIGNAL
 
 ESCALATE_AFTER = 0.5
@@ -62,3 +64,16 @@ def install_interrupt_handlers(on_interrupt: Callable[[Interrupt], None]) -> Non
 
     for kind in Interrupt:
         signal.signal(kind.signal, handler_of(kind))
+
+
+def wait_out_recovery(
+    acquired: Acquired, again: Callable[[], Acquired], waits: Callable[[Acquired], bool]
+) -> Acquired:
+    """A delivery's answer to its acquire, waited out: while ``waits(answer)`` (a sweeper is still
+    recording the recovery that published it, or the attempt before it is still ending), ask
+    ``again()`` every 20 ms, for :data:`RECOVERING_WAIT` at most; the last answer."""
+    deadline = time.monotonic() + RECOVERING_WAIT
+    while waits(acquired) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        acquired = again()
+    return acquired

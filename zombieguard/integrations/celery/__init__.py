@@ -92,6 +92,7 @@ from zombieguard.events import JobHung as JobHungEvent
 from zombieguard.heartbeat import Heartbeat
 from zombieguard.integrations.celery import internals
 from zombieguard.lease import (
+    Acquired,
     AcquireStatus,
     CorruptRecord,
     DeferredRelease,
@@ -105,9 +106,9 @@ from zombieguard.lease import (
 from zombieguard.lifecycle import (
     BACKSTOP_SECONDS,
     ESCALATE_AFTER,
-    RECOVERING_WAIT,
     Interrupt,
     install_interrupt_handlers,
+    wait_out_recovery,
 )
 from zombieguard.policy import Config, Policy, check_fields, current_config, guard_fields
 from zombieguard.runtime import WorkerRuntime
@@ -749,16 +750,20 @@ class Executor:
         worker = self.guard.name
         releases = self.releases.take_deferred()
         sent_at = time.monotonic()
+
+        def again() -> Acquired:
+            nonlocal sent_at
+            sent_at = time.monotonic()
+            return self.store.acquire(spec, worker, policy, delivery)
+
+        def waits(acquired: Acquired) -> bool:
+            # A recovery being recorded, or a retry published before its attempt's end was written.
+            busy = acquired.status is AcquireStatus.BUSY
+            return busy and (acquired.holder_state == "recovering" or acquired.attempt < delivery)
+
         try:
-            acquired = self.store.send_acquire(spec, worker, policy, releases, delivery).result()
-            wait_until = time.monotonic() + RECOVERING_WAIT
-            while acquired.status is AcquireStatus.BUSY and time.monotonic() < wait_until:
-                # A retry published before its attempt's end was written, or a recovery being recorded.
-                if acquired.holder_state != "recovering" and acquired.attempt >= delivery:
-                    break
-                time.sleep(0.02)
-                sent_at = time.monotonic()
-                acquired = self.store.acquire(spec, worker, policy, delivery)
+            first = self.store.send_acquire(spec, worker, policy, releases, delivery).result()
+            acquired = wait_out_recovery(first, again, waits)
         except redis.RedisError as exc:
             for release in releases:
                 self.releases.defer(release)

@@ -88,9 +88,9 @@ from zombieguard.lease import (
 from zombieguard.lifecycle import (
     BACKSTOP_SECONDS,
     ESCALATE_AFTER,
-    RECOVERING_WAIT,
     Interrupt,
     install_interrupt_handlers,
+    wait_out_recovery,
 )
 from zombieguard.policy import Config, Policy, current_config, guard_fields
 from zombieguard.runtime import WorkerRuntime
@@ -587,14 +587,15 @@ class _GuardedMixin:
         if zg is None or sent is None:
             return None, True
         spec, policy = sent.spec, sent.policy
-        wait_until = time.monotonic() + RECOVERING_WAIT
         acquired = self._zg_acquired(sent)
         try:
-            while acquired is not None and acquired.status is not AcquireStatus.ACQUIRED:
-                if acquired.holder_state == "recovering" and time.monotonic() < wait_until:
-                    time.sleep(0.02)
-                    acquired = zg.store.acquire(spec, self.name, policy, tag=sent.tag)
-                    continue
+            if acquired is not None:
+                acquired = wait_out_recovery(
+                    acquired,
+                    lambda: zg.store.acquire(spec, self.name, policy, tag=sent.tag),
+                    lambda a: a.status is not AcquireStatus.ACQUIRED and a.holder_state == "recovering",
+                )
+            if acquired is not None and acquired.status is not AcquireStatus.ACQUIRED:
                 log.warning(
                     "rq job %s not run: %s (attempt %d, %s on %s)",
                     job.id,
