@@ -9,7 +9,13 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from zombieguard.lease import Acquired
+import redis
+
+from zombieguard.attempt import Attempt
+from zombieguard.containment import log
+from zombieguard.errors import LeaseLost
+from zombieguard.events import JobCompleted, emit
+from zombieguard.lease import Acquired, Outcome
 from zombieguard.watchdog import HARD_SIGNAL, HUNG_SIGNAL, LOST_SIGNAL, SOFT_SIGNAL
 
 ESCALATE_AFTER = 0.5
@@ -77,3 +83,26 @@ def wait_out_recovery(
         time.sleep(0.02)
         acquired = again()
     return acquired
+
+
+def record_end(
+    adapter: str, attempt: Attempt, outcome: Outcome, reason: str = "", stack: str | None = None
+) -> bool:
+    """Record how the attempt ended, and say so (``JobCompleted``). False when its end is refused:
+    a newer attempt, a sweeper or a stop holds the job (the attempt is marked lost). Redis away: the
+    end is logged as not recorded, and stands (the lease expires, and a sweeper asks the framework)."""
+    try:
+        attempt.release(outcome, reason, stack)
+    except LeaseLost as exc:
+        attempt.mark_lost(exc)
+        log.warning(
+            "%s job %s: this attempt's %s is refused: %s", adapter, attempt.job.job_id, outcome.value, exc
+        )
+        return False
+    except redis.RedisError as exc:
+        log.warning(
+            "%s job %s: end not recorded, Redis for leases unreachable (%s)", adapter, attempt.job.job_id, exc
+        )
+    duration = time.monotonic() - attempt.started_monotonic
+    emit(adapter, attempt.event(JobCompleted, reason=outcome.value, stack=stack, duration=duration))
+    return True

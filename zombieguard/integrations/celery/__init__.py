@@ -108,6 +108,7 @@ from zombieguard.lifecycle import (
     ESCALATE_AFTER,
     Interrupt,
     install_interrupt_handlers,
+    record_end,
     wait_out_recovery,
 )
 from zombieguard.policy import Config, Policy, check_fields, current_config, guard_fields
@@ -835,20 +836,7 @@ class Executor:
         the task (this one's end is refused), or it was recorded already (a zombie thread's task)."""
         if state.recorded:
             return False
-        attempt = state.attempt
-        try:
-            attempt.release(outcome, reason, stack)
-        except LeaseLost as exc:
-            attempt.mark_lost(exc)
-            log.warning(
-                "celery task %s: this attempt's %s is refused: %s", attempt.job.job_id, outcome.value, exc
-            )
-            return False
-        except redis.RedisError as exc:
-            log.warning("celery task %s: end not recorded, Redis unreachable (%s)", attempt.job.job_id, exc)
-        duration = time.monotonic() - attempt.started_monotonic
-        emit(ADAPTER, attempt.event(JobCompleted, reason=outcome.value, stack=stack, duration=duration))
-        return True
+        return record_end(ADAPTER, state.attempt, outcome, reason, stack)
 
     @staticmethod
     def _completed(attempt: Attempt) -> None:

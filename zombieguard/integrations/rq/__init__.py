@@ -90,6 +90,7 @@ from zombieguard.lifecycle import (
     ESCALATE_AFTER,
     Interrupt,
     install_interrupt_handlers,
+    record_end,
     wait_out_recovery,
 )
 from zombieguard.policy import Config, Policy, current_config, guard_fields
@@ -722,19 +723,7 @@ class _GuardedMixin:
         self, attempt: Attempt, outcome: Outcome, reason: str = "", stack: str | None = None
     ) -> bool:
         """End the attempt; False when a newer attempt holds the job (this one's end is refused)."""
-        try:
-            attempt.release(outcome, reason, stack)
-        except LeaseLost as exc:
-            attempt.mark_lost(exc)
-            log.warning("rq job %s: this attempt's %s is refused: %s", attempt.job.job_id, outcome.value, exc)
-            return False
-        except redis.RedisError as exc:
-            log.warning(
-                "rq job %s: end not recorded, Redis for leases unreachable (%s)", attempt.job.job_id, exc
-            )
-        duration = time.monotonic() - attempt.started_monotonic
-        emit(ADAPTER, attempt.event(JobCompleted, reason=outcome.value, stack=stack, duration=duration))
-        return True
+        return record_end(ADAPTER, attempt, outcome, reason, stack)
 
     def _zg_lost(self, attempt: Attempt, error: LeaseLost) -> None:
         """Heartbeat thread: a newer attempt holds this job. Stop this one now."""
