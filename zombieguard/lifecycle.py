@@ -8,15 +8,16 @@ import signal
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 import redis
 
 from zombieguard.attempt import Attempt
 from zombieguard.containment import log
 from zombieguard.errors import LeaseLost
-from zombieguard.events import JobCompleted, emit
+from zombieguard.events import JobCompleted, JobHung, JobTimedOut, emit
 from zombieguard.lease import Acquired, Outcome
-from zombieguard.watchdog import HARD_SIGNAL, HUNG_SIGNAL, LOST_SIGNAL, SOFT_SIGNAL
+from zombieguard.watchdog import HARD_SIGNAL, HUNG_SIGNAL, LOST_SIGNAL, SOFT_SIGNAL, Limit
 
 ESCALATE_AFTER = 0.5
 """Seconds between the interrupt raised in a job and the kill of its process (or, where no process
@@ -106,3 +107,19 @@ def record_end(
     duration = time.monotonic() - attempt.started_monotonic
     emit(adapter, attempt.event(JobCompleted, reason=outcome.value, stack=stack, duration=duration))
     return True
+
+
+def emit_limit(
+    adapter: str, make: Callable[..., Any], limit: Limit, seconds: float | None, stack: str | None
+) -> None:
+    """Say that a job passed ``limit`` (``seconds``: that limit's value; ``stack``: where the job
+    was): ``JobTimedOut`` for a soft or hard limit, ``JobHung`` for the progress limit. ``make``
+    builds the event (an attempt's, or one from a slot's state) from its type and fields."""
+    if limit is Limit.SOFT:
+        emit(adapter, make(JobTimedOut, reason="soft_timeout passed", limit="soft"))
+    elif limit is Limit.HARD:
+        reason = f"ran past its hard_timeout of {seconds or 0:g} s"
+        emit(adapter, make(JobTimedOut, reason=reason, stack=stack, limit="hard"))
+    else:
+        reason = f"no progress within its progress_timeout of {seconds or 0:g} s"
+        emit(adapter, make(JobHung, reason=reason, stack=stack))

@@ -87,8 +87,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from zombieguard.attempt import Attempt, running
 from zombieguard.deadletter import DeadLetterEntry
-from zombieguard.events import JobCompleted, JobStarted, JobTimedOut, WorkerZombie, emit, listened
-from zombieguard.events import JobHung as JobHungEvent
+from zombieguard.events import JobCompleted, JobStarted, WorkerZombie, emit, listened
 from zombieguard.heartbeat import Heartbeat
 from zombieguard.integrations.celery import internals
 from zombieguard.lease import (
@@ -107,6 +106,7 @@ from zombieguard.lifecycle import (
     BACKSTOP_SECONDS,
     ESCALATE_AFTER,
     Interrupt,
+    emit_limit,
     install_interrupt_handlers,
     record_end,
     wait_out_recovery,
@@ -1153,7 +1153,7 @@ class InProcessExecutor(Executor):
         seconds = {Limit.SOFT: policy.soft_timeout, Limit.HARD: policy.hard_timeout}.get(
             limit, policy.progress_timeout
         )
-        _emit_limit(attempt.event, limit, seconds, stack)
+        emit_limit(ADAPTER, attempt.event, limit, seconds, stack)
         if limit is not Limit.SOFT:
             state.stack = stack
         if self.signals_main_thread:
@@ -1205,18 +1205,6 @@ class InProcessExecutor(Executor):
             else:
                 state.interrupt = "lost"
                 interrupt_thread(ident, JobInterrupt)
-
-
-def _emit_limit(make: Callable[..., Any], limit: Limit, seconds: float | None, stack: str | None) -> None:
-    """The event for a limit a task passed (``seconds``: that limit's value)."""
-    if limit is Limit.SOFT:
-        emit(ADAPTER, make(JobTimedOut, reason="soft_timeout passed", limit="soft"))
-    elif limit is Limit.HARD:
-        reason = f"ran past its hard_timeout of {seconds or 0:g} s"
-        emit(ADAPTER, make(JobTimedOut, reason=reason, stack=stack, limit="hard"))
-    else:
-        reason = f"no progress within its progress_timeout of {seconds or 0:g} s"
-        emit(ADAPTER, make(JobHungEvent, reason=reason, stack=stack))
 
 
 # -- the worker's main process --------------------------------------------------------------------
@@ -1473,7 +1461,7 @@ class SlotMonitor:
             self._stop_task(tracked, "hung", now)
         elif state.soft_deadline is not None and not tracked.soft_fired and now >= state.soft_deadline:
             tracked.soft_fired = True
-            _emit_limit(self._event(state), Limit.SOFT, None, None)
+            emit_limit(ADAPTER, self._event(state), Limit.SOFT, None, None)
             self.slots[tracked.path].aim(state.generation)
             _signal(state.pid, Interrupt.SOFT.signal)
 
@@ -1484,7 +1472,7 @@ class SlotMonitor:
         state = tracked.state
         stack = self._dumper(tracked).request(state.pid)
         limit = Limit.HARD if kind == "timed_out" else Limit.PROGRESS
-        _emit_limit(self._event(state), limit, _seconds(state, kind), stack)
+        emit_limit(ADAPTER, self._event(state), limit, _seconds(state, kind), stack)
         tracked.stopped, tracked.stopped_at, tracked.stack = kind, time.monotonic(), stack
         self.slots[tracked.path].aim(state.generation)
         _signal(state.pid, (Interrupt.HARD if kind == "timed_out" else Interrupt.HUNG).signal)

@@ -72,8 +72,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from zombieguard.attempt import Attempt, running
 from zombieguard.deadletter import DeadLetterEntry
-from zombieguard.events import JobCompleted, JobStarted, JobTimedOut, emit
-from zombieguard.events import JobHung as JobHungEvent
+from zombieguard.events import JobCompleted, JobStarted, emit
 from zombieguard.integrations.rq import internals
 from zombieguard.lease import (
     Acquired,
@@ -89,6 +88,7 @@ from zombieguard.lifecycle import (
     BACKSTOP_SECONDS,
     ESCALATE_AFTER,
     Interrupt,
+    emit_limit,
     install_interrupt_handlers,
     record_end,
     wait_out_recovery,
@@ -663,18 +663,14 @@ class _GuardedMixin:
         def stop(watched: Watched, limit: Limit, stack: str | None) -> None:
             if self._zg_attempt is not attempt:
                 return  # it ended meanwhile
+            policy = attempt.policy
+            seconds = {Limit.HARD: policy.hard_timeout, Limit.PROGRESS: policy.progress_timeout}.get(limit)
+            emit_limit(ADAPTER, attempt.event, limit, seconds, stack)
             if limit is Limit.SOFT:
-                emit(ADAPTER, attempt.event(JobTimedOut, reason="soft_timeout passed", limit="soft"))
                 signal_job(Interrupt.SOFT.signal)
                 return
             hard = limit is Limit.HARD
             self._zg_stop = ("timed_out" if hard else "hung", stack)
-            if hard:
-                reason = f"ran past its hard_timeout of {attempt.policy.hard_timeout:g} s"
-                emit(ADAPTER, attempt.event(JobTimedOut, reason=reason, stack=stack, limit="hard"))
-            else:
-                reason = f"no progress within its progress_timeout of {attempt.policy.progress_timeout:g} s"
-                emit(ADAPTER, attempt.event(JobHungEvent, reason=reason, stack=stack))
             signal_job((Interrupt.HARD if hard else Interrupt.HUNG).signal)
 
         def stalled(watched: Watched) -> None:
