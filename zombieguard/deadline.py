@@ -70,16 +70,24 @@ def _main_thread_deadline(seconds: float) -> Iterator[None]:
     outer = start + previous_delay if previous_delay > 0 else None
 
     def on_alarm(signum: int, frame: FrameType | None) -> None:
-        nonlocal outer
+        nonlocal outer, previous_interval
         now = time.monotonic()
         if now >= ours - 0.0005:
             raise _exceeded(seconds)
-        # The outer timer's moment came first: it is spent (or, repeating, due again an interval
-        # later); let its handler act, then wait for whichever moment comes next.
-        outer = outer + previous_interval if outer is not None and previous_interval > 0 else None
-        signal.setitimer(signal.ITIMER_REAL, max(min(ours, outer or ours) - now, 0.001))
-        if callable(previous_handler):
-            previous_handler(signum, frame)
+        if outer is not None and now >= outer - 0.0005:
+            # The outer timer's moment came: it is spent, or (repeating) due an interval later.
+            outer = outer + previous_interval if previous_interval > 0 else None
+        try:
+            if callable(previous_handler):
+                previous_handler(signum, frame)
+        finally:
+            # A handler that armed the timer itself (an enclosing deadline, a timer that re-arms)
+            # set the outer moment anew; then wait for whichever moment comes next.
+            delay, interval = signal.getitimer(signal.ITIMER_REAL)
+            now = time.monotonic()
+            if delay > 0:
+                outer, previous_interval = now + delay, interval
+            signal.setitimer(signal.ITIMER_REAL, max(min(ours, outer or ours) - now, 0.001))
 
     signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, min(seconds, previous_delay) if outer is not None else seconds)

@@ -45,10 +45,10 @@ READY_TIMEOUT = 60.0
 SEND_RETRY = 15.0
 """Seconds the runner keeps trying to send a job while Redis comes back from a fault."""
 POLL_EVERY = 0.5
+"""Seconds between two looks at every job during the drain."""
 SETTLED_FOR = 1.0
 """How long every job must stay settled before the drain ends: a copy a worker hands back as it
 wakes from a freeze moves a job again."""
-"""Seconds between two looks at every job during the drain."""
 
 
 @dataclass(frozen=True)

@@ -221,7 +221,11 @@ class WorkerPool:
         """SIGKILL every worker's whole tree, and reap them. Every tree is stopped first, so that no
         worker takes up what another one's death hands back to the broker."""
         self.stop_supervising()
-        stopped = [(worker, signal_tree(worker, signal.SIGSTOP)) for worker in self.every]
+        # A reaped worker's pid may be another process's now: only its group is signalled (the
+        # group lives on, and keeps the pid, while anything it left there runs).
+        live = [worker for worker in self.every if worker.process.poll() is None]
+        reaped = [worker for worker in self.every if worker.process.returncode is not None]
+        stopped = [(worker, signal_tree(worker, signal.SIGSTOP)) for worker in live]
         for worker, pids in stopped:  # a stopped process forks nothing: these are all there is
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -229,6 +233,9 @@ class WorkerPool:
             signal_tree(worker, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 worker.process.wait(5)
+        for worker in reaped:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(worker.pid, signal.SIGKILL)
 
 
 def rq_command(plain: bool, redis_url: str, queue: str) -> Callable[[str, str], list[str]]:

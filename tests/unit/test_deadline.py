@@ -112,6 +112,47 @@ def test_a_repeating_outer_alarm_keeps_its_rhythm_inside_the_block() -> None:
         signal.signal(signal.SIGALRM, previous)
 
 
+def test_an_outer_handler_that_arms_its_own_timer_neither_delays_the_deadline_nor_loses_its_timer() -> None:
+    calls: list[float] = []
+
+    def rearming(signum: int, frame: object) -> None:
+        calls.append(time.monotonic())
+        signal.setitimer(signal.ITIMER_REAL, 0.3)  # due again in 0.3 s, as its own code says
+
+    previous = signal.signal(signal.SIGALRM, rearming)
+    t0 = time.monotonic()
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    try:
+        with pytest.raises(DeadlineExceeded), deadline(0.6):
+            time.sleep(2)
+        assert 0.55 <= time.monotonic() - t0 < 0.8  # not 0.3 s after the handler's last arming
+        assert len(calls) == 2  # at 0.2 s and 0.5 s
+        assert 0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 0.3  # its timer armed again: 0.8 s
+        time.sleep(0.35)
+        assert len(calls) == 3
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_nested_deadlines_each_end_the_block_at_its_own_moment() -> None:
+    t0 = time.monotonic()
+    inner_ended: list[float] = []
+
+    def body() -> None:
+        with pytest.raises(DeadlineExceeded, match=r"0\.2 s"), deadline(0.2):
+            time.sleep(2)
+        inner_ended.append(time.monotonic() - t0)
+        with deadline(5):  # the enclosing deadline comes first, inside this one
+            time.sleep(2)
+
+    with pytest.raises(DeadlineExceeded, match=r"0\.6 s"), deadline(0.6):
+        body()
+    assert 0.15 <= inner_ended[0] < 0.4
+    assert 0.55 <= time.monotonic() - t0 < 0.8
+    assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
+
+
 def test_a_block_that_swallows_the_exception_is_ended_when_it_leaves() -> None:
     def careless() -> None:
         with contextlib.suppress(Exception):  # user code with a careless `except Exception: pass`

@@ -663,14 +663,15 @@ class _GuardedMixin:
         def stop(watched: Watched, limit: Limit, stack: str | None) -> None:
             if self._zg_attempt is not attempt:
                 return  # it ended meanwhile
+            hard = limit is Limit.HARD
+            if limit is not Limit.SOFT:  # set before any receiver runs: the job may end meanwhile
+                self._zg_stop = ("timed_out" if hard else "hung", stack)
             policy = attempt.policy
             seconds = {Limit.HARD: policy.hard_timeout, Limit.PROGRESS: policy.progress_timeout}.get(limit)
             emit_limit(ADAPTER, attempt.event, limit, seconds, stack)
             if limit is Limit.SOFT:
                 signal_job(Interrupt.SOFT.signal)
                 return
-            hard = limit is Limit.HARD
-            self._zg_stop = ("timed_out" if hard else "hung", stack)
             signal_job((Interrupt.HARD if hard else Interrupt.HUNG).signal)
 
         def stalled(watched: Watched) -> None:
