@@ -262,8 +262,7 @@ class Attempt:
             log.warning("job %s: could not check its lease (%s)", self.job.job_id, exc)
             return
         if record is not None and not record.held_by(self.token):
-            given_up = record.abandoned and record.state == "running"
-            state = f"given up as {record.abandoned}" if given_up else record.state
+            state = f"given up as {record.abandoned}" if record.given_up else record.state
             why = f"the lease is {state} under token {record.token}"
             self.mark_lost(LeaseLost(self.job.job_id, self.token, why))
             self._raise_if_lost()

@@ -217,10 +217,15 @@ class LeaseRecord:
         except (KeyError, ValueError, TypeError) as exc:
             raise CorruptRecord(f"lease record of {h.get('job', '?')!r} is unreadable: {exc!r}") from None
 
+    @property
+    def given_up(self) -> bool:
+        """Whether the lease is still running but was given up for a sweeper to act on."""
+        return self.state == "running" and bool(self.abandoned)
+
     def held_by(self, token: int) -> bool:
         """Whether the attempt of fencing token ``token`` still holds this lease: it is running
         under that token and nobody gave it up."""
-        return self.state == "running" and self.token == token and not self.abandoned
+        return self.state == "running" and self.token == token and not self.given_up
 
     def policy(self) -> Policy | None:
         """The policy the lease was taken under, as far as the lease records it (None if invalid)."""

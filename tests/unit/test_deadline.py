@@ -7,6 +7,8 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -56,12 +58,22 @@ def test_a_slow_drip_that_keeps_a_per_read_timeout_happy_is_still_cut() -> None:
     assert time.monotonic() - t0 < 1.0
 
 
+@contextlib.contextmanager
+def outer_alarm(handler: Callable[[int, Any], None], delay: float, interval: float = 0.0) -> Iterator[None]:
+    """An outer ``SIGALRM`` timer with ``handler``, as a program may have armed one; undone after."""
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, delay, interval)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def test_an_outer_alarm_is_kept_and_fires_after_the_block() -> None:
     fired: list[float] = []
-    previous = signal.signal(signal.SIGALRM, lambda s, f: fired.append(time.monotonic()))
     t0 = time.monotonic()
-    signal.setitimer(signal.ITIMER_REAL, 0.6)
-    try:
+    with outer_alarm(lambda s, f: fired.append(time.monotonic()), 0.6):
         with deadline(5):
             time.sleep(0.1)
         assert signal.getitimer(signal.ITIMER_REAL)[0] > 0.3
@@ -70,9 +82,6 @@ def test_an_outer_alarm_is_kept_and_fires_after_the_block() -> None:
             time.sleep(0.02)
         assert fired
         assert 0.55 <= fired[0] - t0 < 0.9
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def test_an_outer_alarm_that_comes_first_runs_its_handler_inside_the_block_once() -> None:
@@ -82,34 +91,24 @@ def test_an_outer_alarm_that_comes_first_runs_its_handler_inside_the_block_once(
         calls.append(time.monotonic())
         raise TimeoutError("outer")
 
-    previous = signal.signal(signal.SIGALRM, outer)
-    signal.setitimer(signal.ITIMER_REAL, 0.2)
-    try:
+    with outer_alarm(outer, 0.2):
         with pytest.raises(TimeoutError, match="outer"), deadline(5):
             time.sleep(2)
         assert signal.getitimer(signal.ITIMER_REAL)[0] == 0  # spent: not armed again
         time.sleep(0.2)
         assert len(calls) == 1
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def test_a_repeating_outer_alarm_keeps_its_rhythm_inside_the_block() -> None:
     calls: list[float] = []
-    previous = signal.signal(signal.SIGALRM, lambda s, f: calls.append(time.monotonic()))
     t0 = time.monotonic()
-    signal.setitimer(signal.ITIMER_REAL, 0.2, 0.3)
-    try:
+    with outer_alarm(lambda s, f: calls.append(time.monotonic()), 0.2, 0.3):
         with deadline(5):
             while time.monotonic() - t0 < 1.0:
                 time.sleep(0.01)
         assert len(calls) == 3
         assert all(abs(c - t0 - due) < 0.1 for c, due in zip(calls, (0.2, 0.5, 0.8), strict=True))
         assert 0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 0.3  # due again at 1.1 s
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def test_an_outer_handler_that_arms_its_own_timer_neither_delays_the_deadline_nor_loses_its_timer() -> None:
@@ -119,10 +118,8 @@ def test_an_outer_handler_that_arms_its_own_timer_neither_delays_the_deadline_no
         calls.append(time.monotonic())
         signal.setitimer(signal.ITIMER_REAL, 0.3)  # due again in 0.3 s, as its own code says
 
-    previous = signal.signal(signal.SIGALRM, rearming)
     t0 = time.monotonic()
-    signal.setitimer(signal.ITIMER_REAL, 0.2)
-    try:
+    with outer_alarm(rearming, 0.2):
         with pytest.raises(DeadlineExceeded), deadline(0.6):
             time.sleep(2)
         assert 0.55 <= time.monotonic() - t0 < 0.8  # not 0.3 s after the handler's last arming
@@ -130,9 +127,6 @@ def test_an_outer_handler_that_arms_its_own_timer_neither_delays_the_deadline_no
         assert 0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 0.3  # its timer armed again: 0.8 s
         time.sleep(0.35)
         assert len(calls) == 3
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def test_nested_deadlines_each_end_the_block_at_its_own_moment() -> None:

@@ -1629,7 +1629,7 @@ def _superseded(record: LeaseRecord, worker: str, state: SlotState | None) -> bo
     """Whether the attempt ``worker`` runs (``state``: its slot, if known) no longer holds its task:
     a newer attempt or a sweeper has it, or its lease, still running, was given up for a sweeper to
     act on (see :func:`_holds`)."""
-    return bool(record.abandoned and record.state == "running") or not _holds(record, worker, state)
+    return record.given_up or not _holds(record, worker, state)
 
 
 def _lease_late(tracked: _Tracked, now: float) -> bool:
