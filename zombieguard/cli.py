@@ -36,7 +36,7 @@ from zombieguard.sweeper import Sweeper
 # CLI works without the frameworks installed for everything else.
 ADAPTER_FACTORIES = {
     "rq": "zombieguard.integrations.rq:sidecar_adapter",
-    "celery": "zombieguard.integrations.celery:cli_adapter",
+    "celery": "zombieguard.integrations.celery.adapter:cli_adapter",
 }
 
 
@@ -440,7 +440,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     config = current_config()
     url = args.redis_url
     if args.celery_app:
-        from zombieguard.integrations.celery import app_config, leases_url, load_app  # noqa: PLC0415
+        from zombieguard.integrations.celery.app import app_config, leases_url, load_app  # noqa: PLC0415
 
         app = load_app(args.celery_app)
         config = app_config(app)

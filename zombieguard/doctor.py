@@ -119,7 +119,7 @@ def check_rq_workers(store: LeaseStore) -> list[Finding]:
 
 def check_celery(app: Any) -> list[Finding]:
     """Celery tasks acknowledged late on a broker with a visibility timeout are limited below it."""
-    from zombieguard.integrations.celery import app_config, task_policy  # noqa: PLC0415
+    from zombieguard.integrations.celery.app import app_config, task_policy  # noqa: PLC0415
 
     scheme = str(app.conf.broker_url or "").partition("://")[0]
     if scheme not in {"redis", "rediss", "sqs", "sentinel"}:

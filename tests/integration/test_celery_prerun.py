@@ -11,7 +11,8 @@ import pytest
 from celery import Celery, signals
 from celery.app.task import Context
 
-from zombieguard.integrations.celery import WorkerGuard, _before_started, _ignores_result, install
+from zombieguard.integrations.celery import WorkerGuard, install
+from zombieguard.integrations.celery.hooks import _ignores_result, before_started
 
 
 def _body() -> None:
@@ -19,14 +20,14 @@ def _body() -> None:
 
 
 def _receives() -> bool:
-    return any(receiver is _before_started for _, receiver in signals.task_prerun.receivers)
+    return any(receiver is before_started for _, receiver in signals.task_prerun.receivers)
 
 
 @pytest.mark.parametrize("track_started", [False, True])
 def test_a_worker_listens_to_task_prerun_only_when_one_of_its_guarded_tasks_is_recorded_started(
     redis_url: str, key_prefix: str, track_started: bool
 ) -> None:
-    signals.task_prerun.disconnect(_before_started)
+    signals.task_prerun.disconnect(before_started)
     app = install(Celery(f"zgtest-prerun-{track_started}", set_as_current=False))
     app.conf.zombieguard = {"redis_url": redis_url, "key_prefix": key_prefix}
     app.task(name="zgtest.plain", shared=False)(_body)
@@ -40,7 +41,7 @@ def test_a_worker_listens_to_task_prerun_only_when_one_of_its_guarded_tasks_is_r
     finally:
         guard.counter.close()
         guard.remove_dir()
-        signals.task_prerun.disconnect(_before_started)
+        signals.task_prerun.disconnect(before_started)
 
 
 @pytest.mark.skipif(

@@ -11,8 +11,9 @@ import pytest
 from celery import Celery
 from kombu import Connection, Exchange, Queue
 
-import zombieguard.integrations.celery as celery_integration
-from zombieguard.integrations.celery import ReceivedLog, hand_back, internals
+import zombieguard.integrations.celery.received as received_module
+from zombieguard.integrations.celery import internals
+from zombieguard.integrations.celery.received import ReceivedLog, hand_back
 
 
 class _Request:
@@ -125,7 +126,7 @@ def test_a_worker_s_log_rewritten_keeps_the_messages_it_still_holds_as_first_wri
         received.delivered(tag, f"t-{tag}")
     before = {m.tag: m for m in ReceivedLog.read(tmp_path)}
     received.unacked_here = lambda: {"b"}  # a and c were acked
-    monkeypatch.setattr(celery_integration, "RECEIVED_LOG_BYTES", 0)
+    monkeypatch.setattr(received_module, "RECEIVED_LOG_BYTES", 0)
     received.delivering("d", "t-d")
     after = {m.tag: m for m in ReceivedLog.read(tmp_path)}
     assert set(after) == {"b", "d"}

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from zombieguard.integrations.celery import _holds, _superseded
+from zombieguard.integrations.celery.monitor import holds_lease, is_superseded
 from zombieguard.lease import LeaseRecord
 from zombieguard.slot import JobSlot, SlotState
 
@@ -52,12 +52,12 @@ def test_an_attempt_holds_its_task_while_its_lease_is_its_own(
 ) -> None:
     record = replace(RECORD, **change)
     state = None if token is None else _slot(token)
-    assert _holds(record, "w1", state) is holds
+    assert holds_lease(record, "w1", state) is holds
 
 
 def test_an_attempt_not_leased_yet_holds_its_task_unless_a_newer_attempt_has_a_lease() -> None:
-    assert _holds(replace(RECORD, attempt=1, state="done"), "w1", _slot(0, attempt=2))
-    assert not _holds(replace(RECORD, attempt=3), "w1", _slot(0, attempt=2))
+    assert holds_lease(replace(RECORD, attempt=1, state="done"), "w1", _slot(0, attempt=2))
+    assert not holds_lease(replace(RECORD, attempt=3), "w1", _slot(0, attempt=2))
 
 
 @pytest.mark.parametrize(
@@ -73,4 +73,4 @@ def test_an_attempt_not_leased_yet_holds_its_task_unless_a_newer_attempt_has_a_l
 def test_an_attempt_whose_lease_was_given_up_is_superseded_and_records_nothing(
     change: dict[str, object], superseded: bool
 ) -> None:
-    assert _superseded(replace(RECORD, **change), "w1", _slot(7)) is superseded
+    assert is_superseded(replace(RECORD, **change), "w1", _slot(7)) is superseded

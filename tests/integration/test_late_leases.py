@@ -14,7 +14,8 @@ import redis
 
 from zombieguard import Policy
 from zombieguard.attempt import Attempt
-from zombieguard.integrations.celery import ADAPTER, SlotMonitor
+from zombieguard.integrations.celery.adapter import ADAPTER
+from zombieguard.integrations.celery.monitor import SlotMonitor
 from zombieguard.lease import JobSpec, LeaseStore, Outcome
 from zombieguard.sidecar import SlotWatcher, lease_from_slot
 from zombieguard.slot import JobSlot, SlotState, execution_tag

@@ -1,0 +1,182 @@
+"""Threads and solo pools: tasks run in the worker's own process. Its heartbeat renews the leases,
+its watchdog thread enforces the limits, and the watchdog process beside it acts when no thread
+of the worker can (C code holding the GIL)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+from typing import TYPE_CHECKING, Any
+
+import redis
+from celery.app.task import Task
+
+from zombieguard.attempt import Attempt
+from zombieguard.containment import contained, log
+from zombieguard.errors import (
+    HardTimeLimitExceeded,
+    JobHung,
+    JobInterrupt,
+)
+from zombieguard.integrations.celery.adapter import ADAPTER
+from zombieguard.integrations.celery.executor import Executor, Running, SoftTimeLimit, announce
+from zombieguard.integrations.celery.message import Snapshot, task_payload
+from zombieguard.lifecycle import (
+    ESCALATE_AFTER,
+    Interrupt,
+    emit_limit,
+    install_interrupt_handlers,
+)
+from zombieguard.slot import PAYLOAD_ROOM, JobSlot
+from zombieguard.watchdog import (
+    Limit,
+    LimitClock,
+    Watched,
+    interrupt_thread,
+    thread_stack,
+)
+
+if TYPE_CHECKING:
+    from zombieguard.integrations.celery.worker import WorkerGuard
+
+
+class InProcessExecutor(Executor):
+    """Threads and solo pools: the worker's own heartbeat renews, its watchdog enforces."""
+
+    def __init__(self, guard: WorkerGuard, signals_main_thread: bool) -> None:
+        super().__init__(guard, guard.heartbeat)
+        self.signals_main_thread = signals_main_thread
+        self._watched: dict[int, Watched] = {}
+        self._states: dict[int, Running] = {}
+        if signals_main_thread:
+            install_interrupt_handlers(self.raise_interrupt)
+
+    def begin(self, state: Running) -> None:
+        """Renew the lease with the worker's heartbeat; enforce the limits with its watchdog."""
+        guard, attempt = self.guard, state.attempt
+        ident = threading.get_ident()
+        if not attempt.pending:
+            guard.heartbeat.add(attempt)
+        self._states[ident] = state
+        if attempt.policy.limited:  # else the watchdog has nothing to enforce
+            clock = LimitClock(
+                attempt.policy, attempt.started_monotonic, lambda: attempt.last_progress_monotonic
+            )
+            watched = Watched(
+                clock,
+                stop=lambda w, limit, stack: self._stop(state, ident, limit, stack),
+                capture=lambda: thread_stack(ident),
+                escalate=lambda w: guard.stuck(state, ident, w),
+                escalate_after=ESCALATE_AFTER,
+                label=attempt.job.job_id,
+                stalled=lambda w: self._stalled(state, ident),
+            )
+            self._watched[ident] = guard.watchdog.watch(watched)
+        # The watchdog process beside the worker reads it, for when no thread of this one can run.
+        slot = state.slot = guard.thread_slot(ident)
+        state.generation = announce(slot, attempt, self.pid, keep_payload=True)
+        attempt.on_progress = slot.progress
+        attempt.on_acquired = lambda written: self._acquired(written, slot)
+
+    def describe_later(self, attempt: Attempt, task: Task, request: Any) -> bool:
+        """The request, pickled now (a few microseconds, where the payload costs tens): the payload
+        is computed from it if the lease is written, which most tasks end before; the slot keeps it
+        for the watchdog process, which writes the lease when no thread here can (C code holding the
+        GIL). False, the payload computed now, when it does not pickle or fit the slot."""
+        try:
+            pickled = pickle.dumps(vars(request), pickle.HIGHEST_PROTOCOL)
+        except Exception:  # what only a serializer of its own can carry
+            pickled = b""
+        if not pickled or len(pickled) > PAYLOAD_ROOM:
+            payload = task_payload(task, request)
+            attempt.describe = lambda: payload
+            return False
+        attempt.describe = Snapshot(task, request, pickled)
+        return True
+
+    def _acquired(self, attempt: Attempt, slot: JobSlot) -> None:
+        self.guard.heartbeat.add(attempt)
+        slot.set_token(attempt.token)
+
+    def aimed_at(self, state: Running) -> bool:
+        """Solo: the watchdog thread names the task an interrupt is for before it signals."""
+        return state.slot is not None and state.slot.aimed_at(state.generation)
+
+    def refused(self, attempt: Attempt) -> None:
+        """Interrupt the task's thread, as for a lease found superseded."""
+        log.warning("celery task %s: %s; stopping it", attempt.job.job_id, attempt.lost)
+        self.lost(attempt)
+
+    def end(self, state: Running) -> None:
+        """Stop renewing and enforcing."""
+        guard, ident = self.guard, threading.get_ident()
+        self._states.pop(ident, None)
+        watched = self._watched.pop(ident, None)
+        if watched is not None:
+            guard.watchdog.unwatch(watched)
+        if state.attempt.token:  # its lease was written (and renewed since): no longer
+            guard.heartbeat.remove(state.attempt)
+        if state.slot is not None:
+            state.slot.clear()
+        guard.thread_ended(ident)
+
+    def _stop(self, state: Running, ident: int, limit: Limit, stack: str | None) -> None:
+        attempt = state.attempt
+        kind = {Limit.SOFT: "soft", Limit.HARD: "hard", Limit.PROGRESS: "hung"}[limit]
+        policy = attempt.policy
+        seconds = {Limit.SOFT: policy.soft_timeout, Limit.HARD: policy.hard_timeout}.get(
+            limit, policy.progress_timeout
+        )
+        emit_limit(ADAPTER, attempt.event, limit, seconds, stack)
+        if limit is not Limit.SOFT:
+            state.stack = stack
+        if self.signals_main_thread:
+            if state.slot is not None:
+                state.slot.aim(state.generation)
+            os.kill(os.getpid(), Interrupt(kind).signal)
+            return
+        if state.body_done or self._states.get(ident) is not state:
+            return  # it ended meanwhile: an interrupt now would land in the thread's next task
+        state.interrupt = kind
+        exc_type: type[BaseException] = {
+            "soft": SoftTimeLimit,
+            "hard": HardTimeLimitExceeded,
+            "hung": JobHung,
+        }[kind]
+        interrupt_thread(ident, exc_type)
+
+    def _stalled(self, state: Running, ident: int) -> None:
+        """The worker was frozen past the task's lease and a limit (see :attr:`Watched.stalled`):
+        a stall, not a timeout. The lease is given up as stalled (written first if it was still
+        pending), the task recovered at once, and this attempt stopped as superseded: nothing of it
+        is recorded."""
+        if state.body_done or self._states.get(ident) is not state:
+            return
+        attempt = state.attempt
+        why = "its worker was frozen past the task's lease and a limit: a stall, not a timeout"
+        with contained(f"celery task {attempt.job.job_id}: giving it up as stalled"):
+            try:
+                attempt.acquire_now()
+            except redis.RedisError as exc:
+                log.warning("celery task %s: %s; its lease not written (%s)", attempt.job.job_id, why, exc)
+            if attempt.token and attempt.lost is None:
+                # The attempt stopped before the sweep (a round trip to the broker): the watchdog
+                # process, woken with this one, would take a job still running past its limit for
+                # one stuck in C code.
+                self.guard.recover_stalled(
+                    attempt.described(), attempt.token, why, before_sweep=lambda: self.lost(attempt)
+                )
+                return
+        self.lost(attempt)
+
+    def lost(self, attempt: Attempt) -> None:
+        """The heartbeat found this attempt superseded: stop it."""
+        for ident, state in list(self._states.items()):
+            if state.attempt is not attempt or state.body_done:
+                continue
+            if self.signals_main_thread:
+                os.kill(os.getpid(), Interrupt.LOST.signal)
+            else:
+                state.interrupt = "lost"
+                interrupt_thread(ident, JobInterrupt)

@@ -1,0 +1,520 @@
+"""Prefork, in the worker's main process: the monitor that reads the pool processes' slots, renews
+their tasks' leases, writes a late lease for a process stuck in C code, and enforces the limits
+(soft and hard interrupts by signal, SIGKILL for a process no interrupt stops)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from zombieguard.containment import contained, log
+from zombieguard.errors import (
+    LeaseLost,
+)
+from zombieguard.integrations.celery import internals
+from zombieguard.integrations.celery.adapter import ADAPTER
+from zombieguard.lease import (
+    JobSpec,
+    LeaseRecord,
+    Outcome,
+    text,
+)
+from zombieguard.lifecycle import (
+    ESCALATE_AFTER,
+    Interrupt,
+    emit_limit,
+)
+from zombieguard.slot import JobSlot, SlotState
+from zombieguard.watchdog import (
+    Limit,
+    StackDumper,
+    process_exited,
+)
+
+if TYPE_CHECKING:
+    from zombieguard.integrations.celery.worker import WorkerGuard
+
+
+MONITOR_PERIOD = 0.05
+"""How often a prefork worker's main process reads its pool processes' slots."""
+
+
+LATE_LEASE = 0.1
+"""Prefork: how long past its ``lease_delay`` a pool process's task may go without its lease before
+the main process writes it (no thread of the pool process can: C code holding the GIL)."""
+
+
+@dataclass
+class _Tracked:
+    """A pool process's running attempt, as the worker's main process follows it."""
+
+    path: Path
+    state: SlotState
+    renewed: float
+    soft_fired: bool = False
+    stopped: str | None = None
+    stopped_at: float = 0.0
+    stack: str | None = None
+    killed: bool = False
+    written: int = 0
+    """The token of the lease this process wrote for the task, its pool process late to write it
+    (0: none); the pool process adopts it when it runs again (see :func:`announce`)."""
+    tried: bool = False
+    """This process tried to write the task's lease and had an answer from Redis."""
+    retry_at: float = 0.0
+    """When to try again, Redis not having answered (monotonic)."""
+
+    @property
+    def token(self) -> int:
+        """The task's lease token, whoever wrote the lease (0 while none is written)."""
+        return self.state.token or self.written
+
+
+class SlotMonitor:
+    """Prefork: renews the leases of the pool processes' attempts and enforces their limits."""
+
+    def __init__(self, guard: WorkerGuard) -> None:
+        self.guard = guard
+        self.slots: dict[Path, JobSlot] = {}
+        self.tracked: dict[Path, _Tracked] = {}
+        self.killed: dict[str, str] = {}
+        """Tasks whose pool process this monitor killed, and why (timed_out, hung, lost), or saw die
+        (stalled: recovered)."""
+        self.unleased: dict[str, SlotState] = {}
+        """Tasks whose pool process died before their lease was written, to recover in the event
+        loop (from Celery's request) by whichever comes first: this monitor's news or Celery's."""
+        self.to_release: list[_Tracked] = []
+        """Tasks that ended after this process wrote their leases for them: each lease is released
+        as completed unless the pool process adopted it (then it records its own end). Kept until
+        Redis answers."""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._listed = 0.0
+        self.looked = time.monotonic()
+        """When this monitor last looked at the slots (monotonic), or was made."""
+        self._unanswered = False
+        """Redis did not answer the last write or release of a lease this process wrote for a task
+        (logged once until it answers again)."""
+
+    def _refresh(self, now: float, *, force: bool = False) -> None:
+        if now - self._listed < 1.0 and not force:
+            return
+        self._listed = now
+        for path in self.guard.dir.glob("slot-*"):
+            if path not in self.slots:
+                with contextlib.suppress(OSError, ValueError):
+                    self.slots[path] = JobSlot(path)
+
+    def check(self, now: float) -> None:
+        """One look at every slot: renew what is due, act on every limit that passed."""
+        self._refresh(now)
+        due: list[_Tracked] = []
+        late: list[_Tracked] = []
+        died: list[tuple[SlotState, int]] = []
+        with self._lock:
+            since, self.looked = now - self.looked, now
+            for path, slot in list(self.slots.items()):
+                state = slot.read()
+                tracked = self.tracked.get(path)
+                if tracked is not None and (not state.active or state.generation != tracked.state.generation):
+                    if tracked.written:
+                        self.to_release.append(tracked)
+                    del self.tracked[path]
+                    tracked = None
+                if not state.active:
+                    continue
+                gone = process_exited(state.pid) and _died_by_itself(state, tracked)
+                if not gone and _woke_past_its_lease(state, tracked, now, since):
+                    log.warning(
+                        "celery task %s[%s]: its worker was frozen %.1f s, past the task's lease and a "
+                        "limit: a stall, killed and recovered, not timed out",
+                        state.task,
+                        state.job_id,
+                        since,
+                    )
+                    _signal(state.pid, signal.SIGKILL)
+                    gone = True
+                if gone:
+                    token = state.token or (tracked.written if tracked is not None else 0)
+                    # Marked before the slot is cleared: Celery's report, if it comes in between,
+                    # must find the task handled here (or to be handled), not take it for one with
+                    # no lease.
+                    if token:
+                        self.killed[state.job_id] = "stalled"
+                    else:
+                        self.unleased[state.job_id] = state
+                    died.append((state, token))
+                    slot.clear()
+                    self.tracked.pop(path, None)
+                    continue
+                if tracked is None:
+                    # The acquire itself set the lease's expiry: the first renewal is due a third in.
+                    tracked = self.tracked[path] = _Tracked(path, state, renewed=state.started)
+                tracked.state = state
+                with contained(f"prefork monitor, task {state.job_id}"):
+                    self._enforce(tracked, now)
+                if tracked.token and not tracked.killed and now - tracked.renewed >= state.lease_ttl / 3:
+                    due.append(tracked)
+                elif _lease_late(tracked, now):
+                    late.append(tracked)
+        self._act(now, due, late, died)
+
+    def _act(
+        self, now: float, due: list[_Tracked], late: list[_Tracked], died: list[tuple[SlotState, int]]
+    ) -> None:
+        """What a look found to do in Redis (outside the lock)."""
+        if self.to_release:
+            self._release_written()
+        for tracked in late:
+            self._write_lease(tracked, now)
+        if due:
+            self._renew(due)
+        for state, token in died:
+            self._died(state, token)
+
+    def _write_lease(self, tracked: _Tracked, now: float) -> None:
+        """Write the lease of a task whose pool process has not written it past its ``lease_delay``
+        (no thread of it can run: C code holding the GIL), with the payload of Celery's request for
+        it, under the task's execution tag: the pool process adopts it if it runs again. A task
+        that ends meanwhile has it released (:meth:`_release_written`)."""
+        state = tracked.state
+        tracked.tried = True
+        with contained(f"celery task {state.job_id}: writing its lease for its pool process"):
+            payload = self.guard.request_payload(state.job_id)
+            if payload is None:
+                return
+            try:
+                token = self.guard.write_lease_for(state, payload)
+            except redis.RedisError as exc:
+                tracked.tried, tracked.retry_at = False, now + 1.0
+                self._answered(exc)
+                return
+            self._answered(None)
+            if not token:
+                return  # another attempt holds the task: this copy's own acquire is refused
+            with self._lock:
+                tracked.written = token
+                tracked.renewed = now
+                if self.tracked.get(tracked.path) is not tracked:  # it ended meanwhile
+                    self.to_release.append(tracked)
+            log.info(
+                "celery task %s[%s]: its pool process %d had not written its lease %.2f s after it "
+                "started (C code holding the GIL, or a busy machine); written by the worker's main "
+                "process",
+                state.task,
+                state.job_id,
+                state.pid,
+                now - state.started,
+            )
+
+    def _answered(self, exc: redis.RedisError | None) -> None:
+        """Log a failed write or release of a lease written for a task once, until Redis answers."""
+        if exc is not None and not self._unanswered:
+            log.warning(
+                "celery worker %s: leases written for its tasks wait for Redis (%s)", self.guard.name, exc
+            )
+        elif exc is None and self._unanswered:
+            log.warning("celery worker %s: Redis answers again", self.guard.name)
+        self._unanswered = exc is not None
+
+    def _release_written(self) -> None:
+        """Release, as completed, the leases this process wrote for tasks that ended without
+        adopting them (the body returned before its process wrote or adopted the lease)."""
+        with self._lock:
+            ended, self.to_release = self.to_release, []
+        for index, tracked in enumerate(ended):
+            state = tracked.state
+            spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
+            revoked = internals.revoked(state.job_id)
+            try:
+                self.guard.store.release(
+                    spec,
+                    tracked.written,
+                    Outcome.STOPPED if revoked else Outcome.COMPLETED,
+                    "revoked" if revoked else "ended before its pool process took over its lease",
+                    unless_adopted=True,
+                )
+            except LeaseLost:
+                continue  # ended, recovered or superseded: recorded by whoever did that
+            except redis.RedisError as exc:
+                self._answered(exc)
+                with self._lock:
+                    self.to_release[:0] = ended[index:]
+                return
+            self._answered(None)
+
+    def _died(self, state: SlotState, token: int) -> None:
+        """A pool process died mid-task, and Celery has not said so yet (under load its pool notices
+        only every few seconds): recover the task now. Celery's news of it, when it comes, finds the
+        task handled (``pool_process_lost`` returns ``stalled``). A task that died before its lease
+        was written is recovered in the event loop, from Celery's request for it."""
+        if not token:
+            job_id = state.job_id
+            self.guard.in_loop(lambda: self.guard.recover_unleased(job_id))
+            return
+        spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
+        if not self.guard.recover_stalled(spec, token):
+            self.killed.pop(state.job_id, None)  # Celery's news came first: it was handled then
+
+    def _event(self, state: SlotState) -> Callable[..., Any]:
+        """Events about a pool process's task; the job's description is read from its lease (the slot
+        does not hold it), one round trip, only when a limit fires."""
+        payload = ""
+        with contextlib.suppress(redis.RedisError):
+            payload = text(
+                self.guard.store.client.hget(self.guard.store.lease_key(state.job_id), "payload") or ""
+            )
+
+        def make(kind: type[Any], reason: str = "", stack: str | None = None, **extra: Any) -> Any:
+            return kind(
+                job_id=state.job_id,
+                task=state.task,
+                queue=state.queue,
+                attempt=state.attempt,
+                worker=self.guard.name,
+                adapter=ADAPTER,
+                reason=reason,
+                started_at=state.started_at,
+                stack=stack,
+                payload=payload,
+                **extra,
+            )
+
+        return make
+
+    def _enforce(self, tracked: _Tracked, now: float) -> None:
+        state = tracked.state
+        if tracked.stopped is not None:
+            if not tracked.killed and now >= tracked.stopped_at + ESCALATE_AFTER:
+                self._kill(tracked)
+            return
+        if state.hard_deadline is not None and now >= state.hard_deadline:
+            self._stop_task(tracked, "timed_out", now)
+        elif state.progress_timeout is not None and now >= state.last_progress + state.progress_timeout:
+            self._stop_task(tracked, "hung", now)
+        elif state.soft_deadline is not None and not tracked.soft_fired and now >= state.soft_deadline:
+            tracked.soft_fired = True
+            emit_limit(ADAPTER, self._event(state), Limit.SOFT, None, None)
+            self.slots[tracked.path].aim(state.generation)
+            _signal(state.pid, Interrupt.SOFT.signal)
+
+    def _dumper(self, tracked: _Tracked) -> StackDumper:
+        return _dumper_of(self.guard.dir, tracked.path)
+
+    def _stop_task(self, tracked: _Tracked, kind: str, now: float) -> None:
+        state = tracked.state
+        stack = self._dumper(tracked).request(state.pid)
+        limit = Limit.HARD if kind == "timed_out" else Limit.PROGRESS
+        emit_limit(ADAPTER, self._event(state), limit, _seconds(state, kind), stack)
+        tracked.stopped, tracked.stopped_at, tracked.stack = kind, time.monotonic(), stack
+        self.slots[tracked.path].aim(state.generation)
+        _signal(state.pid, (Interrupt.HARD if kind == "timed_out" else Interrupt.HUNG).signal)
+
+    def _kill(self, tracked: _Tracked) -> None:
+        """The task did not end after its interrupt (C code holding the GIL): kill its process."""
+        state = tracked.state
+        tracked.killed = True
+        kind = tracked.stopped or "timed_out"
+        self.killed[state.job_id] = kind
+        log.error("celery task %s[%s] %s: killing pool process %d", state.task, state.job_id, kind, state.pid)
+        if kind == "lost":
+            _signal(state.pid, signal.SIGKILL)
+            return
+        limit = _seconds(state, kind)
+        what = "hard_timeout" if kind == "timed_out" else "progress_timeout"
+        reason = f"ran past its {what} of {limit:g} s and was killed (stuck where no Python code runs)"
+        spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
+        superseded = False
+        if tracked.token:  # else no lease was written (stuck within its lease_delay): Celery's record only
+            try:
+                self.guard.store.release(spec, tracked.token, Outcome(kind), reason, tracked.stack)
+            except LeaseLost:
+                superseded = True  # a newer attempt holds the task: nothing of this one is recorded
+                self.killed[state.job_id] = "lost"
+            except redis.RedisError as exc:
+                log.warning("celery task %s: its timeout not written to its lease (%s)", state.job_id, exc)
+        _signal(state.pid, signal.SIGKILL)
+        if not superseded:
+            job_id = state.job_id
+            self.guard.in_loop(lambda: self.guard.record_timeout(job_id, limit))
+
+    def _renew(self, due: list[_Tracked]) -> None:
+        guard = self.guard
+        sent_at = time.monotonic()
+        try:
+            codes = guard.store.renew(
+                ADAPTER,
+                guard.name,
+                guard.heartbeat.worker_ttl,
+                [(t.state.job_id, t.token) for t in due],
+            )
+        except redis.RedisError as exc:
+            log.warning("celery worker %s: renewing pool processes' leases failed: %s", guard.name, exc)
+            return
+        for tracked, code in zip(due, codes, strict=True):
+            state = tracked.state
+            if code == "ok":
+                tracked.renewed = sent_at
+                self.slots[tracked.path].confirm(sent_at + state.lease_ttl)
+            elif code == "missing":
+                # Redis lost it (restart without persistence); the attempt re-establishes it when it
+                # next writes. Renewing again later is harmless.
+                tracked.renewed = sent_at
+            elif tracked.stopped is None and self._still_running(tracked):
+                log.warning(
+                    "celery task %s[%s]: a newer attempt holds it; stopping this one",
+                    state.task,
+                    state.job_id,
+                )
+                tracked.stopped, tracked.stopped_at = "lost", time.monotonic()
+                _signal(state.pid, Interrupt.LOST.signal)
+
+    def _still_running(self, tracked: _Tracked) -> bool:
+        """Whether the task a renewal was sent for is still in its slot (it may have ended since)."""
+        state = self.slots[tracked.path].read()
+        return state.active and state.generation == tracked.state.generation
+
+    def woke_past_lease(self, job_id: str) -> bool:
+        """Whether the task ``job_id`` is (or is being) given up as a stall because its worker was
+        frozen past its lease and a limit (see :func:`_woke_past_its_lease`): this monitor did so,
+        or has not looked since the worker woke and will."""
+        now = time.monotonic()
+        with self._lock:
+            if self.killed.get(job_id) == "stalled" or job_id in self.unleased:
+                return True
+            since = now - self.looked
+            for path, slot in self.slots.items():
+                state = slot.read()
+                if state.active and state.job_id == job_id:
+                    return _woke_past_its_lease(state, self.tracked.get(path), now, since)
+        return False
+
+    def running(self, job_id: str) -> SlotState | None:
+        """The slot of the pool process running ``job_id`` (its token: the lease this process wrote
+        for it, when its own is not written), None when no pool process runs it."""
+        with self._lock:
+            for tracked in self.tracked.values():
+                if tracked.state.active and tracked.state.job_id == job_id:
+                    return dataclasses.replace(tracked.state, token=tracked.token)
+        return None
+
+    def stacks(self, pid: int) -> str | None:
+        """The stacks of pool process ``pid``, dumped now; None when it has no slot here, or nothing
+        came within half a second."""
+        with self._lock:
+            slots = list(self.slots.items())
+        for path, slot in slots:
+            if slot.read().pid == pid:
+                return _dumper_of(self.guard.dir, path).request(pid)
+        return None
+
+    def forget(self, job_id: str) -> SlotState | None:
+        """A pool process died: clear the slot it left for ``job_id``; its state, if it had one."""
+        with self._lock:
+            # A pool process started since the last listing has a slot this monitor does not know.
+            self._refresh(time.monotonic(), force=True)
+            for path, slot in list(self.slots.items()):
+                state = slot.read()
+                if state.active and state.job_id == job_id:
+                    slot.clear()
+                    self.tracked.pop(path, None)
+                    return state
+        return None
+
+    def _run(self) -> None:
+        while not self._stop.wait(MONITOR_PERIOD):
+            with contained("prefork monitor"):
+                self.check(time.monotonic())
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread = threading.Thread(target=self._run, name="zombieguard-prefork-monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread, after a last look (the leases it wrote for tasks that ended since are
+        released)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        with contained("prefork monitor's last look"):
+            self.check(time.monotonic())
+
+
+def holds_lease(record: LeaseRecord, worker: str, state: SlotState | None) -> bool:
+    """Whether the lease ``record`` is the one of the attempt ``worker`` runs (``state``: its slot, if
+    known), still running or ended by that attempt itself (``done``). Not when another worker or
+    token holds it, or a sweeper claimed, requeued or ended it: then the attempt is superseded. An
+    attempt whose lease is not written yet holds the task unless the lease is a newer attempt's."""
+    if state is not None and not state.token:
+        return record.attempt < state.attempt or (record.attempt == state.attempt and record.worker == worker)
+    own = record.state in ("running", "done") and record.worker == worker
+    return own and (state is None or record.token == state.token)
+
+
+def _dumper_of(directory: Path, slot: Path) -> StackDumper:
+    """Where the pool process of the slot file ``slot`` dumps its stacks."""
+    index = slot.name.removeprefix("slot-")
+    return StackDumper(directory / f"stacks-{index}.txt")
+
+
+def is_superseded(record: LeaseRecord, worker: str, state: SlotState | None) -> bool:
+    """Whether the attempt ``worker`` runs (``state``: its slot, if known) no longer holds its task:
+    a newer attempt or a sweeper has it, or its lease, still running, was given up for a sweeper to
+    act on (see :func:`holds_lease`)."""
+    return record.given_up or not holds_lease(record, worker, state)
+
+
+def _lease_late(tracked: _Tracked, now: float) -> bool:
+    """Whether a pool process's task is past its ``lease_delay`` with no lease written for it (and
+    the main process has not tried to write it)."""
+    state = tracked.state
+    return (
+        not tracked.token
+        and not tracked.tried
+        and tracked.stopped is None
+        and state.lease_delay is not None
+        and now >= max(state.started + state.lease_delay + LATE_LEASE, tracked.retry_at)
+    )
+
+
+def _woke_past_its_lease(state: SlotState, tracked: _Tracked | None, now: float, since: float) -> bool:
+    """Whether a task's hard or progress limit passed while the worker was frozen (or starved: its
+    monitor did not look for ``since`` seconds) longer than the task's lease lives. Its lease lapsed
+    before the limit passed: a sweeper elsewhere takes that for a stall, and so does this worker
+    (the task is run again, not failed), whether or not one did. A task stopped already is not."""
+    if since <= state.lease_ttl or (tracked is not None and tracked.stopped is not None):
+        return False
+    hard = state.hard_deadline is not None and now >= state.hard_deadline
+    hung = state.progress_timeout is not None and now >= state.last_progress + state.progress_timeout
+    return hard or hung
+
+
+def _died_by_itself(state: SlotState, tracked: _Tracked | None) -> bool:
+    """Whether a pool process that exited mid-task died on its own: not killed by this monitor (at
+    a limit, or superseded) nor terminated by ``revoke(terminate=True)``, both of which Celery's
+    report of the death settles."""
+    return not (tracked is not None and tracked.killed) and not internals.revoked(state.job_id)
+
+
+def _seconds(state: SlotState, kind: str) -> float:
+    """The limit a slot's task passed: its hard_timeout (``timed_out``) or progress_timeout."""
+    if kind == "timed_out":
+        return (state.hard_deadline or state.started) - state.started
+    return state.progress_timeout or 0.0
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signum)

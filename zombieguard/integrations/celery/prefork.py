@@ -1,0 +1,101 @@
+"""Prefork, in a pool process: the executor that announces each attempt in the process's slot, for
+the worker's main process (:mod:`.monitor`) to renew and enforce."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from typing import TYPE_CHECKING, Any
+
+from celery.app.task import Context, Task
+
+from zombieguard.attempt import Attempt
+from zombieguard.containment import log
+from zombieguard.heartbeat import Heartbeat
+from zombieguard.integrations.celery.adapter import ADAPTER
+from zombieguard.integrations.celery.executor import Executor, Running, announce
+from zombieguard.integrations.celery.message import MUTABLE, mutable_fields, task_payload
+from zombieguard.lifecycle import (
+    Interrupt,
+    install_interrupt_handlers,
+)
+from zombieguard.slot import JobSlot
+from zombieguard.watchdog import (
+    StackDumper,
+)
+
+if TYPE_CHECKING:
+    from zombieguard.integrations.celery.worker import WorkerGuard
+
+
+class PoolProcessExecutor(Executor):
+    """Prefork: a pool process. The worker's main process renews and enforces through the slot."""
+
+    def __init__(self, guard: WorkerGuard, index: int) -> None:
+        releases = Heartbeat(
+            guard.store, ADAPTER, guard.name, guard.default_policy.renew_every, presence=False
+        )
+        super().__init__(guard, releases)
+        self.slot = JobSlot(guard.dir / f"slot-{index}")
+        # Bound once, given to every attempt.
+        self._progress, self._confirmations = self.slot.progress, self.slot.confirmed_until
+        self._on_acquired = self._acquired
+        self.dumper = StackDumper(guard.dir / f"stacks-{index}.txt")
+        self.dumper.install()
+        install_interrupt_handlers(self.raise_interrupt)
+        releases.start()
+
+    def begin(self, state: Running) -> None:
+        """Write the slot: the main process renews the lease and watches the limits from it (the
+        limits at once; the lease once it is written, when the token reaches the slot)."""
+        attempt = state.attempt
+        state.generation = announce(self.slot, attempt, self.pid, keep_payload=False)
+        attempt.on_progress, attempt.confirmations = self._progress, self._confirmations
+        attempt.on_acquired = self._on_acquired
+
+    def describe_later(self, attempt: Attempt, task: Task, request: Any) -> bool:
+        """Only a snapshot of what a body may change in place now (its arguments, its request's
+        chain, callbacks and headers): the payload is computed from it if the lease is written,
+        which most tasks end before. A pool process that dies before is recovered from Celery's
+        request in the main process."""
+        try:
+            snapshot = (request.args, request.kwargs, mutable_fields(request))
+            frozen = pickle.dumps(snapshot, pickle.HIGHEST_PROTOCOL)
+        except Exception:  # what only a serializer of its own can carry: the payload now
+            payload = task_payload(task, request)
+            attempt.describe = lambda: payload
+            return True
+
+        def describe() -> str:
+            try:
+                args, kwargs, values = pickle.loads(frozen)
+            except Exception as exc:  # e.g. an argument's own __setstate__
+                log.warning(
+                    "celery task %s: the copy of its arguments does not load (%s); its payload "
+                    "takes them as they are now",
+                    request.id,
+                    exc,
+                )
+                return task_payload(task, request)
+            fields = dict(zip(MUTABLE, values, strict=True))
+            return task_payload(task, Context(vars(request), **fields), args, kwargs)
+
+        attempt.describe = describe
+        return True
+
+    def _acquired(self, attempt: Attempt) -> None:
+        self.slot.set_token(attempt.token)
+        self.slot.confirm(attempt.confirmed_until)
+
+    def aimed_at(self, state: Running) -> bool:
+        """The main process names the task an interrupt is for in the slot before it signals."""
+        return self.slot.aimed_at(state.generation)
+
+    def refused(self, attempt: Attempt) -> None:
+        """Interrupt the task in the main thread (the signal handler raises ``LeaseLost``)."""
+        log.warning("celery task %s: %s; stopping it", attempt.job.job_id, attempt.lost)
+        os.kill(os.getpid(), Interrupt.LOST.signal)
+
+    def end(self, state: Running) -> None:
+        """Clear the slot."""
+        self.slot.clear()

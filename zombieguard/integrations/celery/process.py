@@ -1,0 +1,24 @@
+"""What this process is to the Celery integration: the worker's guard, and what runs task bodies here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zombieguard.integrations.celery.executor import Executor
+    from zombieguard.integrations.celery.worker import WorkerGuard
+
+
+@dataclass
+class ThisProcess:
+    """The integration's per-process state, set by the worker bootstep and the pool's signals."""
+
+    guard: WorkerGuard | None = None
+    """This worker's guard (main process; inherited by prefork pool processes)."""
+    executor: Executor | None = None
+    """What runs task bodies under their leases in this process (set where tasks run)."""
+
+
+this_process = ThisProcess()
+"""This process's."""

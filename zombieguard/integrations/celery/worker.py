@@ -1,0 +1,528 @@
+"""The worker's guard (main process): presence, heartbeat, sweeper and per-pool enforcement, built
+by a worker bootstep; the consumer bootstep that keeps the delivery log."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from celery import Celery, bootsteps, signals
+from celery.app.task import Task
+
+from zombieguard.attempt import Attempt
+from zombieguard.containment import contained, log
+from zombieguard.errors import (
+    ConfigurationError,
+    LeaseLost,
+)
+from zombieguard.events import WorkerZombie, emit
+from zombieguard.integrations.celery import internals
+from zombieguard.integrations.celery.adapter import ADAPTER, CeleryAdapter, sidecar_adapter
+from zombieguard.integrations.celery.app import app_config, app_spec, leases_url, task_policy
+from zombieguard.integrations.celery.executor import Running
+from zombieguard.integrations.celery.hooks import before_started
+from zombieguard.integrations.celery.inprocess import InProcessExecutor
+from zombieguard.integrations.celery.message import message_payload, payload_from_slot
+from zombieguard.integrations.celery.monitor import SlotMonitor, holds_lease, is_superseded
+from zombieguard.integrations.celery.process import this_process
+from zombieguard.integrations.celery.received import ReceivedLog, hand_back, restores_by_tag
+from zombieguard.integrations.celery.task import GuardedTask
+from zombieguard.lease import (
+    CorruptRecord,
+    JobSpec,
+    LeaseStore,
+    Outcome,
+)
+from zombieguard.policy import Policy
+from zombieguard.runtime import WorkerRuntime
+from zombieguard.sidecar import lease_from_slot
+from zombieguard.slot import JobSlot, SlotState
+from zombieguard.watchdog import (
+    Limit,
+    StackDumper,
+    Watched,
+)
+
+_POLICIES_CACHED = 1024
+
+
+_DIR_PREFIX = "zombieguard-celery-"
+
+
+def _pool_kind(pool_cls: Any) -> str:
+    module = (pool_cls if isinstance(pool_cls, str) else getattr(pool_cls, "__module__", "")) or ""
+    for kind, marker in (
+        ("prefork", "prefork"),
+        ("threads", "thread"),
+        ("solo", "solo"),
+        ("gevent", "gevent"),
+        ("eventlet", "eventlet"),
+    ):
+        if marker in module:
+            return kind
+    return "prefork" if "processes" in module else "unknown"
+
+
+class WorkerGuard(WorkerRuntime):
+    """What one Celery worker runs beside Celery: presence, heartbeat, sweeper, enforcement."""
+
+    def __init__(self, worker: Any) -> None:
+        app: Celery = worker.app
+        self.app = app
+        self.config = app_config(app)
+        unguarded = []
+        for name, task in app.tasks.items():
+            task_policy(self.config, task)  # bad configuration fails the worker's start, naming the task
+            if not isinstance(task, GuardedTask) and not name.startswith("celery."):
+                unguarded.append(name)
+        if unguarded:
+            log.warning(
+                "zombieguard: tasks not guarded (their base class does not derive from app.Task as it was "
+                "after install(app)): %s",
+                ", ".join(sorted(unguarded)),
+            )
+        if any(isinstance(task, GuardedTask) and task.track_started for task in app.tasks.values()):
+            # Only a task Celery records STARTED needs its recorded end kept before Celery does. With a
+            # receiver of task_prerun connected, Celery's tracer sends it for every task (one receiver
+            # for all: Celery looks a signal's receivers up through every connection, per task).
+            signals.task_prerun.connect(before_started, weak=False)
+        self.name: str = worker.hostname
+        self.pool = _pool_kind(worker.pool_cls)
+        self.pool_size = int(worker.concurrency or 1)
+        self.default_policy = self.config.policy_for("")
+        self.adapter = CeleryAdapter(app)
+        super().__init__(
+            LeaseStore.from_url(leases_url(app, self.config), self.config.settings),
+            self.adapter,
+            worker=self.name,
+            renew_every=self.default_policy.renew_every,
+            on_lost=self._lost,
+            dir_prefix=_DIR_PREFIX,
+            watchdog_name="zombieguard-watchdog",
+        )
+        self.monitor = SlotMonitor(self) if self.pool == "prefork" else None
+        self.hub = getattr(worker, "hub", None)
+        self.celery_worker = worker
+        self.received: ReceivedLog | None = None
+        self.slots_dir = self.dir / "slots"
+        self._thread_slots: dict[int, JobSlot] = {}
+        self._slots_lock = threading.Lock()
+        self.dumper: StackDumper | None = None
+        self.zombies: dict[int, str] = {}
+        """Threads stuck past a limit, and the task each holds."""
+        self._policies: dict[str | tuple[str, tuple[Any, ...]], Policy] = {}
+        self._restarting = False
+
+    def policy(self, task: Task, time_limits: Any = None) -> Policy:
+        """:func:`task_policy` for this worker's configuration, which is fixed: cached."""
+        # A message without time limits of its own carries [None, None]: keyed by the name alone.
+        own = time_limits and time_limits.count(None) != len(time_limits)
+        key: str | tuple[str, tuple[Any, ...]] = (task.name, tuple(time_limits)) if own else task.name
+        policy = self._policies.get(key)
+        if policy is None:
+            if len(self._policies) >= _POLICIES_CACHED:  # messages' own time limits vary without bound
+                self._policies.clear()
+            policy = self._policies[key] = task_policy(self.config, task, time_limits)
+        return policy
+
+    # -- lifetime ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Register, sweep once, start the threads (and the executor where tasks run here)."""
+        if self.pool not in ("prefork", "threads", "solo"):
+            log.warning(
+                "zombieguard: the %s pool is not supported; this worker's tasks run unguarded "
+                "(its sweeper still recovers other workers' tasks)",
+                self.pool,
+            )
+        if restores_by_tag(self.app):
+            self.received = ReceivedLog(self.dir)
+            signals.worker_shutdown.connect(self._settle_received, sender=self.celery_worker, weak=False)
+        if self.pool in ("threads", "solo"):
+            self.slots_dir.mkdir()
+            self.dumper = StackDumper(self.dir / "stacks.txt")
+            self.dumper.path.touch()
+            self.dumper.install()
+            spec = app_spec(self.app)
+            if spec is None:
+                log.warning(
+                    "zombieguard: the Celery app is found in no module; the watchdog process cannot "
+                    "act for this worker's tasks when it dies (the other workers' sweepers do, later)"
+                )
+            self.start_sidecar(
+                slot=self.slots_dir,
+                dump=self.dumper.path,
+                redis_url=leases_url(self.app, self.config),
+                adapter=f"{sidecar_adapter.__module__}:sidecar_adapter" if spec else ADAPTER,
+                adapter_arg=spec or "",
+                # Threads: a thread stuck in a blocking call is this process's to handle, 0.5 s past
+                # its limit; the watchdog process acts only when no thread here can (C code, the GIL).
+                grace="0.5" if self.pool == "solo" else "0.8",
+                slot_payload=f"{payload_from_slot.__module__}:payload_from_slot",
+            )
+            this_process.executor = InProcessExecutor(self, signals_main_thread=self.pool == "solo")
+        self.launch({"pool": self.pool, "concurrency": str(self.pool_size)})
+        if self.monitor is not None:
+            self.monitor.start()
+
+    def stop(self) -> None:
+        """Stop everything and leave cleanly (not a zombie)."""
+        if self.monitor is not None:
+            self.monitor.stop()
+        self.shutdown()
+        if self.dumper is not None:
+            self.dumper.close()
+        # The log of what it received stays until the worker's tasks are done (worker_shutdown).
+        self.remove_dir(keep=ReceivedLog.NAME if self.received is not None else None)
+
+    def _settle_received(self, **_: Any) -> None:
+        """``worker_shutdown`` (its tasks are done): settle what it received and did not ack (see
+        :meth:`ReceivedLog.settle`), then remove the working directory."""
+        received = self.received
+        if received is None:
+            return
+        with contained(f"celery worker {self.name}: settling the messages it did not ack"):
+            try:
+                received.settle(self.app)
+            except Exception as exc:  # the broker unreachable: a worker started later settles it
+                log.warning("celery worker %s: messages it did not ack left unsettled (%r)", self.name, exc)
+                return
+            self.remove_dir()
+
+    def thread_slot(self, ident: int) -> JobSlot:
+        """The slot of one pool thread (created at its first task)."""
+        slot = self._thread_slots.get(ident)
+        if slot is not None:
+            return slot
+        with self._slots_lock:
+            slot = self._thread_slots.get(ident)
+            if slot is None:
+                slot = JobSlot(self.slots_dir / f"slot-{len(self._thread_slots)}")
+                self._thread_slots[ident] = slot
+            return slot
+
+    def in_loop(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` where Celery runs its request callbacks: the prefork worker's event loop
+        (kombu < 5.7 wakes it only at its next poll, within a second); in place on the threads pool,
+        whose request callbacks Celery itself runs from pool threads."""
+        if self.hub is not None and self.pool == "prefork":
+            self.hub.call_soon(callback)
+        else:
+            callback()
+
+    def record_timeout(self, job_id: str, limit: float) -> None:
+        """In the event loop: record a killed task as timed out, Celery's way (once)."""
+        for request in internals.active_requests():
+            if request.id == job_id:
+                with contained(f"failing celery task {job_id}"):
+                    request.zg_timed_out(limit)
+
+    def forget_request(self, job_id: str) -> None:
+        """The running attempt of ``job_id`` here no longer holds the task (a newer attempt does):
+        its request is done with and its message acked, and nothing of it is recorded."""
+        for request in internals.active_requests():
+            if request.id == job_id:
+                internals.task_ready(request)
+                request.acknowledge()
+
+    # -- events from the pool ----------------------------------------------------------------------
+    def _lost(self, attempt: Attempt, error: LeaseLost) -> None:
+        if isinstance(this_process.executor, InProcessExecutor):
+            this_process.executor.lost(attempt)
+
+    def pool_process_lost(self, request: Any, terminated: bool) -> str | None:
+        """Prefork: the process running ``request`` died. What zombieguard makes of it:
+
+        ``timed_out`` / ``hung`` (this worker killed it at a limit), ``lost`` (superseded),
+        ``stalled`` (it died by itself: recovered or dead-lettered), None (Celery's own handling).
+        """
+        if self.monitor is None:
+            return None
+        job_id = request.id
+        # The slot first: the monitor records what it saw (killed, or dead before its lease was
+        # written) before it clears a slot, under the same lock.
+        state = self.monitor.forget(job_id)
+        killed = self.monitor.killed.pop(job_id, None)
+        unleased = self.monitor.unleased.pop(job_id, None)  # seen dead by the monitor, not recovered
+        state = state or unleased
+        if killed is not None:
+            return killed
+        return self._died_verdict(request, state, terminated)
+
+    def _died_verdict(self, request: Any, state: SlotState | None, terminated: bool) -> str | None:
+        """:meth:`pool_process_lost` for a pool process this worker did not kill, from the lease."""
+        job_id = request.id
+        record = None
+        with contextlib.suppress(Exception):
+            record = self.store.record(job_id)
+        if record is None and state is not None and not state.token and not terminated:
+            # Its lease not written yet (within its lease_delay): write it, recover.
+            return "stalled" if self._recover_unleased(state, request) else None
+        if record is None:
+            return None
+        if not holds_lease(record, self.name, state):
+            # A newer attempt (or a sweeper) holds the task: nothing of this one is recorded.
+            log.warning("celery task %s: its pool process died; its attempt no longer holds the task", job_id)
+            return "lost"
+        if record.state == "done":
+            return None  # it died after its attempt's end was written: Celery's own handling
+        token = state.token if state is not None and state.token else record.token
+        spec = JobSpec(job_id, ADAPTER, record.task, record.queue)
+        if not terminated:
+            self.recover_stalled(spec, token)
+            return "stalled"
+        try:  # revoked: Celery records it so; the lease ends stopped
+            self.store.release(spec, token, Outcome.STOPPED, "revoked with terminate=True")
+        except (redis.RedisError, LeaseLost) as exc:
+            log.warning("celery task %s: its stop not recorded (%s)", job_id, exc)
+        return None
+
+    def superseded(self, job_id: str) -> bool:
+        """Prefork: whether the attempt of ``job_id`` that this worker runs no longer holds the task
+        (see :func:`is_superseded`): then nothing of it may be recorded, by whatever path notices its
+        end. False when Redis cannot tell."""
+        state = self.monitor.running(job_id) if self.monitor is not None else None
+        try:
+            record = self.store.record(job_id)
+        except (redis.RedisError, CorruptRecord) as exc:
+            log.warning("celery task %s: could not check its lease (%s)", job_id, exc)
+            return False
+        return record is not None and is_superseded(record, self.name, state)
+
+    def recover_unleased(self, job_id: str) -> None:
+        """In the event loop: recover a task whose pool process the monitor saw die before its lease
+        was written, unless Celery's news of it came first (``pool_process_lost`` recovered it)."""
+        state = self.monitor.unleased.pop(job_id, None) if self.monitor is not None else None
+        if state is None:
+            return
+        request = internals.request_by_id(job_id)
+        if request is None:
+            log.warning("celery task %s: its pool process died; no request left to recover it", job_id)
+            return
+        # Celery's news of the death runs in this thread too, so it comes before or after, not
+        # during (a prefork worker without an event loop, on a transport that has none, runs this in
+        # the monitor's thread: there the two may overlap).
+        with contained(f"celery task {job_id}: recovering it"):
+            if self._recover_unleased(state, request) and self.monitor is not None:
+                self.monitor.killed[job_id] = "stalled"  # Celery's news, when it comes: handled
+
+    def request_payload(self, job_id: str) -> str | None:
+        """Prefork: the payload of the task ``job_id`` as its message came (Celery's request for it
+        in this process), for a lease written here; None when no request is left."""
+        request = internals.request_by_id(job_id)
+        return None if request is None else message_payload(request)
+
+    def _recover_unleased(self, state: SlotState, request: Any) -> bool:
+        """Write the lease of a task whose pool process died before it could, with the payload of
+        Celery's request for it (the message as it came), and recover the task."""
+        leased = self.lease_from_slot(state, message_payload(request))
+        return leased is not None and self.recover_stalled(*leased)
+
+    def lease_from_slot(self, state: SlotState, payload: str) -> tuple[JobSpec, int] | None:
+        """Prefork: write the lease of a task whose pool process died before writing it (within its
+        ``lease_delay``), from its slot and ``payload``; its spec and token, or None when another
+        attempt holds the task or Redis is away."""
+        try:
+            token = self.write_lease_for(state, payload)
+        except (ConfigurationError, redis.RedisError) as exc:
+            log.warning("celery task %s: its lease not written for recovery (%s)", state.job_id, exc)
+            return None
+        spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue, payload)
+        return (spec, token) if token else None
+
+    def write_lease_for(self, state: SlotState, payload: str) -> int:
+        """Prefork: write, on its execution's behalf, the lease of the task a pool process's slot
+        shows (see :func:`zombieguard.sidecar.lease_from_slot`), under its task's policy; its token,
+        or 0 when another attempt holds the task. Raises ``redis.RedisError``."""
+        task = self.app.tasks.get(state.task)
+        policy = (
+            self.policy(task, (state.hard_timeout, state.soft_timeout))
+            if task is not None
+            else self.default_policy
+        )
+        return lease_from_slot(self.store, state, payload, adapter=ADAPTER, worker=self.name, policy=policy)
+
+    def recover_stalled(
+        self,
+        spec: JobSpec,
+        token: int,
+        why: str = "its pool process died",
+        before_sweep: Callable[[], object] = tuple,
+    ) -> bool:
+        """A pool process died in the middle of ``spec``'s task (or ``why``): give its lease up as
+        stalled, call ``before_sweep``, and sweep at once (the task is recovered or dead-lettered).
+        False when it was given up already."""
+        log.warning("celery task %s[%s]: %s; recovering it", spec.task, spec.job_id, why)
+        try:
+            self.store.abandon(spec, token, "stalled")
+        except LeaseLost:
+            return False
+        except redis.RedisError as exc:
+            log.warning("celery task %s: lease not given up (%s); it expires instead", spec.job_id, exc)
+            return True
+        finally:
+            before_sweep()
+        try:
+            self.sweeper.sweep_once()
+        except redis.RedisError as exc:
+            log.warning(
+                "celery task %s: not swept at once (%s); the next sweep recovers it", spec.job_id, exc
+            )
+        return True
+
+    def stuck(self, state: Running, ident: int, watched: Watched) -> None:
+        """Threads pool: the task's thread ignored its interrupt (a blocking call, C code)."""
+        attempt = state.attempt
+        if self.pool != "threads" or state.body_done:
+            return  # solo: the watchdog process beside the worker kills it
+        kind = "timed_out" if watched.stopped_by is Limit.HARD else "hung"
+        policy = attempt.policy
+        limit = policy.hard_timeout if kind == "timed_out" else policy.progress_timeout
+        what = "hard_timeout" if kind == "timed_out" else "progress_timeout"
+        reason = f"ran past its {what} of {limit:g} s; its thread is stuck"
+        state.recorded = True
+        superseded = False
+        try:
+            attempt.release(Outcome(kind), reason, state.stack)
+        except LeaseLost:
+            superseded = True  # a newer attempt holds the task: nothing of this one is recorded
+        except redis.RedisError as exc:
+            log.warning("celery task %s: its timeout not written to its lease (%s)", attempt.job.job_id, exc)
+        self.thread_slot(ident).clear()  # the watchdog process must not kill the worker for it
+        job_id = attempt.job.job_id
+        self.zombies[ident] = attempt.job.job_id
+        self._publish_zombie_threads()
+        share = len(self.zombies) / self.pool_size
+        emit(
+            ADAPTER,
+            WorkerZombie(
+                self.name,
+                ADAPTER,
+                f"a thread is stuck in task {attempt.job.task}[{attempt.job.job_id}] past its limit",
+                info=(
+                    ("task", attempt.job.task),
+                    ("job_id", attempt.job.job_id),
+                    ("zombie_threads", str(len(self.zombies))),
+                    ("pool_size", str(self.pool_size)),
+                ),
+            ),
+        )
+        log.error(
+            "celery worker %s: %d of %d threads are zombies (stuck past a limit)",
+            self.name,
+            len(self.zombies),
+            self.pool_size,
+        )
+        restart = share >= self.config.settings.zombie_thread_share and not self._restarting
+        self._restarting = self._restarting or restart
+
+        def record() -> None:  # the failure first: a warm shutdown stops the event loop
+            if superseded:
+                self.forget_request(job_id)
+            else:
+                self.record_timeout(job_id, limit or 0)
+            if restart:
+                self._restart()
+
+        self.in_loop(record)
+
+    def thread_ended(self, ident: int) -> None:
+        """A pool thread's task ended (a zombie thread that came back is a thread again)."""
+        if self.zombies.pop(ident, None) is not None:
+            self._publish_zombie_threads()
+
+    def _publish_zombie_threads(self) -> None:
+        """In the worker's description: how many of its threads are zombies (a metric reads it)."""
+        with contextlib.suppress(redis.RedisError):
+            self.store.client.hset(self.store.worker_key(self.name), "zombie_threads", str(len(self.zombies)))
+
+    def _unstarted_left(self, held: list[Any]) -> list[Any] | None:
+        """Once only zombie threads run tasks: the requests of ``held`` (those the worker had
+        received when it began to shut down) that never started and no thread will start now (all
+        are zombies, or none is left to run); None while that may still change."""
+        zombies = set(self.zombies.values())
+        active = {r.id for r in internals.active_requests()}
+        if not active <= zombies or not self._consumer_stopped():
+            return None
+        waiting = [
+            r for r in held if r.id not in active | zombies and not r.acknowledged and r.time_start is None
+        ]
+        if waiting and len(self.zombies) < self.pool_size:
+            return None  # a live thread runs them during the warm shutdown
+        return waiting
+
+    def _consumer_stopped(self) -> bool:
+        """Whether the worker's consumer has stopped (a message handed back before could be taken
+        again by it)."""
+        blueprint = getattr(getattr(self.celery_worker, "consumer", None), "blueprint", None)
+        return blueprint is None or blueprint.state == bootsteps.TERMINATE
+
+    def _restart(self) -> None:
+        """Warm shutdown, then exit once only zombie threads are left, for the supervisor to restart.
+        The tasks it received and never started go back to the broker first (Celery forgets them
+        as its consumer closes, and an exit that does not close the connection would leave them
+        in kombu's unacked hash until the visibility timeout)."""
+        log.error(
+            "celery worker %s: zombie threads reached %g of the pool: shutting down warm to be restarted",
+            self.name,
+            self.config.settings.zombie_thread_share,
+        )
+        held = internals.held_requests()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+        def exit_when_only_zombies() -> None:
+            while (waiting := self._unstarted_left(held)) is None:
+                time.sleep(0.2)
+            log.warning(
+                "celery worker %s: handing back %d task(s) it received and never started, then exiting",
+                self.name,
+                len(waiting),
+            )
+            with contained(f"celery worker {self.name}: handing its unstarted tasks back"):
+                # Its connection closed first: kombu puts back what that channel holds, and no read
+                # of the queue still pending on it takes a message handed back after.
+                connection = getattr(getattr(self.celery_worker, "consumer", None), "connection", None)
+                if connection is not None:
+                    connection.close()
+                tags = {request.message.delivery_tag for request in waiting}
+                hand_back(self.app, [m for m in ReceivedLog.read(self.dir) if m.tag in tags])
+            self.stop()
+            os._exit(1)
+
+        threading.Thread(target=exit_when_only_zombies, name="zombieguard-restart", daemon=True).start()
+
+
+class WorkerGuardStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """The worker bootstep :func:`install` adds: builds the :class:`WorkerGuard` (bad configuration
+    fails the worker's start here), after the pool is created and before its processes start."""
+
+    label = "zombieguard"
+    requires = ("celery.worker.components:Pool",)
+
+    def create(self, worker: Any) -> WorkerGuard:
+        """Build the guard (pool processes forked later inherit it)."""
+        this_process.guard = WorkerGuard(worker)
+        return this_process.guard
+
+
+class DeliveryLogStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """The consumer bootstep :func:`install` adds: has the worker's :class:`ReceivedLog` write down
+    each message its task consumer's channel delivers, as it delivers it. It starts again with the
+    consumer's every new connection (after a lost one, a new channel)."""
+
+    label = "zombieguard delivery log"
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, consumer: Any) -> None:
+        """Note the deliveries of the consumer's task channel (when the worker keeps a log)."""
+        guard = this_process.guard
+        task_consumer = getattr(consumer, "task_consumer", None)
+        if guard is not None and guard.received is not None and task_consumer is not None:
+            channel = task_consumer.channel
+            internals.on_delivery(channel, guard.received.delivering, guard.received.delivered)
+            guard.received.unacked_here = lambda: internals.delivered_tags(channel)
