@@ -13,9 +13,7 @@ from celery import Celery, states
 from celery.app.task import Task
 from celery.utils.imports import symbol_by_name
 
-from zombieguard.errors import (
-    ConfigurationError,
-)
+from zombieguard.errors import ConfigurationError
 from zombieguard.policy import Config, Policy, check_fields, current_config, guard_fields
 
 

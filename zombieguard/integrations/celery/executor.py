@@ -21,13 +21,7 @@ from celery.exceptions import SoftTimeLimitExceeded as CelerySoftTimeLimitExceed
 
 from zombieguard.attempt import Attempt, running
 from zombieguard.containment import contained, log
-from zombieguard.errors import (
-    ConfigurationError,
-    HardTimeLimitExceeded,
-    JobHung,
-    JobInterrupt,
-    LeaseLost,
-)
+from zombieguard.errors import ConfigurationError, HardTimeLimitExceeded, JobHung, JobInterrupt, LeaseLost
 from zombieguard.errors import SoftTimeLimitExceeded as GuardSoftTimeLimitExceeded
 from zombieguard.events import JobCompleted, JobStarted, emit, listened
 from zombieguard.heartbeat import Heartbeat
@@ -40,19 +34,8 @@ from zombieguard.integrations.celery.message import (
     queue_of,
     task_payload,
 )
-from zombieguard.lease import (
-    Acquired,
-    AcquireStatus,
-    DeferredRelease,
-    FinishedState,
-    JobSpec,
-    Outcome,
-)
-from zombieguard.lifecycle import (
-    Interrupt,
-    record_end,
-    wait_out_recovery,
-)
+from zombieguard.lease import Acquired, AcquireStatus, DeferredRelease, FinishedState, JobSpec, Outcome
+from zombieguard.lifecycle import Interrupt, record_end, wait_out_recovery
 from zombieguard.policy import Policy
 from zombieguard.slot import JobSlot, execution_tag
 

@@ -14,28 +14,13 @@ from celery.app.task import Task
 
 from zombieguard.attempt import Attempt
 from zombieguard.containment import contained, log
-from zombieguard.errors import (
-    HardTimeLimitExceeded,
-    JobHung,
-    JobInterrupt,
-)
+from zombieguard.errors import HardTimeLimitExceeded, JobHung, JobInterrupt
 from zombieguard.integrations.celery.adapter import ADAPTER
 from zombieguard.integrations.celery.executor import Executor, Running, SoftTimeLimit, announce
 from zombieguard.integrations.celery.message import Snapshot, task_payload
-from zombieguard.lifecycle import (
-    ESCALATE_AFTER,
-    Interrupt,
-    emit_limit,
-    install_interrupt_handlers,
-)
+from zombieguard.lifecycle import ESCALATE_AFTER, Interrupt, emit_limit, install_interrupt_handlers
 from zombieguard.slot import PAYLOAD_ROOM, JobSlot
-from zombieguard.watchdog import (
-    Limit,
-    LimitClock,
-    Watched,
-    interrupt_thread,
-    thread_stack,
-)
+from zombieguard.watchdog import Limit, LimitClock, Watched, interrupt_thread, thread_stack
 
 if TYPE_CHECKING:
     from zombieguard.integrations.celery.worker import WorkerGuard

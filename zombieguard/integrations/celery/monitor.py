@@ -18,28 +18,13 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from zombieguard.containment import contained, log
-from zombieguard.errors import (
-    LeaseLost,
-)
+from zombieguard.errors import LeaseLost
 from zombieguard.integrations.celery import internals
 from zombieguard.integrations.celery.adapter import ADAPTER
-from zombieguard.lease import (
-    JobSpec,
-    LeaseRecord,
-    Outcome,
-    text,
-)
-from zombieguard.lifecycle import (
-    ESCALATE_AFTER,
-    Interrupt,
-    emit_limit,
-)
+from zombieguard.lease import JobSpec, LeaseRecord, Outcome, text
+from zombieguard.lifecycle import ESCALATE_AFTER, Interrupt, emit_limit
 from zombieguard.slot import JobSlot, SlotState
-from zombieguard.watchdog import (
-    Limit,
-    StackDumper,
-    process_exited,
-)
+from zombieguard.watchdog import Limit, StackDumper, process_exited
 
 if TYPE_CHECKING:
     from zombieguard.integrations.celery.worker import WorkerGuard
@@ -354,10 +339,7 @@ class SlotMonitor:
         sent_at = time.monotonic()
         try:
             codes = guard.store.renew(
-                ADAPTER,
-                guard.name,
-                guard.heartbeat.worker_ttl,
-                [(t.state.job_id, t.token) for t in due],
+                ADAPTER, guard.name, guard.heartbeat.worker_ttl, [(t.state.job_id, t.token) for t in due]
             )
         except redis.RedisError as exc:
             log.warning("celery worker %s: renewing pool processes' leases failed: %s", guard.name, exc)

@@ -15,14 +15,9 @@ from zombieguard.heartbeat import Heartbeat
 from zombieguard.integrations.celery.adapter import ADAPTER
 from zombieguard.integrations.celery.executor import Executor, Running, announce
 from zombieguard.integrations.celery.message import MUTABLE, mutable_fields, task_payload
-from zombieguard.lifecycle import (
-    Interrupt,
-    install_interrupt_handlers,
-)
+from zombieguard.lifecycle import Interrupt, install_interrupt_handlers
 from zombieguard.slot import JobSlot
-from zombieguard.watchdog import (
-    StackDumper,
-)
+from zombieguard.watchdog import StackDumper
 
 if TYPE_CHECKING:
     from zombieguard.integrations.celery.worker import WorkerGuard

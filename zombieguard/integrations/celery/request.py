@@ -14,9 +14,7 @@ from celery.exceptions import TimeLimitExceeded
 from zombieguard.containment import contained, log
 from zombieguard.integrations.celery import internals
 from zombieguard.integrations.celery.process import this_process
-from zombieguard.lifecycle import (
-    BACKSTOP_SECONDS,
-)
+from zombieguard.lifecycle import BACKSTOP_SECONDS
 
 
 class GuardedRequestMixin:

@@ -17,10 +17,7 @@ from celery.app.task import Task
 
 from zombieguard.attempt import Attempt
 from zombieguard.containment import contained, log
-from zombieguard.errors import (
-    ConfigurationError,
-    LeaseLost,
-)
+from zombieguard.errors import ConfigurationError, LeaseLost
 from zombieguard.events import WorkerZombie, emit
 from zombieguard.integrations.celery import internals
 from zombieguard.integrations.celery.adapter import ADAPTER, CeleryAdapter, sidecar_adapter
@@ -33,21 +30,12 @@ from zombieguard.integrations.celery.monitor import SlotMonitor, holds_lease, is
 from zombieguard.integrations.celery.process import this_process
 from zombieguard.integrations.celery.received import ReceivedLog, hand_back, restores_by_tag
 from zombieguard.integrations.celery.task import GuardedTask
-from zombieguard.lease import (
-    CorruptRecord,
-    JobSpec,
-    LeaseStore,
-    Outcome,
-)
+from zombieguard.lease import CorruptRecord, JobSpec, LeaseStore, Outcome
 from zombieguard.policy import Policy
 from zombieguard.runtime import WorkerRuntime
 from zombieguard.sidecar import lease_from_slot
 from zombieguard.slot import JobSlot, SlotState
-from zombieguard.watchdog import (
-    Limit,
-    StackDumper,
-    Watched,
-)
+from zombieguard.watchdog import Limit, StackDumper, Watched
 
 _POLICIES_CACHED = 1024
 

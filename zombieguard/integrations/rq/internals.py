@@ -19,6 +19,9 @@ from rq.registry import StartedJobRegistry
 from zombieguard.integrations import version_tuple
 from zombieguard.lease import text
 
+RQ3 = version_tuple(rq.__version__) >= (3,)
+"""Whether RQ is 3 or newer (its callbacks module, an execution passed to ``perform_job``)."""
+
 _FAILURE_NAMES_WORKER = version_tuple(rq.__version__) >= (2, 5)
 """Whether ``Job._handle_failure`` takes ``worker_name`` (added in RQ 2.5)."""
 
