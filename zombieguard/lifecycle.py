@@ -17,7 +17,8 @@ from zombieguard.containment import log
 from zombieguard.errors import LeaseLost
 from zombieguard.events import JobCompleted, JobHung, JobTimedOut, emit
 from zombieguard.lease import Acquired, Outcome
-from zombieguard.watchdog import HARD_SIGNAL, HUNG_SIGNAL, LOST_SIGNAL, SOFT_SIGNAL, Limit
+from zombieguard.limits import Limit
+from zombieguard.watchdog import HARD_SIGNAL, HUNG_SIGNAL, LOST_SIGNAL, SOFT_SIGNAL
 
 ESCALATE_AFTER = 0.5
 """Seconds between the interrupt raised in a job and the kill of its process (or, where no process
@@ -49,6 +50,11 @@ class Interrupt(str, enum.Enum):
     def signal(self) -> int:
         """The real-time signal that carries it."""
         return _SIGNALS[self]
+
+    @classmethod
+    def at(cls, limit: Limit) -> Interrupt:
+        """The interrupt for a job that passed ``limit``."""
+        return {Limit.SOFT: cls.SOFT, Limit.HARD: cls.HARD, Limit.PROGRESS: cls.HUNG}[limit]
 
 
 _SIGNALS = {

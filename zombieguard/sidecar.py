@@ -41,6 +41,7 @@ import redis
 from zombieguard.adapter import JobAdapter
 from zombieguard.errors import LeaseLost
 from zombieguard.lease import AcquireStatus, JobSpec, LeaseStore, Outcome
+from zombieguard.limits import Deadlines
 from zombieguard.policy import Policy, Settings
 from zombieguard.slot import JobSlot, SlotState
 from zombieguard.stats import EventCounter
@@ -57,25 +58,16 @@ worker, or the machine paused): the worker gets its grace again from then."""
 
 
 def overdue(state: SlotState, now: float, grace: float) -> str | None:
-    """``timed_out`` or ``hung`` when the slot's job is past a limit by ``grace``; else None."""
-    if not state.active:
-        return None
-    if state.hard_deadline is not None and now >= state.hard_deadline + grace:
-        return "timed_out"
-    if state.progress_timeout is not None and now >= state.last_progress + state.progress_timeout + grace:
-        return "hung"
-    return None
+    """``timed_out`` or ``hung`` when the slot's job is past its hard or progress limit by ``grace``;
+    else None."""
+    limit = Deadlines.of_slot(state, soft=False).passed(now, grace) if state.active else None
+    return None if limit is None else limit.outcome.value
 
 
 def next_look(state: SlotState, grace: float) -> float:
     """The earliest time at which the slot's job can be :func:`overdue` (monotonic; infinite when no
     job or no limit). Its last progress only moves that time later."""
-    candidates = [float("inf")]
-    if state.active and state.hard_deadline is not None:
-        candidates.append(state.hard_deadline + grace)
-    if state.active and state.progress_timeout is not None:
-        candidates.append(state.last_progress + state.progress_timeout + grace)
-    return min(candidates)
+    return Deadlines.of_slot(state, soft=False).next(grace) if state.active else float("inf")
 
 
 def _load(spec: str) -> Any:

@@ -2,7 +2,6 @@
 
 The integrations assemble these per execution model (docs/guarantees.md says what holds where):
 
-- :class:`LimitClock` says which limit (soft, hard, progress) is due next for one attempt.
 - :func:`interrupt_thread` raises an exception in another thread. Like a signal handler, it runs only
   between bytecodes: it cannot cancel a blocking system call in that thread, nor C code that holds
   the GIL. Then only killing the process stops the job, from another process.
@@ -25,12 +24,11 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import IO
 
 from zombieguard.containment import contained
-from zombieguard.policy import Policy
+from zombieguard.limits import Limit, LimitClock
 
 # Signals that raise zombieguard's interrupts in the process running a job (an RQ horse or simple
 # worker, a Celery prefork pool process or solo worker), and the one it dumps its stacks on.
@@ -66,43 +64,6 @@ def process_exited(pid: int) -> bool:
 FROZEN_AFTER = 2.0
 """A watchdog that did not look for longer than this (and than the attempt's ``lease_ttl``) was
 frozen: it looks at least once a second while it runs."""
-
-
-class Limit(str, Enum):
-    """A limit an attempt can pass."""
-
-    SOFT = "soft"
-    HARD = "hard"
-    PROGRESS = "progress"
-
-
-@dataclass
-class LimitClock:
-    """The limits of one attempt, on the monotonic clock of the process that enforces them."""
-
-    policy: Policy
-    started: float
-    last_progress: Callable[[], float]
-    """Monotonic time of the job's last beat or checkpoint."""
-    soft_fired: bool = False
-
-    def due(self, now: float) -> tuple[Limit | None, float]:
-        """The limit that has passed at ``now`` (None if none) and when to look next."""
-        candidates: list[tuple[float, Limit]] = []
-        if self.policy.hard_timeout is not None:
-            candidates.append((self.started + self.policy.hard_timeout, Limit.HARD))
-        if self.policy.soft_timeout is not None and not self.soft_fired:
-            candidates.append((self.started + self.policy.soft_timeout, Limit.SOFT))
-        if self.policy.progress_timeout is not None:
-            candidates.append((self.last_progress() + self.policy.progress_timeout, Limit.PROGRESS))
-        if not candidates:
-            return None, float("inf")
-        # Hard first when several passed at once: it supersedes the others.
-        passed = [c for c in candidates if c[0] <= now]
-        if passed:
-            order = {Limit.HARD: 0, Limit.PROGRESS: 1, Limit.SOFT: 2}
-            return min(passed, key=lambda c: order[c[1]])[1], now
-        return None, min(at for at, _ in candidates)
 
 
 def interrupt_thread(ident: int, exc_type: type[BaseException]) -> bool:

@@ -15,14 +15,13 @@ import pytest
 
 from tests.waiting import wait_until
 from zombieguard import HardTimeLimitExceeded, Policy, SoftTimeLimitExceeded
+from zombieguard.limits import Limit, LimitClock
 from zombieguard.watchdog import (
     HARD_SIGNAL,
     HUNG_SIGNAL,
     LOST_SIGNAL,
     SOFT_SIGNAL,
     STACK_DUMP_SIGNAL,
-    Limit,
-    LimitClock,
     StackDumper,
     Watchdog,
     Watched,
@@ -30,26 +29,6 @@ from zombieguard.watchdog import (
     process_exited,
     thread_stack,
 )
-
-
-def test_the_limit_clock_says_which_limit_passed_and_when_to_look_next() -> None:
-    progress = [0.0]
-    clock = LimitClock(
-        Policy(hard_timeout=10, soft_timeout=5, progress_timeout=3),
-        started=0.0,
-        last_progress=lambda: progress[0],
-    )
-    assert clock.due(1.0) == (None, 3.0)
-    progress[0] = 2.5
-    assert clock.due(4.0) == (None, 5.0)
-    assert clock.due(5.0) == (Limit.SOFT, 5.0)
-    clock.soft_fired = True
-    assert clock.due(5.6) == (Limit.PROGRESS, 5.6)
-    progress[0] = 5.6
-    assert clock.due(8.0) == (None, 8.6)
-    progress[0] = 9.9
-    assert clock.due(10.0) == (Limit.HARD, 10.0)
-    assert LimitClock(Policy(), 0.0, lambda: 0.0).due(1e9) == (None, float("inf"))
 
 
 def test_an_interrupt_reaches_a_thread_running_python_code() -> None:

@@ -19,8 +19,9 @@ from zombieguard.integrations.celery.adapter import ADAPTER
 from zombieguard.integrations.celery.executor import Executor, Running, SoftTimeLimit, announce
 from zombieguard.integrations.celery.message import Snapshot, task_payload
 from zombieguard.lifecycle import ESCALATE_AFTER, Interrupt, emit_limit, install_interrupt_handlers
+from zombieguard.limits import Limit, LimitClock
 from zombieguard.slot import PAYLOAD_ROOM, JobSlot
-from zombieguard.watchdog import Limit, LimitClock, Watched, interrupt_thread, thread_stack
+from zombieguard.watchdog import Watched, interrupt_thread, thread_stack
 
 if TYPE_CHECKING:
     from zombieguard.integrations.celery.worker import WorkerGuard
@@ -108,26 +109,22 @@ class InProcessExecutor(Executor):
 
     def _stop(self, state: Running, ident: int, limit: Limit, stack: str | None) -> None:
         attempt = state.attempt
-        kind = {Limit.SOFT: "soft", Limit.HARD: "hard", Limit.PROGRESS: "hung"}[limit]
-        policy = attempt.policy
-        seconds = {Limit.SOFT: policy.soft_timeout, Limit.HARD: policy.hard_timeout}.get(
-            limit, policy.progress_timeout
-        )
-        emit_limit(ADAPTER, attempt.event, limit, seconds, stack)
+        kind = Interrupt.at(limit)
+        emit_limit(ADAPTER, attempt.event, limit, limit.seconds(attempt.policy), stack)
         if limit is not Limit.SOFT:
             state.stack = stack
         if self.signals_main_thread:
             if state.slot is not None:
                 state.slot.aim(state.generation)
-            os.kill(os.getpid(), Interrupt(kind).signal)
+            os.kill(os.getpid(), kind.signal)
             return
         if state.body_done or self._states.get(ident) is not state:
             return  # it ended meanwhile: an interrupt now would land in the thread's next task
         state.interrupt = kind
         exc_type: type[BaseException] = {
-            "soft": SoftTimeLimit,
-            "hard": HardTimeLimitExceeded,
-            "hung": JobHung,
+            Interrupt.SOFT: SoftTimeLimit,
+            Interrupt.HARD: HardTimeLimitExceeded,
+            Interrupt.HUNG: JobHung,
         }[kind]
         interrupt_thread(ident, exc_type)
 

@@ -23,8 +23,9 @@ from zombieguard.integrations.celery import internals
 from zombieguard.integrations.celery.adapter import ADAPTER
 from zombieguard.lease import JobSpec, LeaseRecord, Outcome, text
 from zombieguard.lifecycle import ESCALATE_AFTER, Interrupt, emit_limit
+from zombieguard.limits import Deadlines, Limit
 from zombieguard.slot import JobSlot, SlotState
-from zombieguard.watchdog import Limit, StackDumper, process_exited
+from zombieguard.watchdog import StackDumper, process_exited
 
 if TYPE_CHECKING:
     from zombieguard.integrations.celery.worker import WorkerGuard
@@ -284,11 +285,10 @@ class SlotMonitor:
             if not tracked.killed and now >= tracked.stopped_at + ESCALATE_AFTER:
                 self._kill(tracked)
             return
-        if state.hard_deadline is not None and now >= state.hard_deadline:
-            self._stop_task(tracked, "timed_out", now)
-        elif state.progress_timeout is not None and now >= state.last_progress + state.progress_timeout:
-            self._stop_task(tracked, "hung", now)
-        elif state.soft_deadline is not None and not tracked.soft_fired and now >= state.soft_deadline:
+        limit = Deadlines.of_slot(state, soft=not tracked.soft_fired).passed(now)
+        if limit is Limit.HARD or limit is Limit.PROGRESS:
+            self._stop_task(tracked, limit)
+        elif limit is Limit.SOFT:
             tracked.soft_fired = True
             emit_limit(ADAPTER, self._event(state), Limit.SOFT, None, None)
             self.slots[tracked.path].aim(state.generation)
@@ -297,14 +297,14 @@ class SlotMonitor:
     def _dumper(self, tracked: _Tracked) -> StackDumper:
         return _dumper_of(self.guard.dir, tracked.path)
 
-    def _stop_task(self, tracked: _Tracked, kind: str, now: float) -> None:
+    def _stop_task(self, tracked: _Tracked, limit: Limit) -> None:
         state = tracked.state
         stack = self._dumper(tracked).request(state.pid)
-        limit = Limit.HARD if kind == "timed_out" else Limit.PROGRESS
+        kind = limit.outcome.value
         emit_limit(ADAPTER, self._event(state), limit, _seconds(state, kind), stack)
         tracked.stopped, tracked.stopped_at, tracked.stack = kind, time.monotonic(), stack
         self.slots[tracked.path].aim(state.generation)
-        _signal(state.pid, (Interrupt.HARD if kind == "timed_out" else Interrupt.HUNG).signal)
+        _signal(state.pid, Interrupt.at(limit).signal)
 
     def _kill(self, tracked: _Tracked) -> None:
         """The task did not end after its interrupt (C code holding the GIL): kill its process."""
@@ -478,9 +478,7 @@ def _woke_past_its_lease(state: SlotState, tracked: _Tracked | None, now: float,
     (the task is run again, not failed), whether or not one did. A task stopped already is not."""
     if since <= state.lease_ttl or (tracked is not None and tracked.stopped is not None):
         return False
-    hard = state.hard_deadline is not None and now >= state.hard_deadline
-    hung = state.progress_timeout is not None and now >= state.last_progress + state.progress_timeout
-    return hard or hung
+    return Deadlines.of_slot(state, soft=False).passed(now) is not None
 
 
 def _died_by_itself(state: SlotState, tracked: _Tracked | None) -> bool:

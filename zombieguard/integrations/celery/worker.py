@@ -31,11 +31,12 @@ from zombieguard.integrations.celery.process import this_process
 from zombieguard.integrations.celery.received import ReceivedLog, hand_back, restores_by_tag
 from zombieguard.integrations.celery.task import GuardedTask
 from zombieguard.lease import CorruptRecord, JobSpec, LeaseStore, Outcome
+from zombieguard.limits import Limit
 from zombieguard.policy import Policy
 from zombieguard.runtime import WorkerRuntime
 from zombieguard.sidecar import lease_from_slot
 from zombieguard.slot import JobSlot, SlotState
-from zombieguard.watchdog import Limit, StackDumper, Watched
+from zombieguard.watchdog import StackDumper, Watched
 
 _POLICIES_CACHED = 1024
 
@@ -368,15 +369,14 @@ class WorkerGuard(WorkerRuntime):
         attempt = state.attempt
         if self.pool != "threads" or state.body_done:
             return  # solo: the watchdog process beside the worker kills it
-        kind = "timed_out" if watched.stopped_by is Limit.HARD else "hung"
-        policy = attempt.policy
-        limit = policy.hard_timeout if kind == "timed_out" else policy.progress_timeout
-        what = "hard_timeout" if kind == "timed_out" else "progress_timeout"
-        reason = f"ran past its {what} of {limit:g} s; its thread is stuck"
+        passed = Limit.HARD if watched.stopped_by is Limit.HARD else Limit.PROGRESS
+        limit = passed.seconds(attempt.policy)
+        what = "hard_timeout" if passed is Limit.HARD else "progress_timeout"
+        reason = f"ran past its {what} of {limit or 0:g} s; its thread is stuck"
         state.recorded = True
         superseded = False
         try:
-            attempt.release(Outcome(kind), reason, state.stack)
+            attempt.release(passed.outcome, reason, state.stack)
         except LeaseLost:
             superseded = True  # a newer attempt holds the task: nothing of this one is recorded
         except redis.RedisError as exc:

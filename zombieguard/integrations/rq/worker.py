@@ -47,10 +47,11 @@ from zombieguard.lifecycle import (
     record_end,
     wait_out_recovery,
 )
+from zombieguard.limits import Limit, LimitClock
 from zombieguard.policy import Config, Policy, current_config, guard_fields
 from zombieguard.runtime import WorkerRuntime
 from zombieguard.slot import OUTCOME_COMPLETED, OUTCOME_RECORDING, JobSlot
-from zombieguard.watchdog import Limit, LimitClock, StackDumper, Watched, thread_stack
+from zombieguard.watchdog import StackDumper, Watched, thread_stack
 
 ACQUIRE_RETRY = 2.0
 """Seconds an acquire whose reply did not come is sent again, at most, before the job runs without a
@@ -402,16 +403,10 @@ class _GuardedMixin:
         def stop(watched: Watched, limit: Limit, stack: str | None) -> None:
             if self._zg_attempt is not attempt:
                 return  # it ended meanwhile
-            hard = limit is Limit.HARD
             if limit is not Limit.SOFT:  # set before any receiver runs: the job may end meanwhile
-                self._zg_stop = ("timed_out" if hard else "hung", stack)
-            policy = attempt.policy
-            seconds = {Limit.HARD: policy.hard_timeout, Limit.PROGRESS: policy.progress_timeout}.get(limit)
-            emit_limit(ADAPTER, attempt.event, limit, seconds, stack)
-            if limit is Limit.SOFT:
-                signal_job(Interrupt.SOFT.signal)
-                return
-            signal_job((Interrupt.HARD if hard else Interrupt.HUNG).signal)
+                self._zg_stop = (limit.outcome.value, stack)
+            emit_limit(ADAPTER, attempt.event, limit, limit.seconds(attempt.policy), stack)
+            signal_job(Interrupt.at(limit).signal)
 
         def stalled(watched: Watched) -> None:
             # The worker was frozen past the job's lease and a limit: a stall, as a sweeper judges
