@@ -40,8 +40,9 @@ import redis
 
 from zombieguard.adapter import JobAdapter
 from zombieguard.errors import LeaseLost
-from zombieguard.lease import AcquireStatus, JobSpec, LeaseStore, Outcome
+from zombieguard.lease import JobSpec, LeaseStore
 from zombieguard.limits import Deadlines
+from zombieguard.onbehalf import release_written, write_lease
 from zombieguard.policy import Policy, Settings
 from zombieguard.slot import JobSlot, SlotState
 from zombieguard.stats import EventCounter
@@ -292,12 +293,12 @@ class SlotWatcher:
         return self.adapter_spec if adapter is None else adapter.name
 
     def _lease_for(self, slot: JobSlot, state: SlotState) -> int:
-        """Write the lease of the slot's job on its behalf (see :func:`lease_from_slot`): its token,
+        """Write the lease of the slot's job on its behalf (see :mod:`zombieguard.onbehalf`): its token,
         0 when another attempt holds the job (or the job left the slot while its payload was read)."""
         payload = self._payload(slot, state)
         if slot.read().generation != state.generation:
             return 0
-        return lease_from_slot(
+        return write_lease(
             self.store,
             state,
             payload,
@@ -327,15 +328,12 @@ class SlotWatcher:
     def _release(self, slot: JobSlot, written: _Written) -> None:
         if written.token:
             try:
-                self.store.release(
+                release_written(
+                    self.store,
                     written.spec,
                     written.token,
-                    Outcome.COMPLETED,
                     "ended before its worker adopted the lease its watchdog process wrote for it",
-                    unless_adopted=True,
                 )
-            except LeaseLost:
-                pass  # ended, recovered or superseded: recorded by whoever did that
             except redis.RedisError as exc:
                 self._failed(f"job {written.spec.job_id}: its lease not released", exc)
                 return  # the next look tries again
@@ -402,18 +400,6 @@ class SlotWatcher:
                 adapter.worker_gone(workdir)
             except Exception as exc:  # the broker's own timeout returns them instead
                 log.warning("what worker %d held was not handed back (%r)", self.pid, exc)
-
-
-def lease_from_slot(
-    store: LeaseStore, state: SlotState, payload: str, *, adapter: str, worker: str, policy: Policy
-) -> int:
-    """Write the lease of a job whose own process could not (Celery's ``lease_delay``: it got stuck
-    or died before), from its slot, under the job's execution tag: the job's own process adopts
-    it if it runs again, and a lease it wrote itself (its token not yet in the slot) is taken as
-    this one. Its token, or 0 when another attempt holds the job."""
-    spec = JobSpec(state.job_id, adapter, state.task, state.queue, payload)
-    acquired = store.acquire(spec, worker, policy, state.attempt or 1, tag=state.tag, on_behalf=True)
-    return acquired.token if acquired.status is AcquireStatus.ACQUIRED else 0
 
 
 def _exit(signum: int, frame: object) -> None:

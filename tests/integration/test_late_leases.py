@@ -17,7 +17,8 @@ from zombieguard.attempt import Attempt
 from zombieguard.integrations.celery.adapter import ADAPTER
 from zombieguard.integrations.celery.monitor import SlotMonitor
 from zombieguard.lease import JobSpec, LeaseStore, Outcome
-from zombieguard.sidecar import SlotWatcher, lease_from_slot
+from zombieguard.onbehalf import write_lease
+from zombieguard.sidecar import SlotWatcher
 from zombieguard.slot import JobSlot, SlotState, execution_tag
 from zombieguard.watchdog import StackDumper
 
@@ -42,7 +43,7 @@ class StandInGuard:
         if self.redis_away:
             self.redis_away = False
             raise redis.ConnectionError("Redis away for one try")
-        return lease_from_slot(self.store, state, payload, adapter=ADAPTER, worker=self.name, policy=POLICY)
+        return write_lease(self.store, state, payload, adapter=ADAPTER, worker=self.name, policy=POLICY)
 
 
 def _announce(slot: JobSlot, ago: float) -> int:

@@ -24,6 +24,7 @@ from zombieguard.integrations.celery.adapter import ADAPTER
 from zombieguard.lease import JobSpec, LeaseRecord, Outcome, text
 from zombieguard.lifecycle import ESCALATE_AFTER, Interrupt, emit_limit
 from zombieguard.limits import Deadlines, Limit
+from zombieguard.onbehalf import release_written
 from zombieguard.slot import JobSlot, SlotState
 from zombieguard.watchdog import StackDumper, process_exited
 
@@ -224,15 +225,13 @@ class SlotMonitor:
             spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
             revoked = internals.revoked(state.job_id)
             try:
-                self.guard.store.release(
+                release_written(
+                    self.guard.store,
                     spec,
                     tracked.written,
-                    Outcome.STOPPED if revoked else Outcome.COMPLETED,
                     "revoked" if revoked else "ended before its pool process took over its lease",
-                    unless_adopted=True,
+                    Outcome.STOPPED if revoked else Outcome.COMPLETED,
                 )
-            except LeaseLost:
-                continue  # ended, recovered or superseded: recorded by whoever did that
             except redis.RedisError as exc:
                 self._answered(exc)
                 with self._lock:

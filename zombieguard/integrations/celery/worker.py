@@ -32,9 +32,9 @@ from zombieguard.integrations.celery.received import ReceivedLog, hand_back, res
 from zombieguard.integrations.celery.task import GuardedTask
 from zombieguard.lease import CorruptRecord, JobSpec, LeaseStore, Outcome
 from zombieguard.limits import Limit
+from zombieguard.onbehalf import write_lease
 from zombieguard.policy import Policy
 from zombieguard.runtime import WorkerRuntime
-from zombieguard.sidecar import lease_from_slot
 from zombieguard.slot import JobSlot, SlotState
 from zombieguard.watchdog import StackDumper, Watched
 
@@ -326,7 +326,7 @@ class WorkerGuard(WorkerRuntime):
 
     def write_lease_for(self, state: SlotState, payload: str) -> int:
         """Prefork: write, on its execution's behalf, the lease of the task a pool process's slot
-        shows (see :func:`zombieguard.sidecar.lease_from_slot`), under its task's policy; its token,
+        shows (see :func:`zombieguard.onbehalf.write_lease`), under its task's policy; its token,
         or 0 when another attempt holds the task. Raises ``redis.RedisError``."""
         task = self.app.tasks.get(state.task)
         policy = (
@@ -334,7 +334,7 @@ class WorkerGuard(WorkerRuntime):
             if task is not None
             else self.default_policy
         )
-        return lease_from_slot(self.store, state, payload, adapter=ADAPTER, worker=self.name, policy=policy)
+        return write_lease(self.store, state, payload, adapter=ADAPTER, worker=self.name, policy=policy)
 
     def recover_stalled(
         self,
