@@ -13,10 +13,6 @@ OLDEST_CELERY := .venv-oldest-celery
 RQ26 := .venv-rq26
 NEWEST := .venv-newest
 MATRIX := $(OLDEST) $(OLDEST_CELERY) $(RQ26) $(NEWEST)
-# The integration tests that need Celery (the oldest venv has none).
-CELERY_INTEGRATION := tests/integration/test_celery_call.py tests/integration/test_celery_internals.py \
-	tests/integration/test_celery_prerun.py tests/integration/test_celery_received.py \
-	tests/integration/test_celery_superseded.py tests/integration/test_late_leases.py
 
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -45,13 +41,12 @@ suite: $(BIN)/.installed
 	$(BIN)/pytest
 
 matrix: $(MATRIX:%=%/bin/.installed)
-	$(OLDEST)/bin/pytest tests/unit tests/integration $(CELERY_INTEGRATION:%=--ignore=%) \
-		tests/e2e/test_rq_*.py tests/e2e/test_django.py
-	$(OLDEST_CELERY)/bin/pytest $(CELERY_INTEGRATION) tests/e2e/test_celery_*.py tests/e2e/test_sentry_workers.py
-	$(RQ26)/bin/pytest tests/integration/test_rq_adapter.py tests/integration/test_rq_internals.py \
-		tests/e2e/test_rq_*.py
-	$(NEWEST)/bin/pytest tests/unit tests/integration tests/e2e/test_rq_*.py tests/e2e/test_django.py \
-		tests/e2e/test_celery_healthy.py tests/e2e/test_celery_limits.py tests/e2e/test_sentry_workers.py
+	$(OLDEST)/bin/pytest tests/unit tests/integration --ignore=tests/integration/celery tests/e2e/rq \
+		tests/e2e/test_django.py
+	$(OLDEST_CELERY)/bin/pytest tests/integration/celery tests/e2e/celery tests/e2e/test_sentry_workers.py
+	$(RQ26)/bin/pytest tests/integration/rq tests/e2e/rq
+	$(NEWEST)/bin/pytest tests/unit tests/integration tests/e2e/rq tests/e2e/test_django.py \
+		tests/e2e/celery/test_healthy.py tests/e2e/celery/test_limits.py tests/e2e/test_sentry_workers.py
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

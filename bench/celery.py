@@ -35,8 +35,8 @@ from celery import Celery
 from celery.app.trace import build_tracer, setup_worker_optimizations
 
 from bench.core import redis_url
-from tests.e2e.celery_harness import CeleryHarness, rabbitmq_answers
-from tests.waiting import wait_until
+from tests.support.celery_harness import CeleryHarness, rabbitmq_answers
+from tests.support.waiting import wait_until
 from zombieguard.integrations.celery import WorkerGuard, install
 
 # The defaults a deployment would run with, not the tests' short ones.
@@ -85,7 +85,7 @@ def throughput(harness: CeleryHarness, tasks: int, work: float = 0.0) -> float:
         broker_transport_options=harness.app.conf.broker_transport_options,
     )
     parked = f"{harness.queue}-parked"
-    name, args = ("tests.celery_app.work", (work,)) if work else ("tests.celery_app.noop", ())
+    name, args = ("tests.support.celery_app.work", (work,)) if work else ("tests.support.celery_app.noop", ())
     with publisher.producer_or_acquire() as producer:
         ids = [publisher.send_task(name, args=args, queue=parked, producer=producer).id for _ in range(tasks)]
     publisher.close()

@@ -26,7 +26,7 @@ from pathlib import Path
 from rq import Queue
 
 from bench.core import redis_url
-from tests.e2e.rq_harness import RQHarness, wait_until
+from tests.support.rq_harness import RQHarness, wait_until
 
 
 def _harness(url: str, workdir: Path, env: dict[str, str | None]) -> RQHarness:

@@ -35,7 +35,7 @@ from tests.chaos.workers import (
     celery_command,
     rq_command,
 )
-from tests.e2e.harness import REPO
+from tests.support.harness import REPO
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 KEY_PREFIX = "zgchaos"

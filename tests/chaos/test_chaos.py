@@ -84,7 +84,7 @@ def test_every_celery_job_ends_exactly_once_under_random_crashes_freezes_and_red
 def test_every_celery_job_on_rabbitmq_ends_exactly_once_under_random_crashes_freezes_and_redis_faults() -> (
     None
 ):
-    from tests.e2e.celery_harness import RABBITMQ_URL, rabbitmq_answers  # noqa: PLC0415 - Celery only
+    from tests.support.celery_harness import RABBITMQ_URL, rabbitmq_answers  # noqa: PLC0415 - Celery only
 
     if not rabbitmq_answers():
         pytest.skip(f"no RabbitMQ answers at {RABBITMQ_URL}")

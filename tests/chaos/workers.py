@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.chaos.history import Death
-from tests.e2e.harness import REPO, children
+from tests.support.harness import REPO, children
 
 CELERY_BIN = str(Path(sys.executable).with_name("celery"))
 

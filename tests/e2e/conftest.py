@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.e2e.rq_harness import RQHarness
+from tests.support.rq_harness import RQHarness
 
 if TYPE_CHECKING:  # Celery is imported only by the tests that use it (the RQ 2 run has none)
-    from tests.e2e.celery_harness import CeleryHarness
+    from tests.support.celery_harness import CeleryHarness
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def black_hole() -> Iterator[int]:
 @pytest.fixture
 def celery_harness(redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[CeleryHarness]:
     """Real celery workers on the Redis broker, on a queue of the test's own."""
-    from tests.e2e.celery_harness import CeleryHarness  # noqa: PLC0415 - not in the RQ 2 run
+    from tests.support.celery_harness import CeleryHarness  # noqa: PLC0415 - not in the RQ 2 run
 
     harness = CeleryHarness(redis_url, key_prefix, tmp_path)
     yield harness
@@ -66,7 +66,7 @@ def any_broker_harness(
     request: pytest.FixtureRequest, redis_url: str, key_prefix: str, tmp_path: Path
 ) -> Iterator[CeleryHarness]:
     """Real celery workers on each broker in turn (RabbitMQ skipped, saying why, where none answers)."""
-    from tests.e2e.celery_harness import (  # noqa: PLC0415 - not in the RQ 2 run
+    from tests.support.celery_harness import (  # noqa: PLC0415 - not in the RQ 2 run
         RABBITMQ_URL,
         CeleryHarness,
         rabbitmq_answers,

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.e2e.harness import unconfigured
+from tests.support.harness import unconfigured
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import REPO
-from tests.e2e.rq_harness import RQHarness
+from tests.support.harness import REPO
+from tests.support.rq_harness import RQHarness
 
 pytestmark = pytest.mark.slow
 

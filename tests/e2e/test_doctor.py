@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import REPO, ZOMBIEGUARD
-from tests.e2e.rq_harness import RQHarness
+from tests.support.harness import REPO, ZOMBIEGUARD
+from tests.support.rq_harness import RQHarness
 from zombieguard.doctor import check_clock
 from zombieguard.lease import LeaseStore
 
@@ -94,13 +94,13 @@ def test_the_doctor_names_each_late_acked_celery_task_that_can_outlive_the_visib
     code, report = doctor(
         rq_harness,
         "--celery-app",
-        "tests.doctor_celery_app:app",
+        "tests.support.doctor_celery_app:app",
         env={"ZG_DOCTOR_BROKER": rq_harness.redis_url},
     )
     assert code == 1
     assert checks(report) == ["celery-visibility"]
     [problem] = report["problems"]
-    assert "task tests.doctor_celery_app.unlimited" in problem["problem"]
+    assert "task tests.support.doctor_celery_app.unlimited" in problem["problem"]
     assert "visibility_timeout is 30 s" in problem["problem"]
 
 

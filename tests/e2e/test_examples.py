@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import REPO
+from tests.support.harness import REPO
 from zombieguard.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.slow

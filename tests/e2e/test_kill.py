@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e import test_celery_operations, test_rq_operations
-from tests.e2e.celery_harness import CeleryHarness
-from tests.e2e.rq_harness import RQHarness
-from tests.waiting import wait_until
+from tests.support.celery_harness import CeleryHarness
+from tests.support.cli import celery_cli, rq_cli_json
+from tests.support.rq_harness import RQHarness
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +18,7 @@ def test_kill_stops_a_hung_rq_job_and_it_ends_failed_not_recovered(rq_harness: R
     rq_harness.start_worker(cls)
     job = rq_harness.enqueue("beats_then_stalls", rq_harness.notes, 0)
     wait_until(lambda: rq_harness.notes_of("stopped-beating"), 15, what="running, making no progress")
-    stopped = test_rq_operations.cli_json(rq_harness, "kill", job.id, "--reason", "seed incident")
+    stopped = rq_cli_json(rq_harness, "kill", job.id, "--reason", "seed incident")
     assert stopped["stopped"] == job.id
     assert stopped["by"].endswith(": seed incident")
     rq_harness.wait_status(job, ["failed"], 10)
@@ -38,9 +38,7 @@ def test_kill_stops_a_hung_celery_task_and_it_ends_failed_not_recovered(
     celery_harness.start_worker(pool, concurrency=1)  # one slot: the next task runs only once it is free
     result = celery_harness.send("beats_then_stalls", celery_harness.notes, 0)
     wait_until(lambda: celery_harness.notes_of("stopped-beating"), 15, what="running, making no progress")
-    stopped = test_celery_operations.cli(
-        celery_harness, "kill", result.id, "--celery-app", "tests.celery_app:app"
-    )
+    stopped = celery_cli(celery_harness, "kill", result.id, "--celery-app", "tests.support.celery_app:app")
     assert stopped["stopped"] == result.id
     celery_harness.wait_state(result, {"FAILURE"}, 10)
     assert type(result.result).__name__ == "Terminated"

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import sentry_sdk
 
-from tests.e2e.celery_harness import CeleryHarness
-from tests.e2e.rq_harness import RQHarness
-from tests.sentry_endpoint import SentryEndpoint
-from tests.waiting import wait_until
+from tests.support.celery_harness import CeleryHarness
+from tests.support.rq_harness import RQHarness
+from tests.support.sentry_endpoint import SentryEndpoint
+from tests.support.waiting import wait_until
 from zombieguard.integrations import version_tuple
 
 pytestmark = pytest.mark.slow
@@ -66,10 +66,14 @@ def test_a_celery_task_stopped_at_its_limit_is_one_sentry_issue_and_its_own_bugs
     wait_until(lambda: _zombieguard_events(endpoint) and "ValueError" in _exception_types(endpoint), 15)
     events = _zombieguard_events(endpoint)
     assert [e["fingerprint"] for e in events] == [
-        ["zombieguard", "timed_out", "tests.celery_app.hang_on_socket"]
+        ["zombieguard", "timed_out", "tests.support.celery_app.hang_on_socket"]
     ]
     _check_timed_out(
-        events[0], "tests.celery_app.hang_on_socket", celery_harness.notes, pii, CELERY_SCOPE_SENDS_ARGUMENTS
+        events[0],
+        "tests.support.celery_app.hang_on_socket",
+        celery_harness.notes,
+        pii,
+        CELERY_SCOPE_SENDS_ARGUMENTS,
     )
     # sentry-sdk's Celery integration reported the task's own bug, tagged; not the limit a second time.
     assert _exception_types(endpoint) == ["ValueError"]
@@ -88,9 +92,9 @@ def test_an_rq_job_stopped_at_its_limit_is_one_sentry_issue_alongside_the_rq_int
     wait_until(lambda: _zombieguard_events(endpoint) and "ValueError" in _exception_types(endpoint), 15)
     events = _zombieguard_events(endpoint)
     assert [e["fingerprint"] for e in events] == [
-        ["zombieguard", "timed_out", "tests.rq_jobs.hang_on_socket"]
+        ["zombieguard", "timed_out", "tests.support.rq_jobs.hang_on_socket"]
     ]
-    _check_timed_out(events[0], "tests.rq_jobs.hang_on_socket", rq_harness.notes, pii=False)
+    _check_timed_out(events[0], "tests.support.rq_jobs.hang_on_socket", rq_harness.notes, pii=False)
     assert _exception_types(endpoint) == ["ValueError"]
     [bug] = [e for e in endpoint.events if e.get("exception")]
     assert bug["tags"]["zombieguard.attempt"] == "1"

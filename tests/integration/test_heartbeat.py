@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from tests.integration.conftest import RecordingAdapter, expire, start
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 from zombieguard import LeaseLost, Policy
 from zombieguard.attempt import Attempt
 from zombieguard.embedded import EmbeddedRedis

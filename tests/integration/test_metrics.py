@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.integration.conftest import RecordingAdapter, expire, start
-from tests.scraping import scrape
+from tests.support.scraping import scrape
 from zombieguard import Policy
 from zombieguard.events import JobCompleted, JobTimedOut, emit
 from zombieguard.lease import LeaseStore

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from tests.integration.conftest import expire, job, start
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 from zombieguard import LeaseLost, Policy
 from zombieguard.attempt import Attempt
 from zombieguard.errors import ConfigurationError

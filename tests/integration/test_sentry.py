@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import sentry_sdk
 
-from tests.sentry_endpoint import SentryEndpoint
-from tests.waiting import wait_until
+from tests.support.sentry_endpoint import SentryEndpoint
+from tests.support.waiting import wait_until
 from zombieguard import Policy
 from zombieguard.errors import HardTimeLimitExceeded
 from zombieguard.events import (

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.conftest import delete_prefixed
 from tests.integration.conftest import RecordingAdapter, start
-from tests.scraping import scrape
+from tests.support.scraping import scrape
 from zombieguard import Policy
 from zombieguard.lease import LeaseStore, Outcome
 from zombieguard.metrics import ClusterCollector

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 from zombieguard import HardTimeLimitExceeded, Policy, SoftTimeLimitExceeded
 from zombieguard.limits import Limit, LimitClock
 from zombieguard.watchdog import (

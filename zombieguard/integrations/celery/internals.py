@@ -2,7 +2,7 @@
 
 Each function here is the one place its internal is used, so that a release that changes it breaks
 here and nowhere else; docs/internals.md lists each with the test that pins it
-(``tests/integration/test_celery_internals.py``).
+(``tests/integration/celery/test_internals.py``).
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ from typing import Any
 from rq import Queue
 from rq.job import Job
 
-from tests.e2e.harness import REPO, WorkerHarness
-from tests.waiting import wait_until
+from tests.support.harness import REPO, WorkerHarness
+from tests.support.waiting import wait_until
 
 RQ_BIN = str(Path(sys.executable).with_name("rq"))
 
@@ -71,8 +71,8 @@ class RQHarness(WorkerHarness):
         return process
 
     def enqueue(self, func: str, *args: Any, **kwargs: Any) -> Job:
-        """Enqueue ``tests.rq_jobs.<func>``."""
-        job = self.queue.enqueue(f"tests.rq_jobs.{func}", *args, **kwargs)
+        """Enqueue ``tests.support.rq_jobs.<func>``."""
+        job = self.queue.enqueue(f"tests.support.rq_jobs.{func}", *args, **kwargs)
         self.jobs.append(job)
         return job
 

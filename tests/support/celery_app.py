@@ -19,8 +19,8 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.signals import task_failure, task_received
 
 import zombieguard
-from tests import job_bodies as bodies
-from tests.job_bodies import note
+from tests.support import job_bodies as bodies
+from tests.support.job_bodies import note
 from zombieguard.integrations.celery import install
 
 PREFIX = os.environ.get("ZG_CELERY_PREFIX", "zgtest-celery")
@@ -70,7 +70,7 @@ def _count_task_failure(
 def _die_on_first_receipt(request: Any = None, **_: Any) -> None:
     """``kills_its_worker_on_receipt``: the first worker to receive it dies there, after kombu
     delivered its message and before the rest of Celery's handling (as a worker killed then would)."""
-    if request is not None and request.name == "tests.celery_app.kills_its_worker_on_receipt":
+    if request is not None and request.name == "tests.support.celery_app.kills_its_worker_on_receipt":
         marker = Path(request.args[0]) / "killed-on-receipt"
         if not marker.exists():
             marker.touch()
@@ -219,7 +219,8 @@ def total(values: list[int]) -> int:
 
 
 def _register(body: Any, **options: Any) -> Any:
-    """A shared job body (tests.job_bodies) as a task of this app, named ``tests.celery_app.<name>``."""
+    """A shared job body (tests.support.job_bodies) as a task of this app, named
+    ``tests.support.celery_app.<name>``."""
     return app.task(name=f"{__name__}.{options.pop('name', body.__name__)}", **options)(body)
 
 

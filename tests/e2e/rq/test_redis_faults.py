@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.e2e.rq_harness import RQHarness, wait_until
+from tests.support.rq_harness import RQHarness, wait_until
 from zombieguard.embedded import free_port
 from zombieguard.watchdog import process_exited
 
@@ -28,7 +28,7 @@ def test_redis_away_while_rq_prepares_a_job_does_not_fail_it(
     rq_harness.start_worker(
         cls,
         env={"ZG_PREPARE_FAILS": str(fails)},
-        options=["--job-class", "tests.rq_workers.PreparationFails"],
+        options=["--job-class", "tests.support.rq_workers.PreparationFails"],
     )
     job = rq_harness.enqueue("long_job", rq_harness.notes, 0.2)
     rq_harness.wait_status(job, ["finished"], 20)
@@ -46,7 +46,7 @@ def test_redis_away_while_rq_records_a_finished_job_s_end_does_not_fail_it(
     # Redis restarting (loading its data) as RQ writes the end of a job whose body returned: RQ
     # alone fails the healthy job; here its writes are tried again and the job finishes, run once.
     rq_harness.start_worker(
-        cls, env={"ZG_END_FAILS": "2"}, options=["--job-class", "tests.rq_workers.EndFails"]
+        cls, env={"ZG_END_FAILS": "2"}, options=["--job-class", "tests.support.rq_workers.EndFails"]
     )
     job = rq_harness.enqueue("long_job", rq_harness.notes, 0.2)
     rq_harness.wait_status(job, ["finished", "failed"], 20)

@@ -20,9 +20,9 @@ def test_a_timed_out_job_is_failed_the_rq_way_with_its_reason(
     client: redis.Redis, store: LeaseStore, rq_markers: list[str]
 ) -> None:
     queue = Queue(f"zgq-{uuid.uuid4().hex[:10]}", connection=client)
-    job = queue.enqueue("tests.rq_jobs.add", 1, 1)
+    job = queue.enqueue("tests.support.rq_jobs.add", 1, 1)
     rq_markers += [queue.name, job.id]
-    spec = JobSpec(job.id, "rq", "tests.rq_jobs.add", queue.name, '{"description": "add(1, 1)"}')
+    spec = JobSpec(job.id, "rq", "tests.support.rq_jobs.add", queue.name, '{"description": "add(1, 1)"}')
     acquired = store.acquire(spec, "zgw-pinned", Policy(hard_timeout=2))
     assert acquired.status is AcquireStatus.ACQUIRED
     record = store.record(job.id)

@@ -7,7 +7,7 @@ import time
 import pytest
 from rq import Callback, Retry
 
-from tests.e2e.rq_harness import RQHarness, wait_until
+from tests.support.rq_harness import RQHarness, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def test_a_job_hung_on_a_socket_is_stopped_within_1s_of_hard_timeout_and_fails_t
         rq_harness.notes,
         black_hole,
         job_timeout=2 if rq_own else 60,
-        on_failure=Callback("tests.rq_jobs.on_failure"),
+        on_failure=Callback("tests.support.rq_jobs.on_failure"),
     )
     started = _started_at(rq_harness)
     rq_harness.wait_status(job, ["failed"], 10)

@@ -8,34 +8,16 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.e2e.harness import REPO, ZOMBIEGUARD, thaw, unconfigured
-from tests.e2e.rq_harness import RQHarness, wait_until
+from tests.support.cli import rq_cli as cli
+from tests.support.cli import rq_cli_json as cli_json
+from tests.support.harness import ZOMBIEGUARD, thaw, unconfigured
+from tests.support.rq_harness import RQHarness, wait_until
 from zombieguard.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.slow
-
-
-def cli(harness: RQHarness, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the zombieguard command against the harness's Redis and key prefix."""
-    result = subprocess.run(
-        [ZOMBIEGUARD, "--redis-url", harness.redis_url, *args],
-        env={**os.environ, "ZOMBIEGUARD_KEY_PREFIX": harness.key_prefix, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
-def cli_json(harness: RQHarness, *args: str) -> Any:
-    return json.loads(cli(harness, *args, "--json").stdout)
 
 
 def test_status_shows_each_active_job_with_its_age_progress_attempt_and_state(rq_harness: RQHarness) -> None:
@@ -45,7 +27,7 @@ def test_status_shows_each_active_job_with_its_age_progress_attempt_and_state(rq
     time.sleep(0.6)
     [row] = cli_json(rq_harness, "status")["jobs"]
     assert row["job_id"] == job.id
-    assert row["task"] == "tests.rq_jobs.long_job"
+    assert row["task"] == "tests.support.rq_jobs.long_job"
     assert row["queue"] == rq_harness.queue_name
     assert row["worker"] == rq_harness.worker_names[0]
     assert (row["attempt"], row["state"], row["adapter"]) == (1, "running", "rq")
@@ -66,7 +48,7 @@ def test_dlq_list_show_requeue_and_purge_work_on_dead_lettered_rq_jobs(rq_harnes
     transient = rq_harness.enqueue("dies_the_first_times", rq_harness.notes, 2)
     rq_harness.wait_status(transient, ["failed"], 15)
     [entry] = cli_json(rq_harness, "dlq", "list")["entries"]
-    assert (entry["job_id"], entry["task"]) == (transient.id, "tests.rq_jobs.dies_the_first_times")
+    assert (entry["job_id"], entry["task"]) == (transient.id, "tests.support.rq_jobs.dies_the_first_times")
     shown = cli_json(rq_harness, "dlq", "show", transient.id)
     assert [a["outcome"] for a in shown["attempts"]] == ["stalled", "stalled"]
     assert "stalled 2 times" in cli(rq_harness, "dlq", "show", transient.id).stdout

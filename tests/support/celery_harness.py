@@ -16,8 +16,8 @@ from celery import Celery
 from celery.result import AsyncResult
 from kombu import Connection
 
-from tests.e2e.harness import REPO, WorkerHarness
-from tests.waiting import wait_until
+from tests.support.harness import REPO, WorkerHarness
+from tests.support.waiting import wait_until
 
 CELERY_BIN = str(Path(sys.executable).with_name("celery"))
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
@@ -81,7 +81,7 @@ class CeleryHarness(WorkerHarness):
             [
                 CELERY_BIN,
                 "-A",
-                "tests.celery_app",
+                "tests.support.celery_app",
                 "worker",
                 "-P",
                 pool,
@@ -115,8 +115,8 @@ class CeleryHarness(WorkerHarness):
         return process
 
     def send(self, task: str, *args: Any, **options: Any) -> AsyncResult:
-        """Send ``tests.celery_app.<task>`` with ``args``."""
-        return self.app.send_task(f"tests.celery_app.{task}", args=args, queue=self.queue, **options)
+        """Send ``tests.support.celery_app.<task>`` with ``args``."""
+        return self.app.send_task(f"tests.support.celery_app.{task}", args=args, queue=self.queue, **options)
 
     def state(self, result: AsyncResult) -> str:
         """The task's state in the result backend."""

@@ -2,37 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import urllib.request
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.celery_harness import CeleryHarness
-from tests.e2e.harness import REPO, ZOMBIEGUARD
-from tests.e2e.rq_harness import RQHarness
-from tests.waiting import wait_until
+from tests.support.celery_harness import CeleryHarness
+from tests.support.cli import celery_cli as cli
+from tests.support.harness import ZOMBIEGUARD
+from tests.support.rq_harness import RQHarness
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def cli(harness: CeleryHarness, *args: str, env: dict[str, str] | None = None) -> Any:
-    """Run ``zombieguard ... --json`` where the Celery app can be imported; its parsed output."""
-    result = subprocess.run(
-        [ZOMBIEGUARD, "--redis-url", harness.redis_url, *args, "--json"],
-        env={**os.environ, **harness.env, **(env or {})},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def test_a_dead_lettered_task_is_requeued_by_the_cli_with_its_original_id_and_arguments(
@@ -47,7 +31,7 @@ def test_a_dead_lettered_task_is_requeued_by_the_cli_with_its_original_id_and_ar
     assert entry["adapter"] == "celery"
     assert len(entry["attempts"]) == 4
     requeued = cli(
-        celery_harness, "dlq", "requeue", result.id, "--yes", "--celery-app", "tests.celery_app:app"
+        celery_harness, "dlq", "requeue", result.id, "--yes", "--celery-app", "tests.support.celery_app:app"
     )
     assert requeued["requeued"] == [result.id]
     celery_harness.wait_state(result, {"SUCCESS"}, 15)
@@ -68,12 +52,15 @@ def test_status_lists_celery_tasks_next_to_rq_jobs_and_what_waits_in_a_named_app
     rows = cli(celery_harness, "status")["jobs"]
     assert {(row["adapter"], row["job_id"]) for row in rows} == {("celery", task.id), ("rq", job.id)}
     celery_row = next(row for row in rows if row["adapter"] == "celery")
-    assert celery_row["task"] == "tests.celery_app.long_task"
+    assert celery_row["task"] == "tests.support.celery_app.long_task"
     assert celery_row["queue"] == celery_harness.queue
     # What waits in a Celery queue is read through the app ZOMBIEGUARD_CELERY_APP names; unknown without.
     queue_rows = {
         named: next(q for q in cli(celery_harness, "status", env=env)["queues"] if q["adapter"] == "celery")
-        for named, env in (("unnamed", {}), ("named", {"ZOMBIEGUARD_CELERY_APP": "tests.celery_app:app"}))
+        for named, env in (
+            ("unnamed", {}),
+            ("named", {"ZOMBIEGUARD_CELERY_APP": "tests.support.celery_app:app"}),
+        )
     }
     assert queue_rows["unnamed"]["waiting"] is None
     assert queue_rows["named"]["waiting"] == 0
@@ -107,7 +94,11 @@ def test_the_metrics_exporter_serves_the_stall_a_celery_worker_recovered(
         for family in text_string_to_metric_families(body)
         for sample in family.samples
     }
-    labels = (("adapter", "celery"), ("queue", celery_harness.queue), ("task", "tests.celery_app.long_task"))
+    labels = (
+        ("adapter", "celery"),
+        ("queue", celery_harness.queue),
+        ("task", "tests.support.celery_app.long_task"),
+    )
     assert samples[("zombieguard_jobs_stalled_total", labels)] == 1
     assert samples[("zombieguard_jobs_recovered_total", labels)] == 1
     assert samples[("zombieguard_workers", ())] == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 ZOMBIEGUARD = str(Path(sys.executable).with_name("zombieguard"))

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from tests.e2e.harness import thaw
-from tests.e2e.rq_harness import RQHarness, wait_until
+from tests.support.harness import thaw
+from tests.support.rq_harness import RQHarness, wait_until
 from zombieguard.deadletter import DeadLetterStore
 from zombieguard.lease import LeaseStore
 from zombieguard.policy import Settings
@@ -128,7 +128,7 @@ def test_a_poison_pill_is_recovered_max_stalls_times_then_dead_lettered_with_its
     store = LeaseStore(rq_harness.client, Settings(key_prefix=rq_harness.key_prefix))
     entry = DeadLetterStore(store).get(job.id)
     assert entry is not None
-    assert entry.task == "tests.rq_jobs.kills_its_process"
+    assert entry.task == "tests.support.rq_jobs.kills_its_process"
     assert [a.attempt for a in entry.attempts] == [1, 2, 3]
     assert {a.outcome for a in entry.attempts} == {"stalled"}
     assert "kills_its_process" in entry.payload

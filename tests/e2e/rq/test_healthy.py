@@ -13,7 +13,7 @@ from rq import Callback, Retry
 from rq.command import send_kill_horse_command, send_stop_job_command
 from rq.worker import Worker
 
-from tests.e2e.rq_harness import RQ_BIN, RQHarness, wait_until
+from tests.support.rq_harness import RQ_BIN, RQHarness, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -33,9 +33,9 @@ def test_results_callbacks_retries_and_dependencies_work_as_in_plain_rq(
         rq_harness.notes,
         0.0,
         result_ttl=77,
-        on_success=Callback("tests.rq_jobs.on_success"),
+        on_success=Callback("tests.support.rq_jobs.on_success"),
     )
-    dependent = rq_harness.queue.enqueue("tests.rq_jobs.add", 1, 1, depends_on=ok)
+    dependent = rq_harness.queue.enqueue("tests.support.rq_jobs.add", 1, 1, depends_on=ok)
     rq_harness.jobs.append(dependent)
     retried = rq_harness.enqueue("fails", rq_harness.notes, retry=Retry(max=1))
     if RETURNED_RETRY:

@@ -9,8 +9,8 @@ import time
 import pytest
 from celery.result import AsyncResult
 
-from tests.e2e.celery_harness import CeleryHarness
-from tests.waiting import wait_until
+from tests.support.celery_harness import CeleryHarness
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

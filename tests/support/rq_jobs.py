@@ -11,7 +11,7 @@ from rq import Retry
 from rq.timeouts import JobTimeoutException
 
 import zombieguard
-from tests.job_bodies import (  # noqa: F401 - enqueued by name as tests.rq_jobs.<body>
+from tests.support.job_bodies import (  # noqa: F401 - enqueued by name as tests.support.rq_jobs.<body>
     beats_then_stalls,
     checkpointed,
     dies_the_first_times,

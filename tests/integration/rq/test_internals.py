@@ -35,7 +35,7 @@ def worker(client: redis.Redis, queue: Queue, rq_markers: list[str]) -> Worker:
 
 
 def _enqueue(queue: Queue, rq_markers: list[str], *args: int) -> Job:
-    job = queue.enqueue("tests.rq_jobs.add", *args)
+    job = queue.enqueue("tests.support.rq_jobs.add", *args)
     rq_markers.append(job.id)
     return job
 

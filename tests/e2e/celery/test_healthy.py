@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from celery import chain, chord, group
 
-from tests.e2e.celery_harness import CeleryHarness
-from tests.waiting import wait_until
+from tests.support.celery_harness import CeleryHarness
+from tests.support.waiting import wait_until
 
 LEASE_TTL = 2.0  # the harness's ZOMBIEGUARD_LEASE_TTL
 
@@ -26,19 +26,22 @@ def test_results_retries_rejects_chains_groups_and_chords_are_untouched(
     assert celery_harness.send("add", 2, 2).get(timeout=15) == 4
     assert celery_harness.send("retries_once", celery_harness.notes).get(timeout=15) == "second time"
     assert [line.split()[1] for line in celery_harness.notes_of("started")] == ["0", "1"]
-    pipeline = chain(sig("tests.celery_app.add", (1, 2)), sig("tests.celery_app.add", (3,)))
+    pipeline = chain(sig("tests.support.celery_app.add", (1, 2)), sig("tests.support.celery_app.add", (3,)))
     assert pipeline.apply_async(queue=celery_harness.queue).get(timeout=15) == 6
     # A body that sets its request's chain to None stops the chain (the sleeper never starts).
     chained = Path(celery_harness.notes) / "chain"
     chained.mkdir()
     stopped = chain(
-        sig("tests.celery_app.stops_its_chain", (str(chained),)), sig("tests.celery_app.sleeper", (0,))
+        sig("tests.support.celery_app.stops_its_chain", (str(chained),)),
+        sig("tests.support.celery_app.sleeper", (0,)),
     ).apply_async(queue=celery_harness.queue)
     assert stopped.parent is not None
     assert stopped.parent.get(timeout=15) == str(chained)
-    fanout = group(sig("tests.celery_app.echo", (i,)) for i in range(4))
+    fanout = group(sig("tests.support.celery_app.echo", (i,)) for i in range(4))
     assert fanout.apply_async(queue=celery_harness.queue).get(timeout=15) == [0, 1, 2, 3]
-    gathered = chord((sig("tests.celery_app.echo", (i,)) for i in range(3)), sig("tests.celery_app.total"))
+    gathered = chord(
+        (sig("tests.support.celery_app.echo", (i,)) for i in range(3)), sig("tests.support.celery_app.total")
+    )
     assert gathered.apply_async(queue=celery_harness.queue).get(timeout=20) == 3
     # A task that hands its message back runs again (the same delivery is not taken for a stale one).
     assert (

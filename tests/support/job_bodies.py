@@ -1,5 +1,5 @@
-"""Job bodies both frameworks' end-to-end tests run (``tests.rq_jobs`` enqueues them for RQ,
-``tests.celery_app`` registers them as Celery tasks). Each records what happened in files under a
+"""Job bodies both frameworks' end-to-end tests run (``tests.support.rq_jobs`` enqueues them for RQ,
+``tests.support.celery_app`` registers them as Celery tasks). Each records what happened in files under a
 directory the test gives, so the test can count bodies started and completed."""
 
 from __future__ import annotations

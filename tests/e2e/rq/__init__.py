@@ -1,0 +1,1 @@
+"""End-to-end tests of the RQ integration, with real workers."""

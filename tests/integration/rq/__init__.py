@@ -1,0 +1,1 @@
+"""RQ integration tests, on real Redis."""

@@ -1,0 +1,1 @@
+"""Helpers the tests share: apps, job bodies, worker harnesses, waiting."""
