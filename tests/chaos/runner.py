@@ -300,8 +300,8 @@ class _Framework:
         raise NotImplementedError
 
     def waiting_in_broker(self) -> int:
-        """Messages waiting in a broker whose queue the job states do not read (RabbitMQ): while any
-        waits, a job may still run again, and the run has not settled."""
+        """Messages in a broker whose queue the job states do not read (RabbitMQ), waiting or held by
+        a worker unacked: while any is there, a job may still run again, and the run has not settled."""
         return 0
 
     def close(self) -> None:
@@ -399,7 +399,10 @@ class _Celery(_Framework):
         if self.config.broker != "rabbitmq":
             return 0
         with self.app.connection_for_write() as conn:
-            return int(conn.default_channel.queue_declare(self.queue, passive=True).message_count)
+            ready = int(conn.default_channel.queue_declare(self.queue, passive=True).message_count)
+        # A message a worker holds unacked goes back to the queue if the worker dies: the run has
+        # not settled while one is held (Celery's solo pool acks up to ~10 s late after a freeze).
+        return ready or gather.rabbitmq_unacked(self.queue)
 
     def leftovers(self) -> list[tuple[str, history.Copy]]:
         """RabbitMQ: the messages left in the queue once every worker is gone."""
@@ -563,7 +566,14 @@ def _drain(report: Report, framework: _Framework, client: redis.Redis, events: E
         try:
             waiting = history.unsettled(_judge(report, _finals(framework, client, report.sent)))
             if not waiting and framework.waiting_in_broker():
-                waiting = [Judgement("?", "?", history.Verdict.STUCK, ("a message waits in the broker",))]
+                waiting = [
+                    Judgement(
+                        "?",
+                        "?",
+                        history.Verdict.STUCK,
+                        ("a message waits in the broker, or a worker holds one unacked",),
+                    )
+                ]
         except redis.RedisError:
             waiting = [Judgement("?", "?", history.Verdict.LOST)]  # Redis was restarting: look again
         now = time.monotonic()

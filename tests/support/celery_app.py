@@ -112,6 +112,21 @@ def hangs_after_it_returns() -> str:
     return "done"
 
 
+class FreezesItsWorkerOnReturn(app.Task):  # type: ignore[misc,name-defined]
+    """Freezes its whole worker (SIGSTOP to the worker's process group: a paused VM) once its body
+    returned and its result is stored, before Celery acks its message (``acks_late``)."""
+
+    def after_return(self, *args: Any, **kwargs: Any) -> None:
+        os.killpg(os.getpgrp(), signal.SIGSTOP)
+
+
+@app.task(base=FreezesItsWorkerOnReturn, acks_late=True)
+def freezes_its_worker_on_return(directory: str) -> str:
+    note(directory, "ran")
+    time.sleep(0.3)  # past its lease_delay: its lease is written
+    return "done"
+
+
 @app.task
 def add(x: int, y: int) -> int:
     """A healthy task."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tests.support.celery_harness import CeleryHarness
 from tests.support.harness import REPO, ZOMBIEGUARD
-from tests.support.rq_harness import RQHarness
+
+if TYPE_CHECKING:  # each is imported only where its framework is installed
+    from tests.support.celery_harness import CeleryHarness
+    from tests.support.rq_harness import RQHarness
 
 
 def rq_cli(harness: RQHarness, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
