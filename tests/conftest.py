@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from tests.support.cleanup import delete_prefixed
 from zombieguard import containment
 from zombieguard.embedded import EmbeddedRedis
 from zombieguard.lease import LeaseStore
@@ -44,13 +45,6 @@ def redis_url() -> Iterator[str]:
 def key_prefix() -> str:
     """A key prefix no other test (or user) has."""
     return f"zgtest-{uuid.uuid4().hex[:12]}"
-
-
-def delete_prefixed(client: redis.Redis, pattern: str) -> None:
-    """Delete the keys matching ``pattern`` (the test's own)."""
-    keys = list(client.scan_iter(match=pattern, count=1000))
-    for start in range(0, len(keys), 500):
-        client.delete(*keys[start : start + 500])
 
 
 @pytest.fixture

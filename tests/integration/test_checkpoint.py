@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import zombieguard
-from tests.integration.conftest import RecordingAdapter, expire, job, start
+from tests.support.leases import RecordingAdapter, expire, job, start
 from zombieguard import CheckpointNotSerializable, LeaseLost, NotInGuardedJob, Policy
 from zombieguard.attempt import Attempt, running
 from zombieguard.lease import LeaseStore

@@ -7,7 +7,7 @@ import threading
 import pytest
 import redis
 
-from tests.integration.conftest import RecordingAdapter, expire, start
+from tests.support.leases import RecordingAdapter, expire, start
 from tests.support.waiting import wait_until
 from zombieguard import LeaseLost, Policy
 from zombieguard.attempt import Attempt

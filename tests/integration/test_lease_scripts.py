@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from tests.integration.conftest import RecordingAdapter, expire, job, start
+from tests.support.leases import RecordingAdapter, expire, job, start
 from zombieguard import LeaseLost, Policy
 from zombieguard.attempt import Attempt
 from zombieguard.lease import AcquireStatus, DeferredRelease, LeaseStore, Outcome

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.integration.conftest import start
+from tests.support.leases import start
 from zombieguard import Policy
 from zombieguard.events import JobCompleted, job_completed
 from zombieguard.lease import LeaseStore, Outcome

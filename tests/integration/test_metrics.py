@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.integration.conftest import RecordingAdapter, expire, start
+from tests.support.leases import RecordingAdapter, expire, start
 from tests.support.scraping import scrape
 from zombieguard import Policy
 from zombieguard.events import JobCompleted, JobTimedOut, emit

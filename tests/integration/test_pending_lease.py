@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.integration.conftest import expire, job, start
+from tests.support.leases import expire, job, start
 from tests.support.waiting import wait_until
 from zombieguard import LeaseLost, Policy
 from zombieguard.attempt import Attempt

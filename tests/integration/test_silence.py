@@ -8,8 +8,8 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import delete_prefixed
-from tests.integration.conftest import RecordingAdapter, start
+from tests.support.cleanup import delete_prefixed
+from tests.support.leases import RecordingAdapter, start
 from tests.support.scraping import scrape
 from zombieguard import Policy
 from zombieguard.lease import LeaseStore, Outcome

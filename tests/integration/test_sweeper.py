@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from tests.integration.conftest import RecordingAdapter, expire, job, start
+from tests.support.leases import RecordingAdapter, expire, job, start
 from zombieguard import LeaseLost, Policy
 from zombieguard.deadletter import DeadLetterFilter, DeadLetterStore
 from zombieguard.lease import AcquireStatus, LeaseStore, Outcome

@@ -89,26 +89,6 @@ def test_a_frozen_worker_s_task_is_rerun_and_the_woken_attempt_is_fenced(
     assert harness.state(result) == "SUCCESS"
 
 
-@pytest.mark.parametrize("pool", ["solo", "threads", "prefork"])
-def test_a_worker_frozen_past_its_task_s_lease_between_its_end_and_its_ack_acks_it_on_waking_and_runs_it_once(
-    any_broker_harness: CeleryHarness, pool: str
-) -> None:
-    harness = any_broker_harness
-    frozen = harness.start_worker(pool, concurrency=1)
-    result = harness.send("freezes_its_worker_on_return", harness.notes)
-    wait_until(lambda: harness.notes_of("ran"), 15, what="the task ran")
-    assert harness.state(result) == "SUCCESS"
-    time.sleep(LEASE_TTL * 2)  # frozen, its lease run out; its own sweeper frozen with it
-    os.killpg(frozen.pid, signal.SIGCONT)
-    time.sleep(3)  # awake: it acks the message
-    os.killpg(frozen.pid, signal.SIGKILL)
-    frozen.wait(10)
-    harness.start_worker(pool, concurrency=1)  # it would get the message, had it not been acked
-    time.sleep(3)
-    assert len(harness.notes_of("ran")) == 1
-    assert harness.state(result) == "SUCCESS"
-
-
 @pytest.mark.parametrize("pool", ["solo", "prefork"])
 def test_a_worker_frozen_past_a_task_s_lease_after_its_end_and_before_its_ack_acks_it_and_it_runs_once(
     any_broker_harness: CeleryHarness, pool: str
