@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from celery.result import AsyncResult
@@ -108,6 +109,32 @@ def test_a_worker_frozen_past_a_task_s_lease_after_its_end_and_before_its_ack_ac
     time.sleep(2)
     assert len(harness.notes_of("ran")) == 1  # not recovered by a sweeper, nor delivered again
     assert harness.state(result) == "SUCCESS"
+
+
+def test_a_dead_worker_s_messages_are_handed_back_by_a_worker_of_its_broker_not_another_app_s(
+    redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    ours = CeleryHarness(redis_url, key_prefix, tmp_path)
+    (tmp_path / "theirs").mkdir()
+    theirs = CeleryHarness(redis_url, f"{key_prefix}-theirs", tmp_path / "theirs")  # another app
+    try:
+        dead = ours.start_worker("threads", concurrency=1, env={"ZG_CELERY_PREFETCH": "4"})
+        long = ours.send("long_task", ours.notes, 30.0)
+        ours.wait_leased(long.id)
+        waiting = [ours.send("add", 2, 3) for _ in range(2)]
+        unacked = f"{ours.celery_prefix}:unacked"
+        wait_until(lambda: ours.client.hlen(unacked) == 3, 10, what="three messages received")
+        os.killpg(dead.pid, signal.SIGKILL)  # with its watchdog process: no one hands them back yet
+        dead.wait(10)
+        theirs.start_worker("threads", concurrency=1)  # finds the dead worker's working directory
+        time.sleep(1)
+        assert ours.client.hlen(unacked) == 3  # left for a worker of its own broker
+        ours.start_worker("threads", concurrency=1)
+        for result in waiting:  # handed back at once, not after kombu's visibility timeout (an hour)
+            ours.wait_state(result, {"SUCCESS"}, 10)
+    finally:
+        theirs.close()
+        ours.close()
 
 
 def _kill_the_pool_process_mid_task(

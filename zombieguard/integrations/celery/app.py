@@ -4,6 +4,7 @@ the app found by name (``module:attribute``), and what its result backend says o
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sys
 from collections.abc import Mapping
@@ -97,3 +98,12 @@ def load_app(spec: str) -> Celery:
     if not isinstance(app, Celery):
         raise ConfigurationError(f"--celery-app {spec!r} is a {type(app).__name__}, not a Celery app")
     return app
+
+
+def broker_key(app: Celery) -> str:
+    """A short name of the broker the app's workers take messages from (its URL and key prefix): a
+    worker hands back what a dead worker on its machine held only when both use the same broker
+    (another app's worker would put it back in the wrong place, and delete the record of it)."""
+    options = app.conf.broker_transport_options or {}
+    broker = f"{app.conf.broker_url}|{options.get('global_keyprefix', '')}"
+    return hashlib.sha256(broker.encode()).hexdigest()[:12]

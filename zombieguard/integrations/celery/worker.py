@@ -21,7 +21,7 @@ from zombieguard.errors import ConfigurationError, LeaseLost
 from zombieguard.events import WorkerZombie, emit
 from zombieguard.integrations.celery import internals
 from zombieguard.integrations.celery.adapter import ADAPTER, CeleryAdapter, sidecar_adapter
-from zombieguard.integrations.celery.app import app_config, app_spec, leases_url, task_policy
+from zombieguard.integrations.celery.app import app_config, app_spec, broker_key, leases_url, task_policy
 from zombieguard.integrations.celery.executor import Running
 from zombieguard.integrations.celery.hooks import before_started
 from zombieguard.integrations.celery.inprocess import InProcessExecutor
@@ -42,6 +42,7 @@ _POLICIES_CACHED = 1024
 
 
 _DIR_PREFIX = "zombieguard-celery-"
+"""Working directories are named ``<prefix><broker key>-<pid>-<random>`` (see :func:`broker_key`)."""
 
 
 def _pool_kind(pool_cls: Any) -> str:
@@ -92,7 +93,7 @@ class WorkerGuard(WorkerRuntime):
             worker=self.name,
             renew_every=self.default_policy.renew_every,
             on_lost=self._lost,
-            dir_prefix=_DIR_PREFIX,
+            dir_prefix=f"{_DIR_PREFIX}{broker_key(app)}-",
             watchdog_name="zombieguard-watchdog",
         )
         self.monitor = SlotMonitor(self) if self.pool == "prefork" else None
