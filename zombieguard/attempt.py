@@ -30,6 +30,31 @@ BEAT_SEND_INTERVAL = 1.0
 E = TypeVar("E", bound=JobEvent)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class AttemptHooks:
+    """What an attempt tells, and asks, the threads and processes that renew and enforce it (its
+    worker's heartbeat and watchdog, a slot another process reads). Each is optional."""
+
+    progress: Callable[[float], None] | None = None
+    """Called with the monotonic time of each beat or checkpoint (e.g. to tell a watchdog process)."""
+    confirmed: Callable[[float], None] | None = None
+    """Called with each new ``confirmed_until`` (e.g. to tell a horse through shared memory)."""
+    confirmations: Callable[[], float] | None = None
+    """Another process's ``confirmed_until`` for this attempt (a horse reads its parent's)."""
+    acquired: Callable[[Attempt], None] | None = None
+    """Called once a pending lease is written (from whichever thread wrote it)."""
+    refused: Callable[[Attempt], None] | None = None
+    """Called when a pending lease is refused (another attempt holds the job) and this attempt is
+    marked lost, so that its body can be stopped."""
+    ending: Callable[[], bool] | None = None
+    """Whether the body has ended and its end is being recorded (perhaps by another process): a
+    renewal refused from then on is that record, not a lost lease."""
+
+
+NO_HOOKS = AttemptHooks()
+"""An attempt nothing around it needs to hear from."""
+
+
 class Attempt:
     """One execution of one job, holding the job's lease under a fencing token."""
 
@@ -43,17 +68,12 @@ class Attempt:
         "_unanswered",
         "_unguarded",
         "checkpoint_json",
-        "confirmations",
         "confirmed_until",
         "describe",
-        "ending",
+        "hooks",
         "job",
         "last_progress_monotonic",
         "number",
-        "on_acquired",
-        "on_confirm",
-        "on_progress",
-        "on_refused",
         "policy",
         "stalls",
         "started_at",
@@ -73,11 +93,14 @@ class Attempt:
         acquired: Acquired | None,
         *,
         sent_at: float | None = None,
+        hooks: AttemptHooks = NO_HOOKS,
+        describe: Callable[[], str] | None = None,
     ) -> None:
         self.store = store
         self.job = job
         self.worker = worker
         self.policy = policy
+        self.hooks = hooks
         self._pending = acquired is None
         """The lease is not written yet (a first delivery running within its ``lease_delay``):
         :meth:`acquire_now` writes it, or :meth:`finish_unleased` ends the attempt without it."""
@@ -98,28 +121,14 @@ class Attempt:
         self._last_sent = self.started_monotonic
         self._lost: LeaseLost | None = None
         self._lock = threading.Lock()
-        self.on_progress: Callable[[float], None] | None = None
-        """Called with the monotonic time of each beat or checkpoint (e.g. to tell a watchdog process)."""
         self.confirmed_until = (self.started_monotonic if sent_at is None else sent_at) + policy.lease_ttl
         """Monotonic time until which no one else can have claimed the lease, as far as this process
         knows: a renewal's send time plus ``lease_ttl`` (the server set expiry after it was sent)."""
-        self.on_confirm: Callable[[float], None] | None = None
-        """Called with each new ``confirmed_until`` (e.g. to tell a horse through shared memory)."""
-        self.ending: Callable[[], bool] | None = None
-        """Whether the body has ended and its end is being recorded (perhaps by another process): a
-        renewal refused from then on is that record, not a lost lease."""
-        self.confirmations: Callable[[], float] | None = None
-        """Another process's ``confirmed_until`` for this attempt (a horse reads its parent's)."""
-        self.on_acquired: Callable[[Attempt], None] | None = None
-        """Called once a pending lease is written (from whichever thread wrote it)."""
-        self.on_refused: Callable[[Attempt], None] | None = None
-        """Called when a pending lease is refused (another attempt holds the job) and this attempt
-        is marked lost, so that its body can be stopped."""
         self.tag = ""
         """Names this execution for a pending lease (see :func:`zombieguard.slot.execution_tag`):
         another process of the worker that writes the lease for it (its own could not run) writes
         it under this tag, and :meth:`acquire_now` adopts it."""
-        self.describe: Callable[[], str] | None = None
+        self.describe = describe
         """Computes ``job.payload`` when it is first needed (the lease written, an event), for a
         pending attempt whose payload costs more than a job ending within its ``lease_delay`` should
         pay; None once ``job.payload`` holds it."""
@@ -131,7 +140,7 @@ class Attempt:
 
     def acquire_now(self) -> None:
         """Write a pending lease (nothing when it is written already or the attempt ended without
-        it). When another attempt holds the job, this one is marked lost (``on_refused`` is told).
+        it). When another attempt holds the job, this one is marked lost (``hooks.refused`` is told).
         Raises ``redis.RedisError`` with the lease still pending."""
         if not self._pending:
             return
@@ -153,8 +162,8 @@ class Attempt:
                 self.started_at = acquired.started
                 self.checkpoint_json = acquired.checkpoint
                 self.confirmed_until = sent_at + self.policy.lease_ttl
-                if self.on_acquired is not None:
-                    self.on_acquired(self)
+                if self.hooks.acquired is not None:
+                    self.hooks.acquired(self)
                 return
             holder = f"attempt {acquired.attempt} is {acquired.holder_state or 'superseded'}"
             if self._unanswered:
@@ -165,8 +174,8 @@ class Attempt:
                 return
             # Lost before the lock is left: the task's own thread, ending, must find it so.
             self.mark_lost(LeaseLost(self.job.job_id, 0, f"its lease was refused after it started: {holder}"))
-        if self.on_refused is not None:
-            self.on_refused(self)
+        if self.hooks.refused is not None:
+            self.hooks.refused(self)
 
     def run_unguarded(self) -> None:
         """Run on without a lease (the lease Redis is unreachable): nothing of this attempt is
@@ -272,8 +281,8 @@ class Attempt:
         until = sent_at + self.policy.lease_ttl
         if until > self.confirmed_until:
             self.confirmed_until = until
-            if self.on_confirm is not None:
-                self.on_confirm(until)
+            if self.hooks.confirmed is not None:
+                self.hooks.confirmed(until)
 
     def safe_to_finish(self, now: float | None = None) -> bool:
         """Whether this attempt's end can be recorded without asking Redis first.
@@ -290,8 +299,8 @@ class Attempt:
         now = time.monotonic() if now is None else now
         policy = self.policy
         until = self.confirmed_until
-        if self.confirmations is not None:
-            until = max(until, self.confirmations())
+        if self.hooks.confirmations is not None:
+            until = max(until, self.hooks.confirmations())
         if policy.hard_timeout is not None:
             until = min(until, self.started_monotonic + policy.hard_timeout + policy.overdue_grace)
         if policy.progress_timeout is not None:
@@ -300,8 +309,8 @@ class Attempt:
 
     def _progressed(self, now: float) -> None:
         self.last_progress_monotonic = now
-        if self.on_progress is not None:
-            self.on_progress(now)
+        if self.hooks.progress is not None:
+            self.hooks.progress(now)
 
     def _send(self, progress: str = "", message: str = "", checkpoint: str | None = None) -> None:
         sent_at = time.monotonic()

@@ -225,7 +225,7 @@ class Heartbeat:
             if code == "ok":
                 attempt.confirm(sent_at)
                 continue
-            if not self._renewing(attempt) or (attempt.ending is not None and attempt.ending()):
+            if not self._renewing(attempt) or (attempt.hooks.ending is not None and attempt.hooks.ending()):
                 # It ended while the renewal was in flight: its release decides, not this.
                 self.remove(attempt)
                 continue

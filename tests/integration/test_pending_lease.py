@@ -13,7 +13,7 @@ import redis
 from tests.support.leases import expire, job, start
 from tests.support.waiting import wait_until
 from zombieguard import LeaseLost, Policy
-from zombieguard.attempt import Attempt
+from zombieguard.attempt import NO_HOOKS, Attempt, AttemptHooks
 from zombieguard.errors import ConfigurationError
 from zombieguard.heartbeat import Heartbeat
 from zombieguard.lease import AcquireStatus, LeaseStore, Outcome, text
@@ -21,8 +21,10 @@ from zombieguard.lease import AcquireStatus, LeaseStore, Outcome, text
 POLICY = Policy(lease_ttl=5, lease_delay=0.2)
 
 
-def pending(store: LeaseStore, job_id: str, policy: Policy = POLICY) -> Attempt:
-    return Attempt(store, job(job_id), "w1", policy, None)
+def pending(
+    store: LeaseStore, job_id: str, policy: Policy = POLICY, hooks: AttemptHooks = NO_HOOKS
+) -> Attempt:
+    return Attempt(store, job(job_id), "w1", policy, None, hooks=hooks)
 
 
 def test_a_job_that_ends_within_half_its_lease_delay_writes_no_lease_only_its_queues_last_success(
@@ -51,8 +53,8 @@ def test_a_job_still_running_at_half_its_lease_delay_holds_its_lease_within_the_
     acquired: list[float] = []
     heartbeat.start()
     try:
-        attempt = pending(store, "long")
-        attempt.on_acquired = lambda a: acquired.append(time.monotonic() - a.started_monotonic)
+        hooks = AttemptHooks(acquired=lambda a: acquired.append(time.monotonic() - a.started_monotonic))
+        attempt = pending(store, "long", hooks=hooks)
         heartbeat.defer_acquire(attempt)  # wakes the idle thread
         wait_until(lambda: acquired, 2, what="lease written")
         record = store.record("long")
@@ -71,8 +73,7 @@ def test_a_pending_lease_refused_because_another_attempt_holds_the_job_marks_thi
 ) -> None:
     holder = start(store, "dup", POLICY)
     refused: list[Attempt] = []
-    attempt = pending(store, "dup")
-    attempt.on_refused = refused.append
+    attempt = pending(store, "dup", hooks=AttemptHooks(refused=refused.append))
     attempt.acquire_now()
     assert refused == [attempt]
     assert attempt.lost is not None
@@ -122,8 +123,9 @@ def test_a_pending_lease_whose_first_reply_was_lost_runs_on_unguarded_instead_of
 ) -> None:
     flaky = _ReplyLostOnce(store.client, store.settings)
     refused: list[Attempt] = []
-    attempt = Attempt(flaky, job("lost-reply"), "w1", POLICY, None)
-    attempt.on_refused = refused.append
+    attempt = Attempt(
+        flaky, job("lost-reply"), "w1", POLICY, None, hooks=AttemptHooks(refused=refused.append)
+    )
     with pytest.raises(redis.ConnectionError):
         attempt.acquire_now()
     assert attempt.pending  # the heartbeat tries again

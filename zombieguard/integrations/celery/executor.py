@@ -19,7 +19,7 @@ from celery.backends.base import BaseKeyValueStoreBackend
 from celery.exceptions import Ignore, Reject, Retry, TimeLimitExceeded
 from celery.exceptions import SoftTimeLimitExceeded as CelerySoftTimeLimitExceeded
 
-from zombieguard.attempt import Attempt, running
+from zombieguard.attempt import Attempt, AttemptHooks, running
 from zombieguard.containment import contained, log
 from zombieguard.errors import ConfigurationError, HardTimeLimitExceeded, JobHung, JobInterrupt, LeaseLost
 from zombieguard.errors import SoftTimeLimitExceeded as GuardSoftTimeLimitExceeded
@@ -87,7 +87,6 @@ class Executor:
         self.pid = os.getpid()
         """This process (an executor is made where it runs tasks, after any fork)."""
         self._local = threading.local()
-        self._on_refused = self.refused  # bound once, given to every pending attempt
 
     @property
     def current(self) -> Running | None:
@@ -148,21 +147,28 @@ class Executor:
         spec = JobSpec(request.id, ADAPTER, task.name, queue_of(request))
         if policy.lease_delay is not None and first_delivery(request):
             # Nothing can have run it before: its lease is written only if it runs long enough.
-            attempt = Attempt(self.store, spec, self.guard.name, policy, None)
-            if self.describe_later(attempt, task, request):
-                attempt.on_refused = self._on_refused
+            describe, pend = self.describer(task, request)
+            if pend:
+                hooks = self.hooks()
+                attempt = Attempt(
+                    self.store, spec, self.guard.name, policy, None, hooks=hooks, describe=describe
+                )
                 if listened(JobStarted):
                     emit(ADAPTER, attempt.event(JobStarted))
                 return attempt
-            spec = attempt.described()
+            spec = JobSpec(spec.job_id, ADAPTER, spec.task, spec.queue, describe())
         else:
             # The payload before the body runs: a body may change its arguments in place.
             spec = JobSpec(spec.job_id, ADAPTER, spec.task, spec.queue, task_payload(task, request))
         return self._acquire(task, spec, policy, delivery_attempt(request))
 
-    def describe_later(self, attempt: Attempt, task: Task, request: Any) -> bool:
-        """Give a pending attempt its payload, or the means to compute it when its lease is written.
-        False when the attempt must not be pending (its payload, then computed, is kept)."""
+    def describer(self, task: Task, request: Any) -> tuple[Callable[[], str], bool]:
+        """What computes a pending attempt's payload when its lease is written, and whether the
+        attempt may be pending (False: the payload is computed now, and the lease written now)."""
+        raise NotImplementedError
+
+    def hooks(self) -> AttemptHooks:
+        """What the attempt about to run in this thread tells, and asks, its renewer and enforcer."""
         raise NotImplementedError
 
     def _succeeded(self, state: Running, unleased: bool) -> None:
@@ -216,7 +222,7 @@ class Executor:
                 acquired.holder or "-",
             )
             raise Ignore()
-        attempt = Attempt(self.store, spec, worker, policy, acquired, sent_at=sent_at)
+        attempt = Attempt(self.store, spec, worker, policy, acquired, sent_at=sent_at, hooks=self.hooks())
         emit(ADAPTER, attempt.event(JobStarted))
         return attempt
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
 from celery.app.task import Task
 
-from zombieguard.attempt import Attempt
+from zombieguard.attempt import Attempt, AttemptHooks
 from zombieguard.containment import contained, log
 from zombieguard.errors import HardTimeLimitExceeded, JobHung, JobInterrupt
 from zombieguard.integrations.celery.adapter import ADAPTER
@@ -35,6 +36,8 @@ class InProcessExecutor(Executor):
         self.signals_main_thread = signals_main_thread
         self._watched: dict[int, Watched] = {}
         self._states: dict[int, Running] = {}
+        self._hooks: dict[int, AttemptHooks] = {}
+        """Per pool thread: its slot's (every attempt of a thread runs in that thread's slot)."""
         if signals_main_thread:
             install_interrupt_handlers(self.raise_interrupt)
 
@@ -62,10 +65,22 @@ class InProcessExecutor(Executor):
         # The watchdog process beside the worker reads it, for when no thread of this one can run.
         slot = state.slot = guard.thread_slot(ident)
         state.generation = announce(slot, attempt, self.pid, keep_payload=True)
-        attempt.on_progress = slot.progress
-        attempt.on_acquired = lambda written: self._acquired(written, slot)
 
-    def describe_later(self, attempt: Attempt, task: Task, request: Any) -> bool:
+    def hooks(self) -> AttemptHooks:
+        """Beats go to this thread's slot, for the watchdog process; a pending lease, once written,
+        to the heartbeat and the slot."""
+        ident = threading.get_ident()
+        hooks = self._hooks.get(ident)
+        if hooks is None:
+            slot = self.guard.thread_slot(ident)
+            hooks = self._hooks[ident] = AttemptHooks(
+                progress=slot.progress,
+                acquired=lambda written: self._acquired(written, slot),
+                refused=self.refused,
+            )
+        return hooks
+
+    def describer(self, task: Task, request: Any) -> tuple[Callable[[], str], bool]:
         """The request, pickled now (a few microseconds, where the payload costs tens): the payload
         is computed from it if the lease is written, which most tasks end before; the slot keeps it
         for the watchdog process, which writes the lease when no thread here can (C code holding the
@@ -76,10 +91,8 @@ class InProcessExecutor(Executor):
             pickled = b""
         if not pickled or len(pickled) > PAYLOAD_ROOM:
             payload = task_payload(task, request)
-            attempt.describe = lambda: payload
-            return False
-        attempt.describe = Snapshot(task, request, pickled)
-        return True
+            return lambda: payload, False
+        return Snapshot(task, request, pickled), True
 
     def _acquired(self, attempt: Attempt, slot: JobSlot) -> None:
         self.guard.heartbeat.add(attempt)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery.app.task import Context, Task
 
-from zombieguard.attempt import Attempt
+from zombieguard.attempt import Attempt, AttemptHooks
 from zombieguard.containment import log
 from zombieguard.heartbeat import Heartbeat
 from zombieguard.integrations.celery.adapter import ADAPTER
@@ -32,9 +33,13 @@ class PoolProcessExecutor(Executor):
         )
         super().__init__(guard, releases)
         self.slot = JobSlot(guard.dir / f"slot-{index}")
-        # Bound once, given to every attempt.
-        self._progress, self._confirmations = self.slot.progress, self.slot.confirmed_until
-        self._on_acquired = self._acquired
+        self._hooks = AttemptHooks(
+            progress=self.slot.progress,
+            confirmations=self.slot.confirmed_until,
+            acquired=self._acquired,
+            refused=self.refused,
+        )
+        """Every attempt of this process runs in its one slot: one set of hooks serves them all."""
         self.dumper = StackDumper(guard.dir / f"stacks-{index}.txt")
         self.dumper.install()
         install_interrupt_handlers(self.raise_interrupt)
@@ -45,10 +50,12 @@ class PoolProcessExecutor(Executor):
         limits at once; the lease once it is written, when the token reaches the slot)."""
         attempt = state.attempt
         state.generation = announce(self.slot, attempt, self.pid, keep_payload=False)
-        attempt.on_progress, attempt.confirmations = self._progress, self._confirmations
-        attempt.on_acquired = self._on_acquired
 
-    def describe_later(self, attempt: Attempt, task: Task, request: Any) -> bool:
+    def hooks(self) -> AttemptHooks:
+        """Beats and confirmations go to the slot, for the main process."""
+        return self._hooks
+
+    def describer(self, task: Task, request: Any) -> tuple[Callable[[], str], bool]:
         """Only a snapshot of what a body may change in place now (its arguments, its request's
         chain, callbacks and headers): the payload is computed from it if the lease is written,
         which most tasks end before. A pool process that dies before is recovered from Celery's
@@ -58,8 +65,7 @@ class PoolProcessExecutor(Executor):
             frozen = pickle.dumps(snapshot, pickle.HIGHEST_PROTOCOL)
         except Exception:  # what only a serializer of its own can carry: the payload now
             payload = task_payload(task, request)
-            attempt.describe = lambda: payload
-            return True
+            return lambda: payload, True
 
         def describe() -> str:
             try:
@@ -75,8 +81,7 @@ class PoolProcessExecutor(Executor):
             fields = dict(zip(MUTABLE, values, strict=True))
             return task_payload(task, Context(vars(request), **fields), args, kwargs)
 
-        attempt.describe = describe
-        return True
+        return describe, True
 
     def _acquired(self, attempt: Attempt) -> None:
         self.slot.set_token(attempt.token)

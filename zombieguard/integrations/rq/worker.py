@@ -22,7 +22,7 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.worker import SimpleWorker, Worker, WorkerStatus
 
-from zombieguard.attempt import Attempt, running
+from zombieguard.attempt import Attempt, AttemptHooks, running
 from zombieguard.containment import contained, log
 from zombieguard.errors import JobHung, JobInterrupt, LeaseLost, SoftTimeLimitExceeded
 from zombieguard.events import JobCompleted, JobStarted, emit
@@ -349,7 +349,14 @@ class _GuardedMixin:
         except redis.RedisError as exc:
             log.warning("rq job %s runs without a lease: Redis for leases unreachable (%s)", job.id, exc)
             acquired = None
-        attempt = Attempt(zg.store, spec, self.name, policy, acquired, sent_at=sent.sent_at)
+        slot = zg.slot
+        hooks = AttemptHooks(
+            progress=slot.progress,
+            confirmed=slot.confirm,
+            confirmations=slot.confirmed_until,  # in the horse: the parent's renewals
+            ending=lambda: slot.read().outcome != 0,
+        )
+        attempt = Attempt(zg.store, spec, self.name, policy, acquired, sent_at=sent.sent_at, hooks=hooks)
         if acquired is None:
             attempt.run_unguarded()
         started = attempt.started_monotonic
@@ -361,10 +368,6 @@ class _GuardedMixin:
             progress_timeout=policy.progress_timeout,
             confirmed_until=attempt.confirmed_until,
         )
-        attempt.on_progress = zg.slot.progress
-        attempt.on_confirm = zg.slot.confirm
-        slot = zg.slot
-        attempt.ending = lambda: slot.read().outcome != 0
         if not attempt.unguarded:
             zg.heartbeat.add(attempt)
         self._zg_attempt = attempt
@@ -685,7 +688,6 @@ class GuardedWorker(_GuardedMixin, Worker):
         super().setup_work_horse_signals()  # type: ignore[no-untyped-call]
         if self._zg is not None and self._zg_attempt is not None:
             _die_with_parent(self._zg_parent)
-            self._zg_attempt.confirmations = self._zg.slot.confirmed_until
             self._zg_install_interrupts()
             self._zg.dumper.install()
 
