@@ -18,10 +18,10 @@ from contextlib import contextmanager
 
 import redis
 
-from zombieguard.embedded import EmbeddedRedis
-from zombieguard.lease import JobSpec, LeaseRecord, LeaseStore, Outcome
+from zombieguard.demo.embedded import EmbeddedRedis
+from zombieguard.leases import JobSpec, LeaseRecord, LeaseStore, Outcome
 from zombieguard.policy import Policy, Settings
-from zombieguard.sweeper import Sweeper
+from zombieguard.recovery.sweeper import Sweeper
 
 POLICY = Policy(lease_ttl=300, hard_timeout=3600)
 

@@ -12,8 +12,8 @@ import redis
 
 from tests.support.cleanup import delete_prefixed
 from zombieguard import containment
-from zombieguard.embedded import EmbeddedRedis
-from zombieguard.lease import LeaseStore
+from zombieguard.demo.embedded import EmbeddedRedis
+from zombieguard.leases import LeaseStore
 from zombieguard.policy import Settings, reset_config
 
 # On a shared Redis the tests keep to a database of their own, and within it to key prefixes of

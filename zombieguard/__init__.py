@@ -6,7 +6,6 @@ bounds any block. Around it: :class:`Policy`, :func:`configure` and :func:`guard
 """
 
 from zombieguard import events as signals
-from zombieguard.attempt import beat
 from zombieguard.checkpoint import Checkpoint, checkpoint
 from zombieguard.deadline import deadline
 from zombieguard.errors import (
@@ -23,6 +22,7 @@ from zombieguard.errors import (
     ZombieGuardError,
 )
 from zombieguard.policy import Config, Policy, Settings, configure, guard
+from zombieguard.worker.attempt import beat
 
 __version__ = "0.1.0"
 

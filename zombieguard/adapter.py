@@ -13,8 +13,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from pathlib import Path
 
-    from zombieguard.deadletter import DeadLetterEntry
-    from zombieguard.lease import LeaseRecord
+    from zombieguard.leases import LeaseRecord
+    from zombieguard.recovery.deadletter import DeadLetterEntry
 
 
 class JobAdapter(Protocol):
@@ -25,7 +25,7 @@ class JobAdapter(Protocol):
 
     republishes_unstarted: bool
     """Whether a requeued job that no worker starts at once is published again (up to three times,
-    after 1, 2 and 4 s; see ``zombieguard.sweeper.REPUBLISH_AFTER``). For brokers that can hand the
+    after 1, 2 and 4 s; see ``zombieguard.recovery.sweeper.REPUBLISH_AFTER``). For brokers that can hand the
     new message to a frozen consumer (RabbitMQ pushes to any consumer with prefetch room); safe only
     where each delivery carries its attempt number, so that the copies after the first are refused
     as stale."""

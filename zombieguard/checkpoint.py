@@ -17,8 +17,8 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
-from zombieguard.attempt import Attempt, require_attempt
 from zombieguard.errors import CheckpointNotSerializable
+from zombieguard.worker.attempt import Attempt, require_attempt
 
 T = TypeVar("T")
 

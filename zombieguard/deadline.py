@@ -31,8 +31,8 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
+from zombieguard.enforcement.interrupts import clear_interrupt, interrupt_thread
 from zombieguard.errors import DeadlineExceeded
-from zombieguard.watchdog import clear_interrupt, interrupt_thread
 
 
 def _check_seconds(seconds: float) -> None:

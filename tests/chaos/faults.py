@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import redis
 
 from tests.chaos.workers import EventLog, WorkerPool, WorkerProcess, job_children, signal_tree
-from zombieguard.embedded import EmbeddedRedis
+from zombieguard.demo.embedded import EmbeddedRedis
 
 FAULT_CLASSES = ("worker-kill", "child-kill", "worker-freeze", "client-kill", "redis-restart")
 WEIGHTS = {"worker-kill": 3, "child-kill": 3, "worker-freeze": 3, "client-kill": 2, "redis-restart": 2}

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import zombieguard
-from zombieguard.attempt import require_attempt
 from zombieguard.errors import NotInGuardedJob
+from zombieguard.worker.attempt import require_attempt
 
 HISTORY_DIR_ENV = "ZG_CHAOS_DIR"
 """Where the bodies write their history (set by the runner on every worker)."""

@@ -102,7 +102,7 @@ def descendants(pid: int) -> list[int]:
 def job_children(worker: WorkerProcess) -> list[int]:
     """The worker's children that run jobs: an RQ horse, Celery prefork pool processes (not the
     watchdog process zombieguard starts beside a worker whose jobs run in its main thread)."""
-    return [c for c in children(worker.pid) if "zombieguard.sidecar" not in cmdline(c)]
+    return [c for c in children(worker.pid) if "zombieguard.enforcement.watchdog_process" not in cmdline(c)]
 
 
 def signal_tree(worker: WorkerProcess, signum: int) -> list[int]:

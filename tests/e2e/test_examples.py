@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.harness import REPO
-from zombieguard.embedded import EmbeddedRedis
+from zombieguard.demo.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,9 @@ import pytest
 import zombieguard
 from tests.support.leases import RecordingAdapter, expire, job, start
 from zombieguard import CheckpointNotSerializable, LeaseLost, NotInGuardedJob, Policy
-from zombieguard.attempt import Attempt, running
-from zombieguard.lease import LeaseStore
-from zombieguard.sweeper import Sweeper
+from zombieguard.leases import LeaseStore
+from zombieguard.recovery.sweeper import Sweeper
+from zombieguard.worker.attempt import Attempt, running
 
 POLICY = Policy(lease_ttl=5, max_stalls=3)
 

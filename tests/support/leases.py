@@ -8,10 +8,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zombieguard.attempt import Attempt
-from zombieguard.deadletter import DeadLetterEntry
-from zombieguard.lease import AcquireStatus, JobSpec, LeaseRecord, LeaseStore
+from zombieguard.leases import AcquireStatus, JobSpec, LeaseRecord, LeaseStore
 from zombieguard.policy import Policy
+from zombieguard.recovery.deadletter import DeadLetterEntry
+from zombieguard.worker.attempt import Attempt
 
 
 @dataclass

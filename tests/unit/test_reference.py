@@ -5,15 +5,15 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from tools.reference import field_docs, render
 from zombieguard.policy import Policy, Settings
-from zombieguard.reference import field_docs, render
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_docs_configuration_md_is_what_the_generator_makes_of_policy_and_settings_now() -> None:
     assert (REPO / "docs" / "configuration.md").read_text() == render(), (
-        "docs/configuration.md is stale: run python -m zombieguard.reference > docs/configuration.md"
+        "docs/configuration.md is stale: run python -m tools.reference > docs/configuration.md"
     )
 
 

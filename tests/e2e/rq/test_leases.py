@@ -10,10 +10,10 @@ import pytest
 
 from tests.support.harness import thaw
 from tests.support.rq_harness import RQHarness, wait_until
-from zombieguard.deadletter import DeadLetterStore
-from zombieguard.lease import LeaseStore
+from zombieguard.enforcement.watchdog import process_exited
+from zombieguard.leases import LeaseStore
 from zombieguard.policy import Settings
-from zombieguard.watchdog import process_exited
+from zombieguard.recovery.deadletter import DeadLetterStore
 
 pytestmark = pytest.mark.slow
 

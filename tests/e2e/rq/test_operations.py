@@ -15,7 +15,7 @@ from tests.support.cli import rq_cli as cli
 from tests.support.cli import rq_cli_json as cli_json
 from tests.support.harness import ZOMBIEGUARD, thaw, unconfigured
 from tests.support.rq_harness import RQHarness, wait_until
-from zombieguard.embedded import EmbeddedRedis
+from zombieguard.demo.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.slow
 

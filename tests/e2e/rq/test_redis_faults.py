@@ -9,8 +9,8 @@ import time
 import pytest
 
 from tests.support.rq_harness import RQHarness, wait_until
-from zombieguard.embedded import free_port
-from zombieguard.watchdog import process_exited
+from zombieguard.demo.embedded import free_port
+from zombieguard.enforcement.watchdog import process_exited
 
 pytestmark = pytest.mark.slow
 

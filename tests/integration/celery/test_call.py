@@ -14,8 +14,8 @@ import pytest
 from celery import Celery, Task
 from celery.app.trace import build_tracer, reset_worker_optimizations, setup_worker_optimizations
 
-from zombieguard.attempt import Attempt, require_attempt
-from zombieguard.integrations.celery import WorkerGuard, install
+from zombieguard.integrations.celery import CeleryRuntime, install
+from zombieguard.worker.attempt import Attempt, require_attempt
 
 seen: list[tuple[str, str, Attempt]] = []
 """(where, the request's task id, the running attempt), in the order the bodies ran."""
@@ -39,9 +39,9 @@ def _record(task: Any, depth: int = 0) -> str:
 
 @pytest.fixture
 def guarded_worker(redis_url: str, key_prefix: str) -> Iterator[Callable[[type[Task] | None], Celery]]:
-    """Builds an app (with a task class of its own, or Celery's) and starts a threads worker's guard
+    """Builds an app (with a task class of its own, or Celery's) and starts a threads worker's runtime
     for it in this process."""
-    guards: list[WorkerGuard] = []
+    runtimes: list[CeleryRuntime] = []
 
     def start(task_cls: type[Task] | None) -> Celery:
         app = Celery(f"zgtest-call-{uuid.uuid4().hex[:6]}", set_as_current=False, task_cls=task_cls)
@@ -51,9 +51,9 @@ def guarded_worker(redis_url: str, key_prefix: str) -> Iterator[Callable[[type[T
         worker = SimpleNamespace(
             app=app, hostname="zgtest@call", pool_cls="celery.concurrency.thread:TaskPool", concurrency=2
         )
-        guard = WorkerGuard(worker)
-        guard.start()
-        guards.append(guard)
+        runtime = CeleryRuntime(worker)
+        runtime.start()
+        runtimes.append(runtime)
         setup_worker_optimizations(app)
         return app
 
@@ -62,8 +62,8 @@ def guarded_worker(redis_url: str, key_prefix: str) -> Iterator[Callable[[type[T
         yield start
     finally:
         reset_worker_optimizations()
-        for guard in guards:
-            guard.stop()
+        for runtime in runtimes:
+            runtime.stop()
 
 
 def _run(app: Celery, *args: Any) -> tuple[str, str]:

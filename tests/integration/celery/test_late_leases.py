@@ -1,6 +1,6 @@
 """A task whose own process does not write its lease in time (C code holding the GIL) has it written
 by another process of its worker, which hands it over: the prefork worker's main process, the
-watchdog process beside a threads or solo worker (real Redis, real slots; the prefork worker's guard
+watchdog process beside a threads or solo worker (real Redis, real slots; the prefork worker's runtime
 reduced to what its monitor uses)."""
 
 from __future__ import annotations
@@ -13,21 +13,21 @@ from types import SimpleNamespace
 import redis
 
 from zombieguard import Policy
-from zombieguard.attempt import Attempt
+from zombieguard.enforcement.slot import JobSlot, SlotState, execution_tag
+from zombieguard.enforcement.stacks import StackDumper
+from zombieguard.enforcement.watchdog_process import SlotWatcher
 from zombieguard.integrations.celery.adapter import ADAPTER
 from zombieguard.integrations.celery.monitor import SlotMonitor
-from zombieguard.lease import JobSpec, LeaseStore, Outcome
-from zombieguard.onbehalf import write_lease
-from zombieguard.sidecar import SlotWatcher
-from zombieguard.slot import JobSlot, SlotState, execution_tag
-from zombieguard.watchdog import StackDumper
+from zombieguard.leases import JobSpec, LeaseStore, Outcome
+from zombieguard.worker.attempt import Attempt
+from zombieguard.worker.onbehalf import write_lease
 
 POLICY = Policy(lease_ttl=5, lease_delay=0.05)
 SPEC = JobSpec("j1", ADAPTER, "app.work", "default", '{"signature": {}}')
 
 
-class StandInGuard:
-    """The parts of a prefork worker's ``WorkerGuard`` its ``SlotMonitor`` uses."""
+class StandInRuntime:
+    """The parts of a prefork worker's ``CeleryRuntime`` its ``SlotMonitor`` uses."""
 
     def __init__(self, store: LeaseStore, directory: Path) -> None:
         self.store = store
@@ -67,7 +67,7 @@ def _announce(slot: JobSlot, ago: float) -> int:
 
 def _monitor(store: LeaseStore, tmp_path: Path) -> tuple[SlotMonitor, JobSlot]:
     slot = JobSlot(tmp_path / "slot-0")
-    return SlotMonitor(StandInGuard(store, tmp_path)), slot  # type: ignore[arg-type]
+    return SlotMonitor(StandInRuntime(store, tmp_path)), slot  # type: ignore[arg-type]
 
 
 def test_the_main_process_leaves_a_task_within_its_lease_delay_to_its_own_process(
@@ -173,7 +173,7 @@ def test_the_main_process_tries_again_a_second_later_when_redis_did_not_answer(
     store: LeaseStore, tmp_path: Path
 ) -> None:
     monitor, slot = _monitor(store, tmp_path)
-    monitor.guard.redis_away = True  # type: ignore[attr-defined]
+    monitor.runtime.redis_away = True  # type: ignore[attr-defined]
     _announce(slot, 0.5)
     now = time.monotonic()
     monitor.check(now)

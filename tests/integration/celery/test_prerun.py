@@ -11,7 +11,7 @@ import pytest
 from celery import Celery, signals
 from celery.app.task import Context
 
-from zombieguard.integrations.celery import WorkerGuard, install
+from zombieguard.integrations.celery import CeleryRuntime, install
 from zombieguard.integrations.celery.hooks import _ignores_result, before_started
 
 
@@ -35,12 +35,12 @@ def test_a_worker_listens_to_task_prerun_only_when_one_of_its_guarded_tasks_is_r
     worker = SimpleNamespace(
         app=app, hostname="zgtest@prerun", pool_cls="celery.concurrency.thread:TaskPool", concurrency=2
     )
-    guard = WorkerGuard(worker)
+    runtime = CeleryRuntime(worker)
     try:
         assert _receives() is track_started
     finally:
-        guard.counter.close()
-        guard.remove_dir()
+        runtime.counter.close()
+        runtime.remove_dir()
         signals.task_prerun.disconnect(before_started)
 
 

@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
+from zombieguard.enforcement.slot import JobSlot, SlotState
 from zombieguard.integrations.celery.monitor import holds_lease, is_superseded
-from zombieguard.lease import LeaseRecord
-from zombieguard.slot import JobSlot, SlotState
+from zombieguard.leases import LeaseRecord
 
 RECORD = LeaseRecord.from_hash(
     {

@@ -12,7 +12,7 @@ from rq import Queue
 from rq.job import JobStatus
 
 from zombieguard.integrations.rq import RQ_VERSION, RQAdapter
-from zombieguard.lease import AcquireStatus, JobSpec, LeaseStore
+from zombieguard.leases import AcquireStatus, JobSpec, LeaseStore
 from zombieguard.policy import Policy
 
 

@@ -15,7 +15,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
 from zombieguard.integrations.rq import RQ_VERSION, internals
-from zombieguard.lease import text
+from zombieguard.leases import text
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ The modules, by the process each runs in (docs/concepts.md draws them):
 
 - everywhere: :mod:`.app` (configuration, policies, the app by name), :mod:`.message` (what a task
   message carries: its attempt number, its queue, the payload a sweeper publishes again);
-- the worker's main process: :mod:`.worker` (the guard and its bootsteps), :mod:`.request` (Celery's
+- the worker's main process: :mod:`.worker` (the runtime and its bootsteps), :mod:`.request` (Celery's
   view of a message), :mod:`.monitor` (prefork: renews and enforces for the pool processes),
   :mod:`.received` (the messages a worker received, handed back when it dies);
 - where task bodies run: :mod:`.task`, :mod:`.executor`, and per pool :mod:`.prefork` (a pool
@@ -68,7 +68,7 @@ from zombieguard.integrations.celery.executor import SoftTimeLimit  # noqa: E402
 from zombieguard.integrations.celery.hooks import connect_signals  # noqa: E402
 from zombieguard.integrations.celery.request import GuardedRequestMixin  # noqa: E402
 from zombieguard.integrations.celery.task import GuardedTask  # noqa: E402
-from zombieguard.integrations.celery.worker import DeliveryLogStep, WorkerGuard, WorkerGuardStep  # noqa: E402
+from zombieguard.integrations.celery.worker import CeleryRuntime, DeliveryLogStep, RuntimeStep  # noqa: E402
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -88,11 +88,11 @@ def install(app: Celery) -> Celery:
             (GuardedTask, base),
             {"__module__": base.__module__, "Request": request_cls, "__qualname__": base.__qualname__},
         )
-    app.steps["worker"].add(WorkerGuardStep)
+    app.steps["worker"].add(RuntimeStep)
     app.steps["consumer"].add(DeliveryLogStep)
     connect_signals()
     app.__dict__["_zombieguard_installed"] = True
     return app
 
 
-__all__ = ["CeleryAdapter", "GuardedTask", "SoftTimeLimit", "WorkerGuard", "install"]
+__all__ = ["CeleryAdapter", "CeleryRuntime", "GuardedTask", "SoftTimeLimit", "install"]

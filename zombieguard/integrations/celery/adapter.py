@@ -17,12 +17,12 @@ from kombu.transport.virtual import Channel as VirtualChannel
 from kombu.utils import json as kombu_json
 
 from zombieguard.containment import contained, log
-from zombieguard.deadletter import DeadLetterEntry
 from zombieguard.errors import ZombieGuardError
 from zombieguard.integrations.celery.app import load_app, recorded_end
 from zombieguard.integrations.celery.message import ATTEMPT_HEADER
 from zombieguard.integrations.celery.received import ReceivedLog
-from zombieguard.lease import LeaseRecord
+from zombieguard.leases import LeaseRecord
+from zombieguard.recovery.deadletter import DeadLetterEntry
 
 ADAPTER = "celery"
 

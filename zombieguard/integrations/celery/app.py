@@ -87,6 +87,14 @@ def app_spec(app: Celery) -> str | None:
     return None
 
 
+def cli_configuration(spec: str) -> tuple[Config, str]:
+    """The zombieguard configuration of the app ``spec`` names (``module:app``), and where its leases
+    live: what the CLI acts with when given ``--celery-app``."""
+    app = load_app(spec)
+    config = app_config(app)
+    return config, leases_url(app, config)
+
+
 def load_app(spec: str) -> Celery:
     """The Celery app named ``module:attribute``, found like ``celery -A`` finds it."""
     if os.getcwd() not in sys.path:

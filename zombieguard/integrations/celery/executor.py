@@ -19,12 +19,12 @@ from celery.backends.base import BaseKeyValueStoreBackend
 from celery.exceptions import Ignore, Reject, Retry, TimeLimitExceeded
 from celery.exceptions import SoftTimeLimitExceeded as CelerySoftTimeLimitExceeded
 
-from zombieguard.attempt import Attempt, AttemptHooks, running
 from zombieguard.containment import contained, log
+from zombieguard.enforcement.interrupts import Interrupt
+from zombieguard.enforcement.slot import JobSlot, execution_tag
 from zombieguard.errors import ConfigurationError, HardTimeLimitExceeded, JobHung, JobInterrupt, LeaseLost
 from zombieguard.errors import SoftTimeLimitExceeded as GuardSoftTimeLimitExceeded
 from zombieguard.events import JobCompleted, JobStarted, emit, listened
-from zombieguard.heartbeat import Heartbeat
 from zombieguard.integrations.celery import internals
 from zombieguard.integrations.celery.adapter import ADAPTER
 from zombieguard.integrations.celery.message import (
@@ -34,13 +34,14 @@ from zombieguard.integrations.celery.message import (
     queue_of,
     task_payload,
 )
-from zombieguard.lease import Acquired, AcquireStatus, DeferredRelease, FinishedState, JobSpec, Outcome
-from zombieguard.lifecycle import Interrupt, record_end, wait_out_recovery
+from zombieguard.leases import Acquired, AcquireStatus, DeferredRelease, FinishedState, JobSpec, Outcome
 from zombieguard.policy import Policy
-from zombieguard.slot import JobSlot, execution_tag
+from zombieguard.worker.attempt import Attempt, AttemptHooks, running
+from zombieguard.worker.heartbeat import Heartbeat
+from zombieguard.worker.lifecycle import record_end, wait_out_recovery
 
 if TYPE_CHECKING:
-    from zombieguard.integrations.celery.worker import WorkerGuard
+    from zombieguard.integrations.celery.worker import CeleryRuntime
 
 
 _ENDED = frozenset(
@@ -79,9 +80,9 @@ class Executor:
     (threads, solo).
     """
 
-    def __init__(self, guard: WorkerGuard, releases: Heartbeat) -> None:
-        self.guard = guard
-        self.store = guard.store
+    def __init__(self, runtime: CeleryRuntime, releases: Heartbeat) -> None:
+        self.runtime = runtime
+        self.store = runtime.store
         self.releases = releases
         """Writes deferred leases and releases: this process's heartbeat."""
         self.pid = os.getpid()
@@ -97,7 +98,7 @@ class Executor:
     def run(self, task: Task, request: Any, body: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         """Run ``body(*args, **kwargs)`` (the body of ``task``, for ``request``) under the task's lease."""
         try:
-            policy = self.guard.policy(task, getattr(request, "timelimit", None))
+            policy = self.runtime.policy(task, getattr(request, "timelimit", None))
         except ConfigurationError as exc:
             log.error("celery task %s[%s] runs unguarded: %s", task.name, request.id, exc)
             return body(*args, **kwargs)
@@ -151,7 +152,7 @@ class Executor:
             if pend:
                 hooks = self.hooks()
                 attempt = Attempt(
-                    self.store, spec, self.guard.name, policy, None, hooks=hooks, describe=describe
+                    self.store, spec, self.runtime.name, policy, None, hooks=hooks, describe=describe
                 )
                 if listened(JobStarted):
                     emit(ADAPTER, attempt.event(JobStarted))
@@ -185,7 +186,7 @@ class Executor:
 
     def _acquire(self, task: Task, spec: JobSpec, policy: Policy, delivery: int) -> Attempt | None:
         """The lease, as a new attempt; None to run unguarded (Redis away). Ignore when not to run."""
-        worker = self.guard.name
+        worker = self.runtime.name
         releases = self.releases.take_deferred()
         sent_at = time.monotonic()
 

@@ -35,11 +35,11 @@ _connect_lock = threading.Lock()
 
 def _on_pool_process_init(**_: Any) -> None:
     """In each prefork pool process: the executor that runs task bodies under their leases."""
-    guard = this_process.guard
-    if guard is None or guard.pool != "prefork":
+    runtime = this_process.runtime
+    if runtime is None or runtime.pool != "prefork":
         return
     index = int(getattr(billiard.process.current_process(), "index", 0) or 0)
-    this_process.executor = PoolProcessExecutor(guard, index)
+    this_process.executor = PoolProcessExecutor(runtime, index)
 
 
 def before_started(task_id: str = "", task: Any = None, **_: Any) -> None:

@@ -13,26 +13,28 @@ from typing import TYPE_CHECKING, Any
 import redis
 from celery.app.task import Task
 
-from zombieguard.attempt import Attempt, AttemptHooks
 from zombieguard.containment import contained, log
+from zombieguard.enforcement.interrupts import Interrupt, install_interrupt_handlers, interrupt_thread
+from zombieguard.enforcement.limits import Limit, LimitClock
+from zombieguard.enforcement.slot import PAYLOAD_ROOM, JobSlot
+from zombieguard.enforcement.stacks import thread_stack
+from zombieguard.enforcement.watchdog import Watched
 from zombieguard.errors import HardTimeLimitExceeded, JobHung, JobInterrupt
 from zombieguard.integrations.celery.adapter import ADAPTER
 from zombieguard.integrations.celery.executor import Executor, Running, SoftTimeLimit, announce
 from zombieguard.integrations.celery.message import Snapshot, task_payload
-from zombieguard.lifecycle import ESCALATE_AFTER, Interrupt, emit_limit, install_interrupt_handlers
-from zombieguard.limits import Limit, LimitClock
-from zombieguard.slot import PAYLOAD_ROOM, JobSlot
-from zombieguard.watchdog import Watched, interrupt_thread, thread_stack
+from zombieguard.worker.attempt import Attempt, AttemptHooks
+from zombieguard.worker.lifecycle import ESCALATE_AFTER, emit_limit
 
 if TYPE_CHECKING:
-    from zombieguard.integrations.celery.worker import WorkerGuard
+    from zombieguard.integrations.celery.worker import CeleryRuntime
 
 
 class InProcessExecutor(Executor):
     """Threads and solo pools: the worker's own heartbeat renews, its watchdog enforces."""
 
-    def __init__(self, guard: WorkerGuard, signals_main_thread: bool) -> None:
-        super().__init__(guard, guard.heartbeat)
+    def __init__(self, runtime: CeleryRuntime, signals_main_thread: bool) -> None:
+        super().__init__(runtime, runtime.heartbeat)
         self.signals_main_thread = signals_main_thread
         self._watched: dict[int, Watched] = {}
         self._states: dict[int, Running] = {}
@@ -43,10 +45,10 @@ class InProcessExecutor(Executor):
 
     def begin(self, state: Running) -> None:
         """Renew the lease with the worker's heartbeat; enforce the limits with its watchdog."""
-        guard, attempt = self.guard, state.attempt
+        runtime, attempt = self.runtime, state.attempt
         ident = threading.get_ident()
         if not attempt.pending:
-            guard.heartbeat.add(attempt)
+            runtime.heartbeat.add(attempt)
         self._states[ident] = state
         if attempt.policy.limited:  # else the watchdog has nothing to enforce
             clock = LimitClock(
@@ -56,14 +58,14 @@ class InProcessExecutor(Executor):
                 clock,
                 stop=lambda w, limit, stack: self._stop(state, ident, limit, stack),
                 capture=lambda: thread_stack(ident),
-                escalate=lambda w: guard.stuck(state, ident, w),
+                escalate=lambda w: runtime.stuck(state, ident, w),
                 escalate_after=ESCALATE_AFTER,
                 label=attempt.job.job_id,
                 stalled=lambda w: self._stalled(state, ident),
             )
-            self._watched[ident] = guard.watchdog.watch(watched)
+            self._watched[ident] = runtime.watchdog.watch(watched)
         # The watchdog process beside the worker reads it, for when no thread of this one can run.
-        slot = state.slot = guard.thread_slot(ident)
+        slot = state.slot = runtime.thread_slot(ident)
         state.generation = announce(slot, attempt, self.pid, keep_payload=True)
 
     def hooks(self) -> AttemptHooks:
@@ -72,7 +74,7 @@ class InProcessExecutor(Executor):
         ident = threading.get_ident()
         hooks = self._hooks.get(ident)
         if hooks is None:
-            slot = self.guard.thread_slot(ident)
+            slot = self.runtime.thread_slot(ident)
             hooks = self._hooks[ident] = AttemptHooks(
                 progress=slot.progress,
                 acquired=lambda written: self._acquired(written, slot),
@@ -95,7 +97,7 @@ class InProcessExecutor(Executor):
         return Snapshot(task, request, pickled), True
 
     def _acquired(self, attempt: Attempt, slot: JobSlot) -> None:
-        self.guard.heartbeat.add(attempt)
+        self.runtime.heartbeat.add(attempt)
         slot.set_token(attempt.token)
 
     def aimed_at(self, state: Running) -> bool:
@@ -109,16 +111,16 @@ class InProcessExecutor(Executor):
 
     def end(self, state: Running) -> None:
         """Stop renewing and enforcing."""
-        guard, ident = self.guard, threading.get_ident()
+        runtime, ident = self.runtime, threading.get_ident()
         self._states.pop(ident, None)
         watched = self._watched.pop(ident, None)
         if watched is not None:
-            guard.watchdog.unwatch(watched)
+            runtime.watchdog.unwatch(watched)
         if state.attempt.token:  # its lease was written (and renewed since): no longer
-            guard.heartbeat.remove(state.attempt)
+            runtime.heartbeat.remove(state.attempt)
         if state.slot is not None:
             state.slot.clear()
-        guard.thread_ended(ident)
+        runtime.thread_ended(ident)
 
     def _stop(self, state: Running, ident: int, limit: Limit, stack: str | None) -> None:
         attempt = state.attempt
@@ -159,7 +161,7 @@ class InProcessExecutor(Executor):
                 # The attempt stopped before the sweep (a round trip to the broker): the watchdog
                 # process, woken with this one, would take a job still running past its limit for
                 # one stuck in C code.
-                self.guard.recover_stalled(
+                self.runtime.recover_stalled(
                     attempt.described(), attempt.token, why, before_sweep=lambda: self.lost(attempt)
                 )
                 return

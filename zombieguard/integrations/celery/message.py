@@ -14,8 +14,8 @@ from celery.app.task import Context, Task
 from kombu.utils import json as kombu_json
 
 from zombieguard.containment import log
+from zombieguard.enforcement.slot import SlotState
 from zombieguard.integrations.celery import internals
-from zombieguard.slot import SlotState
 
 ATTEMPT_HEADER = "zombieguard_attempt"
 """Message header with the attempt number a delivery is for (absent: the first)."""

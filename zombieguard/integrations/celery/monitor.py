@@ -18,18 +18,20 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from zombieguard.containment import contained, log
+from zombieguard.enforcement.interrupts import Interrupt
+from zombieguard.enforcement.limits import Deadlines, Limit
+from zombieguard.enforcement.slot import JobSlot, SlotState
+from zombieguard.enforcement.stacks import StackDumper
+from zombieguard.enforcement.watchdog import process_exited
 from zombieguard.errors import LeaseLost
 from zombieguard.integrations.celery import internals
 from zombieguard.integrations.celery.adapter import ADAPTER
-from zombieguard.lease import JobSpec, LeaseRecord, Outcome, text
-from zombieguard.lifecycle import ESCALATE_AFTER, Interrupt, emit_limit
-from zombieguard.limits import Deadlines, Limit
-from zombieguard.onbehalf import release_written
-from zombieguard.slot import JobSlot, SlotState
-from zombieguard.watchdog import StackDumper, process_exited
+from zombieguard.leases import JobSpec, LeaseRecord, Outcome, text
+from zombieguard.worker.lifecycle import ESCALATE_AFTER, emit_limit
+from zombieguard.worker.onbehalf import release_written
 
 if TYPE_CHECKING:
-    from zombieguard.integrations.celery.worker import WorkerGuard
+    from zombieguard.integrations.celery.worker import CeleryRuntime
 
 
 MONITOR_PERIOD = 0.05
@@ -70,8 +72,8 @@ class _Tracked:
 class SlotMonitor:
     """Prefork: renews the leases of the pool processes' attempts and enforces their limits."""
 
-    def __init__(self, guard: WorkerGuard) -> None:
-        self.guard = guard
+    def __init__(self, runtime: CeleryRuntime) -> None:
+        self.runtime = runtime
         self.slots: dict[Path, JobSlot] = {}
         self.tracked: dict[Path, _Tracked] = {}
         self.killed: dict[str, str] = {}
@@ -98,7 +100,7 @@ class SlotMonitor:
         if now - self._listed < 1.0 and not force:
             return
         self._listed = now
-        for path in self.guard.dir.glob("slot-*"):
+        for path in self.runtime.dir.glob("slot-*"):
             if path not in self.slots:
                 with contextlib.suppress(OSError, ValueError):
                     self.slots[path] = JobSlot(path)
@@ -178,11 +180,11 @@ class SlotMonitor:
         state = tracked.state
         tracked.tried = True
         with contained(f"celery task {state.job_id}: writing its lease for its pool process"):
-            payload = self.guard.request_payload(state.job_id)
+            payload = self.runtime.request_payload(state.job_id)
             if payload is None:
                 return
             try:
-                token = self.guard.write_lease_for(state, payload)
+                token = self.runtime.write_lease_for(state, payload)
             except redis.RedisError as exc:
                 tracked.tried, tracked.retry_at = False, now + 1.0
                 self._answered(exc)
@@ -209,10 +211,10 @@ class SlotMonitor:
         """Log a failed write or release of a lease written for a task once, until Redis answers."""
         if exc is not None and not self._unanswered:
             log.warning(
-                "celery worker %s: leases written for its tasks wait for Redis (%s)", self.guard.name, exc
+                "celery worker %s: leases written for its tasks wait for Redis (%s)", self.runtime.name, exc
             )
         elif exc is None and self._unanswered:
-            log.warning("celery worker %s: Redis answers again", self.guard.name)
+            log.warning("celery worker %s: Redis answers again", self.runtime.name)
         self._unanswered = exc is not None
 
     def _release_written(self) -> None:
@@ -226,7 +228,7 @@ class SlotMonitor:
             revoked = internals.revoked(state.job_id)
             try:
                 release_written(
-                    self.guard.store,
+                    self.runtime.store,
                     spec,
                     tracked.written,
                     "revoked" if revoked else "ended before its pool process took over its lease",
@@ -246,10 +248,10 @@ class SlotMonitor:
         was written is recovered in the event loop, from Celery's request for it."""
         if not token:
             job_id = state.job_id
-            self.guard.in_loop(lambda: self.guard.recover_unleased(job_id))
+            self.runtime.in_loop(lambda: self.runtime.recover_unleased(job_id))
             return
         spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
-        if not self.guard.recover_stalled(spec, token):
+        if not self.runtime.recover_stalled(spec, token):
             self.killed.pop(state.job_id, None)  # Celery's news came first: it was handled then
 
     def _event(self, state: SlotState) -> Callable[..., Any]:
@@ -258,7 +260,7 @@ class SlotMonitor:
         payload = ""
         with contextlib.suppress(redis.RedisError):
             payload = text(
-                self.guard.store.client.hget(self.guard.store.lease_key(state.job_id), "payload") or ""
+                self.runtime.store.client.hget(self.runtime.store.lease_key(state.job_id), "payload") or ""
             )
 
         def make(kind: type[Any], reason: str = "", stack: str | None = None, **extra: Any) -> Any:
@@ -267,7 +269,7 @@ class SlotMonitor:
                 task=state.task,
                 queue=state.queue,
                 attempt=state.attempt,
-                worker=self.guard.name,
+                worker=self.runtime.name,
                 adapter=ADAPTER,
                 reason=reason,
                 started_at=state.started_at,
@@ -294,7 +296,7 @@ class SlotMonitor:
             _signal(state.pid, Interrupt.SOFT.signal)
 
     def _dumper(self, tracked: _Tracked) -> StackDumper:
-        return _dumper_of(self.guard.dir, tracked.path)
+        return _dumper_of(self.runtime.dir, tracked.path)
 
     def _stop_task(self, tracked: _Tracked, limit: Limit) -> None:
         state = tracked.state
@@ -322,7 +324,7 @@ class SlotMonitor:
         superseded = False
         if tracked.token:  # else no lease was written (stuck within its lease_delay): Celery's record only
             try:
-                self.guard.store.release(spec, tracked.token, Outcome(kind), reason, tracked.stack)
+                self.runtime.store.release(spec, tracked.token, Outcome(kind), reason, tracked.stack)
             except LeaseLost:
                 superseded = True  # a newer attempt holds the task: nothing of this one is recorded
                 self.killed[state.job_id] = "lost"
@@ -331,17 +333,17 @@ class SlotMonitor:
         _signal(state.pid, signal.SIGKILL)
         if not superseded:
             job_id = state.job_id
-            self.guard.in_loop(lambda: self.guard.record_timeout(job_id, limit))
+            self.runtime.in_loop(lambda: self.runtime.record_timeout(job_id, limit))
 
     def _renew(self, due: list[_Tracked]) -> None:
-        guard = self.guard
+        runtime = self.runtime
         sent_at = time.monotonic()
         try:
-            codes = guard.store.renew(
-                ADAPTER, guard.name, guard.heartbeat.worker_ttl, [(t.state.job_id, t.token) for t in due]
+            codes = runtime.store.renew(
+                ADAPTER, runtime.name, runtime.heartbeat.worker_ttl, [(t.state.job_id, t.token) for t in due]
             )
         except redis.RedisError as exc:
-            log.warning("celery worker %s: renewing pool processes' leases failed: %s", guard.name, exc)
+            log.warning("celery worker %s: renewing pool processes' leases failed: %s", runtime.name, exc)
             return
         for tracked, code in zip(due, codes, strict=True):
             state = tracked.state
@@ -397,7 +399,7 @@ class SlotMonitor:
             slots = list(self.slots.items())
         for path, slot in slots:
             if slot.read().pid == pid:
-                return _dumper_of(self.guard.dir, path).request(pid)
+                return _dumper_of(self.runtime.dir, path).request(pid)
         return None
 
     def forget(self, job_id: str) -> SlotState | None:

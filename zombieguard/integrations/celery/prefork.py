@@ -10,29 +10,29 @@ from typing import TYPE_CHECKING, Any
 
 from celery.app.task import Context, Task
 
-from zombieguard.attempt import Attempt, AttemptHooks
 from zombieguard.containment import log
-from zombieguard.heartbeat import Heartbeat
+from zombieguard.enforcement.interrupts import Interrupt, install_interrupt_handlers
+from zombieguard.enforcement.slot import JobSlot
+from zombieguard.enforcement.stacks import StackDumper
 from zombieguard.integrations.celery.adapter import ADAPTER
 from zombieguard.integrations.celery.executor import Executor, Running, announce
 from zombieguard.integrations.celery.message import MUTABLE, mutable_fields, task_payload
-from zombieguard.lifecycle import Interrupt, install_interrupt_handlers
-from zombieguard.slot import JobSlot
-from zombieguard.watchdog import StackDumper
+from zombieguard.worker.attempt import Attempt, AttemptHooks
+from zombieguard.worker.heartbeat import Heartbeat
 
 if TYPE_CHECKING:
-    from zombieguard.integrations.celery.worker import WorkerGuard
+    from zombieguard.integrations.celery.worker import CeleryRuntime
 
 
 class PoolProcessExecutor(Executor):
     """Prefork: a pool process. The worker's main process renews and enforces through the slot."""
 
-    def __init__(self, guard: WorkerGuard, index: int) -> None:
+    def __init__(self, runtime: CeleryRuntime, index: int) -> None:
         releases = Heartbeat(
-            guard.store, ADAPTER, guard.name, guard.default_policy.renew_every, presence=False
+            runtime.store, ADAPTER, runtime.name, runtime.default_policy.renew_every, presence=False
         )
-        super().__init__(guard, releases)
-        self.slot = JobSlot(guard.dir / f"slot-{index}")
+        super().__init__(runtime, releases)
+        self.slot = JobSlot(runtime.dir / f"slot-{index}")
         self._hooks = AttemptHooks(
             progress=self.slot.progress,
             confirmations=self.slot.confirmed_until,
@@ -40,7 +40,7 @@ class PoolProcessExecutor(Executor):
             refused=self.refused,
         )
         """Every attempt of this process runs in its one slot: one set of hooks serves them all."""
-        self.dumper = StackDumper(guard.dir / f"stacks-{index}.txt")
+        self.dumper = StackDumper(runtime.dir / f"stacks-{index}.txt")
         self.dumper.install()
         install_interrupt_handlers(self.raise_interrupt)
         releases.start()

@@ -14,7 +14,7 @@ from celery.exceptions import TimeLimitExceeded
 from zombieguard.containment import contained, log
 from zombieguard.integrations.celery import internals
 from zombieguard.integrations.celery.process import this_process
-from zombieguard.lifecycle import BACKSTOP_SECONDS
+from zombieguard.worker.lifecycle import BACKSTOP_SECONDS
 
 
 class GuardedRequestMixin:
@@ -38,19 +38,19 @@ class GuardedRequestMixin:
     def on_accepted(self, pid: int, time_accepted: float) -> None:
         """Celery's; the worker notes that this message's task started here (see :class:`ReceivedLog`)."""
         super().on_accepted(pid, time_accepted)  # type: ignore[misc]
-        guard = this_process.guard
-        if guard is not None and guard.received is not None:
-            guard.received.start(self)
+        runtime = this_process.runtime
+        if runtime is not None and runtime.received is not None:
+            runtime.received.start(self)
 
     @property
     def time_limits(self) -> Any:
         """Celery's own time limits, moved past the policy's: the prefork pool's timer is a backstop."""
         hard, soft = self._zg_limits or (None, None)
-        guard = this_process.guard
-        if guard is None or guard.pool != "prefork":
+        runtime = this_process.runtime
+        if runtime is None or runtime.pool != "prefork":
             return (hard, soft)
         try:
-            policy = guard.policy(self.task, self._zg_limits)
+            policy = runtime.policy(self.task, self._zg_limits)
         except Exception:  # an invalid policy: the task runs unguarded, under Celery's own limits
             return (hard, soft)
         if policy.hard_timeout is not None:
@@ -77,12 +77,12 @@ class GuardedRequestMixin:
     def _zg_log_stacks(self, limit: object) -> None:
         """Celery's hard limit passed before zombieguard's own stopped the task (its limits are set
         past zombieguard's): log where the pool process is, before Celery kills it."""
-        guard, pid = this_process.guard, self.worker_pid
-        if guard is None or guard.monitor is None or not pid:
+        runtime, pid = this_process.runtime, self.worker_pid
+        if runtime is None or runtime.monitor is None or not pid:
             return
         stacks = None
         with contained(f"celery task {self.id}: stacks at Celery's hard limit"):
-            stacks = guard.monitor.stacks(pid)
+            stacks = runtime.monitor.stacks(pid)
         log.error(
             "celery task %s[%s]: Celery's own hard time limit (%s) passed; pool process %d was at:\n%s",
             self.task.name,
@@ -96,12 +96,12 @@ class GuardedRequestMixin:
         """Celery's hard time limit passed while the whole worker was frozen past the task's lease
         (a paused VM): a stall, as the prefork monitor judges it (the task is recovered, this attempt
         records nothing), whichever of the two notices first. True when handled so."""
-        guard = this_process.guard
-        if guard is None or guard.monitor is None or not guard.monitor.woke_past_lease(self.id):
+        runtime = this_process.runtime
+        if runtime is None or runtime.monitor is None or not runtime.monitor.woke_past_lease(self.id):
             return False
         verdict = None
         with contained(f"celery task {self.id}: frozen past its lease"):
-            verdict = guard.pool_process_lost(self, terminated=False)
+            verdict = runtime.pool_process_lost(self, terminated=False)
         if verdict not in ("stalled", "lost"):
             return False
         self._zg_timed_out = True  # settled: Celery's other report of the limit records nothing
@@ -113,8 +113,8 @@ class GuardedRequestMixin:
         """Celery's hard time limit passed: when this attempt no longer holds the task (its worker
         was frozen past its lease, say), the request is done with, its message acked, nothing is
         recorded, and True."""
-        guard = this_process.guard
-        if guard is None or not guard.superseded(self.id):
+        runtime = this_process.runtime
+        if runtime is None or not runtime.superseded(self.id):
             return False
         log.warning(
             "celery task %s[%s]: Celery's hard time limit (%s) passed for an attempt that no longer "
@@ -179,15 +179,15 @@ class GuardedRequestMixin:
         pool_limit = isinstance(exc, TimeLimitExceeded) and not return_ok  # a task's own: return_ok
         if pool_limit and (self._zg_stalled_frozen() or self._zg_superseded(exc)):
             return
-        guard = this_process.guard
+        runtime = this_process.runtime
         lost = isinstance(exc, WorkerLostError | SystemExit | KeyboardInterrupt)
         terminated = type(exc).__name__ == "Terminated"
-        if guard is not None and (lost or terminated):
+        if runtime is not None and (lost or terminated):
             verdict = None
             with contained(f"celery task {self.id}: its pool process died"):
-                verdict = guard.pool_process_lost(self, terminated)
+                verdict = runtime.pool_process_lost(self, terminated)
             if verdict in ("timed_out", "hung"):
-                policy = guard.policy(self.task, self._zg_limits)
+                policy = runtime.policy(self.task, self._zg_limits)
                 limit = policy.hard_timeout if verdict == "timed_out" else policy.progress_timeout
                 self.zg_timed_out(limit or 0)
                 return

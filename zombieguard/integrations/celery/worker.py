@@ -1,4 +1,4 @@
-"""The worker's guard (main process): presence, heartbeat, sweeper and per-pool enforcement, built
+"""The worker's runtime (main process): presence, heartbeat, sweeper and per-pool enforcement, built
 by a worker bootstep; the consumer bootstep that keeps the delivery log."""
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ import redis
 from celery import Celery, bootsteps, signals
 from celery.app.task import Task
 
-from zombieguard.attempt import Attempt
 from zombieguard.containment import contained, log
+from zombieguard.enforcement.limits import Limit
+from zombieguard.enforcement.slot import JobSlot, SlotState
+from zombieguard.enforcement.stacks import StackDumper
+from zombieguard.enforcement.watchdog import Watched
 from zombieguard.errors import ConfigurationError, LeaseLost
 from zombieguard.events import WorkerZombie, emit
 from zombieguard.integrations.celery import internals
@@ -30,13 +33,11 @@ from zombieguard.integrations.celery.monitor import SlotMonitor, holds_lease, is
 from zombieguard.integrations.celery.process import this_process
 from zombieguard.integrations.celery.received import ReceivedLog, hand_back, restores_by_tag
 from zombieguard.integrations.celery.task import GuardedTask
-from zombieguard.lease import CorruptRecord, JobSpec, LeaseStore, Outcome
-from zombieguard.limits import Limit
-from zombieguard.onbehalf import write_lease
+from zombieguard.leases import CorruptRecord, JobSpec, LeaseStore, Outcome
 from zombieguard.policy import Policy
-from zombieguard.runtime import WorkerRuntime
-from zombieguard.slot import JobSlot, SlotState
-from zombieguard.watchdog import StackDumper, Watched
+from zombieguard.worker.attempt import Attempt
+from zombieguard.worker.onbehalf import write_lease
+from zombieguard.worker.runtime import WorkerRuntime
 
 _POLICIES_CACHED = 1024
 
@@ -59,7 +60,7 @@ def _pool_kind(pool_cls: Any) -> str:
     return "prefork" if "processes" in module else "unknown"
 
 
-class WorkerGuard(WorkerRuntime):
+class CeleryRuntime(WorkerRuntime):
     """What one Celery worker runs beside Celery: presence, heartbeat, sweeper, enforcement."""
 
     def __init__(self, worker: Any) -> None:
@@ -327,7 +328,7 @@ class WorkerGuard(WorkerRuntime):
 
     def write_lease_for(self, state: SlotState, payload: str) -> int:
         """Prefork: write, on its execution's behalf, the lease of the task a pool process's slot
-        shows (see :func:`zombieguard.onbehalf.write_lease`), under its task's policy; its token,
+        shows (see :func:`zombieguard.worker.onbehalf.write_lease`), under its task's policy; its token,
         or 0 when another attempt holds the task. Raises ``redis.RedisError``."""
         task = self.app.tasks.get(state.task)
         policy = (
@@ -486,17 +487,17 @@ class WorkerGuard(WorkerRuntime):
         threading.Thread(target=exit_when_only_zombies, name="zombieguard-restart", daemon=True).start()
 
 
-class WorkerGuardStep(bootsteps.StartStopStep):  # type: ignore[misc]
-    """The worker bootstep :func:`install` adds: builds the :class:`WorkerGuard` (bad configuration
+class RuntimeStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """The worker bootstep :func:`install` adds: builds the :class:`CeleryRuntime` (bad configuration
     fails the worker's start here), after the pool is created and before its processes start."""
 
     label = "zombieguard"
     requires = ("celery.worker.components:Pool",)
 
-    def create(self, worker: Any) -> WorkerGuard:
-        """Build the guard (pool processes forked later inherit it)."""
-        this_process.guard = WorkerGuard(worker)
-        return this_process.guard
+    def create(self, worker: Any) -> CeleryRuntime:
+        """Build the runtime (pool processes forked later inherit it)."""
+        this_process.runtime = CeleryRuntime(worker)
+        return this_process.runtime
 
 
 class DeliveryLogStep(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -509,9 +510,9 @@ class DeliveryLogStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, consumer: Any) -> None:
         """Note the deliveries of the consumer's task channel (when the worker keeps a log)."""
-        guard = this_process.guard
+        runtime = this_process.runtime
         task_consumer = getattr(consumer, "task_consumer", None)
-        if guard is not None and guard.received is not None and task_consumer is not None:
+        if runtime is not None and runtime.received is not None and task_consumer is not None:
             channel = task_consumer.channel
-            internals.on_delivery(channel, guard.received.delivering, guard.received.delivered)
-            guard.received.unacked_here = lambda: internals.delivered_tags(channel)
+            internals.on_delivery(channel, runtime.received.delivering, runtime.received.delivered)
+            runtime.received.unacked_here = lambda: internals.delivered_tags(channel)

@@ -18,8 +18,8 @@ What each worker does (docs/guarantees.md has the whole table):
   parent dies is killed by the kernel (``PR_SET_PDEATHSIG``).
 - **GuardedSimpleWorker** (runs the job in its own main thread). Limits are raised in the main thread
   by a signal; when the job is stuck in C code no thread of the worker can run, so a small watchdog
-  process beside it (:mod:`zombieguard.sidecar`) kills the worker 0.5 s past the limit and fails the
-  job as timed out; the worker's supervisor restarts it.
+  process beside it (:mod:`zombieguard.enforcement.watchdog_process`) kills the worker 0.5 s past the
+  limit and fails the job as timed out; the worker's supervisor restarts it.
 - Both: a sweeper thread recovers the jobs of dead or frozen workers within ``lease_ttl`` plus a sweep,
   and removes their executions from RQ's started registry, so that RQ's abandoned-job cleanup never
   fails or retries them as well. A superseded attempt's completion is refused.

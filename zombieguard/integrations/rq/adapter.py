@@ -16,7 +16,6 @@ from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
 
 from zombieguard.containment import contained, log
-from zombieguard.deadletter import DeadLetterEntry
 from zombieguard.errors import HardTimeLimitExceeded, JobHung, JobInterrupt, ZombieGuardError
 from zombieguard.integrations.rq import internals
 from zombieguard.integrations.rq.failure import (
@@ -26,7 +25,8 @@ from zombieguard.integrations.rq.failure import (
     rq_timeout_message,
     run_failure_callback,
 )
-from zombieguard.lease import LeaseRecord
+from zombieguard.leases import LeaseRecord
+from zombieguard.recovery.deadletter import DeadLetterEntry
 
 ADAPTER = "rq"
 
@@ -172,7 +172,13 @@ class RQAdapter:
         recover."""
 
 
+def cli_adapter(connection: redis.Redis, app: str | None) -> RQAdapter:
+    """The adapter the CLI loads: RQ's jobs in the leases' Redis (``app``: unused, RQ has none)."""
+    return RQAdapter(connection)
+
+
 def sidecar_adapter(connection: redis.Redis, rq_url: str = "") -> RQAdapter:
-    """The adapter :mod:`zombieguard.sidecar` loads (``zombieguard.integrations.rq:sidecar_adapter``),
-    on RQ's own Redis (``rq_url``; the leases' by default, when they share one)."""
+    """The adapter :mod:`zombieguard.enforcement.watchdog_process` loads
+    (``zombieguard.integrations.rq:sidecar_adapter``), on RQ's own Redis (``rq_url``; the leases'
+    by default, when they share one)."""
     return RQAdapter(redis.Redis.from_url(rq_url) if rq_url else connection)

@@ -17,7 +17,7 @@ from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 
 from zombieguard.integrations import version_tuple
-from zombieguard.lease import text
+from zombieguard.leases import text
 
 RQ3 = version_tuple(rq.__version__) >= (3,)
 """Whether RQ is 3 or newer (its callbacks module, an execution passed to ``perform_job``)."""

@@ -22,14 +22,18 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.worker import SimpleWorker, Worker, WorkerStatus
 
-from zombieguard.attempt import Attempt, AttemptHooks, running
 from zombieguard.containment import contained, log
+from zombieguard.enforcement.interrupts import Interrupt, install_interrupt_handlers
+from zombieguard.enforcement.limits import Limit, LimitClock
+from zombieguard.enforcement.slot import OUTCOME_COMPLETED, OUTCOME_RECORDING, JobSlot
+from zombieguard.enforcement.stacks import StackDumper, thread_stack
+from zombieguard.enforcement.watchdog import Watched
 from zombieguard.errors import JobHung, JobInterrupt, LeaseLost, SoftTimeLimitExceeded
 from zombieguard.events import JobCompleted, JobStarted, emit
 from zombieguard.integrations.rq import internals
 from zombieguard.integrations.rq.adapter import ADAPTER, RQAdapter
 from zombieguard.integrations.rq.failure import failure_text, hard_limit_error, run_failure_callback
-from zombieguard.lease import (
+from zombieguard.leases import (
     Acquired,
     AcquireStatus,
     DeferredRelease,
@@ -38,20 +42,16 @@ from zombieguard.lease import (
     Outcome,
     PendingAcquire,
 )
-from zombieguard.lifecycle import (
+from zombieguard.policy import Config, Policy, current_config, guard_fields
+from zombieguard.worker.attempt import Attempt, AttemptHooks, running
+from zombieguard.worker.lifecycle import (
     BACKSTOP_SECONDS,
     ESCALATE_AFTER,
-    Interrupt,
     emit_limit,
-    install_interrupt_handlers,
     record_end,
     wait_out_recovery,
 )
-from zombieguard.limits import Limit, LimitClock
-from zombieguard.policy import Config, Policy, current_config, guard_fields
-from zombieguard.runtime import WorkerRuntime
-from zombieguard.slot import OUTCOME_COMPLETED, OUTCOME_RECORDING, JobSlot
-from zombieguard.watchdog import StackDumper, Watched, thread_stack
+from zombieguard.worker.runtime import WorkerRuntime
 
 ACQUIRE_RETRY = 2.0
 """Seconds an acquire whose reply did not come is sent again, at most, before the job runs without a
@@ -95,7 +95,7 @@ class _Sent:
     """Names this execution: an acquire sent again after a lost reply takes the lease the first wrote."""
 
 
-class _Guard(WorkerRuntime):
+class _RQRuntime(WorkerRuntime):
     """What one guarded worker process runs beside RQ: leases, heartbeat, sweeper, watchdog."""
 
     def __init__(self, worker: Any, with_sidecar: bool) -> None:
@@ -162,7 +162,7 @@ class _GuardedMixin:
     _zg_forks = False
     """Whether jobs run in a horse this process forks (RQ < 2.7's SimpleWorker subclasses Worker:
     the class, not isinstance, says so)."""
-    _zg: _Guard | None = None
+    _zg: _RQRuntime | None = None
     _zg_attempt: Attempt | None = None
     _zg_stop: tuple[str, str | None] | None = None
     _zg_interrupt: str | None = None
@@ -194,7 +194,7 @@ class _GuardedMixin:
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         """RQ's bootstrap, then zombieguard's threads (and sidecar); bad configuration fails here."""
         super().bootstrap(*args, **kwargs)  # type: ignore[misc]
-        self._zg = _Guard(self, with_sidecar=self._zg_sidecar)
+        self._zg = _RQRuntime(self, with_sidecar=self._zg_sidecar)
         self._zg_install_interrupts()
 
     def teardown(self) -> None:

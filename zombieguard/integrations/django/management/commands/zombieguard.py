@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from zombieguard.cli import main
+from zombieguard.ops.cli import main
 
 
 class Command(BaseCommand):

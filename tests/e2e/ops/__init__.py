@@ -1,0 +1,1 @@
+"""End-to-end tests of the operator tools (zombieguard doctor, zombieguard kill) with real workers."""

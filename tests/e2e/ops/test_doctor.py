@@ -1,0 +1,119 @@
+"""``zombieguard doctor`` against real Redis and real workers: each misconfiguration it names is caught,
+and a sound deployment passes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import Any
+
+import pytest
+
+from tests.support.harness import REPO, ZOMBIEGUARD
+from tests.support.rq_harness import RQHarness
+from zombieguard.leases import LeaseStore
+from zombieguard.ops.doctor import check_clock
+
+pytestmark = pytest.mark.slow
+
+
+def run_doctor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``zombieguard doctor ARGS``."""
+    return subprocess.run(
+        [ZOMBIEGUARD, "doctor", *args],
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def doctor(harness: RQHarness, *args: str, env: dict[str, str] | None = None) -> tuple[int, Any]:
+    """``zombieguard doctor --json`` on the harness's Redis and prefix; its exit code and parsed report."""
+    result = run_doctor(
+        "--redis-url",
+        harness.redis_url,
+        *args,
+        "--json",
+        env={"ZOMBIEGUARD_KEY_PREFIX": harness.key_prefix, **(env or {})},
+    )
+    assert result.stderr == "", result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def checks(report: Any) -> list[str]:
+    return [problem["check"] for problem in report["problems"]]
+
+
+def test_a_sound_deployment_with_guarded_rq_workers_passes_the_doctor(rq_harness: RQHarness) -> None:
+    rq_harness.start_worker("GuardedWorker")
+    job = rq_harness.enqueue("add", 1, 2)
+    rq_harness.wait_status(job, ["finished"], 15)
+    assert doctor(rq_harness) == (0, {"problems": []})
+
+
+def test_the_doctor_names_an_unguarded_rq_worker_on_a_queue_where_guarded_jobs_run(
+    rq_harness: RQHarness,
+) -> None:
+    rq_harness.start_worker("GuardedWorker")
+    job = rq_harness.enqueue("add", 1, 2)
+    rq_harness.wait_status(job, ["finished"], 15)
+    rq_harness.start_worker("rq.worker.Worker")
+    plain = rq_harness.worker_names[-1]
+    code, report = doctor(rq_harness)
+    assert code == 1
+    assert checks(report) == ["rq-workers"]
+    [problem] = report["problems"]
+    assert plain in problem["problem"]
+    assert rq_harness.queue_name in problem["problem"]
+    assert "zombieguard.integrations.rq.GuardedWorker" in problem["fix"]
+
+
+def test_the_doctor_reports_an_unreachable_redis_in_one_line_and_fails(rq_harness: RQHarness) -> None:
+    result = run_doctor("--redis-url", "redis://127.0.0.1:1/0")
+    assert result.returncode == 1
+    assert "problem (redis): Redis at redis://127.0.0.1:1/0 is unreachable" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_the_doctor_names_a_heartbeat_interval_too_close_to_the_lease_ttl(rq_harness: RQHarness) -> None:
+    code, report = doctor(
+        rq_harness, env={"ZOMBIEGUARD_LEASE_TTL": "10", "ZOMBIEGUARD_HEARTBEAT_INTERVAL": "8"}
+    )
+    assert code == 1
+    assert checks(report) == ["heartbeat"]
+    assert "heartbeat_interval 8 s is more than half of lease_ttl 10 s" in report["problems"][0]["problem"]
+
+
+def test_the_doctor_names_each_late_acked_celery_task_that_can_outlive_the_visibility_timeout(
+    rq_harness: RQHarness,
+) -> None:
+    code, report = doctor(
+        rq_harness,
+        "--celery-app",
+        "tests.support.doctor_celery_app:app",
+        env={"ZG_DOCTOR_BROKER": rq_harness.redis_url},
+    )
+    assert code == 1
+    assert checks(report) == ["celery-visibility"]
+    [problem] = report["problems"]
+    assert "task tests.support.doctor_celery_app.unlimited" in problem["problem"]
+    assert "visibility_timeout is 30 s" in problem["problem"]
+
+
+def test_the_doctor_reports_clock_skew_between_this_machine_and_redis(rq_harness: RQHarness) -> None:
+    store = LeaseStore(rq_harness.client)
+    assert check_clock(store) == []
+    [finding] = check_clock(store, local_time=lambda: store.server_time() - 5)
+    assert finding.check == "clock"
+    assert "behind Redis's" in finding.problem
+
+
+def test_a_celery_app_that_cannot_be_imported_is_one_line_of_bad_input(rq_harness: RQHarness) -> None:
+    result = run_doctor("--redis-url", rq_harness.redis_url, "--celery-app", "no_such_module:app")
+    assert result.returncode == 2
+    assert result.stderr.startswith("zombieguard: --celery-app 'no_such_module:app' cannot be imported")
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,1 @@
+"""Integration tests of zombieguard.ops against a real Redis: the metrics exporter."""

@@ -1,0 +1,1 @@
+"""Integration tests of zombieguard.worker against a real Redis: heartbeat and lifecycle."""

@@ -1,0 +1,1 @@
+"""Unit tests of zombieguard.enforcement: limits, slots, the watchdog thread and process."""

@@ -1,0 +1,41 @@
+"""The Redis data model of leases (docs/data-model.md): its records, its key layout, and the store
+whose methods are its transitions, one Lua script each."""
+
+from zombieguard.leases.keys import Keys
+from zombieguard.leases.records import (
+    Acquired,
+    AcquireStatus,
+    AttemptRecord,
+    Claimed,
+    CorruptRecord,
+    DeadWorker,
+    DeferredRelease,
+    FinishedState,
+    JobSpec,
+    LeaseRecord,
+    Outcome,
+    Sweep,
+    text,
+)
+from zombieguard.leases.store import LeaseStore, scored_members
+from zombieguard.leases.wire import PendingAcquire
+
+__all__ = [
+    "AcquireStatus",
+    "Acquired",
+    "AttemptRecord",
+    "Claimed",
+    "CorruptRecord",
+    "DeadWorker",
+    "DeferredRelease",
+    "FinishedState",
+    "JobSpec",
+    "Keys",
+    "LeaseRecord",
+    "LeaseStore",
+    "Outcome",
+    "PendingAcquire",
+    "Sweep",
+    "scored_members",
+    "text",
+]

@@ -1,0 +1,342 @@
+"""The records of the lease data model (docs/data-model.md), as Redis holds and Lua replies them."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from zombieguard.policy import Policy
+
+log = logging.getLogger("zombieguard.leases")
+
+
+class CorruptRecord(ValueError):
+    """A record in Redis that zombieguard cannot read; it is reported and skipped."""
+
+
+class AcquireStatus(str, Enum):
+    """What :meth:`LeaseStore.acquire` decided about a delivery."""
+
+    ACQUIRED = "acquired"
+    """A new attempt started; run the job."""
+    BUSY = "busy"
+    """A live attempt (or a sweeper recovering it) holds the job: the delivery is a duplicate."""
+    STALE = "stale"
+    """The delivery is for an attempt that a newer one superseded: do not run it."""
+
+
+class Outcome(str, Enum):
+    """How an attempt ended."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    HUNG = "hung"
+    STOPPED = "stopped"
+    LEASE_LOST = "lease_lost"
+    REQUEUED = "requeued"
+    """The job handed its own message back to the broker (Celery ``Reject(requeue=True)``): the
+    same delivery comes again and must not be taken for a stale one."""
+
+
+def text(value: Any) -> str:
+    """A Redis reply item as text (replies are bytes unless the client decodes them)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def _num(value: str) -> float | None:
+    return float(value) if value != "" else None
+
+
+class FinishedState(str, Enum):
+    """Where a sweeper leaves a job it claimed."""
+
+    QUEUED = "queued"
+    """Requeued: the next delivery starts the next attempt."""
+    FAILED = "failed"
+    """Failed in the framework (timed out, hung, or stalls exhausted without a dead-letter queue)."""
+    DEAD_LETTERED = "dead_lettered"
+    ENDED = "ended"
+    """The framework had recorded the job's end already: only the lease is closed."""
+
+
+@dataclass(slots=True)
+class JobSpec:
+    """What the store needs to know about a job, as an integration describes it. Not changed once
+    built (``dataclasses.replace`` makes another); not frozen, as one is built for every job and a
+    frozen dataclass costs four times as much to build."""
+
+    job_id: str
+    adapter: str
+    task: str
+    queue: str
+    payload: str = ""
+    """What the integration needs to requeue the job; opaque to the core (e.g. a serialised message)."""
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One ended attempt, as kept in a lease's history."""
+
+    attempt: int
+    worker: str
+    started: float | None
+    ended: float | None
+    last_beat: float | None
+    last_progress: float | None
+    outcome: str
+    reason: str
+    stack: str | None = None
+
+    @classmethod
+    def from_json(cls, line: str) -> AttemptRecord:
+        """Parse one history line."""
+        data = json.loads(line)
+
+        def opt(name: str) -> float | None:
+            value = data.get(name)
+            return None if value is None else float(value)
+
+        return cls(
+            attempt=int(data["attempt"]),
+            worker=str(data.get("worker", "")),
+            started=opt("started"),
+            ended=opt("ended"),
+            last_beat=opt("last_beat"),
+            last_progress=opt("last_progress"),
+            outcome=str(data.get("outcome", "")),
+            reason=str(data.get("reason", "")),
+            stack=data.get("stack"),
+        )
+
+    def to_json(self) -> str:
+        """One history line."""
+        return json.dumps({k: v for k, v in self.__dict__.items() if v is not None}, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """A lease as stored in Redis. Times are the Redis server's (Unix seconds)."""
+
+    job_id: str
+    adapter: str
+    task: str
+    queue: str
+    state: str
+    token: int
+    attempt: int
+    stalls: int
+    worker: str
+    started: float
+    expires: float
+    last_beat: float | None
+    last_progress: float | None
+    hard_deadline: float | None
+    progress_deadline: float | None
+    lease_ttl: float
+    hard_timeout: float | None
+    progress_timeout: float | None
+    overdue_grace: float
+    max_stalls: int
+    dead_letter: bool
+    progress: str
+    message: str
+    payload: str
+    reason: str
+    stack: str = ""
+    """The stack captured when the attempt was given up, if any."""
+    history: tuple[AttemptRecord, ...] = field(default=())
+    republished: int = 0
+    """Times a requeued job was published again because no worker started it."""
+    stopped_by: str = ""
+    """Who stopped the job (``zombieguard kill``), and why."""
+    abandoned: str = ""
+    """Why a running lease was given up (``stalled``, ``timed_out``, ``hung``), if it was: by its
+    worker or the watchdog beside it, or by the first script that found it lapsed and overdue. It
+    is then the sweeper's, and no longer its attempt's."""
+    verdict: str = ""
+    """The end a sweeper that claimed the job decided on and may have recorded in the framework
+    (``failed``, ``dead_lettered``) before it died: the sweeper that takes its claim over finishes it."""
+
+    @classmethod
+    def from_hash(cls, raw: Mapping[Any, Any]) -> LeaseRecord:
+        """Parse a lease hash; raise :class:`CorruptRecord` naming what is unreadable."""
+        h = {text(k): text(v) for k, v in raw.items()}
+        try:
+            history = tuple(
+                AttemptRecord.from_json(line) for line in h.get("history", "").splitlines() if line
+            )
+            return cls(
+                job_id=h["job"],
+                adapter=h["adapter"],
+                task=h.get("task", ""),
+                queue=h.get("queue", ""),
+                state=h["state"],
+                token=int(h["token"]),
+                attempt=int(h["attempt"]),
+                stalls=int(h.get("stalls") or 0),
+                worker=h.get("worker", ""),
+                started=float(h["started"]),
+                expires=float(h["expires"]),
+                last_beat=_num(h.get("last_beat", "")),
+                last_progress=_num(h.get("last_progress", "")),
+                hard_deadline=_num(h.get("hard_deadline", "")),
+                progress_deadline=_num(h.get("progress_deadline", "")),
+                lease_ttl=float(h["lease_ttl"]),
+                hard_timeout=_num(h.get("hard_timeout", "")),
+                progress_timeout=_num(h.get("progress_timeout", "")),
+                overdue_grace=float(h["overdue_grace"]),
+                max_stalls=int(h["max_stalls"]),
+                dead_letter=h.get("dead_letter", "1") == "1",
+                progress=h.get("progress", ""),
+                message=h.get("message", ""),
+                payload=h.get("payload", ""),
+                reason=h.get("reason", ""),
+                stack=h.get("stack", ""),
+                history=history,
+                republished=int(h.get("republished") or 0),
+                stopped_by=h.get("stopped_by", ""),
+                verdict=h.get("verdict", ""),
+                abandoned=h.get("abandoned", ""),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CorruptRecord(f"lease record of {h.get('job', '?')!r} is unreadable: {exc!r}") from None
+
+    @property
+    def given_up(self) -> bool:
+        """Whether the lease is still running but was given up for a sweeper to act on."""
+        return self.state == "running" and bool(self.abandoned)
+
+    def held_by(self, token: int) -> bool:
+        """Whether the attempt of fencing token ``token`` still holds this lease: it is running
+        under that token and nobody gave it up."""
+        return self.state == "running" and self.token == token and not self.given_up
+
+    def policy(self) -> Policy | None:
+        """The policy the lease was taken under, as far as the lease records it (None if invalid)."""
+        try:
+            return Policy(
+                hard_timeout=self.hard_timeout,
+                progress_timeout=self.progress_timeout,
+                lease_ttl=self.lease_ttl,
+                overdue_grace=self.overdue_grace,
+                max_stalls=self.max_stalls,
+                dead_letter=self.dead_letter,
+            )
+        except ValueError:
+            return None
+
+    def condition(self, now: float) -> str:
+        """At server time ``now``: running, hung (alive, no progress), overdue (past its hard limit)
+        or stalled (lease expired, or being recovered)."""
+        if self.state == "recovering" or self.expires <= now:
+            return "stalled"
+        if self.hard_deadline is not None and self.hard_deadline <= now:
+            return "overdue"
+        if self.progress_deadline is not None and self.progress_deadline <= now:
+            return "hung"
+        return "running"
+
+    def ended_attempt(
+        self, outcome: str, reason: str, ended: float, stack: str | None = None
+    ) -> AttemptRecord:
+        """This record's current attempt, as a history entry that ended now."""
+        return AttemptRecord(
+            attempt=self.attempt,
+            worker=self.worker,
+            started=self.started,
+            ended=ended,
+            last_beat=self.last_beat,
+            last_progress=self.last_progress,
+            outcome=outcome,
+            reason=reason,
+            stack=stack,
+        )
+
+
+@dataclass(frozen=True)
+class Acquired:
+    """The result of :meth:`LeaseStore.acquire`."""
+
+    status: AcquireStatus
+    token: int = 0
+    attempt: int = 0
+    stalls: int = 0
+    started: float = 0.0
+    checkpoint: str | None = None
+    holder: str = ""
+    """For BUSY, the worker holding the live attempt."""
+    holder_state: str = ""
+    """For BUSY, ``running``, or ``recovering`` while a sweeper requeues the job (this delivery is
+    probably that requeue: wait for the sweeper to finish, then acquire again). For STALE, the
+    lease's state (``done`` and the sweepers' final states when the job ended)."""
+
+    @classmethod
+    def from_reply(cls, job_id: str, raw: Sequence[Any]) -> Acquired:
+        """The acquire script's reply, read."""
+        reply = [None if item is None else text(item) for item in raw]
+        status = AcquireStatus(reply[0])
+        if status is AcquireStatus.BUSY:
+            return cls(status, attempt=int(reply[1] or 0), holder=reply[3] or "", holder_state=reply[2] or "")
+        if status is AcquireStatus.STALE:
+            return cls(status, attempt=int(reply[1] or 0), holder_state=reply[2] or "")
+        if reply[6]:
+            log.warning("job %s: replaced a corrupt lease record (%s)", job_id, reply[6])
+        return cls(
+            status,
+            token=int(reply[1] or 0),
+            attempt=int(reply[2] or 0),
+            stalls=int(reply[3] or 0),
+            started=float(reply[4] or 0),
+            checkpoint=reply[5],
+        )
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A lease a sweeper claimed: the record as it was, with the claim's fencing token."""
+
+    record: LeaseRecord
+    claim_token: int
+    reason: str
+    """``stalled``, ``timed_out`` or ``hung``."""
+    checkpoint: str | None
+    claimed_at: float
+
+
+@dataclass(frozen=True)
+class DeadWorker:
+    """A worker whose presence expired: it stopped heartbeating without saying goodbye."""
+
+    name: str
+    info: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What one :meth:`LeaseStore.claim` call returned."""
+
+    claimed: tuple[Claimed, ...]
+    corrupt: tuple[tuple[str, str], ...]
+    """(job id, what is wrong): reported and dropped from the due index, the record left for a person."""
+    dead_workers: tuple[DeadWorker, ...]
+
+
+RenewCode = str  # 'ok' | 'lost' | 'missing' | 'corrupt'
+
+
+@dataclass(frozen=True)
+class DeferredRelease:
+    """The end of an attempt whose completion was safe to record without waiting (see
+    ``Attempt.safe_to_finish``); written later, with the next acquire or by the heartbeat."""
+
+    job: JobSpec
+    token: int
+    outcome: Outcome
+    reason: str = ""

@@ -1,0 +1,521 @@
+"""The lease store: every transition of a lease, one method per Lua script, and the queries.
+
+Every state change of a lease is one Lua script in ``zombieguard/leases/lua``: atomic, one round trip,
+timed by the Redis server's clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis
+
+from zombieguard.errors import LeaseLost
+from zombieguard.leases import wire
+from zombieguard.leases.keys import Keys
+from zombieguard.leases.records import (
+    Acquired,
+    AttemptRecord,
+    Claimed,
+    CorruptRecord,
+    DeadWorker,
+    DeferredRelease,
+    FinishedState,
+    JobSpec,
+    LeaseRecord,
+    Outcome,
+    RenewCode,
+    Sweep,
+    text,
+)
+from zombieguard.leases.scripts import SCRIPTS, load_script
+from zombieguard.policy import Policy, Settings
+
+log = logging.getLogger("zombieguard.leases")
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def scored_members(client: redis.Redis, key: str) -> list[tuple[str, float]]:
+    """Every member of a sorted set with its score, lowest first."""
+    reply: list[Any] = client.zrange(key, 0, -1, withscores=True)
+    return [(text(member), float(score)) for member, score in reply]
+
+
+def _flat_pairs(raw: Sequence[Any]) -> dict[str, str]:
+    return {text(raw[i]): text(raw[i + 1]) for i in range(0, len(raw), 2)}
+
+
+class LeaseStore(Keys):
+    """Leases, their fencing tokens, checkpoints and the dead-letter index in one Redis.
+
+    Thread-safe (redis-py's client is); after a fork, redis-py opens new connections by itself.
+    """
+
+    def __init__(self, client: redis.Redis, settings: Settings | None = None) -> None:
+        self.client = client
+        self.settings = settings or Settings()
+        super().__init__(self.settings.key_prefix)
+        self._scripts = {name: client.register_script(load_script(name)) for name in SCRIPTS}
+        self._loaded = False
+        self._packed_tails: dict[tuple[str, Policy], tuple[int, bytes]] = {}
+
+    @classmethod
+    def from_url(cls, url: str, settings: Settings | None = None) -> LeaseStore:
+        """A store on its own connection pool to ``url``."""
+        return cls(redis.Redis.from_url(url, health_check_interval=30), settings)
+
+    def _static_fields(
+        self, job: JobSpec, worker: str, policy: Policy, tag: str = "", *, on_behalf: bool = False
+    ) -> list[str]:
+        fields = {
+            "job": job.job_id,
+            "adapter": job.adapter,
+            "task": job.task,
+            "queue": job.queue,
+            "payload": job.payload,
+            **self._policy_fields(worker, policy),
+        }
+        if tag:
+            fields["tag"] = tag
+        if on_behalf:
+            fields["writer"] = "1"
+        return [item for pair in fields.items() for item in pair]
+
+    @staticmethod
+    def _policy_fields(worker: str, policy: Policy) -> dict[str, str]:
+        """The static fields an acquire writes that depend on the worker and the policy only."""
+        return {
+            "worker": worker,
+            "lease_ttl": repr(policy.lease_ttl),
+            "hard_timeout": "" if policy.hard_timeout is None else repr(policy.hard_timeout),
+            "progress_timeout": "" if policy.progress_timeout is None else repr(policy.progress_timeout),
+            "overdue_grace": repr(policy.overdue_grace),
+            "max_stalls": str(policy.max_stalls),
+            "dead_letter": "1" if policy.dead_letter else "0",
+        }
+
+    def _packed_acquire(
+        self, job: JobSpec, worker: str, policy: Policy, delivery_attempt: int | None, tag: str = ""
+    ) -> bytes:
+        """The acquire as protocol bytes, the worker's and policy's part encoded once and reused: the
+        generic encoder's per-argument work was most of an acquire's cost to the job."""
+        tail = self._packed_tails.get((worker, policy))
+        if tail is None:
+            pairs = [item for pair in self._policy_fields(worker, policy).items() for item in pair]
+            tail = self._packed_tails[(worker, policy)] = (len(pairs), b"".join(wire.bulk(p) for p in pairs))
+        head = [
+            "EVALSHA",
+            self._scripts["acquire"].sha,
+            "6",
+            self.lease_key(job.job_id),
+            self.due_key(job.adapter),
+            self.fence_key,
+            self.checkpoint_key(job.job_id),
+            self.adapters_key,
+            self.queues_key,
+            "" if delivery_attempt is None else str(delivery_attempt),
+            "job",
+            job.job_id,
+            "adapter",
+            job.adapter,
+            "task",
+            job.task,
+            "queue",
+            job.queue,
+            "payload",
+            job.payload,
+            *(("tag", tag) if tag else ()),
+        ]
+        count, encoded = tail
+        return b"*%d\r\n" % (len(head) + count) + b"".join(wire.bulk(p) for p in head) + encoded
+
+    def _packed_release(self, release: DeferredRelease) -> bytes:
+        keys, args = self._release_call(release.job, release.token, release.outcome, release.reason, None)
+        parts = ["EVALSHA", self._scripts["release"].sha, str(len(keys)), *keys, *args]
+        return wire.command(parts)
+
+    def _acquire_call(
+        self,
+        job: JobSpec,
+        worker: str,
+        policy: Policy,
+        delivery_attempt: int | None,
+        tag: str = "",
+        *,
+        on_behalf: bool = False,
+    ) -> tuple[list[str], list[str]]:
+        keys = [
+            self.lease_key(job.job_id),
+            self.due_key(job.adapter),
+            self.fence_key,
+            self.checkpoint_key(job.job_id),
+            self.adapters_key,
+            self.queues_key,
+        ]
+        args = [
+            "" if delivery_attempt is None else str(delivery_attempt),
+            *self._static_fields(job, worker, policy, tag, on_behalf=on_behalf),
+        ]
+        return keys, args
+
+    def scripts_lost(self) -> None:
+        """Redis answered NOSCRIPT to a packed command (it restarted): load the scripts again before
+        the next one is sent."""
+        self._loaded = False
+
+    def acquire(
+        self,
+        job: JobSpec,
+        worker: str,
+        policy: Policy,
+        delivery_attempt: int | None = None,
+        *,
+        tag: str = "",
+        on_behalf: bool = False,
+    ) -> Acquired:
+        """Start a new attempt of ``job`` on ``worker``, unless a live or newer attempt exists.
+
+        ``tag`` names one execution (see :func:`zombieguard.enforcement.slot.execution_tag`): a live running
+        lease of ``worker`` under the same tag is that execution's own and is taken over (its token
+        returned, the lease renewed). ``on_behalf``: the acquire is made for the execution by another
+        of the worker's processes (its own could not run). A lease that passes from that process to
+        the execution, or the other way, is marked adopted: the execution records its end (see
+        :meth:`release`'s ``unless_adopted``)."""
+        keys, args = self._acquire_call(job, worker, policy, delivery_attempt, tag, on_behalf=on_behalf)
+        return Acquired.from_reply(job.job_id, self._scripts["acquire"](keys=keys, args=args))
+
+    def send_acquire(
+        self,
+        job: JobSpec,
+        worker: str,
+        policy: Policy,
+        releases: Sequence[DeferredRelease] = (),
+        delivery_attempt: int | None = None,
+        *,
+        tag: str = "",
+    ) -> wire.PendingAcquire:
+        """Send :meth:`acquire` (after ``releases``, in the same round trip) without waiting for the reply.
+
+        The caller does other work (the framework's own round trip) and then reads the reply with
+        :meth:`~zombieguard.leases.wire.PendingAcquire.result`: the acquire costs the job no waiting
+        of its own. ``tag``: as for :meth:`acquire` (an acquire sent again under the same tag, its
+        reply lost, takes the lease the first one wrote).
+        """
+        if not self._loaded:
+            for name in ("acquire", "release"):
+                self._scripts[name].sha = text(self.client.script_load(self._scripts[name].script))
+            self._loaded = True
+        packed = b"".join(self._packed_release(r) for r in releases) + self._packed_acquire(
+            job, worker, policy, delivery_attempt, tag
+        )
+        return wire.PendingAcquire(
+            self,
+            wire.send(self.client, packed),
+            job,
+            worker=worker,
+            policy=policy,
+            delivery_attempt=delivery_attempt,
+            releases=list(releases),
+            tag=tag,
+        )
+
+    def reestablish(
+        self,
+        job: JobSpec,
+        worker: str,
+        policy: Policy,
+        *,
+        token: int,
+        attempt: int,
+        stalls: int,
+        started: float,
+    ) -> bool:
+        """Recreate a vanished lease with the same token; False when a record exists already."""
+        keys = [self.lease_key(job.job_id), self.due_key(job.adapter), self.fence_key, self.adapters_key]
+        args = [
+            str(token),
+            str(attempt),
+            str(stalls),
+            repr(started),
+            *self._static_fields(job, worker, policy),
+        ]
+        reply = self._scripts["reestablish"](keys=keys, args=args)
+        return text(reply[0]) == "ok"
+
+    def renew(
+        self, adapter: str, worker: str, worker_ttl: float, leases: Sequence[tuple[str, int]]
+    ) -> list[RenewCode]:
+        """Renew a worker's presence and all its leases in one round trip; one code per lease."""
+        keys = [self.due_key(adapter), self.workers_key, *(self.lease_key(job_id) for job_id, _ in leases)]
+        args: list[str] = [worker, repr(worker_ttl)]
+        for job_id, token in leases:
+            args += [job_id, str(token)]
+        return [text(code) for code in self._scripts["renew"](keys=keys, args=args)]
+
+    def progress(
+        self,
+        job: JobSpec,
+        token: int,
+        progress: str = "",
+        message: str = "",
+        checkpoint: str | None = None,
+    ) -> str:
+        """Record progress (and a checkpoint); return 'ok' or 'missing'. Raise LeaseLost when fenced off."""
+        keys = [self.lease_key(job.job_id), self.due_key(job.adapter), self.checkpoint_key(job.job_id)]
+        args = [
+            str(token),
+            job.job_id,
+            progress,
+            message,
+            "0" if checkpoint is None else "1",
+            checkpoint or "",
+            str(_ms(self.settings.state_ttl)),
+        ]
+        reply = [text(item) for item in self._scripts["progress"](keys=keys, args=args)]
+        return self._check_fenced(job.job_id, token, reply)
+
+    def _release_call(
+        self,
+        job: JobSpec,
+        token: int,
+        outcome: Outcome,
+        reason: str,
+        stack: str | None,
+        *,
+        unless_adopted: bool = False,
+    ) -> tuple[list[str], list[str]]:
+        keys = [
+            self.lease_key(job.job_id),
+            self.due_key(job.adapter),
+            self.checkpoint_key(job.job_id),
+            self.completed_key,
+        ]
+        args = [
+            str(token),
+            job.job_id,
+            outcome.value,
+            reason,
+            stack or "",
+            str(_ms(self.settings.tombstone_ttl)),
+            job.queue,
+            "1" if unless_adopted else "",
+        ]
+        return keys, args
+
+    def release(
+        self,
+        job: JobSpec,
+        token: int,
+        outcome: Outcome,
+        reason: str = "",
+        stack: str | None = None,
+        *,
+        unless_adopted: bool = False,
+    ) -> str:
+        """End an attempt; return 'ok' or 'missing'. Raise LeaseLost when a newer attempt exists.
+        ``unless_adopted``: for a lease written on an execution's behalf (see :meth:`acquire`'s
+        ``on_behalf``), only if it did not pass to the execution ('adopted': the execution records
+        its own end)."""
+        keys, args = self._release_call(job, token, outcome, reason, stack, unless_adopted=unless_adopted)
+        reply = [text(item) for item in self._scripts["release"](keys=keys, args=args)]
+        return self._check_fenced(job.job_id, token, reply)
+
+    def release_many(self, releases: Sequence[DeferredRelease]) -> None:
+        """Write deferred releases in one round trip. A refused one (superseded) is logged, not raised."""
+        pipe = self.client.pipeline(transaction=False)
+        for release in releases:
+            keys, args = self._release_call(release.job, release.token, release.outcome, release.reason, None)
+            self._scripts["release"](keys=keys, args=args, client=pipe)
+        for release, raw in zip(releases, pipe.execute(raise_on_error=False), strict=True):
+            wire.log_deferred_release(release, raw)
+
+    def record_completed(self, adapter: str, queues: Sequence[str]) -> None:
+        """Jobs of ``queues`` completed without leases written for them: record each queue's last
+        success (what the silence watch and ``status`` read), as a completed release does."""
+        named = [queue for queue in queues if queue]
+        if named:
+            self._scripts["completed"](
+                keys=[self.completed_key, self.queues_key, self.adapters_key], args=[adapter, *named]
+            )
+
+    def abandon(self, job: JobSpec, token: int, reason: str, stack: str | None = None) -> str:
+        """Give an attempt up now (its process died or was killed): the sweeper acts on ``reason``
+        (``stalled``: recover; ``timed_out`` / ``hung``: fail). Raise LeaseLost when superseded."""
+        keys = [self.lease_key(job.job_id), self.due_key(job.adapter)]
+        reply = [
+            text(item)
+            for item in self._scripts["abandon"](
+                keys=keys, args=[str(token), job.job_id, reason, stack or ""]
+            )
+        ]
+        return self._check_fenced(job.job_id, token, reply)
+
+    @staticmethod
+    def _check_fenced(job_id: str, token: int, reply: list[str]) -> str:
+        code = reply[0]
+        if code == "lost":
+            state, holder = reply[1], reply[2]
+            raise LeaseLost(job_id, token, f"the lease is {state or 'gone'} under token {holder or '-'}")
+        if code == "corrupt":
+            raise LeaseLost(job_id, token, f"the lease record is corrupt ({reply[1]})")
+        return code
+
+    def claim(self, adapter: str, sweeper: str, limit: int | None = None) -> Sweep:
+        """Claim due leases of one integration, and collect workers whose presence expired."""
+        keys = [self.due_key(adapter), self.fence_key, self.workers_key]
+        args = [str(limit or self.settings.sweep_batch), repr(self.settings.claim_ttl), sweeper, self.prefix]
+        raw_claims, raw_dead = self._scripts["claim"](keys=keys, args=args)
+        claimed: list[Claimed] = []
+        corrupt: list[tuple[str, str]] = []
+        for item in raw_claims:
+            job_id, kind = text(item[0]), text(item[1])
+            if kind == "corrupt":
+                corrupt.append((job_id, text(item[2])))
+                continue
+            raw = _flat_pairs(item[2])
+            try:
+                record = LeaseRecord.from_hash(raw)
+            except CorruptRecord as exc:
+                # Unreadable once claimed: drop it from the due index so no sweeper loops on it.
+                self.client.zrem(self.due_key(adapter), job_id)
+                corrupt.append((job_id, str(exc)))
+                continue
+            claimed.append(
+                Claimed(
+                    record=record,
+                    claim_token=record.token,
+                    reason=raw["reason"],
+                    checkpoint=None if item[3] is None else text(item[3]),
+                    claimed_at=float(raw["claimed_at"]),
+                )
+            )
+        dead = tuple(DeadWorker(text(entry[0]), _flat_pairs(entry[1])) for entry in raw_dead)
+        return Sweep(tuple(claimed), tuple(corrupt), dead)
+
+    def seize(self, job_id: str, claimer: str, stopped_by: str) -> Claimed | None:
+        """Claim a running lease now, to stop its job (``zombieguard kill``); None if not running."""
+        record = self.record(job_id)
+        if record is None:
+            return None
+        keys = [self.lease_key(job_id), self.due_key(record.adapter), self.fence_key]
+        args = [job_id, claimer, repr(self.settings.claim_ttl), stopped_by]
+        reply = self._scripts["seize"](keys=keys, args=args)
+        if text(reply[0]) != "claimed":
+            return None
+        raw = _flat_pairs(reply[1])
+        claimed = LeaseRecord.from_hash(raw)
+        return Claimed(
+            record=claimed,
+            claim_token=claimed.token,
+            reason="stopped",
+            checkpoint=None,
+            claimed_at=float(raw["claimed_at"]),
+        )
+
+    def decide(self, claimed: Claimed, state: FinishedState) -> bool:
+        """Write down the end a sweeper gives a claimed job before it records that end in the
+        framework; False when its claim was taken over meanwhile."""
+        reply = self._scripts["decide"](
+            keys=[self.lease_key(claimed.record.job_id)], args=[str(claimed.claim_token), state.value]
+        )
+        return int(reply) == 1
+
+    def finish(
+        self,
+        claimed: Claimed,
+        state: FinishedState,
+        ended: AttemptRecord | None,
+        dead_letter_entry: str = "",
+        republish_after: float | None = None,
+    ) -> bool:
+        """Record what a sweeper did with a claim; False when its claim was taken over meanwhile."""
+        job_id = claimed.record.job_id
+        keys = [
+            self.lease_key(job_id),
+            self.due_key(claimed.record.adapter),
+            self.dlq_key,
+            self.dlq_index_key,
+        ]
+        args = [
+            str(claimed.claim_token),
+            job_id,
+            state.value,
+            "" if ended is None else ended.to_json(),
+            str(_ms(self.settings.tombstone_ttl)),
+            str(_ms(self.settings.state_ttl)),
+            dead_letter_entry,
+            str(self.settings.dead_letter_max_entries),
+            repr(self.settings.dead_letter_max_age),
+            self.prefix,
+            "" if republish_after is None else repr(republish_after),
+        ]
+        return text(self._scripts["finish"](keys=keys, args=args)[0]) == "ok"
+
+    def record(self, job_id: str) -> LeaseRecord | None:
+        """The lease record of one job, None when there is none; CorruptRecord when unreadable."""
+        key = self.lease_key(job_id)
+        if text(self.client.type(key)) != "hash":
+            return None
+        raw = self.client.hgetall(key)
+        return LeaseRecord.from_hash(raw) if raw else None
+
+    def active(self, adapter: str | None = None) -> tuple[list[LeaseRecord], list[tuple[str, str]]]:
+        """Running and recovering leases (of one integration, or all): (records, corrupt ones)."""
+        adapters = [adapter] if adapter else sorted(text(a) for a in self.client.smembers(self.adapters_key))
+        job_ids = [text(j) for a in adapters for j in self.client.zrange(self.due_key(a), 0, -1)]
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(self.lease_key(job_id))
+        records: list[LeaseRecord] = []
+        corrupt: list[tuple[str, str]] = []
+        for job_id, raw in zip(job_ids, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(raw, Exception) or not raw:
+                corrupt.append((job_id, f"lease record unreadable: {raw!r}"))
+                continue
+            try:
+                records.append(LeaseRecord.from_hash(raw))
+            except CorruptRecord as exc:
+                corrupt.append((job_id, str(exc)))
+        return records, corrupt
+
+    def queues_of(self, adapter: str) -> list[str]:
+        """The queues guarded jobs of ``adapter`` ran from (acquire records each)."""
+        return sorted(text(q) for q, a in self.client.hgetall(self.queues_key).items() if text(a) == adapter)
+
+    def register_worker(self, name: str, info: Mapping[str, str], ttl: float) -> None:
+        """Announce a worker: its description, and its presence until ``ttl`` from now (server time)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.worker_key(name))
+        description: dict[Any, Any] = dict(info)
+        pipe.hset(self.worker_key(name), mapping=description)
+        pipe.execute()
+        self.renew(info.get("adapter", "core"), name, ttl, [])
+
+    def deregister_worker(self, name: str) -> None:
+        """A worker leaves cleanly: it is not a zombie."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zrem(self.workers_key, name)
+        pipe.delete(self.worker_key(name))
+        pipe.execute()
+
+    def workers(self) -> dict[str, tuple[float, dict[str, str]]]:
+        """Live workers: name -> (presence expiry, description)."""
+        entries = scored_members(self.client, self.workers_key)
+        pipe = self.client.pipeline(transaction=False)
+        for name, _ in entries:
+            pipe.hgetall(self.worker_key(name))
+        infos = pipe.execute()
+        return {
+            name: (expiry, {text(k): text(v) for k, v in info.items()})
+            for (name, expiry), info in zip(entries, infos, strict=True)
+        }
+
+    def server_time(self) -> float:
+        """The Redis server's clock, the one every lease is timed by."""
+        reply: Any = self.client.time()
+        return float(reply[0]) + float(reply[1]) / 1_000_000

@@ -1,0 +1,1 @@
+"""The operator's tools: the ``zombieguard`` command, its checks, and the metrics exporter."""

@@ -1,0 +1,80 @@
+"""What a guarded worker does the same way on every integration around one job's execution: waiting
+out a recovery before the acquire, recording the attempt's end, saying that it passed a limit, and
+the timings the integrations share."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from zombieguard.containment import log
+from zombieguard.enforcement.limits import Limit
+from zombieguard.errors import LeaseLost
+from zombieguard.events import JobCompleted, JobHung, JobTimedOut, emit
+from zombieguard.leases import Acquired, Outcome
+from zombieguard.worker.attempt import Attempt
+
+ESCALATE_AFTER = 0.5
+"""Seconds between the interrupt raised in a job and the kill of its process (or, where no process
+can be killed for it, the zombie verdict on its thread) when the job did not end."""
+RECOVERING_WAIT = 5.0
+"""How long a delivery waits for the attempt before it to end (a retry) or to finish being recovered
+by the sweeper that requeued it."""
+BACKSTOP_SECONDS = 2
+"""The framework's own time limit (Celery's prefork timer, RQ's alarm) stays armed this long past the
+policy's hard limit, in case all else fails."""
+
+
+def wait_out_recovery(
+    acquired: Acquired, again: Callable[[], Acquired], waits: Callable[[Acquired], bool]
+) -> Acquired:
+    """A delivery's answer to its acquire, waited out: while ``waits(answer)`` (a sweeper is still
+    recording the recovery that published it, or the attempt before it is still ending), ask
+    ``again()`` every 20 ms, for :data:`RECOVERING_WAIT` at most; the last answer."""
+    deadline = time.monotonic() + RECOVERING_WAIT
+    while waits(acquired) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        acquired = again()
+    return acquired
+
+
+def record_end(
+    adapter: str, attempt: Attempt, outcome: Outcome, reason: str = "", stack: str | None = None
+) -> bool:
+    """Record how the attempt ended, and say so (``JobCompleted``). False when its end is refused:
+    a newer attempt, a sweeper or a stop holds the job (the attempt is marked lost). Redis away: the
+    end is logged as not recorded, and stands (the lease expires, and a sweeper asks the framework)."""
+    try:
+        attempt.release(outcome, reason, stack)
+    except LeaseLost as exc:
+        attempt.mark_lost(exc)
+        log.warning(
+            "%s job %s: this attempt's %s is refused: %s", adapter, attempt.job.job_id, outcome.value, exc
+        )
+        return False
+    except redis.RedisError as exc:
+        log.warning(
+            "%s job %s: end not recorded, Redis for leases unreachable (%s)", adapter, attempt.job.job_id, exc
+        )
+    duration = time.monotonic() - attempt.started_monotonic
+    emit(adapter, attempt.event(JobCompleted, reason=outcome.value, stack=stack, duration=duration))
+    return True
+
+
+def emit_limit(
+    adapter: str, make: Callable[..., Any], limit: Limit, seconds: float | None, stack: str | None
+) -> None:
+    """Say that a job passed ``limit`` (``seconds``: that limit's value; ``stack``: where the job
+    was): ``JobTimedOut`` for a soft or hard limit, ``JobHung`` for the progress limit. ``make``
+    builds the event (an attempt's, or one from a slot's state) from its type and fields."""
+    if limit is Limit.SOFT:
+        emit(adapter, make(JobTimedOut, reason="soft_timeout passed", limit="soft"))
+    elif limit is Limit.HARD:
+        reason = f"ran past its hard_timeout of {seconds or 0:g} s"
+        emit(adapter, make(JobTimedOut, reason=reason, stack=stack, limit="hard"))
+    else:
+        reason = f"no progress within its progress_timeout of {seconds or 0:g} s"
+        emit(adapter, make(JobHung, reason=reason, stack=stack))

@@ -1,0 +1,162 @@
+"""What every guarded worker process runs beside its framework, whichever the framework.
+
+Each integration's worker guard derives from :class:`WorkerRuntime` and adds what is its own (how
+its jobs run, how they are announced and stopped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import redis
+
+from zombieguard.adapter import JobAdapter
+from zombieguard.containment import contained, log
+from zombieguard.enforcement.slot import remove_stale_workdirs
+from zombieguard.enforcement.watchdog import Watchdog
+from zombieguard.leases import LeaseStore
+from zombieguard.ops.stats import EventCounter
+from zombieguard.recovery.sweeper import Sweeper
+from zombieguard.worker.heartbeat import Heartbeat, LostCallback
+
+
+class WorkerRuntime:
+    """One guarded worker process's presence and heartbeat, its sweeper, its watchdog thread, its
+    working directory and, where jobs run in the worker's own process, the watchdog process beside it.
+    """
+
+    def __init__(
+        self,
+        store: LeaseStore,
+        adapter: JobAdapter,
+        *,
+        worker: str,
+        renew_every: float,
+        on_lost: LostCallback,
+        dir_prefix: str,
+        watchdog_name: str,
+    ) -> None:
+        self.store = store
+        self.adapter = adapter
+        self.framework = adapter.name
+        self.worker = worker
+        self.heartbeat = Heartbeat(store, adapter.name, worker, renew_every, on_lost=on_lost)
+        self.sweeper = Sweeper(
+            store, {adapter.name: adapter}, name=f"{adapter.name}:{worker}", sender=adapter.name
+        )
+        self.counter = EventCounter(store)
+        self.watchdog = Watchdog(name=watchdog_name)
+        remove_stale_workdirs(dir_prefix, before_removal=self._predecessor_gone)
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{dir_prefix}{os.getpid()}-"))
+        self.sidecar: subprocess.Popen[bytes] | None = None
+
+    def _predecessor_gone(self, workdir: Path) -> None:
+        """A worker of this integration died on this machine, leaving ``workdir``: hand back what
+        its broker still holds for it (its watchdog process, if it outlived it, did so already)."""
+        with contained(f"{self.framework} worker: handing back what a dead worker on this machine held"):
+            self.adapter.worker_gone(workdir)
+
+    def start_sidecar(
+        self,
+        *,
+        slot: Path,
+        dump: Path,
+        redis_url: str,
+        adapter: str,
+        adapter_arg: str = "",
+        grace: str = "",
+        slot_payload: str = "",
+    ) -> None:
+        """Start the watchdog process beside this one: it kills this process when a job stuck in it
+        passes its limit and no thread here can act (C code holding the GIL), and acts for the jobs
+        this process leaves when it dies. ``adapter``: how the sidecar loads the integration's
+        adapter (``module:factory``, given the Redis client and ``adapter_arg``); ``grace``: seconds
+        it leaves this process first; ``slot_payload``: how it reads a payload a slot keeps
+        (``module:function``)."""
+        options = {
+            "--pid": str(os.getpid()),
+            "--slot": str(slot),
+            "--dump": str(dump),
+            "--redis-url": redis_url,
+            "--key-prefix": self.store.settings.key_prefix,
+            "--adapter": adapter,
+            "--integration": self.framework,
+            "--worker": self.worker,
+            "--workdir": str(self.dir),
+        }
+        if adapter_arg:
+            options["--adapter-arg"] = adapter_arg
+        if grace:
+            options["--grace"] = grace
+        if slot_payload:
+            options["--slot-payload"] = slot_payload
+        command = [sys.executable, "-m", "zombieguard.enforcement.watchdog_process"]
+        for option, value in options.items():
+            command += [option, value]
+        self.sidecar = subprocess.Popen(command)
+
+    def launch(self, info: Mapping[str, str]) -> None:
+        """Register the worker (``info``: what ``status`` shows of it), recover what dead workers left
+        before the framework's own clean-up can fail it, then start the threads."""
+        with contained(f"registering {self.framework} worker {self.worker}"):
+            try:
+                self.store.register_worker(
+                    self.worker,
+                    {
+                        "adapter": self.framework,
+                        "host": socket.gethostname(),
+                        "pid": str(os.getpid()),
+                        **info,
+                    },
+                    self.heartbeat.worker_ttl,
+                )
+                self.sweeper.sweep_once()
+            except redis.RedisError as exc:
+                log.warning(
+                    "%s worker %s: Redis for leases unreachable at start (%s); retrying",
+                    self.framework,
+                    self.worker,
+                    exc,
+                )
+        self.heartbeat.start()
+        self.sweeper.start()
+        self.watchdog.start()
+
+    def shutdown(self) -> None:
+        """Stop the threads and the watchdog process, and leave cleanly (not a zombie)."""
+        self.watchdog.stop()
+        self.sweeper.stop()
+        self.heartbeat.stop()
+        self.counter.close()
+        if self.sidecar is not None:
+            self.sidecar.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.sidecar.wait(5)
+            self.sidecar = None
+        with (
+            contained(f"deregistering {self.framework} worker {self.worker}"),
+            contextlib.suppress(redis.RedisError),
+        ):
+            self.store.deregister_worker(self.worker)
+
+    def remove_dir(self, keep: str | None = None) -> None:
+        """Delete the working directory and what is in it (its files are closed); with ``keep``, all
+        but that file (a worker started later on this machine reads it if this one dies first)."""
+        if keep is None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            return
+        for child in list(self.dir.iterdir()) if self.dir.exists() else []:
+            if child.name == keep:
+                continue
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
