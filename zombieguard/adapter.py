@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from pathlib import Path
 
-    from zombieguard.leases import LeaseRecord
+    from zombieguard.leases import LeaseRecord, Outcome
     from zombieguard.recovery.deadletter import DeadLetterEntry
 
 
@@ -41,7 +41,7 @@ class JobAdapter(Protocol):
         worker died before the lease's release was written): there is nothing to recover.
         """
 
-    def fail(self, record: LeaseRecord, outcome: str, reason: str) -> bool:
+    def fail(self, record: LeaseRecord, outcome: Outcome, reason: str) -> bool:
         """Mark the job failed in the framework (timed out, hung, dead-lettered), the framework's way.
 
         False when the job had already ended, as for :meth:`requeue`.

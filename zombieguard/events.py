@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from blinker import Namespace, Signal
 
@@ -95,6 +95,47 @@ class JobEvent:
         return dict(self.details).get(name, default)
 
 
+E = TypeVar("E", bound=JobEvent)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Whom a job event is about, as the process that saw it knows the attempt: the attempt itself
+    (where the job runs), a prefork pool process's slot (the worker's main process), or the lease
+    (a sweeper)."""
+
+    job_id: str
+    task: str
+    queue: str
+    attempt: int
+    worker: str
+    adapter: str
+    started_at: float | None = None
+    last_beat_at: float | None = None
+    last_progress_at: float | None = None
+    payload: str = ""
+    policy: Policy | None = None
+
+    def event(self, kind: type[E], reason: str = "", stack: str | None = None, **extra: Any) -> E:
+        """An event of type ``kind`` about this attempt."""
+        return kind(
+            job_id=self.job_id,
+            task=self.task,
+            queue=self.queue,
+            attempt=self.attempt,
+            worker=self.worker,
+            adapter=self.adapter,
+            reason=reason,
+            started_at=self.started_at,
+            last_beat_at=self.last_beat_at,
+            last_progress_at=self.last_progress_at,
+            stack=stack,
+            payload=self.payload,
+            policy=self.policy,
+            **extra,
+        )
+
+
 @dataclass(frozen=True)
 class JobStarted(JobEvent):
     """An attempt started (its lease is acquired)."""
@@ -113,7 +154,7 @@ class JobStalled(JobEvent):
 
 
 @dataclass(frozen=True)
-class JobHung(JobEvent):
+class JobHungEvent(JobEvent):
     """Alive but no progress within ``progress_timeout``."""
 
 
@@ -201,7 +242,7 @@ _KINDS: dict[type, str] = {
     JobStarted: "started",
     JobCompleted: "completed",
     JobStalled: "stalled",
-    JobHung: "hung",
+    JobHungEvent: "hung",
     JobTimedOut: "timed_out",
     JobRecovered: "recovered",
     JobDeadLettered: "dead_lettered",
@@ -216,7 +257,7 @@ SIGNAL_OF: dict[type, Signal] = {
     JobStarted: job_started,
     JobCompleted: job_completed,
     JobStalled: job_stalled,
-    JobHung: job_hung,
+    JobHungEvent: job_hung,
     JobTimedOut: job_timed_out,
     JobRecovered: job_recovered,
     JobDeadLettered: job_dead_lettered,

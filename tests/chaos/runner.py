@@ -239,7 +239,7 @@ def _execution_line(e: history.Execution) -> str:
 
 LOG_LINES_PER_JOB = 40
 ERROR_LINES_SHOWN = 20
-WORKER_ERRORS = re.compile(r"\(contained;|Unrecoverable error|zombieguard-sidecar .*killed")
+WORKER_ERRORS = re.compile(r"\(contained;|Unrecoverable error|zombieguard-watchdog-process .*killed")
 """Log lines worth a look whatever the verdicts: zombieguard's contained internal errors, a
 watchdog process killing its worker, Celery's "Unrecoverable error" (the worker exits)."""
 

@@ -35,7 +35,7 @@ import redis
 import zombieguard
 from zombieguard.demo.embedded import EmbeddedRedis
 from zombieguard.errors import IntegrationNotAvailable
-from zombieguard.leases import LeaseStore
+from zombieguard.leases import LeaseState, LeaseStore
 from zombieguard.policy import Settings
 
 HARD_TIMEOUT = 4.0
@@ -376,7 +376,7 @@ def _view(store: LeaseStore, name: str, job_id: str, seen_for: float) -> str:
     """``name``: its age and last progress, from its lease (unguarded: how long it was seen running)."""
     with contextlib.suppress(Exception):
         record = store.record(job_id)
-        if record is not None and record.state == "running":
+        if record is not None and record.state is LeaseState.RUNNING:
             now = store.server_time()
             progress = f"{now - record.last_progress:.1f}s ago" if record.last_progress else "never"
             return f"{name} age {now - record.started:.1f}s, last progress {progress}"
@@ -386,7 +386,7 @@ def _view(store: LeaseStore, name: str, job_id: str, seen_for: float) -> str:
 def _attempt(store: LeaseStore, job_id: str) -> str:
     with contextlib.suppress(Exception):
         record = store.record(job_id)
-        if record is not None and record.state == "running":
+        if record is not None and record.state is LeaseState.RUNNING:
             return f" (attempt {record.attempt} on {record.worker})"
     return ""
 

@@ -18,7 +18,7 @@ from celery import Celery
 
 from zombieguard import demo
 from zombieguard.integrations.celery import install
-from zombieguard.leases import LeaseStore
+from zombieguard.leases import LeaseState, LeaseStore
 
 _STATES = {
     "PENDING": "queued",
@@ -95,7 +95,7 @@ class CeleryDemo(demo.Framework):
         if status == "started":
             with contextlib.suppress(Exception):
                 record = self.store.record(job_id)
-                if record is not None and record.state in ("recovering", "queued"):
+                if record is not None and record.state in (LeaseState.RECOVERING, LeaseState.QUEUED):
                     return "queued"  # recovered: published again, its next attempt not started yet
         return status
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from zombieguard.enforcement.limits import Limit
+from zombieguard.leases import Outcome
 
 # Real-time signals: RQ, Celery and billiard use none of them. Not SIGUSR2: billiard < 4.2.1 makes it
 # a signal that ends a pool process (installed after worker_process_init, over faulthandler's).
@@ -45,6 +46,17 @@ class Interrupt(str, enum.Enum):
     def signal(self) -> int:
         """The real-time signal that carries it."""
         return _SIGNALS[self]
+
+    @property
+    def outcome(self) -> Outcome:
+        """How an attempt that ends raising it ends: timed out, hung, superseded; failed when it is
+        the soft limit's (the job let the catchable warning escape)."""
+        return {
+            Interrupt.SOFT: Outcome.FAILED,
+            Interrupt.HARD: Outcome.TIMED_OUT,
+            Interrupt.HUNG: Outcome.HUNG,
+            Interrupt.LOST: Outcome.LEASE_LOST,
+        }[self]
 
     @classmethod
     def at(cls, limit: Limit) -> Interrupt:

@@ -45,7 +45,7 @@ from zombieguard.enforcement.slot import JobSlot, SlotState
 from zombieguard.enforcement.stacks import StackDumper
 from zombieguard.enforcement.watchdog import FROZEN_AFTER, process_exited
 from zombieguard.errors import LeaseLost
-from zombieguard.leases import JobSpec, LeaseStore
+from zombieguard.leases import JobSpec, LeaseStore, Outcome
 from zombieguard.ops.stats import EventCounter
 from zombieguard.policy import Policy, Settings
 from zombieguard.recovery.sweeper import Sweeper
@@ -60,11 +60,11 @@ THAWED_AFTER = 1.0
 worker, or the machine paused): the worker gets its grace again from then."""
 
 
-def overdue(state: SlotState, now: float, grace: float) -> str | None:
-    """``timed_out`` or ``hung`` when the slot's job is past its hard or progress limit by ``grace``;
-    else None."""
+def overdue(state: SlotState, now: float, grace: float) -> Outcome | None:
+    """Timed out or hung when the slot's job is past its hard or progress limit by ``grace``; else
+    None."""
     limit = Deadlines.of_slot(state, soft=False).passed(now, grace) if state.active else None
-    return None if limit is None else limit.outcome.value
+    return None if limit is None else limit.outcome
 
 
 def next_look(state: SlotState, grace: float) -> float:
@@ -113,7 +113,7 @@ def watch(
     integration: str = "",
     adapter_arg: str = "",
     workdir: Path | None = None,
-) -> str | None:
+) -> Outcome | None:
     """Watch ``pid`` until it exits (None) or has to be killed (the reason), then act for the jobs
     it left (see the module's docstring). ``worker``: the worker's name, for a lease this process has
     to write for it; ``payload_spec``: the function (``module:function``) that turns what a slot
@@ -141,7 +141,7 @@ def watch(
         integration=integration,
         adapter_arg=adapter_arg,
     )
-    reason: str | None = None
+    reason: Outcome | None = None
     try:
         while not process_exited(pid):
             look_at = time.monotonic() + grace
@@ -207,7 +207,7 @@ class SlotWatcher:
         self._unanswered = False
         """Redis did not answer the last write or release of a lease (logged once until it does)."""
 
-    def act_on(self, slot: JobSlot) -> tuple[str | None, float]:
+    def act_on(self, slot: JobSlot) -> tuple[Outcome | None, float]:
         """Kill the worker when the slot's job is overdue (and the worker has had ``grace`` since
         this process last ran again after a freeze): the reason, else None and when to look again.
         Writes and releases the leases the worker cannot write (see :func:`watch`)."""
@@ -216,7 +216,7 @@ class SlotWatcher:
         finally:
             self._looked = time.monotonic()  # a slow look (Redis, an import) is no freeze
 
-    def _act_on(self, slot: JobSlot) -> tuple[str | None, float]:
+    def _act_on(self, slot: JobSlot) -> tuple[Outcome | None, float]:
         state = slot.read()
         now = time.monotonic()
         if now - self._looked > self.grace + THAWED_AFTER:
@@ -226,12 +226,12 @@ class SlotWatcher:
         if reason is not None and self.stalled.get(slot) != state.generation and self._stall(state):
             self.stalled[slot] = state.generation
             if state.token:  # a lease still to be written: the worker writes it, and recovers the job
-                self._give_up(slot, state, "stalled")  # the worker's threads, waking, find it so too
+                self._give_up(slot, state, Outcome.STALLED)  # the worker's threads, waking, find it so too
         if reason is not None and now < self._awake_since + self.grace:
             return None, self._awake_since + self.grace  # just thawed: the worker's own threads act first
         if reason is not None and slot.read().generation == state.generation:
             if self.stalled.get(slot) == state.generation:
-                reason = "stalled"
+                reason = Outcome.STALLED
             self._kill(slot, state, reason)
             return reason, time.monotonic()
         due = next_look(state, self.grace)
@@ -356,7 +356,7 @@ class SlotWatcher:
             if slot.read().generation != written.generation:
                 self._release(slot, written)
 
-    def _kill(self, slot: JobSlot, state: SlotState, reason: str) -> None:
+    def _kill(self, slot: JobSlot, state: SlotState, reason: Outcome) -> None:
         pid = self.pid
         stack = self.dumper.request(pid)
         os.kill(pid, signal.SIGKILL)
@@ -366,7 +366,7 @@ class SlotWatcher:
         # so the slot stays as it was; one this process wrote is taken over under the job's tag.
         self._give_up(slot, state, reason, stack)
 
-    def _give_up(self, slot: JobSlot, state: SlotState, reason: str, stack: str | None = None) -> None:
+    def _give_up(self, slot: JobSlot, state: SlotState, reason: Outcome, stack: str | None = None) -> None:
         """Give the lease of the slot's job up for the sweeper to act on ``reason`` (its worker is
         dead). Nothing when another attempt holds the job (or its lease cannot be written now)."""
         try:
@@ -388,13 +388,15 @@ class SlotWatcher:
             unleased = not state.token and state.lease_delay is None
             if state.active and slot is not self.killed and not unleased:
                 log.warning("worker %d is gone, job %s with it: recovering it", self.pid, state.job_id)
-                self._give_up(slot, state, "stalled")
+                self._give_up(slot, state, Outcome.STALLED)
         adapter = self._adapter()
         if adapter is None:
             return
         name = self._adapter_name()
         try:
-            Sweeper(self.store, {name: adapter}, name=f"sidecar-of-{self.pid}", sender=name).sweep_once()
+            Sweeper(
+                self.store, {name: adapter}, name=f"watchdog-process-of-{self.pid}", sender=name
+            ).sweep_once()
         except Exception as exc:  # the sweepers of the integration's other workers act instead
             log.warning("sweep after worker %d was gone failed (%r)", self.pid, exc)
         if workdir is not None:
@@ -434,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="module:function turning what a slot keeps into a lease's payload (default: none)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s zombieguard-sidecar %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s zombieguard-watchdog-process %(message)s")
     # The worker's Ctrl+C reaches its whole process group; this process ends when the worker does.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit)  # the worker stopping it: the last look of watch() first

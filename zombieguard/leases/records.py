@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from zombieguard.policy import Policy
 
@@ -30,17 +30,52 @@ class AcquireStatus(str, Enum):
 
 
 class Outcome(str, Enum):
-    """How an attempt ended."""
+    """How an attempt ended, or why it was taken from its worker: one vocabulary for the attempt's
+    release, a lease given up, a sweeper's claim, the history and the framework's failure."""
 
     COMPLETED = "completed"
     FAILED = "failed"
+    """The job raised."""
     TIMED_OUT = "timed_out"
+    """Past its ``hard_timeout``."""
     HUNG = "hung"
+    """No progress within its ``progress_timeout``."""
     STOPPED = "stopped"
+    """An operator stopped it (``zombieguard kill``, RQ's kill-horse and stop-job commands)."""
+    STALLED = "stalled"
+    """Its worker died or froze: the lease lapsed, and a sweeper recovers the job."""
+    DEAD_LETTERED = "dead_lettered"
+    """It stalled ``max_stalls`` times (a poison pill) and went to the dead-letter queue."""
+    UNSTARTED = "unstarted"
+    """Requeued, and started by no worker in time: a sweeper publishes it again (a claim reason)."""
     LEASE_LOST = "lease_lost"
+    """A newer attempt, a sweeper or a stop holds the job now: this attempt is superseded."""
     REQUEUED = "requeued"
     """The job handed its own message back to the broker (Celery ``Reject(requeue=True)``): the
     same delivery comes again and must not be taken for a stale one."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+Condition = Literal["running", "hung", "overdue", "stalled"]
+"""How a running job looks at a moment: :meth:`LeaseRecord.condition`."""
+
+
+class LeaseState(str, Enum):
+    """Where a lease is (docs/data-model.md)."""
+
+    RUNNING = "running"
+    """An attempt holds it and renews it."""
+    RECOVERING = "recovering"
+    """A sweeper claimed it and is acting on it."""
+    QUEUED = "queued"
+    """A sweeper requeued the job; the next delivery starts the next attempt."""
+    DONE = "done"
+    """The job ended (its ``outcome`` says how)."""
+
+    def __str__(self) -> str:
+        return self.value
 
 
 def text(value: Any) -> str:
@@ -64,6 +99,9 @@ class FinishedState(str, Enum):
     DEAD_LETTERED = "dead_lettered"
     ENDED = "ended"
     """The framework had recorded the job's end already: only the lease is closed."""
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(slots=True)
@@ -90,7 +128,7 @@ class AttemptRecord:
     ended: float | None
     last_beat: float | None
     last_progress: float | None
-    outcome: str
+    outcome: Outcome
     reason: str
     stack: str | None = None
 
@@ -110,7 +148,7 @@ class AttemptRecord:
             ended=opt("ended"),
             last_beat=opt("last_beat"),
             last_progress=opt("last_progress"),
-            outcome=str(data.get("outcome", "")),
+            outcome=Outcome(data["outcome"]),
             reason=str(data.get("reason", "")),
             stack=data.get("stack"),
         )
@@ -128,7 +166,7 @@ class LeaseRecord:
     adapter: str
     task: str
     queue: str
-    state: str
+    state: LeaseState
     token: int
     attempt: int
     stalls: int
@@ -156,13 +194,13 @@ class LeaseRecord:
     """Times a requeued job was published again because no worker started it."""
     stopped_by: str = ""
     """Who stopped the job (``zombieguard kill``), and why."""
-    abandoned: str = ""
-    """Why a running lease was given up (``stalled``, ``timed_out``, ``hung``), if it was: by its
+    abandoned: Outcome | None = None
+    """Why a running lease was given up (stalled, timed out, hung), if it was: by its
     worker or the watchdog beside it, or by the first script that found it lapsed and overdue. It
     is then the sweeper's, and no longer its attempt's."""
-    verdict: str = ""
+    verdict: FinishedState | None = None
     """The end a sweeper that claimed the job decided on and may have recorded in the framework
-    (``failed``, ``dead_lettered``) before it died: the sweeper that takes its claim over finishes it."""
+    (failed, dead-lettered) before it died: the sweeper that takes its claim over finishes it."""
 
     @classmethod
     def from_hash(cls, raw: Mapping[Any, Any]) -> LeaseRecord:
@@ -177,7 +215,7 @@ class LeaseRecord:
                 adapter=h["adapter"],
                 task=h.get("task", ""),
                 queue=h.get("queue", ""),
-                state=h["state"],
+                state=LeaseState(h["state"]),
                 token=int(h["token"]),
                 attempt=int(h["attempt"]),
                 stalls=int(h.get("stalls") or 0),
@@ -202,8 +240,8 @@ class LeaseRecord:
                 history=history,
                 republished=int(h.get("republished") or 0),
                 stopped_by=h.get("stopped_by", ""),
-                verdict=h.get("verdict", ""),
-                abandoned=h.get("abandoned", ""),
+                verdict=FinishedState(h["verdict"]) if h.get("verdict") else None,
+                abandoned=Outcome(h["abandoned"]) if h.get("abandoned") else None,
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise CorruptRecord(f"lease record of {h.get('job', '?')!r} is unreadable: {exc!r}") from None
@@ -211,12 +249,12 @@ class LeaseRecord:
     @property
     def given_up(self) -> bool:
         """Whether the lease is still running but was given up for a sweeper to act on."""
-        return self.state == "running" and bool(self.abandoned)
+        return self.state is LeaseState.RUNNING and self.abandoned is not None
 
     def held_by(self, token: int) -> bool:
         """Whether the attempt of fencing token ``token`` still holds this lease: it is running
         under that token and nobody gave it up."""
-        return self.state == "running" and self.token == token and not self.given_up
+        return self.state is LeaseState.RUNNING and self.token == token and not self.given_up
 
     def policy(self) -> Policy | None:
         """The policy the lease was taken under, as far as the lease records it (None if invalid)."""
@@ -232,10 +270,10 @@ class LeaseRecord:
         except ValueError:
             return None
 
-    def condition(self, now: float) -> str:
+    def condition(self, now: float) -> Condition:
         """At server time ``now``: running, hung (alive, no progress), overdue (past its hard limit)
         or stalled (lease expired, or being recovered)."""
-        if self.state == "recovering" or self.expires <= now:
+        if self.state is LeaseState.RECOVERING or self.expires <= now:
             return "stalled"
         if self.hard_deadline is not None and self.hard_deadline <= now:
             return "overdue"
@@ -244,7 +282,7 @@ class LeaseRecord:
         return "running"
 
     def ended_attempt(
-        self, outcome: str, reason: str, ended: float, stack: str | None = None
+        self, outcome: Outcome, reason: str, ended: float, stack: str | None = None
     ) -> AttemptRecord:
         """This record's current attempt, as a history entry that ended now."""
         return AttemptRecord(
@@ -272,10 +310,10 @@ class Acquired:
     checkpoint: str | None = None
     holder: str = ""
     """For BUSY, the worker holding the live attempt."""
-    holder_state: str = ""
-    """For BUSY, ``running``, or ``recovering`` while a sweeper requeues the job (this delivery is
-    probably that requeue: wait for the sweeper to finish, then acquire again). For STALE, the
-    lease's state (``done`` and the sweepers' final states when the job ended)."""
+    holder_state: LeaseState | None = None
+    """For BUSY, running, or recovering while a sweeper requeues the job (this delivery is probably
+    that requeue: wait for the sweeper to finish, then acquire again). For STALE, the lease's state
+    (done when the job ended). None when the record holds no state this version knows."""
 
     @classmethod
     def from_reply(cls, job_id: str, raw: Sequence[Any]) -> Acquired:
@@ -283,9 +321,11 @@ class Acquired:
         reply = [None if item is None else text(item) for item in raw]
         status = AcquireStatus(reply[0])
         if status is AcquireStatus.BUSY:
-            return cls(status, attempt=int(reply[1] or 0), holder=reply[3] or "", holder_state=reply[2] or "")
+            return cls(
+                status, attempt=int(reply[1] or 0), holder=reply[3] or "", holder_state=_state(reply[2])
+            )
         if status is AcquireStatus.STALE:
-            return cls(status, attempt=int(reply[1] or 0), holder_state=reply[2] or "")
+            return cls(status, attempt=int(reply[1] or 0), holder_state=_state(reply[2]))
         if reply[6]:
             log.warning("job %s: replaced a corrupt lease record (%s)", job_id, reply[6])
         return cls(
@@ -298,14 +338,21 @@ class Acquired:
         )
 
 
+def _state(value: str | None) -> LeaseState | None:
+    try:
+        return LeaseState(value)
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class Claimed:
     """A lease a sweeper claimed: the record as it was, with the claim's fencing token."""
 
     record: LeaseRecord
     claim_token: int
-    reason: str
-    """``stalled``, ``timed_out`` or ``hung``."""
+    reason: Outcome
+    """Stalled, timed out, hung, stopped (``zombieguard kill``) or unstarted."""
     checkpoint: str | None
     claimed_at: float
 

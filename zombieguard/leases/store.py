@@ -112,12 +112,7 @@ class LeaseStore(Keys):
             "EVALSHA",
             self._scripts["acquire"].sha,
             "6",
-            self.lease_key(job.job_id),
-            self.due_key(job.adapter),
-            self.fence_key,
-            self.checkpoint_key(job.job_id),
-            self.adapters_key,
-            self.queues_key,
+            *self._acquire_keys(job),
             "" if delivery_attempt is None else str(delivery_attempt),
             "job",
             job.job_id,
@@ -139,6 +134,17 @@ class LeaseStore(Keys):
         parts = ["EVALSHA", self._scripts["release"].sha, str(len(keys)), *keys, *args]
         return wire.command(parts)
 
+    def _acquire_keys(self, job: JobSpec) -> list[str]:
+        """The six keys the acquire script touches."""
+        return [
+            self.lease_key(job.job_id),
+            self.due_key(job.adapter),
+            self.fence_key,
+            self.checkpoint_key(job.job_id),
+            self.adapters_key,
+            self.queues_key,
+        ]
+
     def _acquire_call(
         self,
         job: JobSpec,
@@ -149,14 +155,7 @@ class LeaseStore(Keys):
         *,
         on_behalf: bool = False,
     ) -> tuple[list[str], list[str]]:
-        keys = [
-            self.lease_key(job.job_id),
-            self.due_key(job.adapter),
-            self.fence_key,
-            self.checkpoint_key(job.job_id),
-            self.adapters_key,
-            self.queues_key,
-        ]
+        keys = self._acquire_keys(job)
         args = [
             "" if delivery_attempt is None else str(delivery_attempt),
             *self._static_fields(job, worker, policy, tag, on_behalf=on_behalf),
@@ -343,14 +342,14 @@ class LeaseStore(Keys):
                 keys=[self.completed_key, self.queues_key, self.adapters_key], args=[adapter, *named]
             )
 
-    def abandon(self, job: JobSpec, token: int, reason: str, stack: str | None = None) -> str:
+    def abandon(self, job: JobSpec, token: int, reason: Outcome, stack: str | None = None) -> str:
         """Give an attempt up now (its process died or was killed): the sweeper acts on ``reason``
-        (``stalled``: recover; ``timed_out`` / ``hung``: fail). Raise LeaseLost when superseded."""
+        (stalled: recover; timed out, hung: fail). Raise LeaseLost when superseded."""
         keys = [self.lease_key(job.job_id), self.due_key(job.adapter)]
         reply = [
             text(item)
             for item in self._scripts["abandon"](
-                keys=keys, args=[str(token), job.job_id, reason, stack or ""]
+                keys=keys, args=[str(token), job.job_id, reason.value, stack or ""]
             )
         ]
         return self._check_fenced(job.job_id, token, reply)
@@ -380,7 +379,8 @@ class LeaseStore(Keys):
             raw = _flat_pairs(item[2])
             try:
                 record = LeaseRecord.from_hash(raw)
-            except CorruptRecord as exc:
+                reason = Outcome(raw.get("reason"))
+            except (CorruptRecord, ValueError) as exc:
                 # Unreadable once claimed: drop it from the due index so no sweeper loops on it.
                 self.client.zrem(self.due_key(adapter), job_id)
                 corrupt.append((job_id, str(exc)))
@@ -389,7 +389,7 @@ class LeaseStore(Keys):
                 Claimed(
                     record=record,
                     claim_token=record.token,
-                    reason=raw["reason"],
+                    reason=reason,
                     checkpoint=None if item[3] is None else text(item[3]),
                     claimed_at=float(raw["claimed_at"]),
                 )
@@ -412,7 +412,7 @@ class LeaseStore(Keys):
         return Claimed(
             record=claimed,
             claim_token=claimed.token,
-            reason="stopped",
+            reason=Outcome.STOPPED,
             checkpoint=None,
             claimed_at=float(raw["claimed_at"]),
         )

@@ -24,7 +24,7 @@ import redis
 
 from zombieguard.adapter import JobAdapter
 from zombieguard.errors import ConfigurationError, IntegrationNotAvailable, ZombieGuardError
-from zombieguard.leases import LeaseRecord, LeaseStore, text
+from zombieguard.leases import Condition, LeaseRecord, LeaseState, LeaseStore, text
 from zombieguard.ops.integrations import REGISTRY, load
 from zombieguard.ops.stats import EventCounter
 from zombieguard.policy import Config, current_config
@@ -47,7 +47,7 @@ class ActiveJob:
     now: float
 
     @property
-    def state(self) -> str:
+    def state(self) -> Condition:
         """running, hung (alive, no progress), overdue (past hard limit), stalled (lease expired)."""
         return self.record.condition(self.now)
 
@@ -410,7 +410,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
     """Stop a running job from outside: it ends failed (stopped), not recovered."""
     store = _store(args)
     record = store.record(args.job_id)
-    if record is None or record.state != "running":
+    if record is None or record.state is not LeaseState.RUNNING:
         raise LookupError(f"job {args.job_id} is not running under a lease")
     adapters = _adapters(store, {record.adapter}, _celery_app(args))
     user = "someone"

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -30,36 +31,44 @@ from zombieguard.events import (
     JobCompleted,
     JobDeadLettered,
     JobEvent,
-    JobHung,
+    JobHungEvent,
     JobRecovered,
     JobStalled,
     JobTimedOut,
+    Subject,
     WorkerZombie,
     emit,
 )
-from zombieguard.leases import AttemptRecord, Claimed, CorruptRecord, FinishedState, LeaseRecord, LeaseStore
+from zombieguard.leases import (
+    AttemptRecord,
+    Claimed,
+    CorruptRecord,
+    FinishedState,
+    LeaseRecord,
+    LeaseState,
+    LeaseStore,
+    Outcome,
+)
 from zombieguard.recovery import silence
 from zombieguard.recovery.deadletter import DeadLetterEntry
 
 
-def record_event(kind: type[JobEvent], record: LeaseRecord, reason: str, **extra: object) -> JobEvent:
+def record_event(kind: type[JobEvent], record: LeaseRecord, reason: str, **extra: Any) -> JobEvent:
     """An event about the current attempt of a lease record."""
-    return kind(
+    subject = Subject(
         job_id=record.job_id,
         task=record.task,
         queue=record.queue,
         attempt=record.attempt,
         worker=record.worker,
         adapter=record.adapter,
-        reason=reason,
         started_at=record.started,
         last_beat_at=record.last_beat,
         last_progress_at=record.last_progress,
-        stack=record.stack or None,
         payload=record.payload,
         policy=record.policy(),
-        **extra,  # type: ignore[arg-type]
     )
+    return subject.event(kind, reason, record.stack or None, **extra)
 
 
 @dataclass
@@ -164,7 +173,7 @@ class Sweeper:
                 record = self.store.record(job_id)
             except CorruptRecord:
                 return True  # not this sweep's to decide
-            return record is not None and record.state in ("running", "recovering")
+            return record is not None and record.state in (LeaseState.RUNNING, LeaseState.RECOVERING)
 
         try:
             report.reclaimed += adapter.reclaim(self.store.queues_of(adapter_name), leased)
@@ -179,16 +188,16 @@ class Sweeper:
 
     def _act(self, adapter: JobAdapter, claimed: Claimed, report: SweepReport) -> None:
         record = claimed.record
-        if claimed.reason == "stalled":
+        if claimed.reason is Outcome.STALLED:
             self._stalled(adapter, claimed, report)
             return
-        if claimed.reason == "unstarted":
+        if claimed.reason is Outcome.UNSTARTED:
             self._unstarted(adapter, claimed, report)
             return
-        if claimed.reason == "stopped":
+        if claimed.reason is Outcome.STOPPED:
             self._stopped(adapter, claimed, report)
             return
-        hung = claimed.reason == "hung"
+        hung = claimed.reason is Outcome.HUNG
         limit = record.progress_timeout if hung else record.hard_timeout
         why = (
             f"{'no progress' if hung else 'still running'} {record.overdue_grace:g} s past its "
@@ -203,13 +212,13 @@ class Sweeper:
             return
         if self._finish(claimed, FinishedState.FAILED, ended):
             report.failed.append(record.job_id)
-            emit(self.sender, record_event(JobHung if hung else JobTimedOut, record, why))
+            emit(self.sender, record_event(JobHungEvent if hung else JobTimedOut, record, why))
 
     def _stalled(self, adapter: JobAdapter, claimed: Claimed, report: SweepReport) -> None:
         record = claimed.record
         stalls = record.stalls + 1
         why = f"lease expired: worker {record.worker} stopped renewing it (dead or frozen)"
-        ended = record.ended_attempt("stalled", why, claimed.claimed_at)
+        ended = record.ended_attempt(Outcome.STALLED, why, claimed.claimed_at)
         stalled = record_event(JobStalled, record, why, details=(("stalls", stalls),))
         if stalls <= record.max_stalls:
             if not adapter.requeue(record):
@@ -224,9 +233,9 @@ class Sweeper:
             return
         verdict = f"stalled {stalls} times (max_stalls={record.max_stalls}): a poison pill"
         outcome, state = (
-            ("dead_lettered", FinishedState.DEAD_LETTERED)
+            (Outcome.DEAD_LETTERED, FinishedState.DEAD_LETTERED)
             if record.dead_letter
-            else ("stalled", FinishedState.FAILED)
+            else (Outcome.STALLED, FinishedState.FAILED)
         )
         if not self._failed(adapter, claimed, outcome, verdict, state, ended=ended, report=report):
             return
@@ -261,15 +270,15 @@ class Sweeper:
         why = f"stopped by {record.stopped_by or 'an operator'}"
         with contained(f"{self.name} asking {adapter.name} to stop {record.job_id}"):
             adapter.stop(record)
-        ended = record.ended_attempt("stopped", why, claimed.claimed_at)
+        ended = record.ended_attempt(Outcome.STOPPED, why, claimed.claimed_at)
         if not self._failed(
-            adapter, claimed, "stopped", why, FinishedState.FAILED, ended=ended, report=report
+            adapter, claimed, Outcome.STOPPED, why, FinishedState.FAILED, ended=ended, report=report
         ):
             return
         if self._finish(claimed, FinishedState.FAILED, ended):
             report.failed.append(record.job_id)
             details = (("stopped_by", record.stopped_by),)
-            emit(self.sender, record_event(JobCompleted, record, "stopped", details=details))
+            emit(self.sender, record_event(JobCompleted, record, Outcome.STOPPED.value, details=details))
 
     def _unstarted(self, adapter: JobAdapter, claimed: Claimed, report: SweepReport) -> None:
         """A requeued job no worker started: publish it again. The copies carry one attempt number,
@@ -291,7 +300,7 @@ class Sweeper:
         self,
         adapter: JobAdapter,
         claimed: Claimed,
-        outcome: str,
+        outcome: Outcome,
         why: str,
         state: FinishedState,
         *,
@@ -305,7 +314,7 @@ class Sweeper:
         if not self.store.decide(claimed, state):
             self._taken_over(claimed)
             return False
-        if adapter.fail(claimed.record, outcome, why) or claimed.record.verdict == state.value:
+        if adapter.fail(claimed.record, outcome, why) or claimed.record.verdict is state:
             return True
         self._already_ended(claimed, ended, report)
         return False

@@ -19,7 +19,7 @@ import redis
 
 from zombieguard.containment import log
 from zombieguard.errors import LeaseLost, NotInGuardedJob
-from zombieguard.events import JobEvent, LeaseLostEvent, emit
+from zombieguard.events import JobEvent, LeaseLostEvent, Subject, emit
 from zombieguard.leases import Acquired, AcquireStatus, CorruptRecord, JobSpec, LeaseStore, Outcome
 from zombieguard.policy import Policy
 
@@ -223,20 +223,18 @@ class Attempt:
 
     def event(self, kind: type[E], reason: str = "", stack: str | None = None, **extra: Any) -> E:
         """An event about this attempt."""
-        return kind(
+        subject = Subject(
             job_id=self.job.job_id,
             task=self.job.task,
             queue=self.job.queue,
             attempt=self.number,
             worker=self.worker,
             adapter=self.job.adapter,
-            reason=reason,
             started_at=self.started_at,
-            stack=stack,
             payload=self.described().payload,
             policy=self.policy,
-            **extra,
         )
+        return subject.event(kind, reason, stack, **extra)
 
     def _raise_if_lost(self) -> None:
         if self._lost is not None:

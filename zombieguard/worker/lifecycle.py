@@ -13,7 +13,7 @@ import redis
 from zombieguard.containment import log
 from zombieguard.enforcement.limits import Limit
 from zombieguard.errors import LeaseLost
-from zombieguard.events import JobCompleted, JobHung, JobTimedOut, emit
+from zombieguard.events import JobCompleted, JobHungEvent, JobTimedOut, emit
 from zombieguard.leases import Acquired, Outcome
 from zombieguard.worker.attempt import Attempt
 
@@ -68,13 +68,13 @@ def emit_limit(
     adapter: str, make: Callable[..., Any], limit: Limit, seconds: float | None, stack: str | None
 ) -> None:
     """Say that a job passed ``limit`` (``seconds``: that limit's value; ``stack``: where the job
-    was): ``JobTimedOut`` for a soft or hard limit, ``JobHung`` for the progress limit. ``make``
+    was): ``JobTimedOut`` for a soft or hard limit, ``JobHungEvent`` for the progress limit. ``make``
     builds the event (an attempt's, or one from a slot's state) from its type and fields."""
     if limit is Limit.SOFT:
-        emit(adapter, make(JobTimedOut, reason="soft_timeout passed", limit="soft"))
+        emit(adapter, make(JobTimedOut, reason="soft_timeout passed", limit=limit.value))
     elif limit is Limit.HARD:
         reason = f"ran past its hard_timeout of {seconds or 0:g} s"
-        emit(adapter, make(JobTimedOut, reason=reason, stack=stack, limit="hard"))
+        emit(adapter, make(JobTimedOut, reason=reason, stack=stack, limit=limit.value))
     else:
         reason = f"no progress within its progress_timeout of {seconds or 0:g} s"
-        emit(adapter, make(JobHung, reason=reason, stack=stack))
+        emit(adapter, make(JobHungEvent, reason=reason, stack=stack))

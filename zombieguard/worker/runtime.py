@@ -56,7 +56,7 @@ class WorkerRuntime:
         self.watchdog = Watchdog(name=watchdog_name)
         remove_stale_workdirs(dir_prefix, before_removal=self._predecessor_gone)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{dir_prefix}{os.getpid()}-"))
-        self.sidecar: subprocess.Popen[bytes] | None = None
+        self.watchdog_process: subprocess.Popen[bytes] | None = None
 
     def _predecessor_gone(self, workdir: Path) -> None:
         """A worker of this integration died on this machine, leaving ``workdir``: hand back what
@@ -64,7 +64,7 @@ class WorkerRuntime:
         with contained(f"{self.framework} worker: handing back what a dead worker on this machine held"):
             self.adapter.worker_gone(workdir)
 
-    def start_sidecar(
+    def start_watchdog_process(
         self,
         *,
         slot: Path,
@@ -77,7 +77,7 @@ class WorkerRuntime:
     ) -> None:
         """Start the watchdog process beside this one: it kills this process when a job stuck in it
         passes its limit and no thread here can act (C code holding the GIL), and acts for the jobs
-        this process leaves when it dies. ``adapter``: how the sidecar loads the integration's
+        this process leaves when it dies. ``adapter``: how the watchdog process loads the integration's
         adapter (``module:factory``, given the Redis client and ``adapter_arg``); ``grace``: seconds
         it leaves this process first; ``slot_payload``: how it reads a payload a slot keeps
         (``module:function``)."""
@@ -101,7 +101,7 @@ class WorkerRuntime:
         command = [sys.executable, "-m", "zombieguard.enforcement.watchdog_process"]
         for option, value in options.items():
             command += [option, value]
-        self.sidecar = subprocess.Popen(command)
+        self.watchdog_process = subprocess.Popen(command)
 
     def launch(self, info: Mapping[str, str]) -> None:
         """Register the worker (``info``: what ``status`` shows of it), recover what dead workers left
@@ -136,11 +136,11 @@ class WorkerRuntime:
         self.sweeper.stop()
         self.heartbeat.stop()
         self.counter.close()
-        if self.sidecar is not None:
-            self.sidecar.terminate()
+        if self.watchdog_process is not None:
+            self.watchdog_process.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.sidecar.wait(5)
-            self.sidecar = None
+                self.watchdog_process.wait(5)
+            self.watchdog_process = None
         with (
             contained(f"deregistering {self.framework} worker {self.worker}"),
             contextlib.suppress(redis.RedisError),

@@ -80,15 +80,15 @@ def test_a_job_stuck_in_c_code_is_killed_within_1s_of_hard_timeout_with_its_stac
     rq_harness.wait_status(nxt, ["finished"], 10)
 
 
-def test_on_a_simple_worker_a_job_stuck_in_c_code_is_killed_by_the_sidecar_and_failed_not_left_started(
+def test_a_simple_worker_s_job_stuck_in_c_code_is_killed_and_failed_by_the_watchdog_process(
     rq_harness: RQHarness,
 ) -> None:
     worker = rq_harness.start_worker("GuardedSimpleWorker")
     job = rq_harness.enqueue("stuck_in_c_code", rq_harness.notes, job_timeout=2)
     started = _started_at(rq_harness)
     rq_harness.wait_status(job, ["failed"], 10)
-    assert time.time() - started < 3.5  # hard_timeout + the sidecar's 0.5 s grace + a poll
-    assert worker.wait(5) == -9  # the sidecar killed it: its supervisor restarts it
+    assert time.time() - started < 3.5  # hard_timeout + the watchdog process's 0.5 s grace + a poll
+    assert worker.wait(5) == -9  # the watchdog process killed it: its supervisor restarts it
     exc = job.latest_result().exc_string
     assert "JobTimeoutException: Task exceeded maximum timeout value (2 seconds)" in exc
     assert "stuck_in_c_code" in exc

@@ -4,10 +4,13 @@ that changes one fails here, by name."""
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import billiard.pool
 from celery import Celery, states
 from celery.app.task import Context, Task
 from celery.contrib.testing.mocks import TaskMessage
@@ -161,3 +164,24 @@ def test_a_delivery_is_noted_before_and_after_it_enters_kombu_s_unacked_hash_and
             assert noted == [("before", tag, "t-1", False), ("after", tag, "t-1", True)]
             assert internals.delivered_tags(channel) == {tag}
             message.ack()
+
+
+def _index_here(_: int) -> tuple[int, int]:
+    time.sleep(0.05)
+    return os.getpid(), internals.pool_process_index()
+
+
+def test_each_billiard_pool_process_knows_its_own_index_and_a_replacement_takes_the_one_it_replaces() -> None:
+    assert internals.pool_process_index() == 0  # not in a pool
+    pool = billiard.pool.Pool(processes=2, maxtasksperchild=4)
+    try:
+        seen = pool.map(_index_here, range(16), chunksize=1)
+    finally:
+        pool.terminate()
+        pool.join()
+    by_pid: dict[int, set[int]] = {}
+    for pid, index in seen:
+        by_pid.setdefault(pid, set()).add(index)
+    assert all(len(indices) == 1 for indices in by_pid.values()), by_pid
+    assert {index for indices in by_pid.values() for index in indices} == {0, 1}
+    assert len(by_pid) > 2, "processes past maxtasksperchild were replaced, under the same indices"

@@ -201,8 +201,8 @@ def test_abandon_makes_the_lease_due_now_with_its_reason_and_stack_and_is_fenced
     adapter = RecordingAdapter()
     old = start(store, "j1", Policy(lease_ttl=60, hard_timeout=600))
     with pytest.raises(LeaseLost):
-        store.abandon(old.job, old.token - 1, "stalled")
-    store.abandon(old.job, old.token, "timed_out", "File 'x.py', line 3, in crunch")
+        store.abandon(old.job, old.token - 1, Outcome.STALLED)
+    store.abandon(old.job, old.token, Outcome.TIMED_OUT, "File 'x.py', line 3, in crunch")
     report = Sweeper(store, {"test": adapter}).sweep_once()
     assert report.failed == ["j1"]  # timed out: failed, not recovered, though the lease had 60 s left
     assert adapter.failed[0][:2] == ("j1", "timed_out")
@@ -240,12 +240,12 @@ def test_a_lease_that_lapsed_before_it_was_overdue_is_not_renewed_once_overdue_b
             [code] = store.renew("test", "w1", 10, [(job_id, attempt.token)])
             assert code == ("lost" if overdue else "ok")
         elif overdue:
-            with pytest.raises(LeaseLost, match="stalled"):
+            with pytest.raises(LeaseLost, match=Outcome.STALLED):
                 store.progress(job(job_id), attempt.token)
         else:
             assert store.progress(job(job_id), attempt.token) == "ok"
     sweep = store.claim("test", "sweeper")
-    assert [(c.record.job_id, c.reason) for c in sweep.claimed] == [("lapsed-then-overdue", "stalled")]
+    assert [(c.record.job_id, c.reason) for c in sweep.claimed] == [("lapsed-then-overdue", Outcome.STALLED)]
 
 
 @pytest.mark.parametrize("given_up", ["by its worker", "lapsed then overdue"])
@@ -263,8 +263,8 @@ def test_an_attempt_given_up_as_a_stall_is_not_renewed_and_may_end_but_not_fail(
     ):
         attempt = start(store, job_id, Policy(lease_ttl=5, hard_timeout=0.2, overdue_grace=0.1))
         if given_up == "by its worker":
-            store.abandon(attempt.job, attempt.token, "stalled")
-            store.abandon(attempt.job, attempt.token, "timed_out")  # its watchdog process, later
+            store.abandon(attempt.job, attempt.token, Outcome.STALLED)
+            store.abandon(attempt.job, attempt.token, Outcome.TIMED_OUT)  # its watchdog process, later
         else:
             expire(store, job_id)
         time.sleep(0.4)  # the hard deadline and its grace pass
@@ -274,12 +274,12 @@ def test_an_attempt_given_up_as_a_stall_is_not_renewed_and_may_end_but_not_fail(
         if outcome in (Outcome.COMPLETED, Outcome.STOPPED):
             store.release(attempt.job, attempt.token, outcome)
         else:
-            with pytest.raises(LeaseLost, match="stalled"):
+            with pytest.raises(LeaseLost, match=Outcome.STALLED):
                 store.release(attempt.job, attempt.token, outcome, "JobTimeoutException")
     sweep = store.claim("test", "sweeper")
     assert sorted((c.record.job_id, c.reason) for c in sweep.claimed) == [
-        ("fails", "stalled"),
-        ("raises", "stalled"),
+        ("fails", Outcome.STALLED),
+        ("raises", Outcome.STALLED),
     ]
 
 
@@ -294,7 +294,7 @@ def test_an_attempt_whose_lease_was_given_up_learns_it_no_longer_holds_the_job_w
     assert record is not None
     assert record.held_by(attempt.token)
     assert not record.abandoned
-    store.abandon(attempt.job, attempt.token, "stalled")
+    store.abandon(attempt.job, attempt.token, Outcome.STALLED)
     record = store.record("given-up")
     assert record is not None
     assert record.abandoned == "stalled"

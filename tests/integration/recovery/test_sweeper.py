@@ -225,7 +225,7 @@ def test_a_job_whose_sweeper_died_after_failing_it_in_the_framework_gets_that_sa
     else:
         assert (report.failed, report.ended) == (["j1"], [])
         assert [e.kind for e in events] == ["timed_out"]
-    assert (record.state, record.verdict) == ("done", "")
+    assert (record.state, record.verdict) == ("done", None)
     for key in client.scan_iter(match="{" + key_prefix + "}*"):
         client.delete(key)
 

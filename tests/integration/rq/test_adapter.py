@@ -12,7 +12,7 @@ from rq import Queue
 from rq.job import JobStatus
 
 from zombieguard.integrations.rq import RQ_VERSION, RQAdapter
-from zombieguard.leases import AcquireStatus, JobSpec, LeaseStore
+from zombieguard.leases import AcquireStatus, JobSpec, LeaseStore, Outcome
 from zombieguard.policy import Policy
 
 
@@ -28,7 +28,7 @@ def test_a_timed_out_job_is_failed_the_rq_way_with_its_reason(
     record = store.record(job.id)
     assert record is not None
 
-    assert RQAdapter(client).fail(record, "timed_out", "ran past its hard_timeout of 2 s")
+    assert RQAdapter(client).fail(record, Outcome.TIMED_OUT, "ran past its hard_timeout of 2 s")
 
     assert job.get_status(refresh=True) == JobStatus.FAILED
     assert job.id in queue.failed_job_registry.get_job_ids()
@@ -37,7 +37,9 @@ def test_a_timed_out_job_is_failed_the_rq_way_with_its_reason(
     assert result.exc_string.startswith("zombieguard.HardTimeLimitExceeded: ran past its hard_timeout of 2 s")
     if RQ_VERSION >= (2, 5):
         assert result.worker_name == "zgw-pinned"
-    assert not RQAdapter(client).fail(record, "timed_out", "again"), "a job that ended is not failed twice"
+    assert not RQAdapter(client).fail(record, Outcome.TIMED_OUT, "again"), (
+        "a job that ended is not failed twice"
+    )
 
 
 _STOP_HORSE = textwrap.dedent(

@@ -32,7 +32,7 @@ def test_an_attempt_s_end_is_recorded_and_said_once_and_a_superseded_one_s_is_re
         assert record.history[-1].outcome == "failed"
 
         superseded = start(store, "superseded", POLICY)
-        store.abandon(superseded.job, superseded.token, "stalled")
+        store.abandon(superseded.job, superseded.token, Outcome.STALLED)
         store.claim("test", "sweeper")  # the sweeper takes it: a new token fences the attempt off
         assert not record_end("test", superseded, Outcome.COMPLETED)
         assert superseded.lost is not None

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from zombieguard.enforcement.interrupts import Interrupt, install_interrupt_handlers
-from zombieguard.leases import Acquired, AcquireStatus
+from zombieguard.leases import Acquired, AcquireStatus, LeaseState
 from zombieguard.worker import lifecycle
 from zombieguard.worker.lifecycle import wait_out_recovery
 
@@ -35,11 +35,11 @@ def test_an_interrupt_reads_as_its_kind_in_logs_and_comparisons() -> None:
     assert Interrupt("hung") is Interrupt.HUNG
 
 
-RECOVERING = Acquired(AcquireStatus.BUSY, attempt=2, holder_state="recovering")
+RECOVERING = Acquired(AcquireStatus.BUSY, attempt=2, holder_state=LeaseState.RECOVERING)
 
 
 def _recovering(acquired: Acquired) -> bool:
-    return acquired.holder_state == "recovering"
+    return acquired.holder_state is LeaseState.RECOVERING
 
 
 def test_a_delivery_asks_again_while_its_recovery_is_being_recorded_and_takes_the_lease_then() -> None:
@@ -64,5 +64,5 @@ def test_a_delivery_waits_out_a_recovery_for_recovering_wait_at_most(monkeypatch
 
 
 def test_an_answer_that_needs_no_wait_is_taken_as_it_is() -> None:
-    busy = Acquired(AcquireStatus.BUSY, attempt=2, holder_state="running")
+    busy = Acquired(AcquireStatus.BUSY, attempt=2, holder_state=LeaseState.RUNNING)
     assert wait_out_recovery(busy, lambda: pytest.fail("asked again"), _recovering) is busy

@@ -21,7 +21,7 @@ from zombieguard.errors import ZombieGuardError
 from zombieguard.integrations.celery.app import load_app, recorded_end
 from zombieguard.integrations.celery.message import ATTEMPT_HEADER
 from zombieguard.integrations.celery.received import ReceivedLog
-from zombieguard.leases import LeaseRecord
+from zombieguard.leases import LeaseRecord, Outcome
 from zombieguard.recovery.deadletter import DeadLetterEntry
 
 ADAPTER = "celery"
@@ -67,7 +67,7 @@ class CeleryAdapter:
         self._publish(self._signature(record.payload), record.attempt + 1)
         return True
 
-    def fail(self, record: LeaseRecord, outcome: str, reason: str) -> bool:
+    def fail(self, record: LeaseRecord, outcome: Outcome, reason: str) -> bool:
         """Record the task failed the Celery way: FAILURE with ``TimeLimitExceeded``, errbacks,
         ``on_failure``, ``task_failure``. False if the result backend says it ended already."""
         if self._ended(record.job_id):
@@ -81,9 +81,9 @@ class CeleryAdapter:
         # A limit is Celery's TimeLimitExceeded; a dead-lettered task lost its worker every time; a
         # task stopped by an operator was terminated.
         exc: Exception
-        if outcome in ("timed_out", "hung"):
+        if outcome in (Outcome.TIMED_OUT, Outcome.HUNG):
             exc = TimeLimitExceeded(message)
-        elif outcome == "stopped":
+        elif outcome is Outcome.STOPPED:
             exc = Terminated(message)
         else:
             exc = WorkerLostError(message)
@@ -184,7 +184,7 @@ class CeleryAdapter:
         )
 
 
-def sidecar_adapter(connection: redis.Redis, app_spec: str) -> CeleryAdapter:
+def watchdog_process_adapter(connection: redis.Redis, app_spec: str) -> CeleryAdapter:
     """The adapter the watchdog process beside a threads or solo worker loads when it must act for
     the worker's tasks (``app_spec``: ``module:attribute`` of the worker's app)."""
     return CeleryAdapter(load_app(app_spec))

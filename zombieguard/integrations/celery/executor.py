@@ -34,7 +34,7 @@ from zombieguard.integrations.celery.message import (
     queue_of,
     task_payload,
 )
-from zombieguard.leases import Acquired, AcquireStatus, DeferredRelease, FinishedState, JobSpec, Outcome
+from zombieguard.leases import Acquired, AcquireStatus, DeferredRelease, JobSpec, LeaseState, Outcome
 from zombieguard.policy import Policy
 from zombieguard.worker.attempt import Attempt, AttemptHooks, running
 from zombieguard.worker.heartbeat import Heartbeat
@@ -42,12 +42,6 @@ from zombieguard.worker.lifecycle import record_end, wait_out_recovery
 
 if TYPE_CHECKING:
     from zombieguard.integrations.celery.worker import CeleryRuntime
-
-
-_ENDED = frozenset(
-    {"done", FinishedState.FAILED.value, FinishedState.DEAD_LETTERED.value, FinishedState.ENDED.value}
-)
-"""Lease states in which the task's last attempt ended (no newer one is running or due)."""
 
 
 class SoftTimeLimit(GuardSoftTimeLimitExceeded, CelerySoftTimeLimitExceeded):  # type: ignore[misc]
@@ -62,7 +56,7 @@ class Running:
     attempt: Attempt
     generation: int = 0
     """Its start's generation in its slot (names it to an interrupt aimed at it)."""
-    interrupt: str | None = None
+    interrupt: Interrupt | None = None
     body_done: bool = False
     stack: str | None = None
     recorded: bool = False
@@ -198,7 +192,7 @@ class Executor:
         def waits(acquired: Acquired) -> bool:
             # A recovery being recorded, or a retry published before its attempt's end was written.
             busy = acquired.status is AcquireStatus.BUSY
-            return busy and (acquired.holder_state == "recovering" or acquired.attempt < delivery)
+            return busy and (acquired.holder_state is LeaseState.RECOVERING or acquired.attempt < delivery)
 
         try:
             first = self.store.send_acquire(spec, worker, policy, releases, delivery).result()
@@ -209,7 +203,7 @@ class Executor:
             log.warning("celery task %s runs unguarded: Redis for leases unreachable (%s)", spec.job_id, exc)
             return None
         if acquired.status is not AcquireStatus.ACQUIRED:
-            if acquired.status is AcquireStatus.STALE and acquired.holder_state in _ENDED:
+            if acquired.status is AcquireStatus.STALE and acquired.holder_state is LeaseState.DONE:
                 with contained(f"celery task {spec.job_id}: its recorded end not put back"):
                     self._put_back_result(task, spec.job_id)
             log.warning(
@@ -257,9 +251,9 @@ class Executor:
         """Turn zombieguard's interrupt into Celery's outcome (raises)."""
         policy = state.attempt.policy
         stack = state.stack or "".join(traceback.format_exception(exc))
-        if isinstance(exc, LeaseLost) or state.interrupt == "lost":
+        if isinstance(exc, LeaseLost) or state.interrupt is Interrupt.LOST:
             raise Ignore() from None  # superseded: nothing of this attempt is recorded
-        if isinstance(exc, HardTimeLimitExceeded) or state.interrupt == "hard":
+        if isinstance(exc, HardTimeLimitExceeded) or state.interrupt is Interrupt.HARD:
             reason = f"ran past its hard_timeout of {policy.hard_timeout:g} s"
             if not self._release(state, Outcome.TIMED_OUT, reason, stack):
                 raise Ignore() from None
@@ -306,25 +300,25 @@ class Executor:
         state = self.current
         if state is None or state.body_done:
             return  # no task, or it returned just before the limit: its end is being recorded
-        if kind != "lost" and not self.aimed_at(state):
+        if kind is not Interrupt.LOST and not self.aimed_at(state):
             log.warning(
                 "celery task %s: a %s interrupt meant for the task before it ignored",
                 state.attempt.job.job_id,
                 kind,
             )
             return
-        if kind == "lost":
+        if kind is Interrupt.LOST:
             # The main process saw a renewal refused; the signal may be late, meant for an attempt
             # that ended before this one began in the same process: only Redis can tell.
             state.attempt.verify()  # raises LeaseLost when this attempt is superseded
             return
         policy = state.attempt.policy
         state.interrupt = kind
-        if kind == "soft":
+        if kind is Interrupt.SOFT:
             raise SoftTimeLimit(f"task passed its soft_timeout of {policy.soft_timeout:g} s")
-        if kind == "hard":
+        if kind is Interrupt.HARD:
             raise HardTimeLimitExceeded(f"task passed its hard_timeout of {policy.hard_timeout:g} s")
-        if kind == "hung":
+        if kind is Interrupt.HUNG:
             raise JobHung(
                 f"task made no progress within its progress_timeout of {policy.progress_timeout:g} s"
             )

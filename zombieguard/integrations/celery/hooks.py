@@ -9,13 +9,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import billiard.process
 import celery
 import redis
 from celery import signals
 from celery.app.task import Task
 
 from zombieguard.containment import contained
+from zombieguard.integrations.celery import internals
 from zombieguard.integrations.celery.message import ATTEMPT_HEADER, first_delivery
 from zombieguard.integrations.celery.prefork import PoolProcessExecutor
 from zombieguard.integrations.celery.process import this_process
@@ -38,8 +38,7 @@ def _on_pool_process_init(**_: Any) -> None:
     runtime = this_process.runtime
     if runtime is None or runtime.pool != "prefork":
         return
-    index = int(getattr(billiard.process.current_process(), "index", 0) or 0)
-    this_process.executor = PoolProcessExecutor(runtime, index)
+    this_process.executor = PoolProcessExecutor(runtime, internals.pool_process_index())
 
 
 def before_started(task_id: str = "", task: Any = None, **_: Any) -> None:

@@ -175,5 +175,5 @@ class InProcessExecutor(Executor):
             if self.signals_main_thread:
                 os.kill(os.getpid(), Interrupt.LOST.signal)
             else:
-                state.interrupt = "lost"
+                state.interrupt = Interrupt.LOST
                 interrupt_thread(ident, JobInterrupt)

@@ -11,12 +11,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import billiard.process
 import redis
 from celery import Celery
 from celery.app.task import Task
 from celery.app.trace import task_has_custom
 from celery.backends.base import BaseKeyValueStoreBackend
 from celery.worker import state as worker_state
+
+
+def pool_process_index() -> int:
+    """This prefork pool process's place in its pool (0 to concurrency - 1; 0 outside a pool):
+    billiard's ``Process.index``, which its pool sets on each process it starts, and gives a
+    replacement the index of the process it replaces."""
+    return int(getattr(billiard.process.current_process(), "index", 0) or 0)
 
 
 def request_context(request: Any) -> Any:

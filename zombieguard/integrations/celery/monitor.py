@@ -24,9 +24,10 @@ from zombieguard.enforcement.slot import JobSlot, SlotState
 from zombieguard.enforcement.stacks import StackDumper
 from zombieguard.enforcement.watchdog import process_exited
 from zombieguard.errors import LeaseLost
+from zombieguard.events import Subject
 from zombieguard.integrations.celery import internals
 from zombieguard.integrations.celery.adapter import ADAPTER
-from zombieguard.leases import JobSpec, LeaseRecord, Outcome, text
+from zombieguard.leases import JobSpec, LeaseRecord, LeaseState, Outcome, text
 from zombieguard.worker.lifecycle import ESCALATE_AFTER, emit_limit
 from zombieguard.worker.onbehalf import release_written
 
@@ -51,7 +52,7 @@ class _Tracked:
     state: SlotState
     renewed: float
     soft_fired: bool = False
-    stopped: str | None = None
+    stopped: Outcome | None = None
     stopped_at: float = 0.0
     stack: str | None = None
     killed: bool = False
@@ -76,10 +77,10 @@ class SlotMonitor:
         self.runtime = runtime
         self.slots: dict[Path, JobSlot] = {}
         self.tracked: dict[Path, _Tracked] = {}
-        self.killed: dict[str, str] = {}
-        """Tasks whose pool process this monitor killed, and why (timed_out, hung, lost), or saw die
-        (stalled: recovered)."""
-        self.unleased: dict[str, SlotState] = {}
+        self._killed: dict[str, Outcome] = {}
+        """Tasks whose pool process this monitor killed, and why (timed out, hung, superseded), or
+        saw die (stalled: recovered)."""
+        self._unleased: dict[str, SlotState] = {}
         """Tasks whose pool process died before their lease was written, to recover in the event
         loop (from Celery's request) by whichever comes first: this monitor's news or Celery's."""
         self.to_release: list[_Tracked] = []
@@ -140,9 +141,9 @@ class SlotMonitor:
                     # must find the task handled here (or to be handled), not take it for one with
                     # no lease.
                     if token:
-                        self.killed[state.job_id] = "stalled"
+                        self._killed[state.job_id] = Outcome.STALLED
                     else:
-                        self.unleased[state.job_id] = state
+                        self._unleased[state.job_id] = state
                     died.append((state, token))
                     slot.clear()
                     self.tracked.pop(path, None)
@@ -252,7 +253,7 @@ class SlotMonitor:
             return
         spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
         if not self.runtime.recover_stalled(spec, token):
-            self.killed.pop(state.job_id, None)  # Celery's news came first: it was handled then
+            self._killed.pop(state.job_id, None)  # Celery's news came first: it was handled then
 
     def _event(self, state: SlotState) -> Callable[..., Any]:
         """Events about a pool process's task; the job's description is read from its lease (the slot
@@ -263,22 +264,17 @@ class SlotMonitor:
                 self.runtime.store.client.hget(self.runtime.store.lease_key(state.job_id), "payload") or ""
             )
 
-        def make(kind: type[Any], reason: str = "", stack: str | None = None, **extra: Any) -> Any:
-            return kind(
-                job_id=state.job_id,
-                task=state.task,
-                queue=state.queue,
-                attempt=state.attempt,
-                worker=self.runtime.name,
-                adapter=ADAPTER,
-                reason=reason,
-                started_at=state.started_at,
-                stack=stack,
-                payload=payload,
-                **extra,
-            )
-
-        return make
+        subject = Subject(
+            job_id=state.job_id,
+            task=state.task,
+            queue=state.queue,
+            attempt=state.attempt,
+            worker=self.runtime.name,
+            adapter=ADAPTER,
+            started_at=state.started_at,
+            payload=payload,
+        )
+        return subject.event
 
     def _enforce(self, tracked: _Tracked, now: float) -> None:
         state = tracked.state
@@ -301,7 +297,7 @@ class SlotMonitor:
     def _stop_task(self, tracked: _Tracked, limit: Limit) -> None:
         state = tracked.state
         stack = self._dumper(tracked).request(state.pid)
-        kind = limit.outcome.value
+        kind = limit.outcome
         emit_limit(ADAPTER, self._event(state), limit, _seconds(state, kind), stack)
         tracked.stopped, tracked.stopped_at, tracked.stack = kind, time.monotonic(), stack
         self.slots[tracked.path].aim(state.generation)
@@ -311,23 +307,23 @@ class SlotMonitor:
         """The task did not end after its interrupt (C code holding the GIL): kill its process."""
         state = tracked.state
         tracked.killed = True
-        kind = tracked.stopped or "timed_out"
-        self.killed[state.job_id] = kind
+        kind = tracked.stopped or Outcome.TIMED_OUT
+        self._killed[state.job_id] = kind
         log.error("celery task %s[%s] %s: killing pool process %d", state.task, state.job_id, kind, state.pid)
-        if kind == "lost":
+        if kind is Outcome.LEASE_LOST:
             _signal(state.pid, signal.SIGKILL)
             return
         limit = _seconds(state, kind)
-        what = "hard_timeout" if kind == "timed_out" else "progress_timeout"
+        what = "hard_timeout" if kind is Outcome.TIMED_OUT else "progress_timeout"
         reason = f"ran past its {what} of {limit:g} s and was killed (stuck where no Python code runs)"
         spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
         superseded = False
         if tracked.token:  # else no lease was written (stuck within its lease_delay): Celery's record only
             try:
-                self.runtime.store.release(spec, tracked.token, Outcome(kind), reason, tracked.stack)
+                self.runtime.store.release(spec, tracked.token, kind, reason, tracked.stack)
             except LeaseLost:
                 superseded = True  # a newer attempt holds the task: nothing of this one is recorded
-                self.killed[state.job_id] = "lost"
+                self._killed[state.job_id] = Outcome.LEASE_LOST
             except redis.RedisError as exc:
                 log.warning("celery task %s: its timeout not written to its lease (%s)", state.job_id, exc)
         _signal(state.pid, signal.SIGKILL)
@@ -360,7 +356,7 @@ class SlotMonitor:
                     state.task,
                     state.job_id,
                 )
-                tracked.stopped, tracked.stopped_at = "lost", time.monotonic()
+                tracked.stopped, tracked.stopped_at = Outcome.LEASE_LOST, time.monotonic()
                 _signal(state.pid, Interrupt.LOST.signal)
 
     def _still_running(self, tracked: _Tracked) -> bool:
@@ -374,7 +370,7 @@ class SlotMonitor:
         or has not looked since the worker woke and will."""
         now = time.monotonic()
         with self._lock:
-            if self.killed.get(job_id) == "stalled" or job_id in self.unleased:
+            if self._killed.get(job_id) is Outcome.STALLED or job_id in self._unleased:
                 return True
             since = now - self.looked
             for path, slot in self.slots.items():
@@ -401,6 +397,26 @@ class SlotMonitor:
             if slot.read().pid == pid:
                 return _dumper_of(self.runtime.dir, path).request(pid)
         return None
+
+    def died(self, job_id: str) -> tuple[SlotState | None, Outcome | None]:
+        """A pool process died running ``job_id``'s task: clear its slot. What this monitor knows of
+        it: the task's state (from its slot, or from when this monitor saw it die before its lease
+        was written), and why this monitor killed it (None: it did not, or the task was not
+        recovered yet)."""
+        state = self.forget(job_id)
+        killed = self._killed.pop(job_id, None)
+        unleased = self._unleased.pop(job_id, None)  # seen dead by this monitor, not recovered
+        return state or unleased, killed
+
+    def take_unleased(self, job_id: str) -> SlotState | None:
+        """The state of ``job_id``'s task if this monitor saw its pool process die before its lease
+        was written and nobody recovered it yet: the caller recovers it (then :meth:`recovered`)."""
+        return self._unleased.pop(job_id, None)
+
+    def recovered(self, job_id: str) -> None:
+        """``job_id``'s task, whose pool process died, was recovered: Celery's news of the death,
+        when it comes, is then handled (:meth:`died` says stalled)."""
+        self._killed[job_id] = Outcome.STALLED
 
     def forget(self, job_id: str) -> SlotState | None:
         """A pool process died: clear the slot it left for ``job_id``; its state, if it had one."""
@@ -442,7 +458,7 @@ def holds_lease(record: LeaseRecord, worker: str, state: SlotState | None) -> bo
     attempt whose lease is not written yet holds the task unless the lease is a newer attempt's."""
     if state is not None and not state.token:
         return record.attempt < state.attempt or (record.attempt == state.attempt and record.worker == worker)
-    own = record.state in ("running", "done") and record.worker == worker
+    own = record.state in (LeaseState.RUNNING, LeaseState.DONE) and record.worker == worker
     return own and (state is None or record.token == state.token)
 
 
@@ -489,9 +505,9 @@ def _died_by_itself(state: SlotState, tracked: _Tracked | None) -> bool:
     return not (tracked is not None and tracked.killed) and not internals.revoked(state.job_id)
 
 
-def _seconds(state: SlotState, kind: str) -> float:
-    """The limit a slot's task passed: its hard_timeout (``timed_out``) or progress_timeout."""
-    if kind == "timed_out":
+def _seconds(state: SlotState, kind: Outcome) -> float:
+    """The limit a slot's task passed: its hard_timeout (timed out) or progress_timeout (hung)."""
+    if kind is Outcome.TIMED_OUT:
         return (state.hard_deadline or state.started) - state.started
     return state.progress_timeout or 0.0
 

@@ -14,6 +14,7 @@ from celery.exceptions import TimeLimitExceeded
 from zombieguard.containment import contained, log
 from zombieguard.integrations.celery import internals
 from zombieguard.integrations.celery.process import this_process
+from zombieguard.leases import Outcome
 from zombieguard.worker.lifecycle import BACKSTOP_SECONDS
 
 
@@ -102,7 +103,7 @@ class GuardedRequestMixin:
         verdict = None
         with contained(f"celery task {self.id}: frozen past its lease"):
             verdict = runtime.pool_process_lost(self, terminated=False)
-        if verdict not in ("stalled", "lost"):
+        if verdict not in (Outcome.STALLED, Outcome.LEASE_LOST):
             return False
         self._zg_timed_out = True  # settled: Celery's other report of the limit records nothing
         internals.task_ready(self)
@@ -186,12 +187,12 @@ class GuardedRequestMixin:
             verdict = None
             with contained(f"celery task {self.id}: its pool process died"):
                 verdict = runtime.pool_process_lost(self, terminated)
-            if verdict in ("timed_out", "hung"):
+            if verdict in (Outcome.TIMED_OUT, Outcome.HUNG):
                 policy = runtime.policy(self.task, self._zg_limits)
-                limit = policy.hard_timeout if verdict == "timed_out" else policy.progress_timeout
+                limit = policy.hard_timeout if verdict is Outcome.TIMED_OUT else policy.progress_timeout
                 self.zg_timed_out(limit or 0)
                 return
-            if verdict in ("stalled", "lost"):
+            if verdict in (Outcome.STALLED, Outcome.LEASE_LOST):
                 internals.task_ready(self)
                 self.acknowledge()
                 return

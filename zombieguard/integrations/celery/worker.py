@@ -23,7 +23,7 @@ from zombieguard.enforcement.watchdog import Watched
 from zombieguard.errors import ConfigurationError, LeaseLost
 from zombieguard.events import WorkerZombie, emit
 from zombieguard.integrations.celery import internals
-from zombieguard.integrations.celery.adapter import ADAPTER, CeleryAdapter, sidecar_adapter
+from zombieguard.integrations.celery.adapter import ADAPTER, CeleryAdapter, watchdog_process_adapter
 from zombieguard.integrations.celery.app import app_config, app_spec, broker_key, leases_url, task_policy
 from zombieguard.integrations.celery.executor import Running
 from zombieguard.integrations.celery.hooks import before_started
@@ -33,7 +33,7 @@ from zombieguard.integrations.celery.monitor import SlotMonitor, holds_lease, is
 from zombieguard.integrations.celery.process import this_process
 from zombieguard.integrations.celery.received import ReceivedLog, hand_back, restores_by_tag
 from zombieguard.integrations.celery.task import GuardedTask
-from zombieguard.leases import CorruptRecord, JobSpec, LeaseStore, Outcome
+from zombieguard.leases import CorruptRecord, JobSpec, LeaseState, LeaseStore, Outcome
 from zombieguard.policy import Policy
 from zombieguard.worker.attempt import Attempt
 from zombieguard.worker.onbehalf import write_lease
@@ -145,11 +145,13 @@ class CeleryRuntime(WorkerRuntime):
                     "zombieguard: the Celery app is found in no module; the watchdog process cannot "
                     "act for this worker's tasks when it dies (the other workers' sweepers do, later)"
                 )
-            self.start_sidecar(
+            self.start_watchdog_process(
                 slot=self.slots_dir,
                 dump=self.dumper.path,
                 redis_url=leases_url(self.app, self.config),
-                adapter=f"{sidecar_adapter.__module__}:sidecar_adapter" if spec else ADAPTER,
+                adapter=f"{watchdog_process_adapter.__module__}:{watchdog_process_adapter.__name__}"
+                if spec
+                else ADAPTER,
                 adapter_arg=spec or "",
                 # Threads: a thread stuck in a blocking call is this process's to handle, 0.5 s past
                 # its limit; the watchdog process acts only when no thread here can (C code, the GIL).
@@ -226,26 +228,23 @@ class CeleryRuntime(WorkerRuntime):
         if isinstance(this_process.executor, InProcessExecutor):
             this_process.executor.lost(attempt)
 
-    def pool_process_lost(self, request: Any, terminated: bool) -> str | None:
+    def pool_process_lost(self, request: Any, terminated: bool) -> Outcome | None:
         """Prefork: the process running ``request`` died. What zombieguard makes of it:
 
-        ``timed_out`` / ``hung`` (this worker killed it at a limit), ``lost`` (superseded),
-        ``stalled`` (it died by itself: recovered or dead-lettered), None (Celery's own handling).
+        timed out or hung (this worker killed it at a limit), lease lost (superseded), stalled (it
+        died by itself: recovered or dead-lettered), None (Celery's own handling).
         """
         if self.monitor is None:
             return None
         job_id = request.id
         # The slot first: the monitor records what it saw (killed, or dead before its lease was
         # written) before it clears a slot, under the same lock.
-        state = self.monitor.forget(job_id)
-        killed = self.monitor.killed.pop(job_id, None)
-        unleased = self.monitor.unleased.pop(job_id, None)  # seen dead by the monitor, not recovered
-        state = state or unleased
+        state, killed = self.monitor.died(job_id)
         if killed is not None:
             return killed
         return self._died_verdict(request, state, terminated)
 
-    def _died_verdict(self, request: Any, state: SlotState | None, terminated: bool) -> str | None:
+    def _died_verdict(self, request: Any, state: SlotState | None, terminated: bool) -> Outcome | None:
         """:meth:`pool_process_lost` for a pool process this worker did not kill, from the lease."""
         job_id = request.id
         record = None
@@ -253,20 +252,20 @@ class CeleryRuntime(WorkerRuntime):
             record = self.store.record(job_id)
         if record is None and state is not None and not state.token and not terminated:
             # Its lease not written yet (within its lease_delay): write it, recover.
-            return "stalled" if self._recover_unleased(state, request) else None
+            return Outcome.STALLED if self._recover_unleased(state, request) else None
         if record is None:
             return None
         if not holds_lease(record, self.name, state):
             # A newer attempt (or a sweeper) holds the task: nothing of this one is recorded.
             log.warning("celery task %s: its pool process died; its attempt no longer holds the task", job_id)
-            return "lost"
-        if record.state == "done":
+            return Outcome.LEASE_LOST
+        if record.state is LeaseState.DONE:
             return None  # it died after its attempt's end was written: Celery's own handling
         token = state.token if state is not None and state.token else record.token
         spec = JobSpec(job_id, ADAPTER, record.task, record.queue)
         if not terminated:
             self.recover_stalled(spec, token)
-            return "stalled"
+            return Outcome.STALLED
         try:  # revoked: Celery records it so; the lease ends stopped
             self.store.release(spec, token, Outcome.STOPPED, "revoked with terminate=True")
         except (redis.RedisError, LeaseLost) as exc:
@@ -288,7 +287,7 @@ class CeleryRuntime(WorkerRuntime):
     def recover_unleased(self, job_id: str) -> None:
         """In the event loop: recover a task whose pool process the monitor saw die before its lease
         was written, unless Celery's news of it came first (``pool_process_lost`` recovered it)."""
-        state = self.monitor.unleased.pop(job_id, None) if self.monitor is not None else None
+        state = self.monitor.take_unleased(job_id) if self.monitor is not None else None
         if state is None:
             return
         request = internals.request_by_id(job_id)
@@ -300,7 +299,7 @@ class CeleryRuntime(WorkerRuntime):
         # the monitor's thread: there the two may overlap).
         with contained(f"celery task {job_id}: recovering it"):
             if self._recover_unleased(state, request) and self.monitor is not None:
-                self.monitor.killed[job_id] = "stalled"  # Celery's news, when it comes: handled
+                self.monitor.recovered(job_id)
 
     def request_payload(self, job_id: str) -> str | None:
         """Prefork: the payload of the task ``job_id`` as its message came (Celery's request for it
@@ -350,7 +349,7 @@ class CeleryRuntime(WorkerRuntime):
         False when it was given up already."""
         log.warning("celery task %s[%s]: %s; recovering it", spec.task, spec.job_id, why)
         try:
-            self.store.abandon(spec, token, "stalled")
+            self.store.abandon(spec, token, Outcome.STALLED)
         except LeaseLost:
             return False
         except redis.RedisError as exc:

@@ -43,8 +43,14 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 RQ_VERSION = require("rq", rq.__version__)
 
-from zombieguard.integrations.rq.adapter import RQAdapter, sidecar_adapter  # noqa: E402
+from zombieguard.integrations.rq.adapter import RQAdapter, watchdog_process_adapter  # noqa: E402
 from zombieguard.integrations.rq.failure import JobTimeoutException  # noqa: E402
 from zombieguard.integrations.rq.worker import GuardedSimpleWorker, GuardedWorker  # noqa: E402
 
-__all__ = ["GuardedSimpleWorker", "GuardedWorker", "JobTimeoutException", "RQAdapter", "sidecar_adapter"]
+__all__ = [
+    "GuardedSimpleWorker",
+    "GuardedWorker",
+    "JobTimeoutException",
+    "RQAdapter",
+    "watchdog_process_adapter",
+]

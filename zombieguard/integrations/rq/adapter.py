@@ -25,7 +25,7 @@ from zombieguard.integrations.rq.failure import (
     rq_timeout_message,
     run_failure_callback,
 )
-from zombieguard.leases import LeaseRecord
+from zombieguard.leases import LeaseRecord, Outcome
 from zombieguard.recovery.deadletter import DeadLetterEntry
 
 ADAPTER = "rq"
@@ -99,7 +99,7 @@ class RQAdapter:
         except redis.ResponseError:
             return False
 
-    def fail(self, record: LeaseRecord, outcome: str, reason: str) -> bool:
+    def fail(self, record: LeaseRecord, outcome: Outcome, reason: str) -> bool:
         """Failed the RQ way: failure callback, FAILED status, failed registry (no retry: it would
         hang, or stall, again). False if the job had ended already."""
         job = self._job(record.job_id)
@@ -107,10 +107,12 @@ class RQAdapter:
             return False
         error: BaseException
         policy = record.policy()
-        if outcome == "timed_out" and policy is not None and rq_limit(policy, job.timeout):
+        if outcome is Outcome.TIMED_OUT and policy is not None and rq_limit(policy, job.timeout):
             error = JobTimeoutException(f"{rq_timeout_message(job.timeout or 0)}; {reason}")
         else:
-            error = {"timed_out": HardTimeLimitExceeded, "hung": JobHung}.get(outcome, JobInterrupt)(reason)
+            error = {Outcome.TIMED_OUT: HardTimeLimitExceeded, Outcome.HUNG: JobHung}.get(
+                outcome, JobInterrupt
+            )(reason)
         exc_string = failure_text(outcome, error, record.stack)
         with contained(f"on_failure callback of rq job {job.id}"):
             run_failure_callback(job, TimerDeathPenalty, error)
@@ -177,8 +179,8 @@ def cli_adapter(connection: redis.Redis, app: str | None) -> RQAdapter:
     return RQAdapter(connection)
 
 
-def sidecar_adapter(connection: redis.Redis, rq_url: str = "") -> RQAdapter:
+def watchdog_process_adapter(connection: redis.Redis, rq_url: str = "") -> RQAdapter:
     """The adapter :mod:`zombieguard.enforcement.watchdog_process` loads
-    (``zombieguard.integrations.rq:sidecar_adapter``), on RQ's own Redis (``rq_url``; the leases'
+    (``zombieguard.integrations.rq:watchdog_process_adapter``), on RQ's own Redis (``rq_url``; the leases'
     by default, when they share one)."""
     return RQAdapter(redis.Redis.from_url(rq_url) if rq_url else connection)

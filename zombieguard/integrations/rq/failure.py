@@ -11,6 +11,7 @@ from rq.timeouts import JobTimeoutException as RQJobTimeoutException
 
 from zombieguard.errors import HardTimeLimitExceeded
 from zombieguard.integrations.rq import internals
+from zombieguard.leases import Outcome
 from zombieguard.policy import Policy
 
 
@@ -24,11 +25,11 @@ def run_failure_callback(job: Job, death_penalty_class: Any, error: BaseExceptio
 
 
 _EXCEPTION_NAMES = {
-    "timed_out": "zombieguard.HardTimeLimitExceeded",
-    "hung": "zombieguard.JobHung",
-    "stalled": "zombieguard.JobStalled",
-    "dead_lettered": "zombieguard.JobDeadLettered",
-    "stopped": "zombieguard.JobStopped",
+    Outcome.TIMED_OUT: "zombieguard.HardTimeLimitExceeded",
+    Outcome.HUNG: "zombieguard.JobHung",
+    Outcome.STALLED: "zombieguard.JobStalled",
+    Outcome.DEAD_LETTERED: "zombieguard.JobDeadLettered",
+    Outcome.STOPPED: "zombieguard.JobStopped",
 }
 
 
@@ -63,7 +64,7 @@ def hard_limit_error(policy: Policy, job_timeout: Any, killed: bool) -> HardTime
     return HardTimeLimitExceeded(f"job passed its hard_timeout of {policy.hard_timeout:g} s")
 
 
-def failure_text(outcome: str, error: BaseException, stack: str | None) -> str:
+def failure_text(outcome: Outcome, error: BaseException, stack: str | None) -> str:
     """The ``exc_info`` RQ records for a job zombieguard ended (``outcome``), with its stack."""
     if isinstance(error, JobTimeoutException):
         name = "zombieguard.integrations.rq.JobTimeoutException"

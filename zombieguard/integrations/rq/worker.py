@@ -38,6 +38,7 @@ from zombieguard.leases import (
     AcquireStatus,
     DeferredRelease,
     JobSpec,
+    LeaseState,
     LeaseStore,
     Outcome,
     PendingAcquire,
@@ -98,7 +99,7 @@ class _Sent:
 class _RQRuntime(WorkerRuntime):
     """What one guarded worker process runs beside RQ: leases, heartbeat, sweeper, watchdog."""
 
-    def __init__(self, worker: Any, with_sidecar: bool) -> None:
+    def __init__(self, worker: Any, with_watchdog_process: bool) -> None:
         self.config: Config = current_config()
         settings = self.config.settings
         self.client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else worker.connection
@@ -121,15 +122,15 @@ class _RQRuntime(WorkerRuntime):
         )
         self.dumper = StackDumper(self.dir / "stacks.txt")
         self.dumper.path.touch()
-        self.slot = JobSlot(self.dir / "slot" if with_sidecar else None)
-        if with_sidecar:
-            # Jobs run in this process: the sidecar asks it for its stacks before killing it.
+        self.slot = JobSlot(self.dir / "slot" if with_watchdog_process else None)
+        if with_watchdog_process:
+            # Jobs run in this process: the watchdog process asks it for its stacks before killing it.
             self.dumper.install()
-            self.start_sidecar(
+            self.start_watchdog_process(
                 slot=self.dir / "slot",
                 dump=self.dumper.path,
                 redis_url=settings.redis_url or _url_of(self.client),
-                adapter="zombieguard.integrations.rq:sidecar_adapter",
+                adapter="zombieguard.integrations.rq:watchdog_process_adapter",
                 adapter_arg=_url_of(worker.connection) if settings.redis_url else "",
             )
         # Before RQ's own maintenance runs: the first sweep recovers what dead workers left, so that
@@ -158,14 +159,14 @@ def _url_of(client: redis.Redis) -> str:
 class _GuardedMixin:
     """The behaviour both guarded worker classes add to RQ's."""
 
-    _zg_sidecar = False
+    _zg_watchdog_process = False
     _zg_forks = False
     """Whether jobs run in a horse this process forks (RQ < 2.7's SimpleWorker subclasses Worker:
     the class, not isinstance, says so)."""
     _zg: _RQRuntime | None = None
     _zg_attempt: Attempt | None = None
-    _zg_stop: tuple[str, str | None] | None = None
-    _zg_interrupt: str | None = None
+    _zg_stop: tuple[Outcome, str | None] | None = None
+    _zg_interrupt: Interrupt | None = None
     _zg_job_timeout: Any = None
     _zg_parent: int = 0
     _zg_body_done = False
@@ -192,9 +193,9 @@ class _GuardedMixin:
 
     # -- the worker's lifetime --------------------------------------------------------------
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
-        """RQ's bootstrap, then zombieguard's threads (and sidecar); bad configuration fails here."""
+        """RQ's bootstrap, then zombieguard's threads (and watchdog process); bad configuration fails here."""
         super().bootstrap(*args, **kwargs)  # type: ignore[misc]
-        self._zg = _RQRuntime(self, with_sidecar=self._zg_sidecar)
+        self._zg = _RQRuntime(self, with_watchdog_process=self._zg_watchdog_process)
         self._zg_install_interrupts()
 
     def teardown(self) -> None:
@@ -334,7 +335,9 @@ class _GuardedMixin:
                 acquired = wait_out_recovery(
                     acquired,
                     lambda: zg.store.acquire(spec, self.name, policy, tag=sent.tag),
-                    lambda a: a.status is not AcquireStatus.ACQUIRED and a.holder_state == "recovering",
+                    lambda a: (
+                        a.status is not AcquireStatus.ACQUIRED and a.holder_state is LeaseState.RECOVERING
+                    ),
                 )
             if acquired is not None and acquired.status is not AcquireStatus.ACQUIRED:
                 log.warning(
@@ -407,7 +410,7 @@ class _GuardedMixin:
             if self._zg_attempt is not attempt:
                 return  # it ended meanwhile
             if limit is not Limit.SOFT:  # set before any receiver runs: the job may end meanwhile
-                self._zg_stop = (limit.outcome.value, stack)
+                self._zg_stop = (limit.outcome, stack)
             emit_limit(ADAPTER, attempt.event, limit, limit.seconds(attempt.policy), stack)
             signal_job(Interrupt.at(limit).signal)
 
@@ -419,7 +422,7 @@ class _GuardedMixin:
             why = "its worker was frozen past the job's lease and a limit: a stall, not a timeout"
             log.warning("rq job %s: %s; recovering it", attempt.job.job_id, why)
             try:
-                zg.store.abandon(attempt.job, attempt.token, "stalled")
+                zg.store.abandon(attempt.job, attempt.token, Outcome.STALLED)
             except LeaseLost:
                 pass  # recovered elsewhere while it was frozen
             except redis.RedisError as exc:
@@ -587,7 +590,7 @@ class _GuardedMixin:
         dead-lettered); Redis away, the lease expires instead."""
         assert self._zg is not None
         try:
-            attempt.store.abandon(attempt.job, attempt.token, "stalled")
+            attempt.store.abandon(attempt.job, attempt.token, Outcome.STALLED)
             self._zg.sweeper.sweep_once()
         except (redis.RedisError, LeaseLost) as exc:
             log.warning(
@@ -606,9 +609,7 @@ class _GuardedMixin:
     def _zg_raised_here(self, attempt: Attempt, kwargs: dict[str, Any]) -> bool:
         """The job raised in this process (zombieguard's interrupts among the possibilities)."""
         exc_string: str = kwargs.get("exc_string", "")
-        outcome = {"hard": Outcome.TIMED_OUT, "hung": Outcome.HUNG, "lost": Outcome.LEASE_LOST}.get(
-            self._zg_interrupt or "", Outcome.FAILED
-        )
+        outcome = Outcome.FAILED if self._zg_interrupt is None else self._zg_interrupt.outcome
         last_line = exc_string.strip().splitlines()[-1] if exc_string.strip() else ""
         return self._zg_release(
             attempt, outcome, last_line, exc_string if outcome is not Outcome.FAILED else None
@@ -627,8 +628,7 @@ class _GuardedMixin:
             return self._zg_release(attempt, Outcome.STOPPED, reason)
         if self._zg_stop is None:
             return self._zg_died(attempt, kwargs.get("exc_string", ""))
-        outcome_name, stack = self._zg_stop
-        outcome = Outcome(outcome_name)
+        outcome, stack = self._zg_stop
         policy = attempt.policy
         if outcome is Outcome.TIMED_OUT:
             error: JobInterrupt = hard_limit_error(policy, job.timeout, killed=True)
@@ -640,7 +640,7 @@ class _GuardedMixin:
             return False
         with contained(f"on_failure callback of rq job {job.id}"):
             run_failure_callback(job, self.death_penalty_class, error)
-        kwargs["exc_string"] = failure_text(outcome.value, error, stack)
+        kwargs["exc_string"] = failure_text(outcome, error, stack)
         return True
 
 
@@ -715,10 +715,10 @@ class GuardedSimpleWorker(_GuardedMixin, SimpleWorker):
     ``rq worker -w zombieguard.integrations.rq.GuardedSimpleWorker``.
     """
 
-    _zg_sidecar = True
+    _zg_watchdog_process = True
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        """Run the job in this thread under its lease; the in-process watchdog and the sidecar watch."""
+        """Run the job in this thread under its lease; the watchdog thread and the watchdog process watch."""
         prepared = self._zg_prepare(job, queue)
         if prepared is None:
             return
