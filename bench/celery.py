@@ -11,7 +11,7 @@
    from the moment the limit passes to the task recorded FAILURE, or, where the stuck worker itself is
    killed (C code on threads and solo), to that worker's exit.
 4. The guarded path's own cost (``--only path``): microseconds per no-op task through Celery's tracer
-   in one process, plain and guarded (the threads pool's path, a worker guard running), no broker.
+   in one process, plain and guarded (the threads pool's path, a worker runtime running), no broker.
 
 Uses the local Redis (database 9, keys of its own, deleted afterwards), else a throwaway redis-server.
 """
@@ -37,7 +37,7 @@ from celery.app.trace import build_tracer, setup_worker_optimizations
 from bench.core import redis_url
 from tests.support.celery_harness import CeleryHarness, rabbitmq_answers
 from tests.support.waiting import wait_until
-from zombieguard.integrations.celery import WorkerGuard, install
+from zombieguard.integrations.celery import CeleryRuntime, install
 
 # The defaults a deployment would run with, not the tests' short ones.
 _TEST_TIMINGS = (
@@ -225,7 +225,7 @@ def _noop() -> None:
 
 def task_path(url: str, calls: int, rounds: int) -> tuple[float, float]:
     """Microseconds per no-op task through Celery's tracer, plain and guarded (threads pool: a
-    worker guard started in this process, its watchdog process beside it), alternating rounds of
+    worker runtime started in this process, its watchdog process beside it), alternating rounds of
     ``calls``; the best round of each."""
     plain = Celery("zgbench-plain", set_as_current=False)
     guarded = install(Celery("zgbench-guarded", set_as_current=False))
@@ -234,8 +234,8 @@ def task_path(url: str, calls: int, rounds: int) -> tuple[float, float]:
     worker = SimpleNamespace(
         app=guarded, hostname="zgbench@path", pool_cls="celery.concurrency.thread:TaskPool", concurrency=2
     )
-    guard = WorkerGuard(worker)
-    guard.start()
+    runtime = CeleryRuntime(worker)
+    runtime.start()
     try:
         runs = {"plain": _tracer(plain), "guarded": _tracer(guarded)}
         best = {name: float("inf") for name in runs}
@@ -246,8 +246,8 @@ def task_path(url: str, calls: int, rounds: int) -> tuple[float, float]:
                     run()
                 best[name] = min(best[name], (time.perf_counter() - started) / calls * 1e6)
     finally:
-        guard.stop()
-        client = guard.store.client
+        runtime.stop()
+        client = runtime.store.client
         for key in client.scan_iter(match=f"{{{prefix}}}:*"):
             client.delete(key)
     return best["plain"], best["guarded"]
