@@ -13,14 +13,17 @@ import os
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import redis
 
+from zombieguard.adapter import JobAdapter
 from zombieguard.demo.embedded import EmbeddedRedis
 from zombieguard.leases import JobSpec, LeaseRecord, LeaseStore, Outcome
 from zombieguard.policy import Policy, Settings
+from zombieguard.recovery.deadletter import DeadLetterEntry
 from zombieguard.recovery.sweeper import Sweeper
 
 POLICY = Policy(lease_ttl=300, hard_timeout=3600)
@@ -30,20 +33,33 @@ class NoopAdapter:
     """Requeues into nowhere: the benchmark measures the store, not a framework."""
 
     name = "bench"
+    republishes_unstarted = False
+    reclaims = False
 
     def requeue(self, record: LeaseRecord) -> bool:
         """Nothing to do."""
         return True
 
-    def fail(self, record: LeaseRecord, outcome: str, reason: str) -> bool:
+    def fail(self, record: LeaseRecord, outcome: Outcome, reason: str) -> bool:
         """Nothing to do."""
         return True
 
     def stop(self, record: LeaseRecord) -> None:
         """Nothing to do."""
 
-    def republish(self, entry: object) -> None:
+    def waiting(self, queue: str) -> int | None:
+        """Not known."""
+        return None
+
+    def republish(self, entry: DeadLetterEntry) -> None:
         """Nothing to do."""
+
+    def reclaim(self, queues: Sequence[str], leased: Callable[[str], bool]) -> list[str]:
+        """Nothing taken apart."""
+        return []
+
+    def worker_gone(self, workdir: Path) -> None:
+        """Nothing held."""
 
 
 @contextmanager
@@ -88,14 +104,8 @@ def fill(store: LeaseStore, count: int, prefix: str) -> list[tuple[str, int]]:
         ids = [f"{prefix}{i}" for i in range(start, min(count, start + 2000))]
         for job_id in ids:
             spec = JobSpec(job_id, "bench", "bench.task", "default")
-            keys = [
-                store.lease_key(job_id),
-                store.due_key("bench"),
-                store.fence_key,
-                store.checkpoint_key(job_id),
-                store.adapters_key,
-            ]
-            acquire(keys=keys, args=["", *store._static_fields(spec, "w1", POLICY)], client=pipe)
+            keys, args = store._acquire_call(spec, "w1", POLICY, None)
+            acquire(keys=keys, args=args, client=pipe)
         for job_id, reply in zip(ids, pipe.execute(), strict=True):
             leases.append((job_id, int(reply[1])))
     return leases
@@ -144,7 +154,8 @@ def run(store: LeaseStore, client: redis.Redis, active: int) -> None:
     t0 = time.perf_counter()
     leases = fill(store, active, "act-")
     print(f"(filled {active} active leases in {time.perf_counter() - t0:.1f} s)")
-    sweeper = Sweeper(store, {"bench": NoopAdapter()})
+    adapter: JobAdapter = NoopAdapter()
+    sweeper = Sweeper(store, {"bench": adapter})
     row(f"sweep, {active} active leases, none expired", timed(sweeper.sweep_once, 500), ping)
 
     def expire_1000() -> None:
