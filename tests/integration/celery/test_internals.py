@@ -4,13 +4,18 @@ that changes one fails here, by name."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-import time
+import signal
+import subprocess
+import sys
+import textwrap
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import billiard.pool
 from celery import Celery, states
 from celery.app.task import Context, Task
 from celery.contrib.testing.mocks import TaskMessage
@@ -166,22 +171,39 @@ def test_a_delivery_is_noted_before_and_after_it_enters_kombu_s_unacked_hash_and
             message.ack()
 
 
-def _index_here(_: int) -> tuple[int, int]:
-    time.sleep(0.05)
-    return os.getpid(), internals.pool_process_index()
+_POOL = textwrap.dedent(
+    """
+    import json, os, sys, time
+    import billiard.pool
+    from zombieguard.integrations.celery import internals
+
+    def index_here(_):
+        time.sleep(0.1)
+        return os.getpid(), internals.pool_process_index()
+
+    if __name__ == "__main__":
+        pool = billiard.pool.Pool(processes=2)
+        seen = {}
+        deadline = time.monotonic() + 30
+        while len(seen) < 2 and time.monotonic() < deadline:  # until both processes took a task
+            for pid, index in pool.map(index_here, range(4), chunksize=1):
+                seen.setdefault(pid, set()).add(index)
+        with open(sys.argv[1], "w") as out:
+            json.dump(sorted(sorted(indices) for indices in seen.values()), out)
+        os._exit(0)  # the test ends the pool's processes: billiard < 4.2 may take 30 s to
+    """
+)
 
 
-def test_each_billiard_pool_process_knows_its_own_index_and_a_replacement_takes_the_one_it_replaces() -> None:
+def test_each_billiard_pool_process_knows_its_own_place_in_the_pool(tmp_path: Path) -> None:
     assert internals.pool_process_index() == 0  # not in a pool
-    pool = billiard.pool.Pool(processes=2, maxtasksperchild=4)
+    script = tmp_path / "pool.py"
+    script.write_text(_POOL)
+    result = tmp_path / "indices.json"
+    process = subprocess.Popen([sys.executable, str(script), str(result)], start_new_session=True)
     try:
-        seen = pool.map(_index_here, range(16), chunksize=1)
+        assert process.wait(timeout=60) == 0
     finally:
-        pool.terminate()
-        pool.join()
-    by_pid: dict[int, set[int]] = {}
-    for pid, index in seen:
-        by_pid.setdefault(pid, set()).add(index)
-    assert all(len(indices) == 1 for indices in by_pid.values()), by_pid
-    assert {index for indices in by_pid.values() for index in indices} == {0, 1}
-    assert len(by_pid) > 2, "processes past maxtasksperchild were replaced, under the same indices"
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # the pool's processes, left by os._exit
+    assert json.loads(result.read_text()) == [[0], [1]]

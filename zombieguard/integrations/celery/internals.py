@@ -22,8 +22,7 @@ from celery.worker import state as worker_state
 
 def pool_process_index() -> int:
     """This prefork pool process's place in its pool (0 to concurrency - 1; 0 outside a pool):
-    billiard's ``Process.index``, which its pool sets on each process it starts, and gives a
-    replacement the index of the process it replaces."""
+    billiard's ``Process.index``, which its pool sets on each process it starts."""
     return int(getattr(billiard.process.current_process(), "index", 0) or 0)
 
 
