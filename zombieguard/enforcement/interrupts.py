@@ -17,7 +17,9 @@ from collections.abc import Callable
 from types import FrameType
 
 from zombieguard.enforcement.limits import Limit
+from zombieguard.errors import HardTimeLimitExceeded, JobHung, SoftTimeLimitExceeded
 from zombieguard.leases import Outcome
+from zombieguard.policy import Policy
 
 # Real-time signals: RQ, Celery and billiard use none of them. Not SIGUSR2: billiard < 4.2.1 makes it
 # a signal that ends a pool process (installed after worker_process_init, over faulthandler's).
@@ -70,6 +72,24 @@ _SIGNALS = {
     Interrupt.HUNG: HUNG_SIGNAL,
     Interrupt.LOST: LOST_SIGNAL,
 }
+
+
+def interrupt_error(
+    kind: Interrupt, policy: Policy, noun: str, soft: type[Exception] = SoftTimeLimitExceeded
+) -> BaseException:
+    """The exception a job raises for a limit's interrupt ``kind`` (not :attr:`Interrupt.LOST`: the
+    attempt's own :class:`LeaseLost` is raised for that), saying which limit of ``policy`` it passed;
+    ``noun`` names the job as its framework does ("job", "task"), ``soft`` is the framework's
+    catchable soft-limit type."""
+    if kind is Interrupt.SOFT:
+        return soft(f"{noun} passed its soft_timeout of {policy.soft_timeout:g} s")
+    if kind is Interrupt.HARD:
+        return HardTimeLimitExceeded(f"{noun} passed its hard_timeout of {policy.hard_timeout:g} s")
+    if kind is Interrupt.HUNG:
+        return JobHung(
+            f"{noun} made no progress within its progress_timeout of {policy.progress_timeout:g} s"
+        )
+    raise ValueError(f"{kind} is not a limit's interrupt")
 
 
 def install_interrupt_handlers(on_interrupt: Callable[[Interrupt], None]) -> None:

@@ -19,7 +19,8 @@ from zombieguard.leases.records import (
     Sweep,
     text,
 )
-from zombieguard.leases.store import LeaseStore, scored_members
+from zombieguard.leases.registry import WorkerRegistry, scored_members
+from zombieguard.leases.store import LeaseStore
 from zombieguard.leases.wire import PendingAcquire
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "Outcome",
     "PendingAcquire",
     "Sweep",
+    "WorkerRegistry",
     "scored_members",
     "text",
 ]

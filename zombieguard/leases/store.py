@@ -1,4 +1,5 @@
-"""The lease store: every transition of a lease, one method per Lua script, and the queries.
+"""The lease store: every transition of a lease, one method per Lua script, and the queries (the
+worker registry it inherits is :mod:`zombieguard.leases.registry`).
 
 Every state change of a lease is one Lua script in ``zombieguard/leases/lua``: atomic, one round trip,
 timed by the Redis server's clock.
@@ -7,14 +8,13 @@ timed by the Redis server's clock.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import redis
 
 from zombieguard.errors import LeaseLost
 from zombieguard.leases import wire
-from zombieguard.leases.keys import Keys
 from zombieguard.leases.records import (
     Acquired,
     AttemptRecord,
@@ -30,6 +30,7 @@ from zombieguard.leases.records import (
     Sweep,
     text,
 )
+from zombieguard.leases.registry import WorkerRegistry
 from zombieguard.leases.scripts import SCRIPTS, load_script
 from zombieguard.policy import Policy, Settings
 
@@ -40,17 +41,11 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-def scored_members(client: redis.Redis, key: str) -> list[tuple[str, float]]:
-    """Every member of a sorted set with its score, lowest first."""
-    reply: list[Any] = client.zrange(key, 0, -1, withscores=True)
-    return [(text(member), float(score)) for member, score in reply]
-
-
 def _flat_pairs(raw: Sequence[Any]) -> dict[str, str]:
     return {text(raw[i]): text(raw[i + 1]) for i in range(0, len(raw), 2)}
 
 
-class LeaseStore(Keys):
+class LeaseStore(WorkerRegistry):
     """Leases, their fencing tokens, checkpoints and the dead-letter index in one Redis.
 
     Thread-safe (redis-py's client is); after a fork, redis-py opens new connections by itself.
@@ -486,34 +481,6 @@ class LeaseStore(Keys):
     def queues_of(self, adapter: str) -> list[str]:
         """The queues guarded jobs of ``adapter`` ran from (acquire records each)."""
         return sorted(text(q) for q, a in self.client.hgetall(self.queues_key).items() if text(a) == adapter)
-
-    def register_worker(self, name: str, info: Mapping[str, str], ttl: float) -> None:
-        """Announce a worker: its description, and its presence until ``ttl`` from now (server time)."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self.worker_key(name))
-        description: dict[Any, Any] = dict(info)
-        pipe.hset(self.worker_key(name), mapping=description)
-        pipe.execute()
-        self.renew(info.get("adapter", "core"), name, ttl, [])
-
-    def deregister_worker(self, name: str) -> None:
-        """A worker leaves cleanly: it is not a zombie."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.zrem(self.workers_key, name)
-        pipe.delete(self.worker_key(name))
-        pipe.execute()
-
-    def workers(self) -> dict[str, tuple[float, dict[str, str]]]:
-        """Live workers: name -> (presence expiry, description)."""
-        entries = scored_members(self.client, self.workers_key)
-        pipe = self.client.pipeline(transaction=False)
-        for name, _ in entries:
-            pipe.hgetall(self.worker_key(name))
-        infos = pipe.execute()
-        return {
-            name: (expiry, {text(k): text(v) for k, v in info.items()})
-            for (name, expiry), info in zip(entries, infos, strict=True)
-        }
 
     def server_time(self) -> float:
         """The Redis server's clock, the one every lease is timed by."""

@@ -20,9 +20,9 @@ from celery.exceptions import Ignore, Reject, Retry, TimeLimitExceeded
 from celery.exceptions import SoftTimeLimitExceeded as CelerySoftTimeLimitExceeded
 
 from zombieguard.containment import contained, log
-from zombieguard.enforcement.interrupts import Interrupt
+from zombieguard.enforcement.interrupts import Interrupt, interrupt_error
 from zombieguard.enforcement.slot import JobSlot, execution_tag
-from zombieguard.errors import ConfigurationError, HardTimeLimitExceeded, JobHung, JobInterrupt, LeaseLost
+from zombieguard.errors import ConfigurationError, HardTimeLimitExceeded, JobInterrupt, LeaseLost
 from zombieguard.errors import SoftTimeLimitExceeded as GuardSoftTimeLimitExceeded
 from zombieguard.events import JobCompleted, JobStarted, emit, listened
 from zombieguard.integrations.celery import internals
@@ -312,16 +312,8 @@ class Executor:
             # that ended before this one began in the same process: only Redis can tell.
             state.attempt.verify()  # raises LeaseLost when this attempt is superseded
             return
-        policy = state.attempt.policy
         state.interrupt = kind
-        if kind is Interrupt.SOFT:
-            raise SoftTimeLimit(f"task passed its soft_timeout of {policy.soft_timeout:g} s")
-        if kind is Interrupt.HARD:
-            raise HardTimeLimitExceeded(f"task passed its hard_timeout of {policy.hard_timeout:g} s")
-        if kind is Interrupt.HUNG:
-            raise JobHung(
-                f"task made no progress within its progress_timeout of {policy.progress_timeout:g} s"
-            )
+        raise interrupt_error(kind, state.attempt.policy, "task", soft=SoftTimeLimit)
 
 
 def announce(slot: JobSlot, attempt: Attempt, pid: int, *, keep_payload: bool) -> int:

@@ -24,9 +24,12 @@ What each worker does (docs/guarantees.md has the whole table):
   and removes their executions from RQ's started registry, so that RQ's abandoned-job cleanup never
   fails or retries them as well. A superseded attempt's completion is refused.
 
-The modules: :mod:`.worker` (the worker classes, in the worker process and its horse), :mod:`.failure`
-(how a stopped job fails the RQ way), :mod:`.adapter` (sweepers, the CLI, the watchdog process), and
-:mod:`.internals` (the private RQ attributes relied on, each in one place).
+The modules: :mod:`.worker` (the worker classes: RQ's hooks, in the worker process and its horse),
+:mod:`.runtime` (what the worker process runs beside RQ), :mod:`.acquire` (a job's lease, before it
+starts), :mod:`.horse` (in the process that runs the job), :mod:`.verdict` (what RQ records when an
+execution fails), :mod:`.failure` (how a stopped job fails the RQ way), :mod:`.adapter` (sweepers,
+the CLI, the watchdog process), and :mod:`.internals` (the private RQ attributes relied on, each in
+one place).
 """
 
 from __future__ import annotations
