@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from blinker import Namespace, Signal
 
 from zombieguard.containment import contained
+from zombieguard.enforcement.limits import Limit
 from zombieguard.policy import Policy
 
 _signals = Namespace()
@@ -160,9 +161,9 @@ class JobHungEvent(JobEvent):
 
 @dataclass(frozen=True)
 class JobTimedOut(JobEvent):
-    """Past ``soft_timeout`` (``limit == "soft"``) or ``hard_timeout`` (``limit == "hard"``)."""
+    """Past ``soft_timeout`` (``limit`` is :attr:`Limit.SOFT`) or ``hard_timeout`` (:attr:`Limit.HARD`)."""
 
-    limit: str = "hard"
+    limit: Limit = Limit.HARD
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import sentry_sdk
 from tests.support.sentry_endpoint import SentryEndpoint
 from tests.support.waiting import wait_until
 from zombieguard import Policy
+from zombieguard.enforcement.limits import Limit
 from zombieguard.errors import HardTimeLimitExceeded
 from zombieguard.events import (
     JobDeadLettered,
@@ -55,7 +56,7 @@ def _event(kind: type, **extra: Any) -> Any:
 def test_a_stopped_job_becomes_one_sentry_event_with_fingerprint_tags_and_the_frame_where_it_hung(
     sentry_events: list[dict[str, Any]],
 ) -> None:
-    emit("rq", _event(JobTimedOut, limit="hard", stack=FAULTHANDLER_DUMP, policy=Policy(hard_timeout=30)))
+    emit("rq", _event(JobTimedOut, limit=Limit.HARD, stack=FAULTHANDLER_DUMP, policy=Policy(hard_timeout=30)))
     sentry_sdk.flush(5)
     [event] = wait_until(lambda: list(sentry_events), 5, what="the event arrived")
     assert event["fingerprint"] == ["zombieguard", "timed_out", "billing.charge"]
@@ -77,7 +78,7 @@ def test_a_storm_of_stalls_is_bounded_per_fingerprint_and_soft_limits_are_not_re
 ) -> None:
     for _ in range(10):
         emit("rq", _event(JobStalled))
-    emit("rq", _event(JobTimedOut, limit="soft"))
+    emit("rq", _event(JobTimedOut, limit=Limit.SOFT))
     emit("rq", _event(JobDeadLettered))
     sentry_sdk.flush(5)
     wait_until(lambda: len(sentry_events) >= 4, 5, what="events arrived")

@@ -42,6 +42,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from zombieguard import events
+from zombieguard.enforcement.limits import Limit
 from zombieguard.events import JobEvent, JobStarted, JobTimedOut, QueueEvent
 
 LEVELS = {
@@ -207,7 +208,7 @@ def _job_description(payload: str) -> Any:
 
 def _report(sender: Any, event: JobEvent) -> None:
     integration = sentry_sdk.get_client().get_integration(ZombieGuardIntegration)
-    if integration is None or (isinstance(event, JobTimedOut) and event.limit == "soft"):
+    if integration is None or (isinstance(event, JobTimedOut) and event.limit is Limit.SOFT):
         return
     kind = event.kind
     fingerprint = ("zombieguard", kind, event.task)

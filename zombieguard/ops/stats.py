@@ -49,7 +49,7 @@ def field_of(event: JobEvent | WorkerEvent) -> str:
     """The counter an event adds to."""
     if isinstance(event, WorkerEvent):
         return "\t".join(("worker_zombie", event.adapter, "", ""))
-    kind = f"timed_out_{event.limit}" if isinstance(event, JobTimedOut) else event.kind
+    kind = f"timed_out_{event.limit.value}" if isinstance(event, JobTimedOut) else event.kind
     return "\t".join((kind, event.adapter, event.queue, event.task))
 
 

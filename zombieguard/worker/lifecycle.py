@@ -71,10 +71,10 @@ def emit_limit(
     was): ``JobTimedOut`` for a soft or hard limit, ``JobHungEvent`` for the progress limit. ``make``
     builds the event (an attempt's, or one from a slot's state) from its type and fields."""
     if limit is Limit.SOFT:
-        emit(adapter, make(JobTimedOut, reason="soft_timeout passed", limit=limit.value))
+        emit(adapter, make(JobTimedOut, reason="soft_timeout passed", limit=limit))
     elif limit is Limit.HARD:
         reason = f"ran past its hard_timeout of {seconds or 0:g} s"
-        emit(adapter, make(JobTimedOut, reason=reason, stack=stack, limit=limit.value))
+        emit(adapter, make(JobTimedOut, reason=reason, stack=stack, limit=limit))
     else:
         reason = f"no progress within its progress_timeout of {seconds or 0:g} s"
         emit(adapter, make(JobHungEvent, reason=reason, stack=stack))

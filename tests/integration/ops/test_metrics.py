@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from tests.support.leases import RecordingAdapter, expire, start
 from tests.support.scraping import scrape
 from zombieguard import Policy
+from zombieguard.enforcement.limits import Limit
 from zombieguard.events import JobCompleted, JobTimedOut, emit
 from zombieguard.leases import LeaseStore
 from zombieguard.ops.metrics import ClusterCollector, ProcessMetrics
@@ -55,7 +56,7 @@ def test_the_deployment_s_zombie_counts_and_active_jobs_are_scraped_with_bounded
 
 
 def test_soft_and_hard_timeouts_are_counted_apart(store: LeaseStore, counter: EventCounter) -> None:
-    for limit in ("soft", "hard", "hard"):
+    for limit in (Limit.SOFT, Limit.HARD, Limit.HARD):
         emit("celery", JobTimedOut("j", "t.task", "q", 1, "w", "celery", limit=limit))
     registry = CollectorRegistry()
     registry.register(ClusterCollector(store))
