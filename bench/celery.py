@@ -23,11 +23,13 @@ import os
 import signal
 import socket
 import statistics
+import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -150,6 +152,16 @@ def throughput_pairs(
     return ratios
 
 
+def _second_start(harness: CeleryHarness) -> str | None:
+    """The note of the task's second attempt starting, once there is one."""
+    started = harness.notes_of("started")
+    return started[1] if len(started) > 1 else None
+
+
+def _exited(process: subprocess.Popen[bytes]) -> bool:
+    return process.poll() is not None
+
+
 def recovery(url: str, workdir: Path, broker: str, runs: int) -> list[float]:
     """Seconds from SIGKILL of a whole worker to its task's next attempt starting, ``runs`` times."""
     samples = []
@@ -159,16 +171,14 @@ def recovery(url: str, workdir: Path, broker: str, runs: int) -> list[float]:
             victim = harness.start_worker("prefork")
             harness.start_worker("prefork")
             result = harness.send("long_task", harness.notes, 60.0)
-            wait_until(lambda h=harness: h.notes_of("started"), 15, what="first attempt")
+            wait_until(partial(harness.notes_of, "started"), 15, what="first attempt")
             # Its lease written (within lease_delay): before that, a killed worker's task is the broker's.
             harness.wait_leased(result.id)
             if int(harness.notes_of("started")[0].split()[1]) not in harness.children(0):
                 continue  # the survivor took it; this run measures nothing
             os.killpg(victim.pid, signal.SIGKILL)
             killed = time.time()
-            second = wait_until(
-                lambda h=harness: len(h.notes_of("started")) > 1 and h.notes_of("started")[1], 30
-            )
+            second = wait_until(partial(_second_start, harness), 30, what="second attempt")
             samples.append(float(second.split()[0]) - killed)
         finally:
             harness.close()
@@ -184,9 +194,9 @@ def kill_latency(url: str, workdir: Path, pool: str, task: str, *, runs: int, po
             worker = harness.start_worker(pool, concurrency=4 if pool == "threads" else 2)
             args: tuple[object, ...] = (harness.notes, port) if task == "hang_on_socket" else (harness.notes,)
             result = harness.send(task, *args, time_limit=1)
-            started = float(wait_until(lambda h=harness: h.notes_of("started"), 15)[0].split()[0])
+            started = float(wait_until(partial(harness.notes_of, "started"), 15)[0].split()[0])
             if task == "stuck_in_c_code" and pool != "prefork":
-                wait_until(lambda w=worker: w.poll() is not None, 15, interval=0.005, what="worker killed")
+                wait_until(partial(_exited, worker), 15, interval=0.005, what="worker killed")
             else:
                 harness.wait_state(result, {"FAILURE"}, 15)
             samples.append(time.time() - started - 1.0)

@@ -21,12 +21,17 @@ import statistics
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 from rq import Queue
 
 from bench.core import redis_url
 from tests.support.rq_harness import RQHarness, wait_until
+
+
+def _started_since(harness: RQHarness, before: int) -> bool:
+    return len(harness.notes_of("started")) > before
 
 
 def _harness(url: str, workdir: Path, env: dict[str, str | None]) -> RQHarness:
@@ -112,7 +117,7 @@ def kill_latency(url: str, workdir: Path, worker_class: str, func: str, runs: in
             before = len(harness.notes_of("started"))
             args = (harness.notes, port) if func == "hang_on_socket" else (harness.notes,)
             job = harness.enqueue(func, *args)
-            wait_until(lambda before=before: len(harness.notes_of("started")) > before, 30, what="started")
+            wait_until(partial(_started_since, harness, before), 30, what="started")
             started = float(harness.notes_of("started")[-1].split()[0])
             harness.wait_status(job, ["failed"], 30)
             out.append(time.time() - started - 1.0)

@@ -19,11 +19,15 @@ from zombieguard.policy import Policy
 
 
 class CapturedEvents(list[JobEvent | WorkerEvent | QueueEvent]):
-    """The events sent while capturing, in order, with a filter by kind."""
+    """The events sent while capturing, in order, with filters by kind and for job events."""
 
     def of_kind(self, kind: str) -> list[JobEvent | WorkerEvent | QueueEvent]:
         """The captured events of one kind (``"stalled"``, ``"hung"``, ...)."""
         return [event for event in self if event.kind == kind]
+
+    def of_jobs(self) -> list[JobEvent]:
+        """The captured events about a job (not a worker's or a queue's), in order."""
+        return [event for event in self if isinstance(event, JobEvent)]
 
 
 @contextmanager

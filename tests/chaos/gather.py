@@ -171,7 +171,7 @@ def rabbitmq_copies(url: str, queue: str) -> list[tuple[str, Copy]]:
     from kombu.connection import Connection  # noqa: PLC0415 - only Celery runs need kombu
 
     out = []
-    with Connection(url, connect_timeout=5) as conn:  # type: ignore[no-untyped-call]
+    with Connection(url, connect_timeout=5) as conn:
         channel = conn.default_channel
         # A killed consumer's unacked messages go back to the queue once RabbitMQ sees its
         # connection close: wait for that (bounded) before reading the queue.

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.support.harness import REPO
-from tests.support.rq_harness import RQHarness
+from tests.support.rq_harness import RQHarness, exc_string
 
 pytestmark = pytest.mark.slow
 
@@ -142,4 +142,4 @@ def test_a_django_rq_worker_with_the_guarded_class_enforces_the_limits_of_settin
     job = rq_harness.enqueue("sleep_then_return", rq_harness.notes, 30)  # RQ's own limit: 180 s
     assert rq_harness.wait_status(job, ["failed"], 20) == "failed"
     job.refresh()
-    assert "hard_timeout of 1 s" in (job.latest_result().exc_string or ""), rq_harness.log(-1)
+    assert "hard_timeout of 1 s" in exc_string(job), rq_harness.log(-1)

@@ -14,6 +14,7 @@ from pathlib import Path
 import redis
 
 from tests.support.waiting import wait_until
+from zombieguard.leases import text
 
 REPO = Path(__file__).resolve().parents[2]
 ZOMBIEGUARD = str(Path(sys.executable).with_name("zombieguard"))
@@ -61,7 +62,7 @@ class WorkerHarness:
     def lease_state(self, job_id: str) -> str:
         """The state of the job's lease ("" when none is written)."""
         key = "{" + self.key_prefix + "}:lease:" + job_id
-        return (self.client.hget(key, "state") or b"").decode()
+        return text(self.client.hget(key, "state") or b"")
 
     def wait_leased(self, job_id: str, timeout: float = 15) -> None:
         """Wait until the job's lease is written and running (a Celery first delivery writes it
@@ -71,7 +72,7 @@ class WorkerHarness:
     def diagnosis(self, job_id: str) -> str:
         """What the job's lease and the workers' logs say: for the message of a wait that failed."""
         lease = {
-            k.decode(): v.decode(errors="replace")[:200]
+            text(k): text(v)[:200]
             for k, v in self.client.hgetall("{" + self.key_prefix + "}:lease:" + job_id).items()
             if k not in (b"payload", b"history")
         }

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zombieguard.leases import AcquireStatus, JobSpec, LeaseRecord, LeaseStore
+from zombieguard.leases import AcquireStatus, JobSpec, LeaseRecord, LeaseStore, text
 from zombieguard.policy import Policy
 from zombieguard.recovery.deadletter import DeadLetterEntry
 from zombieguard.worker.attempt import Attempt
@@ -95,4 +95,4 @@ def expire(store: LeaseStore, job_id: str) -> None:
     assert adapter is not None
     now = store.server_time()
     store.client.hset(key, "expires", repr(now - 0.001))
-    store.client.zadd(store.due_key(adapter.decode()), {job_id: now - 0.001})
+    store.client.zadd(store.due_key(text(adapter)), {job_id: now - 0.001})

@@ -18,12 +18,22 @@ from tests.support.waiting import wait_until
 
 RQ_BIN = str(Path(sys.executable).with_name("rq"))
 
+__all__ = ["RQ_BIN", "RQHarness", "exc_string", "wait_until"]
+
+
+def exc_string(job: Job) -> str:
+    """The exception RQ recorded for the job's latest result; fails the test when there is none."""
+    result = job.latest_result()
+    assert result is not None, f"rq job {job.id} has no result"
+    assert result.exc_string is not None, f"rq job {job.id} recorded no failure"
+    return result.exc_string
+
 
 class RQHarness(WorkerHarness):
     """Workers, a queue and the test's own key prefix; everything is cleaned up by :meth:`close`."""
 
     def __init__(
-        self, redis_url: str, key_prefix: str, workdir: Path, env: dict[str, str] | None = None
+        self, redis_url: str, key_prefix: str, workdir: Path, env: dict[str, str | None] | None = None
     ) -> None:
         super().__init__(redis_url, key_prefix, workdir)
         self.queue_name = f"zgq-{uuid.uuid4().hex[:10]}"
@@ -38,6 +48,11 @@ class RQHarness(WorkerHarness):
             **(env or {}),
         }
         self.jobs: list[Job] = []
+
+    def environ(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment of a process the test starts: this one's, the test's settings, ``extra``
+        (a setting None is left unset)."""
+        return {k: v for k, v in {**os.environ, **self.env, **(extra or {})}.items() if v is not None}
 
     def start_worker(
         self, cls: str = "GuardedWorker", env: dict[str, str] | None = None, options: Sequence[str] = ()
@@ -59,7 +74,7 @@ class RQHarness(WorkerHarness):
                 name,
                 self.queue_name,
             ],
-            env={k: v for k, v in {**os.environ, **self.env, **(env or {})}.items() if v is not None},
+            env=self.environ(env),
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,

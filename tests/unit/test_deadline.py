@@ -157,7 +157,7 @@ def test_a_block_that_swallows_the_exception_is_ended_when_it_leaves() -> None:
 
 
 def test_in_another_thread_python_code_is_interrupted_at_the_deadline() -> None:
-    result: list[object] = []
+    result: list[tuple[float, str]] = []
 
     def work() -> None:
         t0 = time.monotonic()
@@ -172,7 +172,7 @@ def test_in_another_thread_python_code_is_interrupted_at_the_deadline() -> None:
     thread.start()
     thread.join(5)
     assert result
-    elapsed, message = result[0]  # type: ignore[misc]
+    elapsed, message = result[0]
     assert 0.3 <= elapsed < 0.8
     assert "0.3 s" in message
 

@@ -7,7 +7,7 @@ import pytest
 
 from tests.support.celery_harness import CeleryHarness
 from tests.support.cli import celery_cli, rq_cli_json
-from tests.support.rq_harness import RQHarness
+from tests.support.rq_harness import RQHarness, exc_string
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,7 @@ def test_kill_stops_a_hung_rq_job_and_it_ends_failed_not_recovered(rq_harness: R
     assert stopped["stopped"] == job.id
     assert stopped["by"].endswith(": seed incident")
     rq_harness.wait_status(job, ["failed"], 10)
-    assert "zombieguard.JobStopped" in job.latest_result().exc_string
+    assert "zombieguard.JobStopped" in exc_string(job)
     nxt = rq_harness.enqueue("add", 2, 3)  # the worker is free again
     rq_harness.wait_status(nxt, ["finished"], 15)
     assert rq_harness.status(job) == "failed"  # not recovered in the meantime

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.support.harness import thaw
-from tests.support.rq_harness import RQHarness, wait_until
+from tests.support.rq_harness import RQHarness, exc_string, wait_until
 from zombieguard.enforcement.watchdog import process_exited
 from zombieguard.leases import LeaseStore
 from zombieguard.policy import Settings
@@ -124,7 +124,7 @@ def test_a_poison_pill_is_recovered_max_stalls_times_then_dead_lettered_with_its
     job = rq_harness.enqueue("kills_its_process", rq_harness.notes)
     rq_harness.wait_status(job, ["failed"], 15)
     assert len(rq_harness.notes_of("started")) == 3
-    assert "JobDeadLettered" in job.latest_result().exc_string
+    assert "JobDeadLettered" in exc_string(job)
     store = LeaseStore(rq_harness.client, Settings(key_prefix=rq_harness.key_prefix))
     entry = DeadLetterStore(store).get(job.id)
     assert entry is not None

@@ -7,7 +7,7 @@ import time
 import pytest
 from rq import Callback, Retry
 
-from tests.support.rq_harness import RQHarness, wait_until
+from tests.support.rq_harness import RQHarness, exc_string, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def test_a_job_hung_on_a_socket_is_stopped_within_1s_of_hard_timeout_and_fails_t
     rq_harness.wait_status(job, ["failed"], 10)
     stopped_after = time.time() - started
     assert 1.9 <= stopped_after < 3.0
-    exc = job.latest_result().exc_string
+    exc = exc_string(job)
     # RQ's own limit fails the job with RQ's own exception type (zombieguard's interrupt as well).
     name = "JobTimeoutException" if rq_own else "HardTimeLimitExceeded"
     assert name in exc
@@ -59,9 +59,7 @@ def test_a_job_past_rq_job_timeout_can_catch_rq_own_timeout_exception_to_clean_u
     job = rq_harness.enqueue("cleans_up_on_rq_timeout", rq_harness.notes, job_timeout=1)
     rq_harness.wait_status(job, ["failed"], 10)
     assert [line.split()[1] for line in rq_harness.notes_of("cleaned-up")] == ["JobTimeoutException"]
-    assert "JobTimeoutException: Task exceeded maximum timeout value (1 seconds)" in (
-        job.latest_result().exc_string
-    )
+    assert "JobTimeoutException: Task exceeded maximum timeout value (1 seconds)" in (exc_string(job))
     assert len(rq_harness.notes_of("started")) == 1  # failed, not recovered
 
 
@@ -73,7 +71,7 @@ def test_a_job_stuck_in_c_code_is_killed_within_1s_of_hard_timeout_with_its_stac
     started = _started_at(rq_harness)
     rq_harness.wait_status(job, ["failed"], 10)
     assert time.time() - started < 3.0
-    exc = job.latest_result().exc_string
+    exc = exc_string(job)
     assert "JobTimeoutException: Task exceeded maximum timeout value (2 seconds)" in exc
     assert "stuck_in_c_code" in exc  # the faulthandler dump, taken while it held the GIL
     nxt = rq_harness.enqueue("add", 1, 1)
@@ -89,7 +87,7 @@ def test_a_simple_worker_s_job_stuck_in_c_code_is_killed_and_failed_by_the_watch
     rq_harness.wait_status(job, ["failed"], 10)
     assert time.time() - started < 3.5  # hard_timeout + the watchdog process's 0.5 s grace + a poll
     assert worker.wait(5) == -9  # the watchdog process killed it: its supervisor restarts it
-    exc = job.latest_result().exc_string
+    exc = exc_string(job)
     assert "JobTimeoutException: Task exceeded maximum timeout value (2 seconds)" in exc
     assert "stuck_in_c_code" in exc
     assert job.id not in rq_harness.queue.started_job_registry.get_job_ids()
@@ -124,7 +122,7 @@ def test_a_job_alive_but_without_progress_is_stopped_as_hung_within_1s_of_progre
     )
     rq_harness.wait_status(job, ["failed"], 10)
     assert time.time() - stopped_beating < 2.2  # the last beat came just before; limit 1 s; within 1 s of it
-    assert "JobHung" in job.latest_result().exc_string
+    assert "JobHung" in exc_string(job)
 
 
 def test_a_job_killed_at_its_hard_limit_is_retried_as_its_rq_retry_says(rq_harness: RQHarness) -> None:
@@ -132,4 +130,4 @@ def test_a_job_killed_at_its_hard_limit_is_retried_as_its_rq_retry_says(rq_harne
     job = rq_harness.enqueue("stuck_in_c_code", rq_harness.notes, job_timeout=1, retry=Retry(max=1))
     rq_harness.wait_status(job, ["failed"], 15)
     assert len(rq_harness.notes_of("started")) == 2
-    assert "JobTimeoutException" in job.latest_result().exc_string
+    assert "JobTimeoutException" in exc_string(job)

@@ -136,6 +136,7 @@ def test_the_watchdog_process_writes_a_late_lease_grace_past_lease_delay_and_rel
     _announce(slot, 0.0)
     reason, due = watcher.act_on(slot)
     assert reason is None
+    assert POLICY.lease_delay is not None
     assert due == slot.read().started + POLICY.lease_delay + 0.3  # it looks again then
     assert store.record(SPEC.job_id) is None
     _announce(slot, 0.5)

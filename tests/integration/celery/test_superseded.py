@@ -4,12 +4,13 @@ may what notices its end (Celery's own time limit, its pool process's death) rec
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
 from zombieguard.enforcement.slot import JobSlot, SlotState
 from zombieguard.integrations.celery.monitor import holds_lease, is_superseded
-from zombieguard.leases import LeaseRecord
+from zombieguard.leases import LeaseRecord, LeaseState, Outcome
 
 RECORD = LeaseRecord.from_hash(
     {
@@ -38,17 +39,17 @@ def _slot(token: int, attempt: int = 2) -> SlotState:
     ("change", "token", "holds"),
     [
         ({}, 7, True),  # its own running lease
-        ({"state": "done"}, 7, True),  # its own end, written by itself
+        ({"state": LeaseState.DONE}, 7, True),  # its own end, written by itself
         ({}, None, True),  # its slot gone: by worker and state
         ({"worker": "w2"}, 7, False),  # another worker's attempt
         ({"token": 9}, 7, False),  # another attempt on this worker
-        ({"state": "recovering"}, 7, False),  # a sweeper claimed it
-        ({"state": "queued"}, 7, False),  # requeued as the next attempt
-        ({"state": "dead_lettered", "token": 9}, 7, False),  # a sweeper ended it
+        ({"state": LeaseState.RECOVERING}, 7, False),  # a sweeper claimed it
+        ({"state": LeaseState.QUEUED}, 7, False),  # requeued as the next attempt
+        ({"state": LeaseState.DONE, "token": 9}, 7, False),  # a sweeper ended it (dead-lettered, failed)
     ],
 )
 def test_an_attempt_holds_its_task_while_its_lease_is_its_own(
-    change: dict[str, object], token: int | None, holds: bool
+    change: dict[str, Any], token: int | None, holds: bool
 ) -> None:
     record = replace(RECORD, **change)
     state = None if token is None else _slot(token)
@@ -56,7 +57,7 @@ def test_an_attempt_holds_its_task_while_its_lease_is_its_own(
 
 
 def test_an_attempt_not_leased_yet_holds_its_task_unless_a_newer_attempt_has_a_lease() -> None:
-    assert holds_lease(replace(RECORD, attempt=1, state="done"), "w1", _slot(0, attempt=2))
+    assert holds_lease(replace(RECORD, attempt=1, state=LeaseState.DONE), "w1", _slot(0, attempt=2))
     assert not holds_lease(replace(RECORD, attempt=3), "w1", _slot(0, attempt=2))
 
 
@@ -64,13 +65,16 @@ def test_an_attempt_not_leased_yet_holds_its_task_unless_a_newer_attempt_has_a_l
     ("change", "superseded"),
     [
         ({}, False),  # its own running lease
-        ({"abandoned": "stalled"}, True),  # given up as a stall: the sweeper recovers it
-        ({"abandoned": "timed_out"}, True),  # given up by its watchdog: the sweeper fails it
-        ({"state": "done", "abandoned": "stalled"}, False),  # it completed before a sweeper came
+        ({"abandoned": Outcome.STALLED}, True),  # given up as a stall: the sweeper recovers it
+        ({"abandoned": Outcome.TIMED_OUT}, True),  # given up by its watchdog: the sweeper fails it
+        (
+            {"state": LeaseState.DONE, "abandoned": Outcome.STALLED},
+            False,
+        ),  # it completed before a sweeper came
         ({"token": 9}, True),  # another attempt on this worker
     ],
 )
 def test_an_attempt_whose_lease_was_given_up_is_superseded_and_records_nothing(
-    change: dict[str, object], superseded: bool
+    change: dict[str, Any], superseded: bool
 ) -> None:
     assert is_superseded(replace(RECORD, **change), "w1", _slot(7)) is superseded

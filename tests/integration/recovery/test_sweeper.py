@@ -29,7 +29,7 @@ def test_a_stalled_job_is_requeued_once_as_the_next_attempt_with_events(store: L
     assert report.recovered == ["j1"]
     assert adapter.requeued == ["j1"]
     assert [e.kind for e in events] == ["stalled", "recovered"]
-    assert events[1].detail("next_attempt") == 2
+    assert events.of_jobs()[1].detail("next_attempt") == 2
     record = store.record("j1")
     assert record is not None
     assert (record.state, record.stalls) == ("queued", 1)

@@ -34,6 +34,7 @@ def test_a_timed_out_job_is_failed_the_rq_way_with_its_reason(
     assert job.id in queue.failed_job_registry.get_job_ids()
     result = job.latest_result()
     assert result is not None
+    assert result.exc_string is not None
     assert result.exc_string.startswith("zombieguard.HardTimeLimitExceeded: ran past its hard_timeout of 2 s")
     if RQ_VERSION >= (2, 5):
         assert result.worker_name == "zgw-pinned"

@@ -67,7 +67,7 @@ def test_rq_s_stop_command_marks_the_job_zombieguard_reads_as_stopped_on_request
     assert internals.stop_requested_for(worker) is None
     worker.prepare_execution(job)  # what RQ's worker does before it forks the horse (RQ 3: current job)
     if RQ_VERSION < (3,):
-        worker.set_current_job_id(job.id)  # what RQ 2's horse does as it prepares the job
+        worker.set_current_job_id(job.id)  # type: ignore[attr-defined]  # RQ 2 only; what RQ 2's horse does as it prepares the job
     killed: list[bool] = []
     worker.kill_horse = lambda *_, **__: killed.append(True)  # type: ignore[method-assign]
     handle_stop_job_command(worker, {"job_id": job.id})

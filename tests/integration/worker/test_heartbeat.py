@@ -51,7 +51,8 @@ def test_a_lease_taken_over_is_dropped_and_its_attempt_told_with_an_event(store:
     assert lose.lost is not None
     assert keep.lost is None
     assert heartbeat.attempts() == [keep]
-    assert [(e.kind, e.job_id) for e in events] == [("lease_lost", "lose")]
+    assert [(e.kind, e.job_id) for e in events.of_jobs()] == [("lease_lost", "lose")]
+    assert len(events) == 1
     with pytest.raises(LeaseLost):
         lose.beat()
 

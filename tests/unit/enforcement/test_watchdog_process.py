@@ -50,9 +50,11 @@ def test_the_watchdog_process_looks_a_few_times_a_second_not_every_poll(tmp_path
     worker.wait()
     watching.join(5)
     assert not watching.is_alive()  # it ends with the worker
-    assert 2 <= len(looks) <= 5, looks  # every 0.4 s for about 1.2 s; every 0.05 s would be 24
+    assert len(looks) >= 2, looks  # the worker lived 1.2 s at least
     gaps = [b - a for a, b in itertools.pairwise(looks)]
-    assert all(gap >= POLL_SECONDS for gap in gaps)
+    # Every `grace` (0.4 s), however long the worker took to start and end; every POLL_SECONDS would
+    # be every 0.05 s.
+    assert all(gap >= 0.4 - 0.01 for gap in gaps), gaps
 
 
 def test_after_a_freeze_of_its_own_the_watchdog_process_gives_the_worker_its_grace_again(
@@ -115,7 +117,12 @@ def test_a_job_past_its_limit_on_waking_from_a_freeze_longer_than_its_lease_is_a
     watching = threading.Thread(
         target=lambda: reasons.append(
             watch(
-                worker.pid, slots, StackDumper(tmp_path / "stacks.txt"), None, adapter_spec="rq", grace=grace
+                worker.pid,
+                slots,
+                StackDumper(tmp_path / "stacks.txt"),
+                None,  # type: ignore[arg-type]  # no store: the worker, woken in time, is not killed
+                adapter_spec="rq",
+                grace=grace,
             )
         )
     )

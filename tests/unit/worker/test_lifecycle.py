@@ -31,7 +31,7 @@ def test_each_interrupt_comes_by_its_own_signal_and_reaches_the_handler_as_its_k
 def test_an_interrupt_reads_as_its_kind_in_logs_and_comparisons() -> None:
     assert str(Interrupt.HARD) == "hard"
     assert f"a {Interrupt.SOFT} interrupt" == "a soft interrupt"
-    assert Interrupt.LOST == "lost"
+    assert Interrupt.LOST == "lost"  # type: ignore[comparison-overlap]  # a str enum equals its value
     assert Interrupt("hung") is Interrupt.HUNG
 
 
