@@ -25,6 +25,9 @@ class Limit(str, Enum):
     HARD = "hard"
     PROGRESS = "progress"
 
+    def __str__(self) -> str:
+        return self.value
+
     @property
     def outcome(self) -> Outcome:
         """How an attempt stopped at this limit ends: timed out (hard) or hung (progress). A soft

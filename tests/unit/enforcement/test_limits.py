@@ -82,3 +82,11 @@ def test_a_soft_limit_warns_and_ends_no_job() -> None:
     assert Limit.SOFT.seconds(Policy(soft_timeout=5)) == 5.0
     with pytest.raises(ValueError, match="ends no attempt"):
         _ = Limit.SOFT.outcome
+
+
+def test_a_limit_reads_as_its_name_in_events_logs_and_comparisons() -> None:
+    # JobTimedOut.limit is a Limit: receivers that format it or compare it with "soft"/"hard" go on
+    # working.
+    assert f"{Limit.HARD}" == "hard"
+    assert str(Limit.SOFT) == "soft"
+    assert Limit.HARD == "hard"  # type: ignore[comparison-overlap]  # a str enum equals its value
