@@ -58,7 +58,7 @@ class InProcessExecutor(Executor):
                 clock,
                 stop=lambda w, limit, stack: self._stop(state, ident, limit, stack),
                 capture=lambda: thread_stack(ident),
-                escalate=lambda w: runtime.stuck(state, ident, w),
+                escalate=lambda w: runtime.zombie_threads.stuck(state, ident, w),
                 escalate_after=ESCALATE_AFTER,
                 label=attempt.job.job_id,
                 stalled=lambda w: self._stalled(state, ident),
@@ -120,7 +120,7 @@ class InProcessExecutor(Executor):
             runtime.heartbeat.remove(state.attempt)
         if state.slot is not None:
             state.slot.clear()
-        runtime.thread_ended(ident)
+        runtime.zombie_threads.thread_ended(ident)
 
     def _stop(self, state: Running, ident: int, limit: Limit, stack: str | None) -> None:
         attempt = state.attempt

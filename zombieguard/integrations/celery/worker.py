@@ -4,10 +4,7 @@ by a worker bootstep; the consumer bootstep that keeps the delivery log."""
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,23 +13,20 @@ from celery import Celery, bootsteps, signals
 from celery.app.task import Task
 
 from zombieguard.containment import contained, log
-from zombieguard.enforcement.limits import Limit
 from zombieguard.enforcement.slot import JobSlot, SlotState
 from zombieguard.enforcement.stacks import StackDumper
-from zombieguard.enforcement.watchdog import Watched
 from zombieguard.errors import ConfigurationError, LeaseLost
-from zombieguard.events import WorkerZombie, emit
 from zombieguard.integrations.celery import internals
 from zombieguard.integrations.celery.adapter import ADAPTER, CeleryAdapter, watchdog_process_adapter
 from zombieguard.integrations.celery.app import app_config, app_spec, broker_key, leases_url, task_policy
-from zombieguard.integrations.celery.executor import Running
 from zombieguard.integrations.celery.hooks import before_started
 from zombieguard.integrations.celery.inprocess import InProcessExecutor
 from zombieguard.integrations.celery.message import message_payload, payload_from_slot
 from zombieguard.integrations.celery.monitor import SlotMonitor, holds_lease, is_superseded
 from zombieguard.integrations.celery.process import this_process
-from zombieguard.integrations.celery.received import ReceivedLog, hand_back, restores_by_tag
+from zombieguard.integrations.celery.received import ReceivedLog, restores_by_tag
 from zombieguard.integrations.celery.task import GuardedTask
+from zombieguard.integrations.celery.zombies import ZombieThreads
 from zombieguard.leases import CorruptRecord, JobSpec, LeaseState, LeaseStore, Outcome
 from zombieguard.policy import Policy
 from zombieguard.worker.attempt import Attempt
@@ -105,10 +99,8 @@ class CeleryRuntime(WorkerRuntime):
         self._thread_slots: dict[int, JobSlot] = {}
         self._slots_lock = threading.Lock()
         self.dumper: StackDumper | None = None
-        self.zombies: dict[int, str] = {}
-        """Threads stuck past a limit, and the task each holds."""
+        self.zombie_threads = ZombieThreads(self)
         self._policies: dict[str | tuple[str, tuple[Any, ...]], Policy] = {}
-        self._restarting = False
 
     def policy(self, task: Task, time_limits: Any = None) -> Policy:
         """:func:`task_policy` for this worker's configuration, which is fixed: cached."""
@@ -364,126 +356,6 @@ class CeleryRuntime(WorkerRuntime):
                 "celery task %s: not swept at once (%s); the next sweep recovers it", spec.job_id, exc
             )
         return True
-
-    def stuck(self, state: Running, ident: int, watched: Watched) -> None:
-        """Threads pool: the task's thread ignored its interrupt (a blocking call, C code)."""
-        attempt = state.attempt
-        if self.pool != "threads" or state.body_done:
-            return  # solo: the watchdog process beside the worker kills it
-        passed = Limit.HARD if watched.stopped_by is Limit.HARD else Limit.PROGRESS
-        limit = passed.seconds(attempt.policy)
-        what = "hard_timeout" if passed is Limit.HARD else "progress_timeout"
-        reason = f"ran past its {what} of {limit or 0:g} s; its thread is stuck"
-        state.recorded = True
-        superseded = False
-        try:
-            attempt.release(passed.outcome, reason, state.stack)
-        except LeaseLost:
-            superseded = True  # a newer attempt holds the task: nothing of this one is recorded
-        except redis.RedisError as exc:
-            log.warning("celery task %s: its timeout not written to its lease (%s)", attempt.job.job_id, exc)
-        self.thread_slot(ident).clear()  # the watchdog process must not kill the worker for it
-        job_id = attempt.job.job_id
-        self.zombies[ident] = attempt.job.job_id
-        self._publish_zombie_threads()
-        share = len(self.zombies) / self.pool_size
-        emit(
-            ADAPTER,
-            WorkerZombie(
-                self.name,
-                ADAPTER,
-                f"a thread is stuck in task {attempt.job.task}[{attempt.job.job_id}] past its limit",
-                info=(
-                    ("task", attempt.job.task),
-                    ("job_id", attempt.job.job_id),
-                    ("zombie_threads", str(len(self.zombies))),
-                    ("pool_size", str(self.pool_size)),
-                ),
-            ),
-        )
-        log.error(
-            "celery worker %s: %d of %d threads are zombies (stuck past a limit)",
-            self.name,
-            len(self.zombies),
-            self.pool_size,
-        )
-        restart = share >= self.config.settings.zombie_thread_share and not self._restarting
-        self._restarting = self._restarting or restart
-
-        def record() -> None:  # the failure first: a warm shutdown stops the event loop
-            if superseded:
-                self.forget_request(job_id)
-            else:
-                self.record_timeout(job_id, limit or 0)
-            if restart:
-                self._restart()
-
-        self.in_loop(record)
-
-    def thread_ended(self, ident: int) -> None:
-        """A pool thread's task ended (a zombie thread that came back is a thread again)."""
-        if self.zombies.pop(ident, None) is not None:
-            self._publish_zombie_threads()
-
-    def _publish_zombie_threads(self) -> None:
-        """In the worker's description: how many of its threads are zombies (a metric reads it)."""
-        with contextlib.suppress(redis.RedisError):
-            self.store.client.hset(self.store.worker_key(self.name), "zombie_threads", str(len(self.zombies)))
-
-    def _unstarted_left(self, held: list[Any]) -> list[Any] | None:
-        """Once only zombie threads run tasks: the requests of ``held`` (those the worker had
-        received when it began to shut down) that never started and no thread will start now (all
-        are zombies, or none is left to run); None while that may still change."""
-        zombies = set(self.zombies.values())
-        active = {r.id for r in internals.active_requests()}
-        if not active <= zombies or not self._consumer_stopped():
-            return None
-        waiting = [
-            r for r in held if r.id not in active | zombies and not r.acknowledged and r.time_start is None
-        ]
-        if waiting and len(self.zombies) < self.pool_size:
-            return None  # a live thread runs them during the warm shutdown
-        return waiting
-
-    def _consumer_stopped(self) -> bool:
-        """Whether the worker's consumer has stopped (a message handed back before could be taken
-        again by it)."""
-        blueprint = getattr(getattr(self.celery_worker, "consumer", None), "blueprint", None)
-        return blueprint is None or blueprint.state == bootsteps.TERMINATE
-
-    def _restart(self) -> None:
-        """Warm shutdown, then exit once only zombie threads are left, for the supervisor to restart.
-        The tasks it received and never started go back to the broker first (Celery forgets them
-        as its consumer closes, and an exit that does not close the connection would leave them
-        in kombu's unacked hash until the visibility timeout)."""
-        log.error(
-            "celery worker %s: zombie threads reached %g of the pool: shutting down warm to be restarted",
-            self.name,
-            self.config.settings.zombie_thread_share,
-        )
-        held = internals.held_requests()
-        os.kill(os.getpid(), signal.SIGTERM)
-
-        def exit_when_only_zombies() -> None:
-            while (waiting := self._unstarted_left(held)) is None:
-                time.sleep(0.2)
-            log.warning(
-                "celery worker %s: handing back %d task(s) it received and never started, then exiting",
-                self.name,
-                len(waiting),
-            )
-            with contained(f"celery worker {self.name}: handing its unstarted tasks back"):
-                # Its connection closed first: kombu puts back what that channel holds, and no read
-                # of the queue still pending on it takes a message handed back after.
-                connection = getattr(getattr(self.celery_worker, "consumer", None), "connection", None)
-                if connection is not None:
-                    connection.close()
-                tags = {request.message.delivery_tag for request in waiting}
-                hand_back(self.app, [m for m in ReceivedLog.read(self.dir) if m.tag in tags])
-            self.stop()
-            os._exit(1)
-
-        threading.Thread(target=exit_when_only_zombies, name="zombieguard-restart", daemon=True).start()
 
 
 class RuntimeStep(bootsteps.StartStopStep):  # type: ignore[misc]
