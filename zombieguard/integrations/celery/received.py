@@ -106,6 +106,25 @@ class ReceivedLog:
         if tag:
             self.started[tag] = request.id
 
+    def reconnected(self, app: Celery, left: set[str]) -> None:
+        """The consumer's connection broke and is back; ``left``: the delivery tags its old channel
+        still held unacked. kombu puts those back in their queue as the channel closes, but not when
+        Redis is away at that moment: they stay in its unacked hash until the visibility timeout,
+        while Celery forgets the tasks among them it had not started (their delivery tags were the
+        old channel's). Hand those back now, and settle those whose tasks ran here (see
+        :func:`hand_back`), but for the tasks still running here. Redis unreachable: it raises, and
+        they are settled when the worker stops."""
+        running = {request.id for request in internals.active_requests()}
+        forgotten = [m for m in self.read(self.path.parent) if m.tag in left and m.task_id not in running]
+        if forgotten:
+            log.warning(
+                "celery: %d message(s) the lost connection held unacked and kombu did not put back: "
+                "handing them back (%s)",
+                len(forgotten),
+                ", ".join(m.task_id for m in forgotten),
+            )
+            hand_back(app, forgotten, ran=self.started)
+
     def close(self) -> None:
         """Stop writing."""
         self._file.close()

@@ -380,10 +380,16 @@ class DeliveryLogStep(bootsteps.StartStopStep):  # type: ignore[misc]
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
     def start(self, consumer: Any) -> None:
-        """Note the deliveries of the consumer's task channel (when the worker keeps a log)."""
+        """Note the deliveries of the consumer's task channel (when the worker keeps a log); after a
+        lost connection, hand back what the old channel still held (see :meth:`ReceivedLog.reconnected`)."""
         runtime = this_process.runtime
         task_consumer = getattr(consumer, "task_consumer", None)
         if runtime is not None and runtime.received is not None and task_consumer is not None:
+            received = runtime.received
+            left = received.unacked_here()  # the old channel's, after a lost connection
             channel = task_consumer.channel
-            internals.on_delivery(channel, runtime.received.delivering, runtime.received.delivered)
-            runtime.received.unacked_here = lambda: internals.delivered_tags(channel)
+            internals.on_delivery(channel, received.delivering, received.delivered)
+            received.unacked_here = lambda: internals.delivered_tags(channel)
+            if left:
+                with contained(f"celery worker {runtime.name}: handing back what its lost connection held"):
+                    received.reconnected(runtime.app, set(left))
