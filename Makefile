@@ -39,9 +39,11 @@ test: suite matrix
 suite: $(BIN)/.installed
 	$(BIN)/pytest
 
-# Two venvs at a time, each with its own queues and key prefixes (the tests never rely on being the
-# only user of a Redis or a broker); longest first, so that the two lanes end together.
-matrix:
+# Installed one after another, then tested two venvs at a time (the tests never rely on being the
+# only user of a Redis or a broker: queues and key prefixes are their own); longest first, so that
+# the two lanes end together.
+matrix: $(OLDEST)/bin/.installed $(OLDEST_CELERY)/bin/.installed $(RQ26)/bin/.installed \
+		$(NEWEST)/bin/.installed
 	$(MAKE) --no-print-directory -j2 --output-sync=target \
 		matrix-oldest-celery matrix-newest matrix-oldest matrix-rq26
 
