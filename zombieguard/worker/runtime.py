@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import redis
@@ -22,7 +22,8 @@ from zombieguard.adapter import JobAdapter
 from zombieguard.containment import contained, log
 from zombieguard.enforcement.slot import remove_stale_workdirs
 from zombieguard.enforcement.watchdog import Watchdog
-from zombieguard.leases import LeaseStore
+from zombieguard.errors import LeaseLost
+from zombieguard.leases import JobSpec, LeaseStore, Outcome
 from zombieguard.ops.stats import EventCounter
 from zombieguard.recovery.sweeper import Sweeper
 from zombieguard.worker.heartbeat import Heartbeat, LostCallback
@@ -129,6 +130,31 @@ class WorkerRuntime:
         self.heartbeat.start()
         self.sweeper.start()
         self.watchdog.start()
+
+    def give_up_stalled(
+        self, spec: JobSpec, token: int, why: str, before_sweep: Callable[[], object] = tuple
+    ) -> bool:
+        """The execution of ``spec`` under ``token`` stalled (``why``: its process died, or its worker
+        was frozen past its lease and a limit): give its lease up as stalled, call ``before_sweep``
+        (stop what is left of the execution), and sweep at once, so that the job is recovered or
+        dead-lettered now. False when another attempt or a sweeper had it already; Redis away, the
+        lease expires instead."""
+        job = f"{self.framework} job {spec.job_id}"
+        log.warning("%s job %s[%s]: %s; recovering it", self.framework, spec.task, spec.job_id, why)
+        try:
+            self.store.abandon(spec, token, Outcome.STALLED)
+        except LeaseLost:
+            return False
+        except redis.RedisError as exc:
+            log.warning("%s: lease not given up (%s); it expires instead", job, exc)
+            return True
+        finally:
+            before_sweep()
+        try:
+            self.sweeper.sweep_once()
+        except redis.RedisError as exc:
+            log.warning("%s: not swept at once (%s); the next sweep recovers it", job, exc)
+        return True
 
     def shutdown(self) -> None:
         """Stop the threads and the watchdog process, and leave cleanly (not a zombie)."""

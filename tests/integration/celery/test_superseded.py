@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from zombieguard.enforcement.slot import JobSlot, SlotState
-from zombieguard.integrations.celery.monitor import holds_lease, is_superseded
+from zombieguard.integrations.celery.deaths import holds_lease, is_superseded
 from zombieguard.leases import LeaseRecord, LeaseState, Outcome
 
 RECORD = LeaseRecord.from_hash(

@@ -38,7 +38,8 @@ The modules, by the process each runs in (docs/concepts.md draws them):
   message carries: its attempt number, its queue, the payload a sweeper publishes again);
 - the worker's main process: :mod:`.worker` (the runtime and its bootsteps), :mod:`.request` (Celery's
   view of a message), :mod:`.monitor` (prefork: renews and enforces for the pool processes),
-  :mod:`.received` (the messages a worker received, handed back when it dies);
+  :mod:`.deaths` (prefork: what a dead pool process makes of its task), :mod:`.received` (the
+  messages a worker received, handed back when it dies);
 - where task bodies run: :mod:`.task`, :mod:`.executor`, and per pool :mod:`.prefork` (a pool
   process) or :mod:`.inprocess` (threads, solo: the worker's own process); :mod:`.hooks` (Celery's
   signals); :mod:`.process` (what this process is);

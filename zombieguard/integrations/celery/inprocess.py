@@ -161,7 +161,7 @@ class InProcessExecutor(Executor):
                 # The attempt stopped before the sweep (a round trip to the broker): the watchdog
                 # process, woken with this one, would take a job still running past its limit for
                 # one stuck in C code.
-                self.runtime.recover_stalled(
+                self.runtime.give_up_stalled(
                     attempt.described(), attempt.token, why, before_sweep=lambda: self.lost(attempt)
                 )
                 return

@@ -27,7 +27,8 @@ from zombieguard.errors import LeaseLost
 from zombieguard.events import Subject
 from zombieguard.integrations.celery import internals
 from zombieguard.integrations.celery.adapter import ADAPTER
-from zombieguard.leases import JobSpec, LeaseRecord, LeaseState, Outcome, text
+from zombieguard.integrations.celery.deaths import PoolDeaths
+from zombieguard.leases import JobSpec, Outcome, text
 from zombieguard.worker.lifecycle import ESCALATE_AFTER, emit_limit
 from zombieguard.worker.onbehalf import release_written
 
@@ -75,6 +76,8 @@ class SlotMonitor:
 
     def __init__(self, runtime: CeleryRuntime) -> None:
         self.runtime = runtime
+        self.deaths = PoolDeaths(runtime, self)
+        """What the death of a pool process makes of its task."""
         self.slots: dict[Path, JobSlot] = {}
         self.tracked: dict[Path, _Tracked] = {}
         self._killed: dict[str, Outcome] = {}
@@ -245,14 +248,14 @@ class SlotMonitor:
     def _died(self, state: SlotState, token: int) -> None:
         """A pool process died mid-task, and Celery has not said so yet (under load its pool notices
         only every few seconds): recover the task now. Celery's news of it, when it comes, finds the
-        task handled (``pool_process_lost`` returns ``stalled``). A task that died before its lease
+        task handled (:meth:`PoolDeaths.verdict` says stalled). A task that died before its lease
         was written is recovered in the event loop, from Celery's request for it."""
         if not token:
             job_id = state.job_id
-            self.runtime.in_loop(lambda: self.runtime.recover_unleased(job_id))
+            self.runtime.in_loop(lambda: self.deaths.recover_unleased(job_id))
             return
         spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
-        if not self.runtime.recover_stalled(spec, token):
+        if not self.runtime.give_up_stalled(spec, token, "its pool process died"):
             self._killed.pop(state.job_id, None)  # Celery's news came first: it was handled then
 
     def _event(self, state: SlotState) -> Callable[..., Any]:
@@ -451,28 +454,10 @@ class SlotMonitor:
             self.check(time.monotonic())
 
 
-def holds_lease(record: LeaseRecord, worker: str, state: SlotState | None) -> bool:
-    """Whether the lease ``record`` is the one of the attempt ``worker`` runs (``state``: its slot, if
-    known), still running or ended by that attempt itself (``done``). Not when another worker or
-    token holds it, or a sweeper claimed, requeued or ended it: then the attempt is superseded. An
-    attempt whose lease is not written yet holds the task unless the lease is a newer attempt's."""
-    if state is not None and not state.token:
-        return record.attempt < state.attempt or (record.attempt == state.attempt and record.worker == worker)
-    own = record.state in (LeaseState.RUNNING, LeaseState.DONE) and record.worker == worker
-    return own and (state is None or record.token == state.token)
-
-
 def _dumper_of(directory: Path, slot: Path) -> StackDumper:
     """Where the pool process of the slot file ``slot`` dumps its stacks."""
     index = slot.name.removeprefix("slot-")
     return StackDumper(directory / f"stacks-{index}.txt")
-
-
-def is_superseded(record: LeaseRecord, worker: str, state: SlotState | None) -> bool:
-    """Whether the attempt ``worker`` runs (``state``: its slot, if known) no longer holds its task:
-    a newer attempt or a sweeper has it, or its lease, still running, was given up for a sweeper to
-    act on (see :func:`holds_lease`)."""
-    return record.given_up or not holds_lease(record, worker, state)
 
 
 def _lease_late(tracked: _Tracked, now: float) -> bool:

@@ -102,7 +102,7 @@ class GuardedRequestMixin:
             return False
         verdict = None
         with contained(f"celery task {self.id}: frozen past its lease"):
-            verdict = runtime.pool_process_lost(self, terminated=False)
+            verdict = runtime.monitor.deaths.verdict(self, terminated=False)
         if verdict not in (Outcome.STALLED, Outcome.LEASE_LOST):
             return False
         self._zg_timed_out = True  # settled: Celery's other report of the limit records nothing
@@ -115,7 +115,7 @@ class GuardedRequestMixin:
         was frozen past its lease, say), the request is done with, its message acked, nothing is
         recorded, and True."""
         runtime = this_process.runtime
-        if runtime is None or not runtime.superseded(self.id):
+        if runtime is None or runtime.monitor is None or not runtime.monitor.deaths.superseded(self.id):
             return False
         log.warning(
             "celery task %s[%s]: Celery's hard time limit (%s) passed for an attempt that no longer "
@@ -183,10 +183,10 @@ class GuardedRequestMixin:
         runtime = this_process.runtime
         lost = isinstance(exc, WorkerLostError | SystemExit | KeyboardInterrupt)
         terminated = type(exc).__name__ == "Terminated"
-        if runtime is not None and (lost or terminated):
+        if runtime is not None and runtime.monitor is not None and (lost or terminated):
             verdict = None
             with contained(f"celery task {self.id}: its pool process died"):
-                verdict = runtime.pool_process_lost(self, terminated)
+                verdict = runtime.monitor.deaths.verdict(self, terminated)
             if verdict in (Outcome.TIMED_OUT, Outcome.HUNG):
                 policy = runtime.policy(self.task, self._zg_limits)
                 limit = policy.hard_timeout if verdict is Outcome.TIMED_OUT else policy.progress_timeout

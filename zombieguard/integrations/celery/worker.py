@@ -3,31 +3,29 @@ by a worker bootstep; the consumer bootstep that keeps the delivery log."""
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from celery import Celery, bootsteps, signals
 from celery.app.task import Task
 
 from zombieguard.containment import contained, log
 from zombieguard.enforcement.slot import JobSlot, SlotState
 from zombieguard.enforcement.stacks import StackDumper
-from zombieguard.errors import ConfigurationError, LeaseLost
+from zombieguard.errors import LeaseLost
 from zombieguard.integrations.celery import internals
 from zombieguard.integrations.celery.adapter import ADAPTER, CeleryAdapter, watchdog_process_adapter
 from zombieguard.integrations.celery.app import app_config, app_spec, broker_key, leases_url, task_policy
 from zombieguard.integrations.celery.hooks import before_started
 from zombieguard.integrations.celery.inprocess import InProcessExecutor
 from zombieguard.integrations.celery.message import message_payload, payload_from_slot
-from zombieguard.integrations.celery.monitor import SlotMonitor, holds_lease, is_superseded
+from zombieguard.integrations.celery.monitor import SlotMonitor
 from zombieguard.integrations.celery.process import this_process
 from zombieguard.integrations.celery.received import ReceivedLog, restores_by_tag
 from zombieguard.integrations.celery.task import GuardedTask
 from zombieguard.integrations.celery.zombies import ZombieThreads
-from zombieguard.leases import CorruptRecord, JobSpec, LeaseState, LeaseStore, Outcome
+from zombieguard.leases import LeaseStore
 from zombieguard.policy import Policy
 from zombieguard.worker.attempt import Attempt
 from zombieguard.worker.onbehalf import write_lease
@@ -220,102 +218,11 @@ class CeleryRuntime(WorkerRuntime):
         if isinstance(this_process.executor, InProcessExecutor):
             this_process.executor.lost(attempt)
 
-    def pool_process_lost(self, request: Any, terminated: bool) -> Outcome | None:
-        """Prefork: the process running ``request`` died. What zombieguard makes of it:
-
-        timed out or hung (this worker killed it at a limit), lease lost (superseded), stalled (it
-        died by itself: recovered or dead-lettered), None (Celery's own handling).
-        """
-        if self.monitor is None:
-            return None
-        job_id = request.id
-        # The slot first: the monitor records what it saw (killed, or dead before its lease was
-        # written) before it clears a slot, under the same lock.
-        state, killed = self.monitor.died(job_id)
-        if killed is not None:
-            return killed
-        return self._died_verdict(request, state, terminated)
-
-    def _died_verdict(self, request: Any, state: SlotState | None, terminated: bool) -> Outcome | None:
-        """:meth:`pool_process_lost` for a pool process this worker did not kill, from the lease."""
-        job_id = request.id
-        record = None
-        with contextlib.suppress(Exception):
-            record = self.store.record(job_id)
-        if record is None and state is not None and not state.token and not terminated:
-            # Its lease not written yet (within its lease_delay): write it, recover.
-            return Outcome.STALLED if self._recover_unleased(state, request) else None
-        if record is None:
-            return None
-        if not holds_lease(record, self.name, state):
-            # A newer attempt (or a sweeper) holds the task: nothing of this one is recorded.
-            log.warning("celery task %s: its pool process died; its attempt no longer holds the task", job_id)
-            return Outcome.LEASE_LOST
-        if record.state is LeaseState.DONE:
-            return None  # it died after its attempt's end was written: Celery's own handling
-        token = state.token if state is not None and state.token else record.token
-        spec = JobSpec(job_id, ADAPTER, record.task, record.queue)
-        if not terminated:
-            self.recover_stalled(spec, token)
-            return Outcome.STALLED
-        try:  # revoked: Celery records it so; the lease ends stopped
-            self.store.release(spec, token, Outcome.STOPPED, "revoked with terminate=True")
-        except (redis.RedisError, LeaseLost) as exc:
-            log.warning("celery task %s: its stop not recorded (%s)", job_id, exc)
-        return None
-
-    def superseded(self, job_id: str) -> bool:
-        """Prefork: whether the attempt of ``job_id`` that this worker runs no longer holds the task
-        (see :func:`is_superseded`): then nothing of it may be recorded, by whatever path notices its
-        end. False when Redis cannot tell."""
-        state = self.monitor.running(job_id) if self.monitor is not None else None
-        try:
-            record = self.store.record(job_id)
-        except (redis.RedisError, CorruptRecord) as exc:
-            log.warning("celery task %s: could not check its lease (%s)", job_id, exc)
-            return False
-        return record is not None and is_superseded(record, self.name, state)
-
-    def recover_unleased(self, job_id: str) -> None:
-        """In the event loop: recover a task whose pool process the monitor saw die before its lease
-        was written, unless Celery's news of it came first (``pool_process_lost`` recovered it)."""
-        state = self.monitor.take_unleased(job_id) if self.monitor is not None else None
-        if state is None:
-            return
-        request = internals.request_by_id(job_id)
-        if request is None:
-            log.warning("celery task %s: its pool process died; no request left to recover it", job_id)
-            return
-        # Celery's news of the death runs in this thread too, so it comes before or after, not
-        # during (a prefork worker without an event loop, on a transport that has none, runs this in
-        # the monitor's thread: there the two may overlap).
-        with contained(f"celery task {job_id}: recovering it"):
-            if self._recover_unleased(state, request) and self.monitor is not None:
-                self.monitor.recovered(job_id)
-
     def request_payload(self, job_id: str) -> str | None:
         """Prefork: the payload of the task ``job_id`` as its message came (Celery's request for it
         in this process), for a lease written here; None when no request is left."""
         request = internals.request_by_id(job_id)
         return None if request is None else message_payload(request)
-
-    def _recover_unleased(self, state: SlotState, request: Any) -> bool:
-        """Write the lease of a task whose pool process died before it could, with the payload of
-        Celery's request for it (the message as it came), and recover the task."""
-        leased = self.lease_from_slot(state, message_payload(request))
-        return leased is not None and self.recover_stalled(*leased)
-
-    def lease_from_slot(self, state: SlotState, payload: str) -> tuple[JobSpec, int] | None:
-        """Prefork: write the lease of a task whose pool process died before writing it (within its
-        ``lease_delay``), from its slot and ``payload``; its spec and token, or None when another
-        attempt holds the task or Redis is away."""
-        try:
-            token = self.write_lease_for(state, payload)
-        except (ConfigurationError, redis.RedisError) as exc:
-            log.warning("celery task %s: its lease not written for recovery (%s)", state.job_id, exc)
-            return None
-        spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue, payload)
-        return (spec, token) if token else None
 
     def write_lease_for(self, state: SlotState, payload: str) -> int:
         """Prefork: write, on its execution's behalf, the lease of the task a pool process's slot
@@ -328,34 +235,6 @@ class CeleryRuntime(WorkerRuntime):
             else self.default_policy
         )
         return write_lease(self.store, state, payload, adapter=ADAPTER, worker=self.name, policy=policy)
-
-    def recover_stalled(
-        self,
-        spec: JobSpec,
-        token: int,
-        why: str = "its pool process died",
-        before_sweep: Callable[[], object] = tuple,
-    ) -> bool:
-        """A pool process died in the middle of ``spec``'s task (or ``why``): give its lease up as
-        stalled, call ``before_sweep``, and sweep at once (the task is recovered or dead-lettered).
-        False when it was given up already."""
-        log.warning("celery task %s[%s]: %s; recovering it", spec.task, spec.job_id, why)
-        try:
-            self.store.abandon(spec, token, Outcome.STALLED)
-        except LeaseLost:
-            return False
-        except redis.RedisError as exc:
-            log.warning("celery task %s: lease not given up (%s); it expires instead", spec.job_id, exc)
-            return True
-        finally:
-            before_sweep()
-        try:
-            self.sweeper.sweep_once()
-        except redis.RedisError as exc:
-            log.warning(
-                "celery task %s: not swept at once (%s); the next sweep recovers it", spec.job_id, exc
-            )
-        return True
 
 
 class RuntimeStep(bootsteps.StartStopStep):  # type: ignore[misc]

@@ -11,9 +11,8 @@ from typing import Any
 import redis
 from rq.job import Job
 
-from zombieguard.containment import contained, log
+from zombieguard.containment import contained
 from zombieguard.enforcement.interrupts import Interrupt, interrupt_error
-from zombieguard.errors import LeaseLost
 from zombieguard.integrations.rq.adapter import ADAPTER
 from zombieguard.integrations.rq.failure import failure_text, hard_limit_error, run_failure_callback
 from zombieguard.integrations.rq.runtime import RQRuntime
@@ -40,8 +39,7 @@ def unstarted(zg: RQRuntime, attempt: Attempt, error: redis.RedisError) -> bool:
     not a failure to record; without a lease (unguarded), RQ records it as it would alone."""
     if attempt.unguarded:
         return True
-    log.warning("rq job %s: RQ could not prepare it (%s); recovering it", attempt.job.job_id, error)
-    give_up(zg, attempt)
+    zg.give_up_stalled(attempt.job, attempt.token, f"RQ could not prepare it ({error})")
     return False
 
 
@@ -86,18 +84,5 @@ def _died(zg: RQRuntime, attempt: Attempt, exc_string: str) -> bool:
     recover or dead-letter, not a failure to record (without a lease: RQ's failure, as alone)."""
     if attempt.unguarded:
         return True
-    log.warning("rq job %s: its horse died (%s); recovering it", attempt.job.job_id, exc_string.strip())
-    give_up(zg, attempt)
+    zg.give_up_stalled(attempt.job, attempt.token, f"its horse died ({exc_string.strip()})")
     return False
-
-
-def give_up(zg: RQRuntime, attempt: Attempt) -> None:
-    """Give the attempt's lease up as a stall and sweep at once (the job is recovered or
-    dead-lettered); Redis away, the lease expires instead."""
-    try:
-        attempt.store.abandon(attempt.job, attempt.token, Outcome.STALLED)
-        zg.sweeper.sweep_once()
-    except (redis.RedisError, LeaseLost) as exc:
-        log.warning(
-            "rq job %s: could not give the lease up (%s); it expires instead", attempt.job.job_id, exc
-        )

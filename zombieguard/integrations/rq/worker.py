@@ -22,7 +22,6 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.worker import SimpleWorker, Worker, WorkerStatus
 
-from zombieguard.containment import log
 from zombieguard.enforcement.interrupts import Interrupt, install_interrupt_handlers
 from zombieguard.enforcement.limits import Limit, LimitClock
 from zombieguard.enforcement.slot import OUTCOME_COMPLETED, OUTCOME_RECORDING
@@ -189,17 +188,12 @@ class _GuardedMixin:
             if self._zg_attempt is not attempt or attempt.unguarded:
                 return
             why = "its worker was frozen past the job's lease and a limit: a stall, not a timeout"
-            log.warning("rq job %s: %s; recovering it", attempt.job.job_id, why)
-            try:
-                zg.store.abandon(attempt.job, attempt.token, Outcome.STALLED)
-            except LeaseLost:
-                pass  # recovered elsewhere while it was frozen
-            except redis.RedisError as exc:
-                log.warning(
-                    "rq job %s: not given up (%s); its lease expires instead", attempt.job.job_id, exc
-                )
-            attempt.mark_lost(LeaseLost(attempt.job.job_id, attempt.token, why))
-            self._zg_stop_lost()
+
+            def stop_superseded() -> None:
+                attempt.mark_lost(LeaseLost(attempt.job.job_id, attempt.token, why))
+                self._zg_stop_lost()
+
+            zg.give_up_stalled(attempt.job, attempt.token, why, before_sweep=stop_superseded)
 
         clock = LimitClock(attempt.policy, attempt.started_monotonic, lambda: zg.slot.read().last_progress)
         return zg.watchdog.watch(
