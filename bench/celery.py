@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import signal
 import socket
 import statistics
@@ -185,6 +186,48 @@ def recovery(url: str, workdir: Path, broker: str, runs: int) -> list[float]:
     return samples
 
 
+DEFAULT_LEASE = {
+    "ZOMBIEGUARD_LEASE_TTL": "30",
+    "ZOMBIEGUARD_HEARTBEAT_INTERVAL": "10",
+    "ZOMBIEGUARD_SWEEP_INTERVAL": "1",
+}
+"""The default lease settings (the harness's are the tests' short ones)."""
+
+
+def _started_more_than(harness: CeleryHarness, count: int) -> bool:
+    return len(harness.notes_of("started")) > count
+
+
+def crash_recovery(url: str, workdir: Path, broker: str, pool: str, runs: int) -> list[float]:
+    """Seconds from SIGKILL of the whole worker running a task (default lease settings, lease_ttl 30
+    s) to the task's body starting again in another guarded worker, one kill at a time, ``runs``
+    times. Three workers run; whichever starts the task is killed once its lease is written, and
+    replaced."""
+    harness = _harness(url, workdir, broker)
+    rng = random.Random(7)
+    samples: list[float] = []
+    try:
+        for _ in range(3):
+            harness.wait_present(harness.start_worker(pool, env=DEFAULT_LEASE), "celery")
+        for _ in range(runs):
+            before = len(harness.notes_of("started"))
+            result = harness.send("long_task", harness.notes, 4.0)
+            wait_until(partial(_started_more_than, harness, before), 30, what="started")
+            harness.wait_leased(result.id)
+            pid = int(harness.notes_of("started")[-1].split()[1])
+            victim = harness.worker_of(pid)
+            time.sleep(rng.uniform(0.2, 1.0))  # anywhere in the heartbeat cycle
+            killed_at = time.time()
+            os.killpg(victim.pid, signal.SIGKILL)
+            wait_until(partial(_started_more_than, harness, before + 1), 60, what="started again")
+            samples.append(float(harness.notes_of("started")[-1].split()[0]) - killed_at)
+            harness.wait_present(harness.start_worker(pool, env=DEFAULT_LEASE), "celery")
+            result.get(timeout=30)
+        return sorted(samples)
+    finally:
+        harness.close()
+
+
 def kill_latency(url: str, workdir: Path, pool: str, task: str, *, runs: int, port: int) -> list[float]:
     """Seconds past a 1 s hard limit until the task is stopped, ``runs`` times."""
     samples = []
@@ -317,6 +360,14 @@ def main() -> None:
                     continue
                 samples = recovery(url, workdir, broker, runs)
                 print(f"recovery after SIGKILL, {broker} broker, lease_ttl 2 s: {_dist(samples)}")
+                for pool in ("prefork", "threads", "solo"):
+                    samples = crash_recovery(
+                        url, workdir, broker, pool, max(runs, 20) if not args.quick else runs
+                    )
+                    print(
+                        f"crash recovery, {broker} broker, {pool}, lease_ttl 30 s (kill -> started again,"
+                        f" one at a time): {_dist(samples)}"
+                    )
         if args.only in (None, "kill"):
             server = _black_hole()
             port = server.getsockname()[1]

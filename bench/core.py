@@ -151,6 +151,7 @@ def run(store: LeaseStore, client: redis.Redis, active: int) -> None:
         store.release(spec, acquired.token, Outcome.COMPLETED)
 
     row("acquire + release pair (a job's whole lease cost)", timed(pair, 2000), ping)
+    presence(store, client, ping)
 
     t0 = time.perf_counter()
     leases = fill(store, active, "act-")
@@ -187,6 +188,80 @@ def run(store: LeaseStore, client: redis.Redis, active: int) -> None:
         client.zrem(store.due_key("bench"), *[c.record.job_id for c in claimed.claimed])
         leases[:1000] = fill(store, 1000, f"claim{i}-")
     row("  of which the claim script alone (1,000 claimed)", claim_only, ping)
+
+
+def _evalsha_usec(client: redis.Redis) -> tuple[int, int]:
+    """Redis's own count of EVALSHA calls and the microseconds it spent in them."""
+    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0)), int(stats.get("usec", 0))
+
+
+def _server_usec(client: redis.Redis, fn: Callable[[], object], repeat: int) -> float:
+    """Microseconds Redis spends in one EVALSHA call of ``fn`` (from its command statistics)."""
+    calls, usec = _evalsha_usec(client)
+    for _ in range(repeat):
+        fn()
+    calls2, usec2 = _evalsha_usec(client)
+    return (usec2 - usec) / max(1, calls2 - calls)
+
+
+def presence(store: LeaseStore, client: redis.Redis, ping: float) -> None:
+    """What watching the workers' presence connections costs Redis, at 10, 100 and 1,000 workers:
+    their channels are subscribed on one connection (Redis counts subscribers per channel), their
+    names announced, and two watchers and one standby sweeper call the presence script."""
+    settings = store.settings
+    print(
+        f"presence (presence_interval {settings.presence_interval:g} s, sweep_interval"
+        f" {settings.sweep_interval:g} s; two watchers look, the others stand by once a sweep)"
+    )
+
+    def look(sweeper: str) -> object:
+        return store.look_at_presence(
+            "bench", sweeper, seats=2, watcher_ttl=5, grace=settings.presence_grace or 0.4, restart_grace=0
+        )
+
+    for n in (10, 100, 1000):
+        names = [f"pw{n}-{i}" for i in range(n)]
+        pubsub = client.pubsub()
+        pubsub.subscribe(*(store.presence_channel(name) for name in names))
+        confirmed = 0
+        while confirmed < n:
+            message = pubsub.get_message(timeout=1.0)
+            confirmed += message is not None and message["type"] == "subscribe"
+        for name in names:
+            store.announce_presence("bench", name)
+        look("watcher-a")
+        look("watcher-b")
+        row(f"presence look, {n} workers (a watcher's call)", timed(partial(look, "watcher-a"), 300), ping)
+        row(f"presence standby try, {n} workers", timed(partial(look, "standby"), 300), ping)
+        look_us = _server_usec(client, partial(look, "watcher-a"), 300)
+        standby_us = _server_usec(client, partial(look, "standby"), 300)
+        looks = 2 / settings.presence_interval
+        standbys = max(0, n - 2) / settings.sweep_interval
+        announces = n / 5.0  # each worker's presence thread, every 5 s: MULTI, SADD, HDEL, EXEC
+        busy_ms = (looks * look_us + standbys * standby_us) / 1000
+        print(
+            f"  {n} workers: {looks + standbys + 4 * announces:,.0f} commands/s for presence"
+            f" ({looks:g} looks, {standbys:,.0f} standby tries, {announces:,.0f} announcements);"
+            f" Redis busy {busy_ms:.1f} ms per second in the scripts (look {look_us:.0f} us,"
+            f" standby {standby_us:.0f} us, server side)"
+        )
+        if n == 1000:
+            # One dead worker among 1,000, with one running lease: found, buried, its lease given up.
+            dead = names[0]
+            pubsub.unsubscribe(store.presence_channel(dead))
+            spec = JobSpec("presence-victim", "bench", "bench.task", "default")
+            store.acquire(spec, dead, POLICY)
+            client.hset(store.absent_key("bench"), dead, repr(store.server_time() - 10))
+            t0 = time.perf_counter()
+            seen = store.look_at_presence(
+                "bench", "watcher-a", seats=2, watcher_ttl=5, grace=0.4, restart_grace=0
+            )
+            took = time.perf_counter() - t0
+            assert [(d.name, d.given_up) for d in seen.dead] == [(dead, 1)], seen
+            print(f"  a look that finds 1 of 1,000 workers dead and gives up its lease: {took * 1000:.2f} ms")
+        pubsub.close()
+        client.delete(store.presence_key("bench"), store.absent_key("bench"))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
    GuardedSimpleWorker vs rq.SimpleWorker (one worker each, as RQ runs them).
 2. Recovery latency after SIGKILL of a whole worker (parent and horse): from the kill to the job being
    back on its queue, at lease_ttl 3 s and at the default (30 s), over >= 20 runs each. Victims are
-   killed together; one surviving guarded worker sweeps.
+   killed together, then one surviving guarded worker starts and sweeps. Then crash recovery: the
+   worker running a job is killed, one at a time, while others run: from the kill to the job's
+   body started again.
 3. Kill latency past hard_timeout (1 s): from the moment the limit passes to the job ending failed,
    for a job hung on a socket and one stuck in C code, per worker class.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import signal
 import statistics
 import tempfile
@@ -92,6 +95,41 @@ def recovery(url: str, workdir: Path, lease_ttl: float | None, runs: int) -> lis
         harness.close()
 
 
+def crash_recovery(url: str, workdir: Path, worker_class: str, runs: int) -> list[float]:
+    """Seconds from SIGKILL of the whole worker running a job (default lease settings, lease_ttl 30
+    s) to the job's body starting again in another guarded worker, one kill at a time, ``runs``
+    times. Three workers run; whichever starts the job is killed, and replaced."""
+    env: dict[str, str | None] = {
+        "ZOMBIEGUARD_LEASE_TTL": None,
+        "ZOMBIEGUARD_SWEEP_INTERVAL": None,
+        "ZOMBIEGUARD_HEARTBEAT_INTERVAL": None,
+    }
+    harness = _harness(url, workdir, env)
+    rng = random.Random(7)
+    samples = []
+    try:
+        for _ in range(3):
+            harness.wait_present(harness.start_worker(worker_class), "rq")
+        for _ in range(runs):
+            before = len(harness.notes_of("started"))
+            job = harness.enqueue("long_job", harness.notes, 4.0)
+            wait_until(partial(_started_since, harness, before), 30, what="started")
+            pid = int(harness.notes_of("started")[-1].split()[1])
+            victim = harness.worker_of(pid)
+            time.sleep(rng.uniform(0.2, 1.2))  # anywhere in the heartbeat cycle
+            killed_at = time.time()
+            os.killpg(victim.pid, signal.SIGKILL)
+            if pid != victim.pid:
+                os.kill(pid, signal.SIGKILL)  # the horse: a process group of its own
+            wait_until(partial(_started_since, harness, before + 1), 60, what="started again")
+            samples.append(float(harness.notes_of("started")[-1].split()[0]) - killed_at)
+            harness.wait_present(harness.start_worker(worker_class), "rq")
+            harness.wait_status(job, ["finished"], 30)
+        return sorted(samples)
+    finally:
+        harness.close()
+
+
 def _recovered(harness: RQHarness, job_id: str) -> bool:
     """The sweeper requeued it (its lease waits for the next attempt, or that attempt runs)."""
     state, attempt = harness.client.hmget(
@@ -137,6 +175,17 @@ def _dist(samples: list[float]) -> str:
     )
 
 
+def _recoveries(url: str, workdir: Path, runs: int) -> None:
+    print("Recovery latency after SIGKILL of a whole worker (kill -> job back on its queue)")
+    for ttl in (3.0, None):
+        label = "lease_ttl 3 s" if ttl else "lease_ttl 30 s (default)"
+        print(f"  {label:<26} {_dist(recovery(url, workdir, ttl, runs))}")
+    print("Crash recovery: SIGKILL of the whole worker running a job, one at a time, lease_ttl 30 s")
+    print("(kill -> the job's body started again by another guarded worker)")
+    for cls in ("GuardedWorker", "GuardedSimpleWorker"):
+        print(f"  {cls:<26} {_dist(crash_recovery(url, workdir, cls, runs))}")
+
+
 def main() -> None:
     """Run and print every RQ benchmark."""
     parser = argparse.ArgumentParser()
@@ -173,10 +222,7 @@ def main() -> None:
             )
         runs = 5 if args.quick else 20
         if "recovery" in run:
-            print("Recovery latency after SIGKILL of a whole worker (kill -> job back on its queue)")
-        for ttl in (3.0, None) if "recovery" in run else ():
-            label = "lease_ttl 3 s" if ttl else "lease_ttl 30 s (default)"
-            print(f"  {label:<26} {_dist(recovery(url, workdir, ttl, runs))}")
+            _recoveries(url, workdir, runs)
         if "kill" in run:
             print("Kill latency past hard_timeout = 1 s (limit -> job failed)")
         for cls in ("GuardedWorker", "GuardedSimpleWorker") if "kill" in run else ():

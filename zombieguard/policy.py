@@ -120,6 +120,17 @@ class Settings:
     """Every key is ``{<key_prefix>}:...``: one hash tag, so the layout works on Redis Cluster."""
     sweep_interval: float = 1.0
     """How often each sweeper looks for expired leases (one round trip when none has expired)."""
+    presence_grace: float | None = 0.4
+    """How long a worker's presence connection to Redis may stay closed before the worker is taken
+    for dead and its running jobs are recovered: a process that dies (SIGKILL, OOM, a crash) has
+    its connections closed at once, and a live worker whose connection alone closed opens it again
+    well within this. None: off (a dead worker's jobs come back when their leases expire)."""
+    presence_interval: float = 0.1
+    """How often a watching sweeper looks at the presence connections (two sweepers per integration
+    watch; the others stand by, trying for a seat every ``sweep_interval``)."""
+    presence_restart_grace: float = 5.0
+    """After Redis starts (a restart, a failover), how long the live workers have to open their
+    presence connections again before any worker is taken for dead by its closed connection."""
     sweep_batch: int = 100
     """Most leases one sweep claims; the rest wait for the next sweep."""
     claim_ttl: float = 30.0

@@ -47,6 +47,16 @@ class WorkerHarness:
         """A worker's output so far."""
         return (self.workdir / f"{self.worker_names[index]}.log").read_text(errors="replace")
 
+    def worker_of(self, pid: int) -> subprocess.Popen[bytes]:
+        """The worker that is process ``pid`` or its parent (a horse, a pool process)."""
+        return next(w for i, w in enumerate(self.workers) if w.pid == pid or pid in self.children(i))
+
+    def wait_present(self, worker: subprocess.Popen[bytes], adapter: str) -> None:
+        """Wait until ``worker``'s presence connection is subscribed and announced."""
+        name = self.worker_names[self.workers.index(worker)]
+        key = "{" + self.key_prefix + "}:presence:" + adapter
+        wait_until(lambda: self.client.sismember(key, name), 10, what=f"{name}'s presence connection")
+
     def wait_for_state(
         self, job_id: str, current: Callable[[], str], wanted: Iterable[str], timeout: float
     ) -> str:

@@ -16,6 +16,7 @@ from zombieguard.leases.records import (
     LeaseRecord,
     LeaseState,
     Outcome,
+    PresenceLook,
     Sweep,
     text,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "LeaseStore",
     "Outcome",
     "PendingAcquire",
+    "PresenceLook",
     "Sweep",
     "WorkerRegistry",
     "scored_members",

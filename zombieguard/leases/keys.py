@@ -64,6 +64,31 @@ class Keys:
         """The hash describing one worker."""
         return f"{self.prefix}:worker:{name}"
 
+    def held_key(self, worker: str) -> str:
+        """The set of the jobs whose leases one worker acquired (some may have ended since): where
+        a dead worker's running leases are found (``presence.lua``)."""
+        return f"{self.prefix}:held:{worker}"
+
+    def presence_key(self, adapter: str) -> str:
+        """The set of one integration's workers that keep a presence connection (see
+        :mod:`zombieguard.worker.presence`)."""
+        return f"{self.prefix}:presence:{adapter}"
+
+    def presence_channel(self, worker: str) -> str:
+        """The channel a worker's presence connection subscribes to: its subscriber count tells
+        whether the connection is open."""
+        return f"{self.prefix}:alive:{worker}"
+
+    def absent_key(self, adapter: str) -> str:
+        """The hash of one integration's workers whose presence connection is closed, and since when
+        (server time)."""
+        return f"{self.prefix}:absent:{adapter}"
+
+    def watcher_key(self, adapter: str, seat: int) -> str:
+        """One of the seats of the sweepers that watch one integration's presence connections (the
+        sweeper holding it, expiring)."""
+        return f"{self.prefix}:watcher:{adapter}:{seat}"
+
     @property
     def dlq_key(self) -> str:
         """The hash of dead-letter entries by job id."""

@@ -198,6 +198,9 @@ class LeaseRecord:
     """Why a running lease was given up (stalled, timed out, hung), if it was: by its
     worker or the watchdog beside it, or by the first script that found it lapsed and overdue. It
     is then the sweeper's, and no longer its attempt's."""
+    worker_gone: float | None = None
+    """When its worker was found dead by its closed presence connection (server time), if it was:
+    the lease was then given up as stalled (see ``presence.lua``)."""
     verdict: FinishedState | None = None
     """The end a sweeper that claimed the job decided on and may have recorded in the framework
     (failed, dead-lettered) before it died: the sweeper that takes its claim over finishes it."""
@@ -242,6 +245,7 @@ class LeaseRecord:
                 stopped_by=h.get("stopped_by", ""),
                 verdict=FinishedState(h["verdict"]) if h.get("verdict") else None,
                 abandoned=Outcome(h["abandoned"]) if h.get("abandoned") else None,
+                worker_gone=_num(h.get("worker_gone", "")),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise CorruptRecord(f"lease record of {h.get('job', '?')!r} is unreadable: {exc!r}") from None
@@ -359,10 +363,13 @@ class Claimed:
 
 @dataclass(frozen=True)
 class DeadWorker:
-    """A worker whose presence expired: it stopped heartbeating without saying goodbye."""
+    """A worker gone without saying goodbye: its presence expired (it stopped heartbeating), or its
+    presence connection closed and stayed closed (its process died)."""
 
     name: str
     info: Mapping[str, str]
+    given_up: int = 0
+    """Running leases of it given up as stalled (found by its closed presence connection)."""
 
 
 @dataclass(frozen=True)
@@ -373,6 +380,18 @@ class Sweep:
     corrupt: tuple[tuple[str, str], ...]
     """(job id, what is wrong): reported and dropped from the due index, the record left for a person."""
     dead_workers: tuple[DeadWorker, ...]
+
+
+@dataclass(frozen=True)
+class PresenceLook:
+    """What a look at an integration's presence connections found (``presence.lua``)."""
+
+    watching: bool
+    """This sweeper holds a watcher's seat (else it did not look)."""
+    workers: int = 0
+    """Workers with a presence connection looked at."""
+    dead: tuple[DeadWorker, ...] = ()
+    """Workers found dead, their running leases given up, and removed from the registry."""
 
 
 RenewCode = str  # 'ok' | 'lost' | 'missing' | 'corrupt'

@@ -42,7 +42,21 @@ class WorkerRegistry(Keys):
         """A worker leaves cleanly: it is not a zombie."""
         pipe = self.client.pipeline(transaction=True)
         pipe.zrem(self.workers_key, name)
-        pipe.delete(self.worker_key(name))
+        pipe.delete(self.worker_key(name), self.held_key(name))
+        pipe.execute()
+
+    def announce_presence(self, adapter: str, worker: str) -> None:
+        """The worker's presence connection is subscribed to its channel: watch it from now on."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.sadd(self.presence_key(adapter), worker)
+        pipe.hdel(self.absent_key(adapter), worker)
+        pipe.execute()
+
+    def withdraw_presence(self, adapter: str, worker: str) -> None:
+        """The worker leaves: its presence connection, about to close, is not watched any more."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.srem(self.presence_key(adapter), worker)
+        pipe.hdel(self.absent_key(adapter), worker)
         pipe.execute()
 
     def workers(self) -> dict[str, tuple[float, dict[str, str]]]:

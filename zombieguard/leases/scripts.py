@@ -16,6 +16,7 @@ SCRIPTS = (
     "finish",
     "seize",
     "completed",
+    "presence",
 )
 
 

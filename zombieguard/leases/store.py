@@ -26,6 +26,7 @@ from zombieguard.leases.records import (
     JobSpec,
     LeaseRecord,
     Outcome,
+    PresenceLook,
     RenewCode,
     Sweep,
     text,
@@ -106,8 +107,8 @@ class LeaseStore(WorkerRegistry):
         head = [
             "EVALSHA",
             self._scripts["acquire"].sha,
-            "6",
-            *self._acquire_keys(job),
+            "7",
+            *self._acquire_keys(job, worker),
             "" if delivery_attempt is None else str(delivery_attempt),
             "job",
             job.job_id,
@@ -129,8 +130,8 @@ class LeaseStore(WorkerRegistry):
         parts = ["EVALSHA", self._scripts["release"].sha, str(len(keys)), *keys, *args]
         return wire.command(parts)
 
-    def _acquire_keys(self, job: JobSpec) -> list[str]:
-        """The six keys the acquire script touches."""
+    def _acquire_keys(self, job: JobSpec, worker: str) -> list[str]:
+        """The seven keys the acquire script touches."""
         return [
             self.lease_key(job.job_id),
             self.due_key(job.adapter),
@@ -138,6 +139,7 @@ class LeaseStore(WorkerRegistry):
             self.checkpoint_key(job.job_id),
             self.adapters_key,
             self.queues_key,
+            self.held_key(worker),
         ]
 
     def _acquire_call(
@@ -150,7 +152,7 @@ class LeaseStore(WorkerRegistry):
         *,
         on_behalf: bool = False,
     ) -> tuple[list[str], list[str]]:
-        keys = self._acquire_keys(job)
+        keys = self._acquire_keys(job, worker)
         args = [
             "" if delivery_attempt is None else str(delivery_attempt),
             *self._static_fields(job, worker, policy, tag, on_behalf=on_behalf),
@@ -230,7 +232,13 @@ class LeaseStore(WorkerRegistry):
         started: float,
     ) -> bool:
         """Recreate a vanished lease with the same token; False when a record exists already."""
-        keys = [self.lease_key(job.job_id), self.due_key(job.adapter), self.fence_key, self.adapters_key]
+        keys = [
+            self.lease_key(job.job_id),
+            self.due_key(job.adapter),
+            self.fence_key,
+            self.adapters_key,
+            self.held_key(worker),
+        ]
         args = [
             str(token),
             str(attempt),
@@ -391,6 +399,32 @@ class LeaseStore(WorkerRegistry):
             )
         dead = tuple(DeadWorker(text(entry[0]), _flat_pairs(entry[1])) for entry in raw_dead)
         return Sweep(tuple(claimed), tuple(corrupt), dead)
+
+    def look_at_presence(
+        self,
+        adapter: str,
+        sweeper: str,
+        *,
+        seats: int,
+        watcher_ttl: float,
+        grace: float,
+        restart_grace: float,
+    ) -> PresenceLook:
+        """Look at one integration's workers' presence connections, if ``sweeper`` holds or takes
+        one of the ``seats`` watchers have: a worker whose connection stayed closed for ``grace``
+        seconds is dead, its running leases given up as stalled (``presence.lua``)."""
+        keys = [
+            self.presence_key(adapter),
+            self.absent_key(adapter),
+            self.workers_key,
+            *(self.watcher_key(adapter, seat) for seat in range(seats)),
+        ]
+        args = [sweeper, str(_ms(watcher_ttl)), repr(grace), repr(restart_grace), self.prefix]
+        reply = self._scripts["presence"](keys=keys, args=args)
+        if text(reply[0]) != "watching":
+            return PresenceLook(watching=False)
+        dead = tuple(DeadWorker(text(entry[0]), _flat_pairs(entry[1]), int(entry[2])) for entry in reply[2:])
+        return PresenceLook(watching=True, workers=int(reply[1]), dead=dead)
 
     def seize(self, job_id: str, claimer: str, stopped_by: str) -> Claimed | None:
         """Claim a running lease now, to stop its job (``zombieguard kill``); None if not running."""

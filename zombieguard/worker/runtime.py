@@ -25,8 +25,10 @@ from zombieguard.enforcement.watchdog import Watchdog
 from zombieguard.errors import LeaseLost
 from zombieguard.leases import JobSpec, LeaseStore, Outcome
 from zombieguard.ops.stats import EventCounter
+from zombieguard.recovery.presence import PresenceWatch
 from zombieguard.recovery.sweeper import Sweeper
 from zombieguard.worker.heartbeat import Heartbeat, LostCallback
+from zombieguard.worker.presence import Presence
 
 
 class WorkerRuntime:
@@ -55,6 +57,9 @@ class WorkerRuntime:
         )
         self.counter = EventCounter(store)
         self.watchdog = Watchdog(name=watchdog_name)
+        on = store.settings.presence_grace is not None
+        self.presence = Presence(store, adapter.name, worker) if on else None
+        self.presence_watch = PresenceWatch(store, self.sweeper, adapter.name) if on else None
         remove_stale_workdirs(dir_prefix, before_removal=self._predecessor_gone)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{dir_prefix}{os.getpid()}-"))
         self.watchdog_process: subprocess.Popen[bytes] | None = None
@@ -106,7 +111,15 @@ class WorkerRuntime:
 
     def launch(self, info: Mapping[str, str]) -> None:
         """Register the worker (``info``: what ``status`` shows of it), recover what dead workers left
-        before the framework's own clean-up can fail it, then start the threads."""
+        before the framework's own clean-up can fail it, then start the threads. The presence
+        connection is subscribed first: a worker is watched only once it is."""
+        if self.presence is not None and not self.presence.start():
+            log.warning(
+                "%s worker %s: presence connection not subscribed yet; until it is, a crash of this "
+                "worker is found by its leases' expiry",
+                self.framework,
+                self.worker,
+            )
         with contained(f"registering {self.framework} worker {self.worker}"):
             try:
                 self.store.register_worker(
@@ -129,6 +142,8 @@ class WorkerRuntime:
                 )
         self.heartbeat.start()
         self.sweeper.start()
+        if self.presence_watch is not None:
+            self.presence_watch.start()
         self.watchdog.start()
 
     def give_up_stalled(
@@ -159,8 +174,12 @@ class WorkerRuntime:
     def shutdown(self) -> None:
         """Stop the threads and the watchdog process, and leave cleanly (not a zombie)."""
         self.watchdog.stop()
+        if self.presence_watch is not None:
+            self.presence_watch.stop()
         self.sweeper.stop()
         self.heartbeat.stop()
+        if self.presence is not None:
+            self.presence.stop()
         self.counter.close()
         if self.watchdog_process is not None:
             self.watchdog_process.terminate()

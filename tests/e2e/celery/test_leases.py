@@ -67,6 +67,27 @@ def test_a_task_of_a_sigkilled_worker_is_rerun_by_another_within_lease_ttl_plus_
     assert meta["queue"] == harness.queue  # same routing
 
 
+LONG_LEASE = {"ZOMBIEGUARD_LEASE_TTL": "30", "ZOMBIEGUARD_HEARTBEAT_INTERVAL": "10"}
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
+def test_a_whole_worker_sigkilled_mid_task_has_its_task_started_again_within_1s_with_a_30s_lease(
+    any_broker_harness: CeleryHarness, pool: str
+) -> None:
+    harness = any_broker_harness
+    victim = harness.start_worker(pool, env=LONG_LEASE)
+    result = harness.send("long_task", harness.notes, 2.0)
+    harness.wait_leased(result.id)
+    survivor = harness.start_worker(pool, env=LONG_LEASE)
+    harness.wait_present(victim, "celery")
+    harness.wait_present(survivor, "celery")
+    os.killpg(victim.pid, signal.SIGKILL)
+    killed_at = time.time()
+    assert _next_attempt_started(harness) - killed_at < 1.0
+    assert result.get(timeout=15) == "done"
+    assert len(harness.notes_of("completed")) == 1
+
+
 def test_a_frozen_worker_s_task_is_rerun_and_the_woken_attempt_is_fenced(
     any_broker_harness: CeleryHarness,
 ) -> None:

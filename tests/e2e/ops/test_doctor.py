@@ -88,6 +88,22 @@ def test_the_doctor_names_a_heartbeat_interval_too_close_to_the_lease_ttl(rq_har
     assert "heartbeat_interval 8 s is more than half of lease_ttl 10 s" in report["problems"][0]["problem"]
 
 
+def test_the_doctor_explains_a_limit_that_passes_before_a_dead_workers_lease_expires_without_presence(
+    rq_harness: RQHarness,
+) -> None:
+    durations = {"ZOMBIEGUARD_LEASE_TTL": "30", "ZOMBIEGUARD_PROGRESS_TIMEOUT": "5"}
+    assert doctor(rq_harness, env=durations) == (0, {"problems": []})
+    code, report = doctor(rq_harness, env={**durations, "ZOMBIEGUARD_PRESENCE_GRACE": "none"})
+    assert code == 1
+    assert checks(report) == ["durations"]
+    [problem] = report["problems"]
+    assert "progress_timeout of 5 s passes first" in problem["problem"]
+    assert "turn presence on" in problem["fix"]
+    code, report = doctor(rq_harness, env={**durations, "ZOMBIEGUARD_PRESENCE_GRACE": "30"})
+    assert (code, checks(report)) == (1, ["durations"])
+    assert "presence_grace 30 s is not shorter than lease_ttl 30 s" in report["problems"][0]["problem"]
+
+
 def test_the_doctor_names_each_late_acked_celery_task_that_can_outlive_the_visibility_timeout(
     rq_harness: RQHarness,
 ) -> None:

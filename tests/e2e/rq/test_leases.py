@@ -74,6 +74,46 @@ def test_a_simple_worker_killed_mid_job_has_its_job_recovered_by_another(rq_harn
     _assert_finished_once(rq_harness, job.id)
 
 
+LONG_LEASE = {"ZOMBIEGUARD_LEASE_TTL": "30", "ZOMBIEGUARD_HEARTBEAT_INTERVAL": "10"}
+
+
+@pytest.mark.parametrize("cls", ["GuardedWorker", "GuardedSimpleWorker"])
+def test_a_whole_worker_sigkilled_mid_job_has_its_job_started_again_within_1s_with_a_30s_lease(
+    rq_harness: RQHarness, cls: str
+) -> None:
+    worker = rq_harness.start_worker(cls, env=LONG_LEASE)
+    job = rq_harness.enqueue("long_job", rq_harness.notes, 2.0)
+    _, pid = _first_start(rq_harness)
+    survivor = rq_harness.start_worker(cls, env=LONG_LEASE)
+    rq_harness.wait_present(worker, "rq")
+    rq_harness.wait_present(survivor, "rq")
+    killed_at = time.time()
+    os.killpg(worker.pid, signal.SIGKILL)
+    if pid != worker.pid:
+        os.kill(pid, signal.SIGKILL)  # the horse, in a process group of its own
+    second = wait_until(lambda: rq_harness.notes_of("started")[1:], 10, what="second attempt")
+    assert float(second[0].split()[0]) - killed_at < 1.0
+    rq_harness.wait_status(job, ["finished"], 10)
+    _assert_finished_once(rq_harness, job.id)
+
+
+def test_a_dead_workers_job_with_a_progress_timeout_shorter_than_its_lease_is_recovered_not_hung(
+    rq_harness: RQHarness,
+) -> None:
+    env = {**LONG_LEASE, "ZOMBIEGUARD_PROGRESS_TIMEOUT": "2"}
+    worker = rq_harness.start_worker("GuardedWorker", env=env)
+    job = rq_harness.enqueue("long_job", rq_harness.notes, 4.0)
+    _, horse = _first_start(rq_harness)
+    survivor = rq_harness.start_worker("GuardedWorker", env=env)
+    rq_harness.wait_present(worker, "rq")
+    rq_harness.wait_present(survivor, "rq")
+    os.killpg(worker.pid, signal.SIGKILL)
+    os.kill(horse, signal.SIGKILL)
+    rq_harness.wait_status(job, ["finished"], 15)
+    _assert_finished_once(rq_harness, job.id)
+    assert len(rq_harness.notes_of("started")) == 2
+
+
 @pytest.mark.parametrize("cls", ["GuardedWorker", "GuardedSimpleWorker"])
 def test_a_frozen_worker_loses_its_job_and_when_it_wakes_its_attempt_is_fenced(
     rq_harness: RQHarness, cls: str

@@ -1,5 +1,6 @@
 -- Start a new attempt of a job.
--- KEYS: lease, due, fence, checkpoint, adapters, queues (queue -> adapter, for the silence watch)
+-- KEYS: lease, due, fence, checkpoint, adapters, queues (queue -> adapter, for the silence watch),
+--       held (the jobs the worker acquired)
 -- ARGV[1]: the attempt number the delivery claims to be ('' when the framework cannot say)
 -- ARGV[2..]: static field / value pairs (job, adapter, task, queue, worker, lease_ttl, hard_timeout,
 --            progress_timeout, overdue_grace, max_stalls, dead_letter, payload, and optionally tag
@@ -77,6 +78,7 @@ end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', KEYS[2], fmt(due_score(expires, hard_deadline, progress_deadline, grace)), static.job)
 redis.call('SADD', KEYS[5], static.adapter)
+redis.call('SADD', KEYS[7], static.job)
 if static.queue and static.queue ~= '' then redis.call('HSET', KEYS[6], static.queue, static.adapter) end
 local checkpoint = redis.call('GET', KEYS[4])
 return {'acquired', tostring(token), tostring(attempt), tostring(stalls), fmt(now), checkpoint, replaced}

@@ -16,12 +16,13 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', fmt(now), 'LIMIT', 0, l
 for _, job in ipairs(ids) do
   local key = prefix .. ':lease:' .. job
   local kind = key_type(key)
-  local reason, problem = nil, nil
+  local reason, problem, worker = nil, nil, nil
   if kind ~= 'hash' then
     problem = kind == 'none' and 'lease record is missing' or ('lease key holds a ' .. kind)
   else
     local r = redis.call('HMGET', key, 'state', 'expires', 'hard_deadline', 'progress_deadline',
-      'overdue_grace', 'claim_expires', 'reason', 'abandoned', 'republish_at')
+      'overdue_grace', 'claim_expires', 'reason', 'abandoned', 'republish_at', 'worker')
+    worker = r[10]
     if r[1] == 'running' then
       local expires, grace = tonumber(r[2]), tonumber(r[5])
       if expires == nil or grace == nil then
@@ -68,6 +69,7 @@ for _, job in ipairs(ids) do
     redis.call('ZREM', KEYS[1], job)
     claims[#claims + 1] = {job, 'corrupt', problem}
   elseif reason then
+    if worker then redis.call('SREM', prefix .. ':held:' .. worker, job) end
     local token = redis.call('INCR', KEYS[2])
     redis.call('HSET', key, 'state', 'recovering', 'token', token, 'reason', reason,
       'claimed_by', sweeper, 'claimed_at', fmt(now), 'claim_expires', fmt(now + claim_ttl))

@@ -38,3 +38,9 @@ end
 local function key_type(key)
   return redis.call('TYPE', key).ok
 end
+
+-- The set of the jobs a worker acquired (see presence.lua), from a lease key: every key of ours is
+-- '<prefix>:lease:<job>' or '<prefix>:held:<worker>'.
+local function held_key(lease_key, job, worker)
+  return string.sub(lease_key, 1, #lease_key - #job - #':lease:') .. ':held:' .. worker
+end

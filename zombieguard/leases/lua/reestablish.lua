@@ -1,6 +1,6 @@
 -- Recreate a lease that vanished while its attempt kept running (Redis restarted without
 -- persistence, or was flushed). Never overwrites an existing record.
--- KEYS: lease, due, fence, adapters
+-- KEYS: lease, due, fence, adapters, held (the jobs the worker acquired)
 -- ARGV: token, attempt, stalls, started, then static field / value pairs as for acquire
 -- Returns {'ok'} or {'exists'}
 if key_type(KEYS[1]) ~= 'none' then return {'exists'} end
@@ -32,4 +32,5 @@ redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', KEYS[2], fmt(due_score(expires, hard_deadline, progress_deadline,
   tonumber(static.overdue_grace))), static.job)
 redis.call('SADD', KEYS[4], static.adapter)
+redis.call('SADD', KEYS[5], static.job)
 return {'ok'}

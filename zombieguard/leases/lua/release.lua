@@ -25,6 +25,7 @@ if failure and given_up(KEYS[1], KEYS[2], ARGV[2], now) == 'stalled' then
   return {'lost', 'given up as stalled', r[2]}
 end
 redis.call('ZREM', KEYS[2], ARGV[2])
+if r[5] then redis.call('SREM', held_key(KEYS[1], ARGV[2], r[5]), ARGV[2]) end
 if outcome == 'completed' then
   redis.call('DEL', KEYS[3])
   if ARGV[7] ~= '' then redis.call('HSET', KEYS[4], ARGV[7], fmt(now)) end
