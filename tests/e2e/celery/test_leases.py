@@ -88,6 +88,26 @@ def test_a_whole_worker_sigkilled_mid_task_has_its_task_started_again_within_1s_
     assert len(harness.notes_of("completed")) == 1
 
 
+def test_a_dead_workers_task_goes_to_the_front_of_its_redis_queue_not_behind_the_tasks_waiting(
+    celery_harness: CeleryHarness,
+) -> None:
+    harness = celery_harness
+    victim = harness.start_worker("solo", env=LONG_LEASE)
+    recovered = harness.send("long_task", harness.notes, 1.0)
+    harness.wait_leased(recovered.id)
+    survivor = harness.start_worker("solo", env=LONG_LEASE)
+    harness.send("long_task", harness.notes, 2.0)  # keeps the survivor busy through the recovery
+    wait_until(lambda: len(harness.notes_of("started")) == 2, 15, what="the survivor busy")
+    waiting = [harness.send("add", n, n) for n in range(5)]
+    harness.wait_present(victim, "celery")
+    harness.wait_present(survivor, "celery")
+    os.killpg(victim.pid, signal.SIGKILL)
+    assert recovered.get(timeout=20) == "done"
+    assert [result.get(timeout=20) for result in waiting] == [0, 2, 4, 6, 8]
+    done = harness.app.AsyncResult(recovered.id).date_done
+    assert all(harness.app.AsyncResult(result.id).date_done > done for result in waiting)
+
+
 def test_a_frozen_worker_s_task_is_rerun_and_the_woken_attempt_is_fenced(
     any_broker_harness: CeleryHarness,
 ) -> None:

@@ -141,6 +141,35 @@ def test_kombu_s_redis_transport_restores_an_unacked_message_by_tag_and_rabbitmq
         assert channel.client.hlen(channel.unacked_key) == 0
 
 
+def test_a_republished_task_is_moved_to_the_front_of_its_kombu_redis_queue_and_taken_next(
+    app: Celery,
+) -> None:
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+
+    @app.task(name="internals.front")
+    def front(n: int) -> int:
+        return n
+
+    first = front.apply_async((1,), queue=queue)
+    recovered = front.apply_async((2,), queue=queue, headers={"zombieguard_attempt": 2})
+    urgent = front.apply_async((3,), queue=queue, priority=9, headers={"zombieguard_attempt": 2})
+    last = front.apply_async((4,), queue=queue)
+    assert not internals.move_to_front(app, queue, recovered.id, 3)  # another attempt: not this one
+    assert internals.move_to_front(app, queue, recovered.id, 2)
+    assert internals.move_to_front(app, queue, urgent.id, 2)  # within the list of its priority
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        taken = [channel.basic_get(queue, no_ack=True) for _ in range(4)]
+    # kombu's Redis transport serves the list of priority 0 first, each from its right end.
+    assert [message.headers["id"] if message else None for message in taken] == [
+        recovered.id,
+        first.id,
+        last.id,
+        urgent.id,
+    ]
+    assert not internals.move_to_front(Celery(broker="memory://"), queue, recovered.id, 2)
+
+
 def test_a_delivery_is_noted_before_and_after_it_enters_kombu_s_unacked_hash_and_held_until_acked(
     app: Celery,
 ) -> None:

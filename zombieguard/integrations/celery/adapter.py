@@ -18,6 +18,7 @@ from kombu.utils import json as kombu_json
 
 from zombieguard.containment import contained, log
 from zombieguard.errors import ZombieGuardError
+from zombieguard.integrations.celery import internals
 from zombieguard.integrations.celery.app import load_app, recorded_end
 from zombieguard.integrations.celery.message import ATTEMPT_HEADER
 from zombieguard.integrations.celery.received import ReceivedLog
@@ -61,10 +62,15 @@ class CeleryAdapter:
         sig.apply_async(headers=headers)
 
     def requeue(self, record: LeaseRecord) -> bool:
-        """Publish the task again, same id, arguments, routing and options, as the next attempt."""
+        """Publish the task again, same id, arguments, routing and options, as the next attempt; on
+        the Redis broker, at the front of its queue (the next task its workers take)."""
         if self._ended(record.job_id):
             return False
         self._publish(self._signature(record.payload), record.attempt + 1)
+        try:
+            internals.move_to_front(self.app, record.queue, record.job_id, record.attempt + 1)
+        except Exception as exc:  # the broker away a moment: the task waits its turn instead
+            log.warning("celery task %s: left at the back of its queue (%r)", record.job_id, exc)
         return True
 
     def fail(self, record: LeaseRecord, outcome: Outcome, reason: str) -> bool:

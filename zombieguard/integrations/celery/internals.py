@@ -140,3 +140,38 @@ def unacked(app: Celery) -> Iterator[Unacked | None]:
     with app.connection_for_write() as connection:
         channel: Any = connection.default_channel
         yield Unacked(channel) if hasattr(getattr(channel, "qos", None), "restore_by_tag") else None
+
+
+# A recovered task is published again as a new message, which kombu's Redis transport pushes on the
+# left of its queue's list (one list per priority step); consumers pop on the right. This script
+# moves it from where it was pushed to the end consumers pop from. It finds the message by its task
+# id and attempt among the newest few (a consumer may have taken it already: then nothing moves).
+_TO_FRONT = """
+for _, key in ipairs(KEYS) do
+  for _, item in ipairs(redis.call('LRANGE', key, 0, tonumber(ARGV[3]) - 1)) do
+    local ok, message = pcall(cjson.decode, item)
+    if ok and type(message) == 'table' and type(message.headers) == 'table'
+        and message.headers.id == ARGV[1] and tostring(message.headers.zombieguard_attempt) == ARGV[2] then
+      redis.call('LREM', key, 1, item)
+      redis.call('RPUSH', key, item)
+      return 1
+    end
+  end
+end
+return 0
+"""
+
+
+def move_to_front(app: Celery, queue: str, task_id: str, attempt: int, newest: int = 16) -> bool:
+    """On kombu's Redis transport, move the message just published for attempt ``attempt`` of task
+    ``task_id`` to the front of ``queue`` (the next one its consumers take). False on a broker
+    without such lists (RabbitMQ), or when the message is not among the ``newest`` of its list (a
+    consumer took it, or it went to another queue)."""
+    with app.connection_for_write() as connection:
+        channel: Any = connection.default_channel
+        if not hasattr(channel, "_q_for_pri"):
+            return False
+        lists = dict.fromkeys(channel._q_for_pri(queue, step) for step in channel.priority_steps)
+        keys = [channel.global_keyprefix + name for name in lists]
+        client = redis.Redis(connection_pool=channel.client.connection_pool)
+        return bool(client.eval(_TO_FRONT, len(keys), *keys, task_id, str(attempt), str(newest)))
