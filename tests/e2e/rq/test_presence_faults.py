@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow
 
 LONG_LEASE = {"ZOMBIEGUARD_LEASE_TTL": "30", "ZOMBIEGUARD_HEARTBEAT_INTERVAL": "10"}
 TIMES = 20
+CLASSES = ["GuardedWorker", "GuardedSimpleWorker"]
 
 
 @pytest.fixture
@@ -34,12 +35,12 @@ def persistent_harness(key_prefix: str, tmp_path: Path) -> Iterator[tuple[RQHarn
         server.close()
 
 
-def _running(harness: RQHarness) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+def _running(harness: RQHarness, cls: str) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
     """Two workers, one running a long job; both watched."""
-    busy = harness.start_worker("GuardedWorker", env=LONG_LEASE)
+    busy = harness.start_worker(cls, env=LONG_LEASE)
     harness.enqueue("long_job", harness.notes, 600.0)
     wait_until(lambda: harness.notes_of("started"), 15, what="the job started")
-    idle = harness.start_worker("GuardedWorker", env=LONG_LEASE)
+    idle = harness.start_worker(cls, env=LONG_LEASE)
     for worker in (busy, idle):
         harness.wait_present(worker, "rq")
     # Past its start-up maintenance, waiting for a job: RQ (2.x) lets a connection error there end
@@ -54,11 +55,12 @@ def _both_present_again(harness: RQHarness, workers: tuple[subprocess.Popen[byte
         harness.wait_present(worker, "rq")
 
 
+@pytest.mark.parametrize("cls", CLASSES)
 def test_a_live_workers_job_is_not_started_again_across_20_restarts_of_redis(
-    persistent_harness: tuple[RQHarness, EmbeddedRedis],
+    persistent_harness: tuple[RQHarness, EmbeddedRedis], cls: str
 ) -> None:
     harness, server = persistent_harness
-    workers = _running(harness)
+    workers = _running(harness, cls)
     presence = "{" + harness.key_prefix + "}:presence:rq"
     for _ in range(TIMES):
         server.stop()
@@ -72,12 +74,13 @@ def test_a_live_workers_job_is_not_started_again_across_20_restarts_of_redis(
     assert all(worker.poll() is None for worker in workers)
 
 
+@pytest.mark.parametrize("cls", CLASSES)
 @pytest.mark.parametrize("kind", ["pubsub", "normal"])
 def test_a_live_workers_job_is_not_started_again_when_its_connections_are_killed_20_times(
-    persistent_harness: tuple[RQHarness, EmbeddedRedis], kind: str
+    persistent_harness: tuple[RQHarness, EmbeddedRedis], kind: str, cls: str
 ) -> None:
     harness, _ = persistent_harness
-    workers = _running(harness)
+    workers = _running(harness, cls)
     presence = "{" + harness.key_prefix + "}:presence:rq"
     admin = redis.Redis.from_url(harness.redis_url)
     for _ in range(TIMES):
