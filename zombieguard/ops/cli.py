@@ -17,16 +17,16 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from zombieguard.adapter import JobAdapter
 from zombieguard.errors import ConfigurationError, IntegrationNotAvailable, ZombieGuardError
-from zombieguard.leases import Condition, LeaseRecord, LeaseState, LeaseStore, text
+from zombieguard.leases import LeaseState, LeaseStore, text
 from zombieguard.ops.integrations import REGISTRY, load
 from zombieguard.ops.stats import EventCounter
+from zombieguard.ops.status import Status, duration, table
 from zombieguard.policy import Config, current_config
 from zombieguard.recovery.deadletter import DeadLetterEntry, DeadLetterFilter, DeadLetterStore
 from zombieguard.recovery.sweeper import Sweeper
@@ -37,57 +37,6 @@ from zombieguard.recovery.sweeper import Sweeper
 
 class UsageError(ZombieGuardError):
     """Bad input on the command line: reported as one line, exit code 2."""
-
-
-@dataclass(frozen=True)
-class ActiveJob:
-    """One row of ``zombieguard status``."""
-
-    record: LeaseRecord
-    now: float
-
-    @property
-    def state(self) -> Condition:
-        """running, hung (alive, no progress), overdue (past hard limit), stalled (lease expired)."""
-        return self.record.condition(self.now)
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        r = self.record
-        return {
-            "job_id": r.job_id,
-            "task": r.task,
-            "queue": r.queue,
-            "adapter": r.adapter,
-            "worker": r.worker,
-            "attempt": r.attempt,
-            "state": self.state,
-            "age": round(self.now - r.started, 3),
-            "last_progress_age": None if r.last_progress is None else round(self.now - r.last_progress, 3),
-            "progress": r.progress or None,
-            "message": r.message or None,
-            "lease_expires_in": round(r.expires - self.now, 3),
-        }
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(seconds, 0.0)
-    if seconds < 120:
-        return f"{seconds:.1f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(line.rstrip() for line in lines)
 
 
 def _store(args: argparse.Namespace) -> LeaseStore:
@@ -128,104 +77,11 @@ def _print(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None
     sys.stdout.write((json.dumps(data, indent=2) if args.json else text()) + "\n")
 
 
-@dataclass(frozen=True)
-class QueueSummary:
-    """One queue's line in ``zombieguard status``."""
-
-    queue: str
-    adapter: str
-    waiting: int | None
-    running: int
-    zombies: int
-    """Active jobs that are hung, overdue or stalled."""
-    oldest_age: float | None
-    last_success_age: float | None
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        return {
-            "queue": self.queue,
-            "adapter": self.adapter,
-            "waiting": self.waiting,
-            "running": self.running,
-            "zombies": self.zombies,
-            "oldest_age": None if self.oldest_age is None else round(self.oldest_age, 3),
-            "last_success_age": None if self.last_success_age is None else round(self.last_success_age, 3),
-        }
-
-
-def _summaries(
-    store: LeaseStore, jobs: Sequence[ActiveJob], now: float, only: str | None, celery_app: str | None
-) -> list[QueueSummary]:
-    queues = {text(q): text(a) for q, a in store.client.hgetall(store.queues_key).items()}
-    completed = {text(q): float(text(t)) for q, t in store.client.hgetall(store.completed_key).items()}
-    adapters = _adapters(store, _integrations(celery_app) & set(queues.values()), celery_app)
-    out = []
-    for queue, adapter_name in sorted(queues.items()):
-        if only is not None and queue != only:
-            continue
-        mine = [j for j in jobs if j.record.queue == queue]
-        waiting = None
-        adapter = adapters.get(adapter_name)
-        if adapter is not None:
-            with contextlib.suppress(Exception):  # the framework's broker may be elsewhere
-                waiting = adapter.waiting(queue)
-        out.append(
-            QueueSummary(
-                queue=queue,
-                adapter=adapter_name,
-                waiting=waiting,
-                running=len(mine),
-                zombies=sum(1 for j in mine if j.state != "running"),
-                oldest_age=max((now - j.record.started for j in mine), default=None),
-                last_success_age=now - completed[queue] if queue in completed else None,
-            )
-        )
-    return out
-
-
 def _status(args: argparse.Namespace, store: LeaseStore) -> tuple[dict[str, Any], Callable[[], str]]:
-    records, corrupt = store.active()
-    now = store.server_time()
-    jobs = [ActiveJob(r, now) for r in records if args.queue is None or r.queue == args.queue]
-    jobs.sort(key=lambda j: j.record.started)
-    queues = _summaries(store, jobs, now, args.queue, _celery_app(args))
-
-    def text_view() -> str:
-        lines = []
-        for q in queues:
-            waiting = "?" if q.waiting is None else str(q.waiting)
-            lines.append(
-                f"queue {q.queue} ({q.adapter}): {waiting} waiting, {q.running} running"
-                + (f", {q.zombies} ZOMBIE" if q.zombies else "")
-                + f", oldest {_duration(q.oldest_age)}, last success {_duration(q.last_success_age)} ago"
-            )
-        if not jobs:
-            return "\n".join([*lines, "no active guarded jobs"])
-        rows = [
-            [
-                j.record.job_id,
-                j.record.task,
-                j.record.queue,
-                j.record.worker,
-                str(j.record.attempt),
-                _duration(now - j.record.started),
-                _duration(None if j.record.last_progress is None else now - j.record.last_progress),
-                _duration(j.record.expires - now) if j.state != "stalled" else "expired",
-                j.state.upper() if j.state != "running" else j.state,
-            ]
-            for j in jobs
-        ]
-        headers = ["JOB", "TASK", "QUEUE", "WORKER", "ATTEMPT", "AGE", "LAST PROGRESS", "LEASE", "STATE"]
-        table = _table(headers, rows) + "".join(f"\ncorrupt lease {j}: {why}" for j, why in corrupt)
-        return "\n".join([*lines, "", table]) if lines else table
-
-    data = {
-        "queues": [q.as_dict() for q in queues],
-        "jobs": [j.as_dict() for j in jobs],
-        "corrupt": [list(c) for c in corrupt],
-    }
-    return data, text_view
+    celery_app = _celery_app(args)
+    queues = {text(a) for a in store.client.hvals(store.queues_key)}
+    status = Status.read(store, args.queue, _adapters(store, _integrations(celery_app) & queues, celery_app))
+    return status.as_dict(), status.text
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -301,10 +157,10 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
                 " (for these filters)" if _filter(args) != DeadLetterFilter() else ""
             )
         rows = [
-            [e.job_id, e.task, e.queue, str(len(e.attempts)), _duration(now - e.dead_lettered_at), e.reason]
+            [e.job_id, e.task, e.queue, str(len(e.attempts)), duration(now - e.dead_lettered_at), e.reason]
             for e in entries
         ]
-        return _table(["JOB", "TASK", "QUEUE", "ATTEMPTS", "AGE", "REASON"], rows) + "".join(
+        return table(["JOB", "TASK", "QUEUE", "ATTEMPTS", "AGE", "REASON"], rows) + "".join(
             f"\ncorrupt entry {j}: {why}" for j, why in corrupt
         )
 
@@ -330,7 +186,7 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
         ]
         for a in entry.attempts:
             ran = None if a.started is None or a.ended is None else a.ended - a.started
-            lines.append(f"  #{a.attempt} on {a.worker}: {a.outcome} after {_duration(ran)} ({a.reason})")
+            lines.append(f"  #{a.attempt} on {a.worker}: {a.outcome} after {duration(ran)} ({a.reason})")
             if a.stack:
                 lines += ["    " + line for line in a.stack.splitlines()]
         return "\n".join(lines)
