@@ -129,8 +129,8 @@ class Settings:
     """How often a watching sweeper looks at the presence connections (two sweepers per integration
     watch; the others stand by, trying for a seat every ``sweep_interval``)."""
     presence_restart_grace: float = 5.0
-    """After Redis (re)starts, how long the live workers have to open their presence connections
-    again before any worker is taken for dead by its closed connection."""
+    """After Redis (re)starts, or fails over to a replica, how long the live workers have to open
+    their presence connections again before any worker is taken for dead by its closed connection."""
     sweep_batch: int = 100
     """Most leases one sweep claims; the rest wait for the next sweep."""
     claim_ttl: float = 30.0

@@ -181,3 +181,47 @@ def test_the_held_set_follows_a_workers_running_leases(store: LeaseStore) -> Non
     assert store.client.smembers(held) == {b"j2"}
     store.deregister_worker("w1")
     assert not store.client.exists(held)
+
+
+def test_after_a_failover_live_workers_have_the_restart_grace_to_reach_the_new_primary(
+    key_prefix: str,
+) -> None:
+    # A replica promoted to primary keeps its uptime; its new replication id is what says every
+    # connection just moved. Without that, both workers below would be taken for dead 0.4 s in.
+    settings = Settings(key_prefix=key_prefix, presence_restart_grace=2.0)
+    primary, replica = EmbeddedRedis().start(), EmbeddedRedis().start()
+    old, new = redis.Redis.from_url(primary.url), redis.Redis.from_url(replica.url)
+    presences: list[Presence] = []
+    try:
+        new.replicaof("127.0.0.1", primary.port)
+        wait_until(lambda: new.info("replication")["master_link_status"] == "up", 10, what="replica in sync")
+        store = LeaseStore(old, settings)
+        presences.append(Presence(store, "test", "alive"))
+        assert presences[0].start()
+        live = start(store, "j1", POLICY, worker="alive")
+        store.announce_presence("test", "dead")  # its connection is closed for good
+        start(store, "j2", POLICY, worker="dead")
+        adapter = RecordingAdapter()
+        assert _watch(store, adapter).look().watching  # j2's worker noted absent, not yet dead
+        assert old.wait(1, 2000) == 1
+        wait_until(lambda: new.info("server")["uptime_in_seconds"] >= 3, 10, what="the replica up 3 s")
+        new.replicaof("NO", "ONE")
+        primary.stop()
+        promoted = LeaseStore(new, settings)
+        watch = _watch(promoted, adapter, name="sweeper-b")
+        _nobody_dead_for(watch, 1.0)
+        presences.append(Presence(promoted, "test", "alive"))  # it reaches the new primary
+        assert presences[1].start()
+        dead = wait_until(lambda: watch.look().dead, 3, interval=0.05, what="the dead worker found")
+        assert [d.name for d in dead] == ["dead"]
+        assert adapter.requeued == ["j2"]
+        record = promoted.record("j1")
+        assert record is not None
+        assert record.held_by(live.token)
+    finally:
+        for presence in presences:
+            presence.stop()
+        old.close()
+        new.close()
+        primary.close()
+        replica.close()

@@ -6,8 +6,8 @@
 -- more later (without a subscriber seen in between), is dead: its running leases are given up as
 -- stalled, due now for a sweeper to recover, and it leaves the registry. A live worker whose
 -- connection alone closed subscribes again well within `grace`. Within `restart_grace` of Redis's
--- start nothing is decided, only noted: a restart closed every connection, and the live workers
--- are subscribing again. Nor after a gap between two looks longer than `grace`.
+-- start, or of a failover to it, nothing is decided, only noted: it closed every connection, and
+-- the live workers are subscribing again. Nor after a gap between two looks longer than `grace`.
 -- Only as many sweepers as there are watcher keys look (one seat each, kept while they look, lost
 -- `watcher_ttl` after they stop); the others answer 'standby' at once.
 -- KEYS: presence (the integration's workers with a presence connection), absent (worker -> since
@@ -35,17 +35,32 @@ end
 if not seated then return {'standby'} end
 
 local now = now_s()
-local grace, prefix = tonumber(ARGV[3]), ARGV[5]
+local grace, prefix, restart_grace = tonumber(ARGV[3]), ARGV[5], tonumber(ARGV[4])
 local uptime = tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)')) or 0
-local deciding = uptime >= tonumber(ARGV[4])
+local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
 local absent = {}
 local raw = redis.call('HGETALL', KEYS[2])
-for i = 1, #raw, 2 do absent[raw[i]] = tonumber(raw[i + 1]) end
--- The field '' holds when the last look was (no worker is named ''). After a gap longer than
--- `grace` without a look, nobody knows whether an absent worker came back in between: each is
--- noted absent from now.
-local looked = absent['']
-absent[''] = nil
+for i = 1, #raw, 2 do
+  if raw[i] ~= '' then absent[raw[i]] = tonumber(raw[i + 1]) end
+end
+-- The field '' (no worker is named '') holds when the last look was, the primary's replication id
+-- then, and since when this primary has served the data. A new replication id is a failover (a
+-- replica promoted: it keeps its uptime) or a restart: either closed every connection, and the
+-- live workers need restart_grace to reach this primary, as after Redis's own start.
+local state = redis.call('HGET', KEYS[2], '')
+local looked, seen_replid, serving = nil, nil, nil
+if state then
+  local a, b, c = string.match(state, '^(%S+) (%S*) (%S+)$')
+  looked, seen_replid, serving = tonumber(a), b, tonumber(c)
+end
+if not state then
+  serving = 0  -- the first look of all: only a restart (its uptime) or a failover holds decisions
+elseif not serving or seen_replid ~= replid then
+  serving = now
+end
+local deciding = uptime >= restart_grace and now - serving >= restart_grace
+-- After a gap longer than `grace` without a look, nobody knows whether an absent worker came back
+-- in between: each is noted absent from now.
 if not looked or now - looked > grace then
   deciding = false
   for name, _ in pairs(absent) do
@@ -53,7 +68,7 @@ if not looked or now - looked > grace then
     absent[name] = now
   end
 end
-redis.call('HSET', KEYS[2], '', fmt(now))
+redis.call('HSET', KEYS[2], '', fmt(now) .. ' ' .. replid .. ' ' .. fmt(serving))
 
 local function bury(name)
   local given = 0
