@@ -172,7 +172,9 @@ def test_a_dead_worker_s_messages_are_handed_back_by_a_worker_of_its_broker_not_
         theirs.start_worker("threads", concurrency=1)  # finds the dead worker's working directory
         time.sleep(1)
         assert ours.client.hlen(unacked) == 3  # left for a worker of its own broker
-        ours.start_worker("threads", concurrency=1)
+        # Three threads: the long task, recovered once its lease expires, goes to the front of the
+        # queue and runs 30 s; the handed-back additions run beside it.
+        ours.start_worker("threads", concurrency=3)
         for result in waiting:  # handed back at once, not after kombu's visibility timeout (an hour)
             ours.wait_state(result, {"SUCCESS"}, 10)
     finally:
