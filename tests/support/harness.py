@@ -8,12 +8,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import redis
 
 from tests.support.waiting import wait_until
+from zombieguard.demo.embedded import EmbeddedRedis
 from zombieguard.leases import text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,6 +58,44 @@ class WorkerHarness:
         name = self.worker_names[self.workers.index(worker)]
         key = "{" + self.key_prefix + "}:presence:" + adapter
         wait_until(lambda: self.client.sismember(key, name), 10, what=f"{name}'s presence connection")
+
+    def restart_redis(self, server: EmbeddedRedis, adapter: str, times: int) -> None:
+        """Restart the test's own Redis ``times`` times; after each, wait until every worker's
+        presence connection has subscribed and announced itself anew."""
+        presence = "{" + self.key_prefix + "}:presence:" + adapter
+        for _ in range(times):
+            server.stop()
+            server.start()
+            self.client.srem(presence, *self.worker_names)
+            for worker in self.workers:
+                self.wait_present(worker, adapter)
+        # Past the restart grace (5 s), the watch decides again.
+        wait_until(
+            lambda: self.client.info("server")["uptime_in_seconds"] >= 7, 15, what="restart grace over"
+        )
+
+    def kill_connections(self, kind: str, adapter: str, times: int) -> None:
+        """``CLIENT KILL TYPE kind`` (``pubsub``: the presence connections; ``normal``: the others)
+        ``times`` times, then long enough for the watch to have taken a worker for dead (several
+        looks past ``presence_grace``) had it been going to. Every worker is watched again at the end."""
+        presence = "{" + self.key_prefix + "}:presence:" + adapter
+        for _ in range(times):
+            if kind == "pubsub":  # each worker subscribes and announces itself again
+                self.client.srem(presence, *self.worker_names)
+            assert self.client.client_kill_filter(_type=kind, skipme=True) >= 1
+            if kind == "pubsub":
+                for worker in self.workers:
+                    self.wait_present(worker, adapter)
+            else:
+                time.sleep(0.3)
+        time.sleep(2)
+        assert self.client.scard(presence) == len(self.workers)
+
+    def assert_ran_once(self) -> None:
+        """Every worker is alive and the job's body started once (with the workers' logs if not)."""
+        logs = "\n".join(self.log(i)[-3000:] for i in range(len(self.workers)))
+        assert all(worker.poll() is None for worker in self.workers), logs
+        assert len(self.notes_of("started")) == 1, logs
 
     def wait_for_state(
         self, job_id: str, current: Callable[[], str], wanted: Iterable[str], timeout: float

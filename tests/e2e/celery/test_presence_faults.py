@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import pytest
 import redis
 
 from tests.support.celery_harness import RABBITMQ_URL, CeleryHarness, rabbitmq_answers
-from tests.support.waiting import wait_until
 from zombieguard.demo.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.slow
@@ -50,31 +48,13 @@ def _running(harness: CeleryHarness) -> tuple[subprocess.Popen[bytes], ...]:
     return busy, idle
 
 
-def _present_again(harness: CeleryHarness, workers: tuple[subprocess.Popen[bytes], ...]) -> None:
-    for worker in workers:
-        harness.wait_present(worker, "celery")
-
-
-def _ran_once(harness: CeleryHarness, workers: tuple[subprocess.Popen[bytes], ...]) -> None:
-    logs = "\n".join(harness.log(i)[-3000:] for i in range(len(workers)))
-    assert all(worker.poll() is None for worker in workers), logs
-    assert len(harness.notes_of("started")) == 1, logs
-
-
 def test_a_live_workers_task_is_not_started_again_across_20_restarts_of_the_leases_redis(
     own_redis_harness: tuple[CeleryHarness, EmbeddedRedis],
 ) -> None:
     harness, server = own_redis_harness
-    workers = _running(harness)
-    presence = "{" + harness.key_prefix + "}:presence:celery"
-    for _ in range(TIMES):
-        server.stop()
-        server.start()
-        harness.client.srem(presence, *harness.worker_names)
-        _present_again(harness, workers)
-    # Past the restart grace (5 s), the watch decides again: nobody is absent.
-    wait_until(lambda: harness.client.info("server")["uptime_in_seconds"] >= 7, 15, what="restart grace over")
-    _ran_once(harness, workers)
+    _running(harness)
+    harness.restart_redis(server, "celery", TIMES)
+    harness.assert_ran_once()
 
 
 @pytest.mark.parametrize("kind", ["pubsub", "normal"])
@@ -82,19 +62,6 @@ def test_a_live_workers_task_is_not_started_again_when_its_connections_are_kille
     own_redis_harness: tuple[CeleryHarness, EmbeddedRedis], kind: str
 ) -> None:
     harness, _ = own_redis_harness
-    workers = _running(harness)
-    presence = "{" + harness.key_prefix + "}:presence:celery"
-    admin = redis.Redis.from_url(harness.redis_url)
-    for _ in range(TIMES):
-        if kind == "pubsub":  # the presence connections: each subscribes and announces itself again
-            admin.srem(presence, *harness.worker_names)
-        assert admin.client_kill_filter(_type=kind, skipme=True) >= 1
-        if kind == "pubsub":
-            _present_again(harness, workers)
-        else:
-            time.sleep(0.3)
-    # Longer than presence_grace and several looks: a worker taken for dead would have had its task
-    # started by the other by now.
-    time.sleep(2)
-    _ran_once(harness, workers)
-    assert admin.scard(presence) == 2
+    _running(harness)
+    harness.kill_connections(kind, "celery", TIMES)
+    harness.assert_ran_once()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,28 +49,14 @@ def _running(harness: RQHarness, cls: str) -> tuple[subprocess.Popen[bytes], sub
     return busy, idle
 
 
-def _both_present_again(harness: RQHarness, workers: tuple[subprocess.Popen[bytes], ...]) -> None:
-    for worker in workers:
-        harness.wait_present(worker, "rq")
-
-
 @pytest.mark.parametrize("cls", CLASSES)
 def test_a_live_workers_job_is_not_started_again_across_20_restarts_of_redis(
     persistent_harness: tuple[RQHarness, EmbeddedRedis], cls: str
 ) -> None:
     harness, server = persistent_harness
-    workers = _running(harness, cls)
-    presence = "{" + harness.key_prefix + "}:presence:rq"
-    for _ in range(TIMES):
-        server.stop()
-        server.start()
-        # Each worker's presence thread subscribes again and announces itself anew (SADD).
-        harness.client.srem(presence, *harness.worker_names)
-        _both_present_again(harness, workers)
-    # Past the restart grace (5 s), the watch decides again: nobody is absent.
-    wait_until(lambda: harness.client.info("server")["uptime_in_seconds"] >= 7, 15, what="restart grace over")
-    assert len(harness.notes_of("started")) == 1
-    assert all(worker.poll() is None for worker in workers)
+    _running(harness, cls)
+    harness.restart_redis(server, "rq", TIMES)
+    harness.assert_ran_once()
 
 
 @pytest.mark.parametrize("cls", CLASSES)
@@ -80,21 +65,6 @@ def test_a_live_workers_job_is_not_started_again_when_its_connections_are_killed
     persistent_harness: tuple[RQHarness, EmbeddedRedis], kind: str, cls: str
 ) -> None:
     harness, _ = persistent_harness
-    workers = _running(harness, cls)
-    presence = "{" + harness.key_prefix + "}:presence:rq"
-    admin = redis.Redis.from_url(harness.redis_url)
-    for _ in range(TIMES):
-        if kind == "pubsub":  # the presence connections: each subscribes and announces itself again
-            admin.srem(presence, *harness.worker_names)
-        assert admin.client_kill_filter(_type=kind, skipme=True) >= 1
-        if kind == "pubsub":
-            _both_present_again(harness, workers)
-        else:
-            time.sleep(0.3)
-    # Longer than presence_grace and several looks: a worker taken for dead would have had its job
-    # started by the other by now.
-    time.sleep(2)
-    logs = "\n".join(harness.log(i)[-3000:] for i in range(len(workers)))
-    assert all(worker.poll() is None for worker in workers), logs
-    assert len(harness.notes_of("started")) == 1, logs
-    assert admin.scard(presence) == 2, logs
+    _running(harness, cls)
+    harness.kill_connections(kind, "rq", TIMES)
+    harness.assert_ran_once()
