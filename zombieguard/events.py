@@ -34,6 +34,10 @@ job_timed_out: Signal = _signals.signal("job_timed_out", doc="A job ran past sof
 job_recovered: Signal = _signals.signal("job_recovered", doc="A stalled job was requeued as a new attempt.")
 job_dead_lettered: Signal = _signals.signal("job_dead_lettered", doc="A job went to the dead-letter queue.")
 lease_lost: Signal = _signals.signal("lease_lost", doc="A superseded attempt found out it lost its lease.")
+job_processes_ended: Signal = _signals.signal(
+    "job_processes_ended",
+    doc="The processes a job started were ended with it (its stop, or its worker's death).",
+)
 worker_zombie: Signal = _signals.signal(
     "worker_zombie", doc="A worker stopped heartbeating, or holds zombies."
 )
@@ -52,6 +56,7 @@ ALL_SIGNALS: tuple[Signal, ...] = (
     job_recovered,
     job_dead_lettered,
     lease_lost,
+    job_processes_ended,
     worker_zombie,
     heartbeat_failed,
     queue_silent,
@@ -76,6 +81,8 @@ class JobEvent:
     last_progress_at: float | None = None
     stack: str | None = None
     """Where the job was when it was stopped (all threads of its process), when it was captured."""
+    processes: tuple[str, ...] = ()
+    """The processes the job started that zombieguard ends with it, each as "pid command"."""
     at: float = field(default_factory=time.time)
     details: tuple[tuple[str, Any], ...] = ()
     """Further facts as (name, value) pairs: e.g. the limit that fired, the next attempt's number."""
@@ -182,6 +189,12 @@ class LeaseLostEvent(JobEvent):
 
 
 @dataclass(frozen=True)
+class JobProcessesEnded(JobEvent):
+    """zombieguard ended the job and, with it, the processes it started (:attr:`processes`): sent
+    SIGTERM, then SIGKILL past the policy's ``kill_children_grace``."""
+
+
+@dataclass(frozen=True)
 class WorkerEvent:
     """Something about a whole worker."""
 
@@ -248,6 +261,7 @@ _KINDS: dict[type, str] = {
     JobRecovered: "recovered",
     JobDeadLettered: "dead_lettered",
     LeaseLostEvent: "lease_lost",
+    JobProcessesEnded: "processes_ended",
     WorkerZombie: "worker_zombie",
     HeartbeatFailed: "heartbeat_failed",
     QueueSilent: "queue_silent",
@@ -263,6 +277,7 @@ SIGNAL_OF: dict[type, Signal] = {
     JobRecovered: job_recovered,
     JobDeadLettered: job_dead_lettered,
     LeaseLostEvent: lease_lost,
+    JobProcessesEnded: job_processes_ended,
     WorkerZombie: worker_zombie,
     HeartbeatFailed: heartbeat_failed,
     QueueSilent: queue_silent,

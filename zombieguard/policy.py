@@ -59,6 +59,12 @@ class Policy:
     """Send exhausted jobs to the dead-letter queue; ``False`` fails them in the framework instead."""
     overdue_grace: float = 5.0
     """How long past a hard or progress limit a sweeper waits for the worker to stop the job itself."""
+    kill_children: bool = True
+    """When zombieguard ends the job (a hard or progress limit, ``zombieguard kill``, a lost lease),
+    it ends every process the job started too, and the worker's death ends them as well. ``False``
+    leaves them running: for a job that starts programs meant to outlive it."""
+    kill_children_grace: float = 1.0
+    """Seconds between the SIGTERM and the SIGKILL sent to the processes a job started."""
     capture_stack: bool = True
     """Capture the job's stack before stopping it, for the event and the dead-letter record."""
     lease_delay: float | None = 0.05
@@ -97,6 +103,12 @@ class Policy:
         """Whether the policy sets a limit (hard, soft or progress) for a watchdog to enforce."""
         limits = (self.hard_timeout, self.soft_timeout, self.progress_timeout)
         return limits != (None, None, None)
+
+    @property
+    def children_grace(self) -> float | None:
+        """Seconds from SIGTERM to SIGKILL for the processes the job started when it is ended; None
+        when they are left running (``kill_children=False``)."""
+        return self.kill_children_grace if self.kill_children else None
 
     @property
     def renew_every(self) -> float:

@@ -129,15 +129,23 @@ def test_the_job_and_its_arguments_go_to_sentry_only_where_sentry_settings_let_j
     try:
         payload = json.dumps({"signature": {"args": ["card-4242-secret"]}})
         emit("celery", _event(JobStalled, payload=payload))
+        # The command lines of the programs a stopped job started carry arguments the same way.
+        ended = ("41 charge --card card-4343-secret",)
+        emit("celery", _event(JobTimedOut, limit=Limit.HARD, processes=ended))
         sentry_sdk.flush(5)
-        [event] = wait_until(lambda: list(endpoint.events), 5, what="the event arrived")
+        got = wait_until(lambda: len(endpoint.events) == 2 and list(endpoint.events), 5, what="both events")
+        stalled, timed_out = sorted(got, key=lambda e: str(e["tags"]["zombieguard.kind"]))
     finally:
         sentry_sdk.get_client().close()
         sentry_sdk.init(default_integrations=False)
         endpoint.close()
-    assert ("card-4242-secret" in json.dumps(event)) is pii
+    assert ("card-4242-secret" in json.dumps(stalled)) is pii
+    assert ("card-4343-secret" in json.dumps(timed_out)) is pii
     if pii:
-        assert event["contexts"]["zombieguard"]["job"] == {"signature": {"args": ["card-4242-secret"]}}
+        assert stalled["contexts"]["zombieguard"]["job"] == {"signature": {"args": ["card-4242-secret"]}}
+        assert timed_out["contexts"]["zombieguard"]["processes_ended"] == list(ended)
+    else:
+        assert timed_out["contexts"]["zombieguard"]["processes_ended"] == 1
 
 
 def test_the_job_s_own_exceptions_carry_the_attempt_and_interrupts_are_not_reported_twice(

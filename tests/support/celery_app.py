@@ -82,6 +82,8 @@ def _count_timed_out(sender: str, event: Any) -> None:
     directory = os.environ.get("ZG_EVENTS_DIR")
     if directory:
         note(directory, f"event-{event.kind}-{getattr(event, 'limit', '')}", f"{event.job_id} {os.getpid()}")
+        if event.processes:
+            note(directory, "event-processes", " | ".join(event.processes))
 
 
 @zombieguard.events.queue_silent.connect
@@ -248,6 +250,8 @@ works_in_steps = _register(bodies.works_in_steps, acks_late=True)
 kills_its_process = _register(bodies.kills_its_process, acks_late=True, reject_on_worker_lost=True)
 checkpointed = _register(bodies.checkpointed, acks_late=True)
 dies_the_first_times = _register(bodies.dies_the_first_times, acks_late=True, reject_on_worker_lost=True)
+starts_programs = _register(bodies.starts_programs, base=Recorded)
+runs_a_program = _register(bodies.runs_a_program)
 
 
 @app.task(bind=True, acks_late=True)

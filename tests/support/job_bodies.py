@@ -10,6 +10,7 @@ import itertools
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -120,3 +121,33 @@ def dies_the_first_times(directory: str, times: int) -> str:
     if len(notes(directory, "started")) <= times:
         os.kill(os.getpid(), signal.SIGKILL)
     return "survived"
+
+
+def starts_programs(directory: str, then: str = "waits") -> str:
+    """Starts three long programs: one in the job's own session, one in a session of its own (as a
+    program that detaches does), and one that daemonizes (its parent shell exits at once: no
+    process tree leads to it); notes their pids in ``programs``, then: ``waits`` for the first (a
+    job blocked on a hung subprocess), ``holds the GIL`` in C code, or ``returns`` at once (leaving
+    them running)."""
+    plain = subprocess.Popen(["sleep", "600"])
+    detached = subprocess.Popen(["sleep", "601"], start_new_session=True)
+    shell = subprocess.run(
+        ["sh", "-c", "sleep 602 >/dev/null 2>&1 & echo $!"], capture_output=True, text=True, check=True
+    )
+    note(directory, "programs", f"{plain.pid} {detached.pid} {shell.stdout.strip()}")
+    note(directory, "started")
+    if then == "returns":
+        return "left them running"
+    if then == "holds the GIL":
+        collections.deque(itertools.repeat(None, 10**12), maxlen=0)
+    plain.wait()
+    note(directory, "completed")
+    return "the program ended"
+
+
+def runs_a_program(directory: str) -> str:
+    """Starts a short program, waits for it, and returns what it printed."""
+    note(directory, "started")
+    out = subprocess.run(["sh", "-c", "sleep 0.3; echo done"], capture_output=True, text=True, check=True)
+    note(directory, "completed")
+    return out.stdout.strip()

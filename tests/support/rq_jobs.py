@@ -20,6 +20,8 @@ from tests.support.job_bodies import (  # noqa: F401 - enqueued by name as tests
     long_job,
     note,
     notes,
+    runs_a_program,
+    starts_programs,
     stuck_in_c_code,
     works_in_steps,
 )

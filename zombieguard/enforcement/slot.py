@@ -29,8 +29,8 @@ from zombieguard.policy import Policy
 # stalls.
 _HEAD_FORMAT = "qqqdddd256sdqddqq"
 # What the jobs of one task, queue and policy share (written only when it changes): pid, lease_ttl,
-# task name, queue, lease_delay, max_stalls, dead_letter, overdue_grace, nonce.
-_TAIL_FORMAT = "qd128s64sdqqdq"
+# task name, queue, lease_delay, max_stalls, dead_letter, overdue_grace, nonce, children_grace.
+_TAIL_FORMAT = "qd128s64sdqqdqd"
 PAYLOAD_ROOM = 16384
 """Bytes a slot keeps of what a watchdog process needs to write the job's lease (Celery's
 ``lease_delay``: the lease may not be written yet when the job gets stuck)."""
@@ -92,6 +92,9 @@ class SlotState:
     nonce: int
     """Drawn at random by the process that writes the slot, once: with ``generation``, it names the
     job's execution (see :attr:`tag`)."""
+    children_grace: float | None
+    """The job's policy's ``kill_children_grace``; None when it leaves the processes the job started
+    running (``kill_children=False``)."""
 
     @property
     def tag(self) -> str:
@@ -154,6 +157,7 @@ class JobSlot:
         max_stalls: int = Policy.max_stalls,
         dead_letter: bool = Policy.dead_letter,
         overdue_grace: float = Policy.overdue_grace,
+        children_grace: float | None = Policy.kill_children_grace,
     ) -> int:
         """Announce a running job (the writer is its own process; one job at a time per slot).
         ``payload`` (what the integration needs to write the job's lease, in a form of its own) is
@@ -168,7 +172,17 @@ class JobSlot:
             _GENERATION.pack_into(slot, _PAYLOAD_OFFSET, len(kept))
             slot[_PAYLOAD_OFFSET + 8 : _PAYLOAD_OFFSET + 8 + len(kept)] = kept
             self._kept = len(kept)
-        tail = (pid, lease_ttl, task, queue, lease_delay, max_stalls, dead_letter, overdue_grace)
+        tail = (
+            pid,
+            lease_ttl,
+            task,
+            queue,
+            lease_delay,
+            max_stalls,
+            dead_letter,
+            overdue_grace,
+            children_grace,
+        )
         if tail != self._tail:
             _TAIL.pack_into(
                 slot,
@@ -182,6 +196,7 @@ class JobSlot:
                 int(dead_letter),
                 overdue_grace,
                 self.nonce,
+                -1.0 if children_grace is None else children_grace,
             )
             self._tail = tail
         _HEAD.pack_into(
@@ -285,6 +300,7 @@ class JobSlot:
             dead_letter,
             overdue_grace,
             nonce,
+            children_grace,
         ) = raw
         return SlotState(
             generation=generation,
@@ -310,6 +326,7 @@ class JobSlot:
             dead_letter=bool(dead_letter),
             overdue_grace=overdue_grace,
             nonce=nonce,
+            children_grace=None if children_grace < 0 else children_grace,
         )
 
     def close(self) -> None:

@@ -4,7 +4,8 @@ RQ's SimpleWorker and Celery's solo pool run the job in the worker's main thread
 code holding the GIL, no thread of that process runs, not the heartbeat and not the in-process watchdog.
 This small process reads the worker's :class:`~zombieguard.enforcement.slot.JobSlot`; when a job passes
 its hard limit (or its progress limit) by ``grace`` seconds and is still there, it has the worker dump
-its stack (faulthandler), kills the worker with SIGKILL and gives the lease up with the reason and the
+its stack (faulthandler), kills the worker with SIGKILL, ends the processes the job started (SIGTERM,
+then SIGKILL past the job's ``kill_children_grace``) and gives the lease up with the reason and the
 stack. A job whose lease was still to be written (Celery's ``lease_delay``) has it written from its slot
 first (``--slot-payload module:function`` reads what the slot keeps). Grace is counted from when both
 processes last ran: after a freeze of the whole worker (SIGSTOP, a paused VM), the worker's own threads
@@ -40,11 +41,13 @@ from typing import Any
 import redis
 
 from zombieguard.adapter import JobAdapter
+from zombieguard.enforcement.children import Ending, JobProcesses
 from zombieguard.enforcement.limits import Deadlines
 from zombieguard.enforcement.slot import JobSlot, SlotState
 from zombieguard.enforcement.stacks import StackDumper
 from zombieguard.enforcement.watchdog import FROZEN_AFTER, process_exited
 from zombieguard.errors import LeaseLost
+from zombieguard.events import JobProcessesEnded, Subject, emit
 from zombieguard.leases import JobSpec, LeaseStore, Outcome
 from zombieguard.ops.stats import EventCounter
 from zombieguard.policy import Policy, Settings
@@ -113,13 +116,16 @@ def watch(
     integration: str = "",
     adapter_arg: str = "",
     workdir: Path | None = None,
+    owner: str = "",
 ) -> Outcome | None:
     """Watch ``pid`` until it exits (None) or has to be killed (the reason), then act for the jobs
     it left (see the module's docstring). ``worker``: the worker's name, for a lease this process has
     to write for it; ``payload_spec``: the function (``module:function``) that turns what a slot
     keeps into that lease's payload (none: no payload); ``integration``: the integration's name (by
     default ``adapter_spec``, when that names no factory); ``workdir``: the worker's working
-    directory (what the adapter reads when the worker is gone).
+    directory (what the adapter reads when the worker is gone); ``owner``: the worker's value of
+    :data:`~zombieguard.enforcement.children.OWNER_VARIABLE` (a process's own changes to its
+    environment do not show from outside).
 
     It looks again when the first job it saw can be overdue, and at least every ``grace`` seconds: a
     job that starts after a look cannot be overdue sooner than ``grace`` after it. So it wakes a few
@@ -140,6 +146,7 @@ def watch(
         payload_spec=payload_spec,
         integration=integration,
         adapter_arg=adapter_arg,
+        owner=owner,
     )
     reason: Outcome | None = None
     try:
@@ -183,8 +190,10 @@ class SlotWatcher:
         payload_spec: str,
         integration: str = "",
         adapter_arg: str = "",
+        owner: str = "",
     ) -> None:
         self.pid = pid
+        self.owner = owner
         self.dumper = dumper
         self.store = store
         self.adapter_spec = adapter_spec
@@ -194,6 +203,8 @@ class SlotWatcher:
         self.worker = worker
         self.payload_spec = payload_spec
         self.written: dict[JobSlot, _Written] = {}
+        self.ending: Ending | None = None
+        """The processes the job it killed the worker for started, being ended."""
         self.killed: JobSlot | None = None
         """The slot whose job this process killed the worker for (its lease given up already)."""
         self.stalled: dict[JobSlot, int] = {}
@@ -355,12 +366,32 @@ class SlotWatcher:
         for slot, written in list(self.written.items()):
             if slot.read().generation != written.generation:
                 self._release(slot, written)
+        if self.ending is not None:
+            self.ending.wait(10)
 
     def _kill(self, slot: JobSlot, state: SlotState, reason: Outcome) -> None:
         pid = self.pid
         stack = self.dumper.request(pid)
+        grace = state.children_grace
+        where = JobProcesses(pid, state.started, None, frozenset({os.getpid()}), self.owner, state.job_id)
+        found = where.find() if grace else None
         os.kill(pid, signal.SIGKILL)
         log.error("worker %d stuck %s in job %s: killed", pid, reason, state.job_id)
+        if found and grace:
+            log.warning(
+                "job %s: ending the processes it started: %s", state.job_id, "; ".join(found.described)
+            )
+            self.ending = found.end(grace)
+            name = self._adapter_name()
+            subject = Subject(state.job_id, state.task, state.queue, state.attempt, self.worker, name)
+            why = f"ended with the job (SIGKILL {grace:g} s past SIGTERM)"
+            emit(name, subject.event(JobProcessesEnded, reason=why, processes=found.described))
+            try:
+                self.store.note_ended_processes(
+                    state.job_id, state.token or None, self.worker, found.described
+                )
+            except redis.RedisError as exc:
+                log.warning("job %s: the processes ended not noted on its lease (%s)", state.job_id, exc)
         self.killed = slot
         # The lease still to be written (Celery): the slot says all it needs. The worker is dead now,
         # so the slot stays as it was; one this process wrote is taken over under the job's tag.
@@ -430,6 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="the worker's working directory")
     parser.add_argument("--grace", type=float, default=0.5)
     parser.add_argument("--worker", default="", help="the worker's name")
+    parser.add_argument("--owner", default="", help="the worker's mark on what its jobs start")
     parser.add_argument(
         "--slot-payload",
         default="",
@@ -454,6 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         integration=args.integration,
         adapter_arg=args.adapter_arg,
         workdir=args.workdir,
+        owner=args.owner,
     )
     return 0
 

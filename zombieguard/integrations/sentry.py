@@ -246,6 +246,11 @@ def _report(sender: Any, event: JobEvent) -> None:
         sentry_event["contexts"]["zombieguard"]["policy"] = policy
     if event.payload and _job_arguments_allowed():
         sentry_event["contexts"]["zombieguard"]["job"] = _job_description(event.payload)
+    if event.processes:  # command lines carry arguments as a job's do: named only where those go
+        named = _job_arguments_allowed()
+        sentry_event["contexts"]["zombieguard"]["processes_ended"] = (
+            list(event.processes) if named else len(event.processes)
+        )
     frames = stack_frames(event.stack) if event.stack else []
     if frames:
         sentry_event["threads"] = {

@@ -131,6 +131,8 @@ class AttemptRecord:
     outcome: Outcome
     reason: str
     stack: str | None = None
+    processes: tuple[str, ...] = ()
+    """The processes the attempt started that were ended with it ("pid command")."""
 
     @classmethod
     def from_json(cls, line: str) -> AttemptRecord:
@@ -151,11 +153,14 @@ class AttemptRecord:
             outcome=Outcome(data["outcome"]),
             reason=str(data.get("reason", "")),
             stack=data.get("stack"),
+            processes=tuple(str(p) for p in data.get("processes") or ()),
         )
 
     def to_json(self) -> str:
         """One history line."""
-        return json.dumps({k: v for k, v in self.__dict__.items() if v is not None}, separators=(",", ":"))
+        return json.dumps(
+            {k: v for k, v in self.__dict__.items() if v is not None and v != ()}, separators=(",", ":")
+        )
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,10 @@ class LeaseRecord:
     worker_gone: float | None = None
     """When its worker was found dead by its closed presence connection (server time), if it was:
     the lease was then given up as stalled (see ``presence.lua``)."""
+    processes: int | None = None
+    """How many processes ran under the job at its worker's last renewal (None: not counted)."""
+    ended_processes: tuple[str, ...] = ()
+    """The processes the running attempt started that were ended with it ("pid command")."""
     verdict: FinishedState | None = None
     """The end a sweeper that claimed the job decided on and may have recorded in the framework
     (failed, dead-lettered) before it died: the sweeper that takes its claim over finishes it."""
@@ -246,6 +255,8 @@ class LeaseRecord:
                 verdict=FinishedState(h["verdict"]) if h.get("verdict") else None,
                 abandoned=Outcome(h["abandoned"]) if h.get("abandoned") else None,
                 worker_gone=_num(h.get("worker_gone", "")),
+                processes=int(h["processes"]) if h.get("processes", "").isdigit() else None,
+                ended_processes=tuple(h.get("ended_processes", "").splitlines()),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise CorruptRecord(f"lease record of {h.get('job', '?')!r} is unreadable: {exc!r}") from None
@@ -299,6 +310,7 @@ class LeaseRecord:
             outcome=outcome,
             reason=reason,
             stack=stack,
+            processes=self.ended_processes,
         )
 
 

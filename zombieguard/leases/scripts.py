@@ -17,6 +17,7 @@ SCRIPTS = (
     "seize",
     "completed",
     "presence",
+    "ended",
 )
 
 

@@ -250,13 +250,21 @@ class LeaseStore(WorkerRegistry):
         return text(reply[0]) == "ok"
 
     def renew(
-        self, adapter: str, worker: str, worker_ttl: float, leases: Sequence[tuple[str, int]]
+        self,
+        adapter: str,
+        worker: str,
+        worker_ttl: float,
+        leases: Sequence[tuple[str, int]],
+        processes: Sequence[int | None] = (),
     ) -> list[RenewCode]:
-        """Renew a worker's presence and all its leases in one round trip; one code per lease."""
+        """Renew a worker's presence and all its leases in one round trip; one code per lease.
+        ``processes``: per lease, how many processes run under its job now (None, or none given:
+        not known, the lease keeps what it said)."""
         keys = [self.due_key(adapter), self.workers_key, *(self.lease_key(job_id) for job_id, _ in leases)]
         args: list[str] = [worker, repr(worker_ttl)]
-        for job_id, token in leases:
-            args += [job_id, str(token)]
+        counts = list(processes) + [None] * (len(leases) - len(processes))
+        for (job_id, token), count in zip(leases, counts, strict=True):
+            args += [job_id, str(token), "" if count is None else str(count)]
         return [text(code) for code in self._scripts["renew"](keys=keys, args=args)]
 
     def progress(
@@ -356,6 +364,15 @@ class LeaseStore(WorkerRegistry):
             )
         ]
         return self._check_fenced(job.job_id, token, reply)
+
+    def note_ended_processes(
+        self, job_id: str, token: int | None, worker: str, processes: Sequence[str]
+    ) -> bool:
+        """Note on the lease of ``job_id`` the processes its attempt (of ``token``; None: whichever
+        ``worker`` runs) started that were ended with it, for that attempt's history. False when
+        that attempt no longer holds the lease."""
+        args = ["" if token is None else str(token), worker, "\n".join(processes)]
+        return text(self._scripts["ended"](keys=[self.lease_key(job_id)], args=args)) == "ok"
 
     @staticmethod
     def _check_fenced(job_id: str, token: int, reply: list[str]) -> str:

@@ -187,6 +187,8 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
         for a in entry.attempts:
             ran = None if a.started is None or a.ended is None else a.ended - a.started
             lines.append(f"  #{a.attempt} on {a.worker}: {a.outcome} after {duration(ran)} ({a.reason})")
+            if a.processes:
+                lines.append("    processes it started, ended with it: " + "; ".join(a.processes))
             if a.stack:
                 lines += ["    " + line for line in a.stack.splitlines()]
         return "\n".join(lines)

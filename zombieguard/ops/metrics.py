@@ -13,6 +13,8 @@ Two sources, each registered on your registry (or served by ``zombieguard metric
   ``zombieguard_jobs_recovered_total``               requeued as a new attempt
   ``zombieguard_jobs_dead_lettered_total``           quarantined after max_stalls
   ``zombieguard_leases_lost_total``                  superseded attempts that found out
+  ``zombieguard_child_processes_ended_total``        processes jobs started, ended with them (a
+                                                      stop, or their worker's death)
   ``zombieguard_worker_zombies_total``               workers gone silent, or threads stuck
   ``zombieguard_active_jobs{state}``                 running, hung, overdue, stalled
   ``zombieguard_oldest_active_job_age_seconds``      per queue
@@ -58,6 +60,10 @@ _COUNTER_OF = {
     "recovered": ("zombieguard_jobs_recovered", "Stalled jobs requeued as a new attempt."),
     "dead_lettered": ("zombieguard_jobs_dead_lettered", "Jobs quarantined after max_stalls."),
     "lease_lost": ("zombieguard_leases_lost", "Superseded attempts that found out they lost the lease."),
+    "processes_ended": (
+        "zombieguard_child_processes_ended",
+        "Processes jobs started, ended with them (a stop, or their worker's death).",
+    ),
 }
 
 

@@ -2,8 +2,9 @@
 (``zombieguard metrics``) sees what every worker and sweeper detected, across restarts.
 
 Each guarded worker counts the events it detects: one ``HINCRBY`` per event, and events are rare
-(started and completed are not counted). Fields are ``kind\\tadapter\\tqueue\\ttask``: bounded by the
-deployment's task names and queues, never by job ids.
+(started and completed are not counted); ``processes_ended`` counts processes, not events. Fields
+are ``kind\\tadapter\\tqueue\\ttask``: bounded by the deployment's task names and queues, never by
+job ids.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from blinker import Signal
 
 from zombieguard.events import (
     JobEvent,
+    JobProcessesEnded,
     JobTimedOut,
     WorkerEvent,
     job_dead_lettered,
     job_hung,
+    job_processes_ended,
     job_recovered,
     job_stalled,
     job_timed_out,
@@ -35,6 +38,7 @@ COUNTED: tuple[Signal, ...] = (
     job_recovered,
     job_dead_lettered,
     lease_lost,
+    job_processes_ended,
     worker_zombie,
 )
 """The signals counted (``heartbeat_failed`` is not: Redis is what it could not reach)."""
@@ -53,6 +57,17 @@ def field_of(event: JobEvent | WorkerEvent) -> str:
     return "\t".join((kind, event.adapter, event.queue, event.task))
 
 
+def _weight(event: JobEvent | WorkerEvent) -> int:
+    """What an event adds to its counter: the processes it names, for ``processes_ended``."""
+    return len(event.processes) if isinstance(event, JobProcessesEnded) else 1
+
+
+def add_ended_processes(store: LeaseStore, adapter: str, count: int) -> None:
+    """Count ``count`` processes ended when a worker of ``adapter`` died (whose jobs' queues and
+    tasks are unknown then)."""
+    store.client.hincrby(stats_key(store), "\t".join(("processes_ended", adapter, "", "")), count)
+
+
 class EventCounter:
     """Counts, in Redis, the zombie events this process detects. One per worker process."""
 
@@ -65,7 +80,7 @@ class EventCounter:
     def _count(self, sender: Any, event: JobEvent | WorkerEvent) -> None:
         # Counting is best effort: a Redis outage must not turn an event into an error.
         with contextlib.suppress(redis.RedisError):
-            self.store.client.hincrby(self.key, field_of(event), 1)
+            self.store.client.hincrby(self.key, field_of(event), _weight(event))
 
     def close(self) -> None:
         """Stop counting."""

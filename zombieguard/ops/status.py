@@ -39,6 +39,7 @@ class ActiveJob:
             "last_progress_age": None if r.last_progress is None else round(self.now - r.last_progress, 3),
             "progress": r.progress or None,
             "message": r.message or None,
+            "processes": r.processes,
             "lease_expires_in": round(r.expires - self.now, 3),
         }
 
@@ -171,11 +172,23 @@ class Status:
                 str(j.record.attempt),
                 duration(now - j.record.started),
                 duration(None if j.record.last_progress is None else now - j.record.last_progress),
+                "-" if j.record.processes is None else str(j.record.processes),
                 duration(j.record.expires - now) if j.state != "stalled" else "expired",
                 j.state.upper() if j.state != "running" else j.state,
             ]
             for j in self.jobs
         ]
-        headers = ["JOB", "TASK", "QUEUE", "WORKER", "ATTEMPT", "AGE", "LAST PROGRESS", "LEASE", "STATE"]
+        headers = [
+            "JOB",
+            "TASK",
+            "QUEUE",
+            "WORKER",
+            "ATTEMPT",
+            "AGE",
+            "LAST PROGRESS",
+            "PROCS",
+            "LEASE",
+            "STATE",
+        ]
         shown = table(headers, rows) + "".join(f"\ncorrupt lease {j}: {why}" for j, why in self.corrupt)
         return "\n".join([*lines, "", shown]) if lines else shown

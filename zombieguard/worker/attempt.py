@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 import redis
 
 from zombieguard.containment import log
+from zombieguard.enforcement.children import OWNER_VARIABLE, JobProcesses, marked
 from zombieguard.errors import LeaseLost, NotInGuardedJob
 from zombieguard.events import JobEvent, LeaseLostEvent, Subject, emit
 from zombieguard.leases import Acquired, AcquireStatus, CorruptRecord, JobSpec, LeaseStore, Outcome
@@ -75,6 +77,7 @@ class Attempt:
         "last_progress_monotonic",
         "number",
         "policy",
+        "processes",
         "stalls",
         "started_at",
         "started_monotonic",
@@ -121,6 +124,9 @@ class Attempt:
         self._last_sent = self.started_monotonic
         self._lost: LeaseLost | None = None
         self._lock = threading.Lock()
+        self.processes: JobProcesses | None = None
+        """Where the processes the job starts are, once its integration said (its heartbeat counts
+        them for ``zombieguard status``)."""
         self.confirmed_until = (self.started_monotonic if sent_at is None else sent_at) + policy.lease_ttl
         """Monotonic time until which no one else can have claimed the lease, as far as this process
         knows: a renewal's send time plus ``lease_ttl`` (the server set expiry after it was sent)."""
@@ -256,6 +262,11 @@ class Attempt:
         self._send(checkpoint=value_json)
         self.checkpoint_json = value_json
 
+    def note_ended(self, processes: tuple[str, ...]) -> None:
+        """Note on the lease the processes this attempt started that were ended with it."""
+        if self.token:
+            self.store.note_ended_processes(self.job.job_id, self.token, self.worker, processes)
+
     def verify(self) -> None:
         """Ask Redis (one read) whether this attempt still holds its lease; when another attempt or
         a stop has taken the job, mark it lost and raise :class:`~zombieguard.LeaseLost`. Redis
@@ -369,22 +380,35 @@ _current: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar("zombi
 class _Current:
     """The context manager :func:`running` returns (a class: cheaper per job than a generator)."""
 
-    __slots__ = ("_reset", "attempt")
+    __slots__ = ("_owner", "_reset", "attempt", "own_environment")
 
-    def __init__(self, attempt: Attempt) -> None:
+    def __init__(self, attempt: Attempt, own_environment: bool) -> None:
         self.attempt = attempt
+        self.own_environment = own_environment
+        self._owner: str | None = None
 
     def __enter__(self) -> Attempt:
         self._reset = _current.set(self.attempt)
+        if self.own_environment:
+            self._owner = os.environ.get(OWNER_VARIABLE)
+            if not self.attempt.policy.kill_children:
+                # What this job starts may outlive it, and its worker: the reaper must not know it.
+                os.environ.pop(OWNER_VARIABLE, None)
+            elif self._owner:
+                os.environ[OWNER_VARIABLE] = marked(self._owner.partition("/")[0], self.attempt.job.job_id)
         return self.attempt
 
     def __exit__(self, *exc_info: object) -> None:
         _current.reset(self._reset)
+        if self._owner is not None:
+            os.environ[OWNER_VARIABLE] = self._owner
 
 
-def running(attempt: Attempt) -> contextlib.AbstractContextManager[Attempt]:
-    """Make ``attempt`` the current one for the block (the job's body runs inside)."""
-    return _Current(attempt)
+def running(attempt: Attempt, own_environment: bool = True) -> contextlib.AbstractContextManager[Attempt]:
+    """Make ``attempt`` the current one for the block (the job's body runs inside).
+    ``own_environment``: the job is the only one running in its process, so the processes it starts
+    can be told from the others' by the environment they inherit (not so on a threads pool)."""
+    return _Current(attempt, own_environment)
 
 
 def beat(progress: object = None, message: str | None = None) -> None:

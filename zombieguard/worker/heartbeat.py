@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import redis
 
 from zombieguard.containment import contained, log, report
+from zombieguard.enforcement.children import JobProcesses, ProcessTree
 from zombieguard.errors import LeaseLost
 from zombieguard.events import HeartbeatFailed, emit
 from zombieguard.leases import DeferredRelease, LeaseStore
@@ -210,7 +211,11 @@ class Heartbeat:
             if not attempts and not self.presence:
                 return True
             codes = self.store.renew(
-                self.adapter, self.worker, self.worker_ttl, [(a.job.job_id, a.token) for a in attempts]
+                self.adapter,
+                self.worker,
+                self.worker_ttl,
+                [(a.job.job_id, a.token) for a in attempts],
+                processes_under([a.processes for a in attempts]),
             )
         except redis.RedisError as exc:
             self.failures += 1
@@ -304,3 +309,14 @@ def _half_delay(attempt: Attempt) -> float:
     """A pending lease is written once its job has run for half its ``lease_delay``: a job shorter
     than that never needs one, a longer one has it within ``lease_delay``."""
     return _delay(attempt) / 2
+
+
+def processes_under(jobs: Sequence[JobProcesses | None]) -> list[int | None]:
+    """How many processes run under each job (None where its processes are not known): one reading
+    of the system's processes for all of them."""
+    if not any(jobs):
+        return [None] * len(jobs)
+    with contained("counting the processes under running jobs"):
+        tree = ProcessTree.now()
+        return [None if job is None else job.count(tree) for job in jobs]
+    return [None] * len(jobs)

@@ -10,10 +10,11 @@ from typing import Any
 
 import redis
 
-from zombieguard.containment import log
+from zombieguard.containment import contained, log
+from zombieguard.enforcement.children import Found, JobProcesses
 from zombieguard.enforcement.limits import Limit
 from zombieguard.errors import LeaseLost
-from zombieguard.events import JobCompleted, JobHungEvent, JobTimedOut, emit
+from zombieguard.events import JobCompleted, JobHungEvent, JobProcessesEnded, JobTimedOut, emit
 from zombieguard.leases import Acquired, Outcome
 from zombieguard.worker.attempt import Attempt
 
@@ -65,16 +66,64 @@ def record_end(
 
 
 def emit_limit(
-    adapter: str, make: Callable[..., Any], limit: Limit, seconds: float | None, stack: str | None
+    adapter: str,
+    make: Callable[..., Any],
+    limit: Limit,
+    seconds: float | None,
+    stack: str | None,
+    *,
+    processes: tuple[str, ...] = (),
 ) -> None:
     """Say that a job passed ``limit`` (``seconds``: that limit's value; ``stack``: where the job
-    was): ``JobTimedOut`` for a soft or hard limit, ``JobHungEvent`` for the progress limit. ``make``
-    builds the event (an attempt's, or one from a slot's state) from its type and fields."""
+    was; ``processes``: what it started, ended with it): ``JobTimedOut`` for a soft or hard limit,
+    ``JobHungEvent`` for the progress limit. ``make`` builds the event (an attempt's, or one from a
+    slot's state) from its type and fields."""
     if limit is Limit.SOFT:
         emit(adapter, make(JobTimedOut, reason="soft_timeout passed", limit=limit))
     elif limit is Limit.HARD:
         reason = f"ran past its hard_timeout of {seconds or 0:g} s"
-        emit(adapter, make(JobTimedOut, reason=reason, stack=stack, limit=limit))
+        emit(adapter, make(JobTimedOut, reason=reason, stack=stack, limit=limit, processes=processes))
     else:
         reason = f"no progress within its progress_timeout of {seconds or 0:g} s"
-        emit(adapter, make(JobHungEvent, reason=reason, stack=stack))
+        emit(adapter, make(JobHungEvent, reason=reason, stack=stack, processes=processes))
+
+
+def stopping(
+    where: JobProcesses,
+    grace: float | None,
+    stop: Callable[[Found], object],
+    *,
+    adapter: str,
+    make: Callable[..., Any],
+    note: Callable[[tuple[str, ...]], object],
+) -> None:
+    """Stop a job with what it started: find its processes (none when ``grace`` is None: its policy
+    leaves them running), call ``stop(found)`` (which interrupts or kills the job, and may name them
+    in its event), then send them SIGTERM, and SIGKILL ``grace`` seconds later, and say so
+    (``JobProcessesEnded``, built by ``make`` from its type and fields, as :func:`emit_limit`'s, and
+    ``note``, which records them on the job's lease for the attempt's history)."""
+    found = where.find() if grace is not None else Found([])
+    stop(found)
+    if not found or grace is None:
+        return
+    found.end(grace)
+    event = make(
+        JobProcessesEnded,
+        reason=f"ended with the job (SIGKILL {grace:g} s past SIGTERM)",
+        processes=found.described,
+    )
+    log.warning(
+        "%s job %s[%s]: ending the processes it started: %s",
+        adapter,
+        event.task,
+        event.job_id,
+        "; ".join(found.described),
+    )
+    emit(adapter, event)
+    with contained(f"{adapter} job {event.job_id}: noting the processes ended on its lease"):
+        try:
+            note(found.described)
+        except redis.RedisError as exc:
+            log.warning(
+                "%s job %s: the processes ended not noted on its lease (%s)", adapter, event.job_id, exc
+            )

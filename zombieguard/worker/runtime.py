@@ -7,6 +7,7 @@ its jobs run, how they are announced and stopped).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -20,6 +21,8 @@ import redis
 
 from zombieguard.adapter import JobAdapter
 from zombieguard.containment import contained, log
+from zombieguard.enforcement.children import OWNER_VARIABLE, JobProcesses, new_owner, without_owner
+from zombieguard.enforcement.reaper import LEAVE
 from zombieguard.enforcement.slot import remove_stale_workdirs
 from zombieguard.enforcement.watchdog import Watchdog
 from zombieguard.errors import LeaseLost
@@ -46,6 +49,8 @@ class WorkerRuntime:
         on_lost: LostCallback,
         dir_prefix: str,
         watchdog_name: str,
+        children_grace: float,
+        redis_url: str,
     ) -> None:
         self.store = store
         self.adapter = adapter
@@ -63,6 +68,36 @@ class WorkerRuntime:
         remove_stale_workdirs(dir_prefix, before_removal=self._predecessor_gone)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{dir_prefix}{os.getpid()}-"))
         self.watchdog_process: subprocess.Popen[bytes] | None = None
+        self.children_grace = children_grace
+        # Every process this worker's jobs start inherits it: the reaper finds them by it.
+        self.owner = new_owner()
+        os.environ[OWNER_VARIABLE] = self.owner
+        self.reaper = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "zombieguard.enforcement.reaper",
+                "--pid",
+                str(os.getpid()),
+                "--owner",
+                self.owner,
+                "--grace",
+                repr(children_grace),
+            ],
+            stdin=subprocess.PIPE,
+            env=without_owner(os.environ),
+            start_new_session=True,  # a kill of the worker's process group leaves it to act
+        )
+        where = {
+            "redis_url": redis_url,
+            "key_prefix": store.settings.key_prefix,
+            "adapter": adapter.name,
+            "worker": worker,
+        }
+        with contextlib.suppress(OSError):  # through a pipe: a password never shows in argv
+            assert self.reaper.stdin is not None
+            self.reaper.stdin.write(json.dumps(where).encode() + b"\n")
+            self.reaper.stdin.flush()
 
     def _predecessor_gone(self, workdir: Path) -> None:
         """A worker of this integration died on this machine, leaving ``workdir``: hand back what
@@ -96,6 +131,7 @@ class WorkerRuntime:
             "--adapter": adapter,
             "--integration": self.framework,
             "--worker": self.worker,
+            "--owner": self.owner,
             "--workdir": str(self.dir),
         }
         if adapter_arg:
@@ -107,7 +143,13 @@ class WorkerRuntime:
         command = [sys.executable, "-m", "zombieguard.enforcement.watchdog_process"]
         for option, value in options.items():
             command += [option, value]
-        self.watchdog_process = subprocess.Popen(command)
+        self.watchdog_process = subprocess.Popen(command, env=without_owner(os.environ))
+
+    def job_processes(self, job: str, pid: int, since: float, thread: int | None = None) -> JobProcesses:
+        """Where the processes of job ``job``, running in ``pid`` since ``since``, are (``thread``:
+        the native id of the thread that runs it, where other jobs run in other threads of ``pid``)."""
+        own = {p.pid for p in (self.reaper, self.watchdog_process) if p is not None}
+        return JobProcesses(pid, since, thread, frozenset(own), self.owner, job)
 
     def launch(self, info: Mapping[str, str]) -> None:
         """Register the worker (``info``: what ``status`` shows of it), recover what dead workers left
@@ -186,11 +228,24 @@ class WorkerRuntime:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.watchdog_process.wait(5)
             self.watchdog_process = None
+        self._dismiss_reaper()
         with (
             contained(f"deregistering {self.framework} worker {self.worker}"),
             contextlib.suppress(redis.RedisError),
         ):
             self.store.deregister_worker(self.worker)
+
+    def _dismiss_reaper(self) -> None:
+        """Tell the reaper this worker leaves cleanly: the programs its jobs left running go on."""
+        if os.environ.get(OWNER_VARIABLE) == self.owner:
+            del os.environ[OWNER_VARIABLE]
+        reaper = self.reaper
+        if reaper.stdin is not None:
+            with contextlib.suppress(OSError):
+                reaper.stdin.write(LEAVE)
+                reaper.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            reaper.wait(5)
 
     def remove_dir(self, keep: str | None = None) -> None:
         """Delete the working directory and what is in it (its files are closed); with ``keep``, all

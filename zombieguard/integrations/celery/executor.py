@@ -64,6 +64,8 @@ class Running:
     whatever the thread does when it comes back is not recorded."""
     slot: JobSlot | None = None
     """Threads and solo: the slot of the thread running it."""
+    thread: int | None = None
+    """Threads: the native id of the thread running it (the processes it starts are that thread's)."""
 
 
 class Executor:
@@ -81,6 +83,8 @@ class Executor:
         """Writes deferred leases and releases: this process's heartbeat."""
         self.pid = os.getpid()
         """This process (an executor is made where it runs tasks, after any fork)."""
+        self.own_environment = True
+        """One task at a time runs in this process (not so on the threads pool)."""
         self._local = threading.local()
 
     @property
@@ -105,7 +109,7 @@ class Executor:
         if attempt.pending:
             self.releases.defer_acquire(attempt)
         try:
-            with running(attempt):
+            with running(attempt, self.own_environment):
                 result = body(*args, **kwargs)
             state.body_done = True
         except JobInterrupt as exc:
@@ -348,6 +352,7 @@ def announce(slot: JobSlot, attempt: Attempt, pid: int, *, keep_payload: bool) -
         max_stalls=policy.max_stalls,
         dead_letter=policy.dead_letter,
         overdue_grace=policy.overdue_grace,
+        children_grace=policy.children_grace,
     )
     attempt.tag = execution_tag(slot.nonce, generation)
     return generation

@@ -4,6 +4,7 @@ of the worker can (C code holding the GIL)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import threading
@@ -14,6 +15,7 @@ import redis
 from celery.app.task import Task
 
 from zombieguard.containment import contained, log
+from zombieguard.enforcement.children import Found, JobProcesses
 from zombieguard.enforcement.interrupts import Interrupt, install_interrupt_handlers, interrupt_thread
 from zombieguard.enforcement.limits import Limit, LimitClock
 from zombieguard.enforcement.slot import PAYLOAD_ROOM, JobSlot
@@ -24,7 +26,7 @@ from zombieguard.integrations.celery.adapter import ADAPTER
 from zombieguard.integrations.celery.executor import Executor, Running, SoftTimeLimit, announce
 from zombieguard.integrations.celery.message import Snapshot, task_payload
 from zombieguard.worker.attempt import Attempt, AttemptHooks
-from zombieguard.worker.lifecycle import ESCALATE_AFTER, emit_limit
+from zombieguard.worker.lifecycle import ESCALATE_AFTER, emit_limit, stopping
 
 if TYPE_CHECKING:
     from zombieguard.integrations.celery.worker import CeleryRuntime
@@ -36,6 +38,7 @@ class InProcessExecutor(Executor):
     def __init__(self, runtime: CeleryRuntime, signals_main_thread: bool) -> None:
         super().__init__(runtime, runtime.heartbeat)
         self.signals_main_thread = signals_main_thread
+        self.own_environment = signals_main_thread
         self._watched: dict[int, Watched] = {}
         self._states: dict[int, Running] = {}
         self._hooks: dict[int, AttemptHooks] = {}
@@ -50,6 +53,9 @@ class InProcessExecutor(Executor):
         if not attempt.pending:
             runtime.heartbeat.add(attempt)
         self._states[ident] = state
+        if not self.signals_main_thread:
+            state.thread = threading.get_native_id()
+        attempt.processes = self.processes(state)
         if attempt.policy.limited:  # else the watchdog has nothing to enforce
             clock = LimitClock(
                 attempt.policy, attempt.started_monotonic, lambda: attempt.last_progress_monotonic
@@ -124,10 +130,34 @@ class InProcessExecutor(Executor):
 
     def _stop(self, state: Running, ident: int, limit: Limit, stack: str | None) -> None:
         attempt = state.attempt
-        kind = Interrupt.at(limit)
-        emit_limit(ADAPTER, attempt.event, limit, limit.seconds(attempt.policy), stack)
-        if limit is not Limit.SOFT:
-            state.stack = stack
+        ended = not self.signals_main_thread and (state.body_done or self._states.get(ident) is not state)
+        if limit is Limit.SOFT or ended:
+            emit_limit(ADAPTER, attempt.event, limit, limit.seconds(attempt.policy), stack)
+            self._interrupt(state, ident, Interrupt.at(limit))
+            return
+        state.stack = stack
+
+        def interrupt(found: Found) -> None:
+            seconds = limit.seconds(attempt.policy)
+            emit_limit(ADAPTER, attempt.event, limit, seconds, stack, processes=found.described)
+            self._interrupt(state, ident, Interrupt.at(limit))
+
+        stopping(
+            self.processes(state),
+            attempt.policy.children_grace,
+            interrupt,
+            adapter=ADAPTER,
+            make=attempt.event,
+            note=attempt.note_ended,
+        )
+
+    def processes(self, state: Running) -> JobProcesses:
+        """Where the processes the task of ``state`` started are."""
+        return self.runtime.job_processes(
+            state.attempt.job.job_id, self.pid, state.attempt.started_monotonic, state.thread
+        )
+
+    def _interrupt(self, state: Running, ident: int, kind: Interrupt) -> None:
         if self.signals_main_thread:
             if state.slot is not None:
                 state.slot.aim(state.generation)
@@ -168,12 +198,24 @@ class InProcessExecutor(Executor):
         self.lost(attempt)
 
     def lost(self, attempt: Attempt) -> None:
-        """The heartbeat found this attempt superseded: stop it."""
+        """The heartbeat found this attempt superseded: stop it, and what it started."""
         for ident, state in list(self._states.items()):
             if state.attempt is not attempt or state.body_done:
                 continue
-            if self.signals_main_thread:
-                os.kill(os.getpid(), Interrupt.LOST.signal)
-            else:
-                state.interrupt = Interrupt.LOST
-                interrupt_thread(ident, JobInterrupt)
+            stopping(
+                self.processes(state),
+                attempt.policy.children_grace,
+                functools.partial(self._interrupt_lost, state, ident),
+                adapter=ADAPTER,
+                make=attempt.event,
+                note=attempt.note_ended,
+            )
+
+    def _interrupt_lost(self, state: Running, ident: int, found: Found) -> None:
+        if self.signals_main_thread:
+            os.kill(os.getpid(), Interrupt.LOST.signal)
+        elif state.body_done or self._states.get(ident) is not state:
+            return  # it ended meanwhile: an interrupt now would land in the thread's next task
+        else:
+            state.interrupt = Interrupt.LOST
+            interrupt_thread(ident, JobInterrupt)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from zombieguard.containment import contained, log
+from zombieguard.enforcement.children import Found
 from zombieguard.enforcement.interrupts import Interrupt
 from zombieguard.enforcement.limits import Deadlines, Limit
 from zombieguard.enforcement.slot import JobSlot, SlotState
@@ -29,7 +30,8 @@ from zombieguard.integrations.celery import internals
 from zombieguard.integrations.celery.adapter import ADAPTER
 from zombieguard.integrations.celery.deaths import PoolDeaths
 from zombieguard.leases import JobSpec, Outcome, text
-from zombieguard.worker.lifecycle import ESCALATE_AFTER, emit_limit
+from zombieguard.worker.heartbeat import processes_under
+from zombieguard.worker.lifecycle import ESCALATE_AFTER, emit_limit, stopping
 from zombieguard.worker.onbehalf import release_written
 
 if TYPE_CHECKING:
@@ -136,7 +138,7 @@ class SlotMonitor:
                         state.job_id,
                         since,
                     )
-                    _signal(state.pid, signal.SIGKILL)
+                    self._stopping(state, _sender(state.pid, signal.SIGKILL))
                     gone = True
                 if gone:
                     token = state.token or (tracked.written if tracked is not None else 0)
@@ -301,10 +303,28 @@ class SlotMonitor:
         state = tracked.state
         stack = self._dumper(tracked).request(state.pid)
         kind = limit.outcome
-        emit_limit(ADAPTER, self._event(state), limit, _seconds(state, kind), stack)
-        tracked.stopped, tracked.stopped_at, tracked.stack = kind, time.monotonic(), stack
-        self.slots[tracked.path].aim(state.generation)
-        _signal(state.pid, Interrupt.at(limit).signal)
+
+        def interrupt(found: Found) -> None:
+            seconds = _seconds(state, kind)
+            emit_limit(ADAPTER, self._event(state), limit, seconds, stack, processes=found.described)
+            tracked.stopped, tracked.stopped_at, tracked.stack = kind, time.monotonic(), stack
+            self.slots[tracked.path].aim(state.generation)
+            _signal(state.pid, Interrupt.at(limit).signal)
+
+        self._stopping(state, interrupt)
+
+    def _stopping(self, state: SlotState, stop: Callable[[Found], object]) -> None:
+        """:func:`stopping` for the task in a pool process's slot."""
+        where = self.runtime.job_processes(state.job_id, state.pid, state.started)
+
+        def make(kind: type[Any], **fields: Any) -> Any:  # a round trip: only when it says something
+            return self._event(state)(kind, **fields)
+
+        def note(processes: tuple[str, ...]) -> None:
+            store, token = self.runtime.store, state.token or None
+            store.note_ended_processes(state.job_id, token, self.runtime.name, processes)
+
+        stopping(where, state.children_grace, stop, adapter=ADAPTER, make=make, note=note)
 
     def _kill(self, tracked: _Tracked) -> None:
         """The task did not end after its interrupt (C code holding the GIL): kill its process."""
@@ -314,7 +334,7 @@ class SlotMonitor:
         self._killed[state.job_id] = kind
         log.error("celery task %s[%s] %s: killing pool process %d", state.task, state.job_id, kind, state.pid)
         if kind is Outcome.LEASE_LOST:
-            _signal(state.pid, signal.SIGKILL)
+            self._stopping(state, _sender(state.pid, signal.SIGKILL))
             return
         limit = _seconds(state, kind)
         what = "hard_timeout" if kind is Outcome.TIMED_OUT else "progress_timeout"
@@ -329,7 +349,7 @@ class SlotMonitor:
                 self._killed[state.job_id] = Outcome.LEASE_LOST
             except redis.RedisError as exc:
                 log.warning("celery task %s: its timeout not written to its lease (%s)", state.job_id, exc)
-        _signal(state.pid, signal.SIGKILL)
+        self._stopping(state, _sender(state.pid, signal.SIGKILL))
         if not superseded:
             job_id = state.job_id
             self.runtime.in_loop(lambda: self.runtime.record_timeout(job_id, limit))
@@ -339,7 +359,13 @@ class SlotMonitor:
         sent_at = time.monotonic()
         try:
             codes = runtime.store.renew(
-                ADAPTER, runtime.name, runtime.heartbeat.worker_ttl, [(t.state.job_id, t.token) for t in due]
+                ADAPTER,
+                runtime.name,
+                runtime.heartbeat.worker_ttl,
+                [(t.state.job_id, t.token) for t in due],
+                processes_under(
+                    [runtime.job_processes(t.state.job_id, t.state.pid, t.state.started) for t in due]
+                ),
             )
         except redis.RedisError as exc:
             log.warning("celery worker %s: renewing pool processes' leases failed: %s", runtime.name, exc)
@@ -360,7 +386,7 @@ class SlotMonitor:
                     state.job_id,
                 )
                 tracked.stopped, tracked.stopped_at = Outcome.LEASE_LOST, time.monotonic()
-                _signal(state.pid, Interrupt.LOST.signal)
+                self._stopping(state, _sender(state.pid, Interrupt.LOST.signal))
 
     def _still_running(self, tracked: _Tracked) -> bool:
         """Whether the task a renewal was sent for is still in its slot (it may have ended since)."""
@@ -495,6 +521,11 @@ def _seconds(state: SlotState, kind: Outcome) -> float:
     if kind is Outcome.TIMED_OUT:
         return (state.hard_deadline or state.started) - state.started
     return state.progress_timeout or 0.0
+
+
+def _sender(pid: int, signum: int) -> Callable[[Found], None]:
+    """A ``stop`` for :func:`stopping` that sends ``signum`` to ``pid``."""
+    return lambda found: _signal(pid, signum)
 
 
 def _signal(pid: int, signum: int) -> None:

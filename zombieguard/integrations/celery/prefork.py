@@ -19,6 +19,7 @@ from zombieguard.integrations.celery.executor import Executor, Running, announce
 from zombieguard.integrations.celery.message import MUTABLE, mutable_fields, task_payload
 from zombieguard.worker.attempt import Attempt, AttemptHooks
 from zombieguard.worker.heartbeat import Heartbeat
+from zombieguard.worker.lifecycle import stopping
 
 if TYPE_CHECKING:
     from zombieguard.integrations.celery.worker import CeleryRuntime
@@ -94,7 +95,14 @@ class PoolProcessExecutor(Executor):
     def refused(self, attempt: Attempt) -> None:
         """Interrupt the task in the main thread (the signal handler raises ``LeaseLost``)."""
         log.warning("celery task %s: %s; stopping it", attempt.job.job_id, attempt.lost)
-        os.kill(os.getpid(), Interrupt.LOST.signal)
+        stopping(
+            self.runtime.job_processes(attempt.job.job_id, os.getpid(), attempt.started_monotonic),
+            attempt.policy.children_grace,
+            lambda found: os.kill(os.getpid(), Interrupt.LOST.signal),
+            adapter=ADAPTER,
+            make=attempt.event,
+            note=attempt.note_ended,
+        )
 
     def end(self, state: Running) -> None:
         """Clear the slot."""

@@ -85,6 +85,8 @@ class CeleryRuntime(WorkerRuntime):
             self.adapter,
             worker=self.name,
             renew_every=self.default_policy.renew_every,
+            children_grace=self.default_policy.kill_children_grace,
+            redis_url=leases_url(app, self.config),
             on_lost=self._lost,
             dir_prefix=f"{_DIR_PREFIX}{broker_key(app)}-",
             watchdog_name="zombieguard-watchdog",

@@ -135,6 +135,7 @@ def begin(zg: RQRuntime, worker: str, job: Job, sent: Sent) -> Begun | None:
         hard_deadline=started + policy.hard_timeout if policy.hard_timeout is not None else None,
         progress_timeout=policy.progress_timeout,
         confirmed_until=attempt.confirmed_until,
+        children_grace=policy.children_grace,
     )
     if not attempt.unguarded:
         zg.heartbeat.add(attempt)

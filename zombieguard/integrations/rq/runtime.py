@@ -54,6 +54,8 @@ class RQRuntime(WorkerRuntime):
             self.adapter,
             worker=worker.name,
             renew_every=self.default_policy.renew_every,
+            children_grace=self.default_policy.kill_children_grace,
+            redis_url=settings.redis_url or url_of(self.client),
             on_lost=on_lost,
             dir_prefix=DIR_PREFIX,
             watchdog_name=f"zombieguard-watchdog-{worker.name}",

@@ -22,6 +22,7 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.worker import SimpleWorker, Worker, WorkerStatus
 
+from zombieguard.enforcement.children import Found, JobProcesses
 from zombieguard.enforcement.interrupts import Interrupt, install_interrupt_handlers
 from zombieguard.enforcement.limits import Limit, LimitClock
 from zombieguard.enforcement.slot import OUTCOME_COMPLETED, OUTCOME_RECORDING
@@ -36,7 +37,7 @@ from zombieguard.integrations.rq.runtime import RQRuntime
 from zombieguard.leases import DeferredRelease, Outcome
 from zombieguard.policy import Policy
 from zombieguard.worker.attempt import Attempt, running
-from zombieguard.worker.lifecycle import BACKSTOP_SECONDS, ESCALATE_AFTER, emit_limit, record_end
+from zombieguard.worker.lifecycle import BACKSTOP_SECONDS, ESCALATE_AFTER, emit_limit, record_end, stopping
 
 
 class _GuardedMixin:
@@ -112,7 +113,19 @@ class _GuardedMixin:
         with contextlib.suppress(Exception):  # RQ parses it again, and says what is wrong
             if json.loads(message["data"]).get("command") == "kill-horse" and self._zg_attempt is not None:
                 self._zg_kill_command = True
-        super().handle_payload(message)  # type: ignore[misc]
+        attempt, pid = self._zg_attempt, self.horse_pid
+        if not self._zg_kill_command or attempt is None or pid <= 0:
+            super().handle_payload(message)  # type: ignore[misc]
+            return
+        # RQ kills the horse's process group; what the job started elsewhere is ended here.
+        stopping(
+            self._zg_processes(attempt, pid),
+            attempt.policy.children_grace,
+            lambda found: super(_GuardedMixin, self).handle_payload(message),  # type: ignore[misc]
+            adapter=ADAPTER,
+            make=attempt.event,
+            note=attempt.note_ended,
+        )
 
     def _zg_install_interrupts(self) -> None:
         """Signal handlers that raise zombieguard's interrupts in the main thread (job code)."""
@@ -166,7 +179,7 @@ class _GuardedMixin:
     def _zg_watch(self, attempt: Attempt, pid: int, capture: Any, escalate: Any) -> Watched:
         assert self._zg is not None
         zg = self._zg
-
+        attempt.processes = self._zg_processes(attempt, pid)
         generation = self._zg_generation
 
         def signal_job(signum: int) -> None:
@@ -177,10 +190,25 @@ class _GuardedMixin:
         def stop(watched: Watched, limit: Limit, stack: str | None) -> None:
             if self._zg_attempt is not attempt:
                 return  # it ended meanwhile
-            if limit is not Limit.SOFT:  # set before any receiver runs: the job may end meanwhile
-                self._zg_stop = (limit.outcome, stack)
-            emit_limit(ADAPTER, attempt.event, limit, limit.seconds(attempt.policy), stack)
-            signal_job(Interrupt.at(limit).signal)
+            if limit is Limit.SOFT:
+                emit_limit(ADAPTER, attempt.event, limit, limit.seconds(attempt.policy), stack)
+                signal_job(Interrupt.SOFT.signal)
+                return
+            self._zg_stop = (limit.outcome, stack)  # before any receiver runs: the job may end meanwhile
+
+            def interrupt(found: Found) -> None:
+                seconds = limit.seconds(attempt.policy)
+                emit_limit(ADAPTER, attempt.event, limit, seconds, stack, processes=found.described)
+                signal_job(Interrupt.at(limit).signal)
+
+            stopping(
+                self._zg_processes(attempt, pid),
+                attempt.policy.children_grace,
+                interrupt,
+                adapter=ADAPTER,
+                make=attempt.event,
+                note=attempt.note_ended,
+            )
 
         def stalled(watched: Watched) -> None:
             # The worker was frozen past the job's lease and a limit: a stall, as a sweeper judges
@@ -207,6 +235,11 @@ class _GuardedMixin:
                 stalled=stalled,
             )
         )
+
+    def _zg_processes(self, attempt: Attempt, pid: int) -> JobProcesses:
+        """Where the processes ``attempt``'s job started are: under ``pid``, since it began."""
+        assert self._zg is not None
+        return self._zg.job_processes(attempt.job.job_id, pid, attempt.started_monotonic)
 
     def _zg_end(self, attempt: Attempt | None, watched: Watched | None) -> None:
         zg = self._zg
@@ -391,15 +424,30 @@ class GuardedWorker(_GuardedMixin, Worker):
         """Kill the horse and what it started (its own session: RQ's horse calls setsid). Never
         this worker's own process group: RQ sets ``horse_pid`` to 0 once it reaped the horse, and
         a horse signalled before its setsid is still in this worker's group."""
-        pid = self.horse_pid
+        pid, attempt = self.horse_pid, self._zg_attempt
         if pid <= 0:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            group = os.getpgid(pid)
-            if group == os.getpgrp():
-                os.kill(pid, signal.SIGKILL)
-            else:
-                os.killpg(group, signal.SIGKILL)
+
+        def kill(found: Found) -> None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                group = os.getpgid(pid)
+                if group == os.getpgrp():
+                    os.kill(pid, signal.SIGKILL)
+                else:
+                    os.killpg(group, signal.SIGKILL)
+
+        if attempt is None:
+            kill(Found([]))
+            return
+        # What the job started in a session of its own, or outside the horse's process group.
+        stopping(
+            self._zg_processes(attempt, pid),
+            attempt.policy.children_grace,
+            kill,
+            adapter=ADAPTER,
+            make=attempt.event,
+            note=attempt.note_ended,
+        )
 
     def _zg_stop_lost(self) -> None:
         self._zg_kill_horse()
@@ -432,4 +480,14 @@ class GuardedSimpleWorker(_GuardedMixin, SimpleWorker):
         self.set_state(WorkerStatus.IDLE)
 
     def _zg_stop_lost(self) -> None:
-        os.kill(os.getpid(), Interrupt.LOST.signal)
+        attempt = self._zg_attempt
+        if attempt is None:
+            return
+        stopping(
+            self._zg_processes(attempt, os.getpid()),
+            attempt.policy.children_grace,
+            lambda found: os.kill(os.getpid(), Interrupt.LOST.signal),
+            adapter=ADAPTER,
+            make=attempt.event,
+            note=attempt.note_ended,
+        )

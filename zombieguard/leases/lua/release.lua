@@ -15,7 +15,7 @@ local kind = key_type(KEYS[1])
 if kind == 'none' then return {'missing'} end
 if kind ~= 'hash' then return {'corrupt', 'lease key holds a ' .. kind} end
 local r = redis.call('HMGET', KEYS[1], 'state', 'token', 'attempt', 'stalls', 'worker', 'started',
-  'last_beat', 'last_progress', 'adopted')
+  'last_beat', 'last_progress', 'adopted', 'ended_processes')
 if r[1] ~= 'running' or r[2] ~= ARGV[1] then return {'lost', r[1] or '', r[2] or ''} end
 if ARGV[8] == '1' and r[9] then return {'adopted'} end
 local now = now_s()
@@ -39,6 +39,11 @@ else
     reason = ARGV[4],
   }
   if ARGV[5] ~= '' then entry.stack = ARGV[5] end
+  if r[10] and r[10] ~= '' then
+    local ended = {}
+    for line in string.gmatch(r[10], '[^\n]+') do ended[#ended + 1] = line end
+    entry.processes = ended
+  end
   redis.call('HSET', KEYS[1], 'state', 'done', 'outcome', outcome, 'reason', ARGV[4], 'ended', fmt(now))
   if outcome == 'requeued' then redis.call('HINCRBY', KEYS[1], 'attempt', -1) end
   redis.call('HSET', KEYS[1], 'history', (redis.call('HGET', KEYS[1], 'history') or '') .. cjson.encode(entry) .. '\n')

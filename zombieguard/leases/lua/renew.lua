@@ -1,6 +1,7 @@
 -- Renew every lease one worker holds, and the worker's own presence: one round trip per interval.
 -- KEYS: due, workers, lease_1 .. lease_n
--- ARGV: worker, worker_ttl, job_1, token_1, .. job_n, token_n
+-- ARGV: worker, worker_ttl, job_1, token_1, processes_1, .. job_n, token_n, processes_n
+-- (processes: how many processes run under the job now; '' when not known, the lease keeps its own)
 -- Returns one code per lease: 'ok', 'lost' (another token or state, or given up: see given_up),
 -- 'missing', 'corrupt'.
 local now = now_s()
@@ -8,7 +9,7 @@ redis.call('ZADD', KEYS[2], fmt(now + tonumber(ARGV[2])), ARGV[1])
 local out = {}
 for i = 3, #KEYS do
   local j = i - 2
-  local job, token, key = ARGV[2 * j + 1], ARGV[2 * j + 2], KEYS[i]
+  local job, token, processes, key = ARGV[3 * j], ARGV[3 * j + 1], ARGV[3 * j + 2], KEYS[i]
   local code = 'lost'
   local kind = key_type(key)
   if kind == 'none' then
@@ -27,6 +28,7 @@ for i = 3, #KEYS do
       else
         local expires = now + ttl
         redis.call('HSET', key, 'renewed', fmt(now), 'expires', fmt(expires))
+        if processes ~= '' then redis.call('HSET', key, 'processes', processes) end
         redis.call('ZADD', KEYS[1],
           fmt(due_score(expires, tonumber(r[4]), tonumber(r[5]), grace)), job)
         code = 'ok'
