@@ -251,3 +251,22 @@ def test_a_dead_lettered_job_names_the_programs_ended_when_its_worker_died(model
     # along but on RQ's forking worker (its horse has a process group of its own).
     named = pids if model.model == "GuardedWorker" else pids[1:2]
     assert all(f"{pid} sleep" in ended for pid in named), ended
+
+
+def test_a_worker_woken_after_its_job_was_recovered_ends_the_programs_of_its_superseded_attempt(
+    model: Model,
+) -> None:
+    frozen = model.start_worker()
+    job_id = model.submit("starts_programs", model.harness.notes)
+    pids = _first_programs(model.harness)
+    model.harness.wait_leased(job_id)
+    os.killpg(frozen.pid, signal.SIGSTOP)  # the worker (its horse, on RQ's forking worker, runs on)
+    try:
+        model.start_worker()
+        wait_until(lambda: len(model.harness.notes_of("programs")) == 2, 15, what="recovered elsewhere")
+    finally:
+        os.killpg(frozen.pid, signal.SIGCONT)
+    # Its next renewal finds the lease lost: the woken attempt is stopped, with what it started.
+    _all_gone_within(_stoppable(model, pids), 3.0)
+    second = [int(pid) for pid in model.harness.notes_of("programs")[1].split()[1:]]
+    assert all(_alive(pid) for pid in second)  # the attempt that holds the job is not touched

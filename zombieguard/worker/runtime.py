@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -69,6 +70,7 @@ class WorkerRuntime:
         self.dir = Path(tempfile.mkdtemp(prefix=f"{dir_prefix}{os.getpid()}-"))
         self.watchdog_process: subprocess.Popen[bytes] | None = None
         self.children_grace = children_grace
+        self._dismissing = threading.Lock()
         # Every process this worker's jobs start inherits it: the reaper finds them by it.
         self.owner = new_owner()
         os.environ[OWNER_VARIABLE] = self.owner
@@ -236,16 +238,19 @@ class WorkerRuntime:
             self.store.deregister_worker(self.worker)
 
     def _dismiss_reaper(self) -> None:
-        """Tell the reaper this worker leaves cleanly: the programs its jobs left running go on."""
-        if os.environ.get(OWNER_VARIABLE) == self.owner:
-            del os.environ[OWNER_VARIABLE]
-        reaper = self.reaper
-        if reaper.stdin is not None:
-            with contextlib.suppress(OSError):
-                reaper.stdin.write(LEAVE)
-                reaper.stdin.close()
+        """Tell the reaper this worker leaves cleanly: the programs its jobs left running go on.
+        Said once, whichever of the threads that stop the worker comes first."""
+        with self._dismissing:
+            if os.environ.get(OWNER_VARIABLE) == self.owner:
+                del os.environ[OWNER_VARIABLE]
+            stdin = self.reaper.stdin
+            if stdin is not None and not stdin.closed:
+                with contextlib.suppress(OSError):  # it died: nothing to tell
+                    stdin.write(LEAVE)
+                with contextlib.suppress(OSError):
+                    stdin.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
-            reaper.wait(5)
+            self.reaper.wait(5)
 
     def remove_dir(self, keep: str | None = None) -> None:
         """Delete the working directory and what is in it (its files are closed); with ``keep``, all
