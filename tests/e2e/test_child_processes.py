@@ -270,3 +270,15 @@ def test_a_worker_woken_after_its_job_was_recovered_ends_the_programs_of_its_sup
     _all_gone_within(_stoppable(model, pids), 3.0)
     second = [int(pid) for pid in model.harness.notes_of("programs")[1].split()[1:]]
     assert all(_alive(pid) for pid in second)  # the attempt that holds the job is not touched
+
+
+@pytest.mark.parametrize("model", [MODELS[0], MODELS[2]], ids=[IDS[0], IDS[2]], indirect=True)
+def test_a_job_whose_process_dies_alone_takes_the_programs_it_started_with_it(model: Model) -> None:
+    # The OOM killer takes the biggest process: the horse or the pool process running the job.
+    model.start_worker()
+    job_id = model.submit("starts_programs", model.harness.notes)
+    pids = _first_programs(model.harness)
+    model.harness.wait_leased(job_id)
+    os.kill(psutil.Process(pids[0]).ppid(), signal.SIGKILL)
+    _all_gone_within(pids, 2.0)
+    wait_until(lambda: len(model.harness.notes_of("programs")) == 2, 15, what="recovered")

@@ -99,19 +99,29 @@ def stopping(
 ) -> None:
     """Stop a job with what it started: find its processes (none when ``grace`` is None: its policy
     leaves them running), call ``stop(found)`` (which interrupts or kills the job, and may name them
-    in its event), then send them SIGTERM, and SIGKILL ``grace`` seconds later, and say so
-    (``JobProcessesEnded``, built by ``make`` from its type and fields, as :func:`emit_limit`'s, and
-    ``note``, which records them on the job's lease for the attempt's history)."""
+    in its event), then :func:`end_found` them."""
     found = where.find() if grace is not None else Found([])
     stop(found)
-    if not found or grace is None:
+    if grace is not None:
+        end_found(found, grace, adapter=adapter, make=make, note=note)
+
+
+def end_found(
+    found: Found,
+    grace: float,
+    *,
+    adapter: str,
+    make: Callable[..., Any],
+    note: Callable[[tuple[str, ...]], object],
+) -> None:
+    """Send the processes a job started SIGTERM, and SIGKILL ``grace`` seconds later, and say so:
+    ``JobProcessesEnded`` (built by ``make`` from its type and fields, as :func:`emit_limit`'s) and
+    ``note``, which records them on the job's lease for the attempt's history."""
+    if not found:
         return
     found.end(grace)
-    event = make(
-        JobProcessesEnded,
-        reason=f"ended with the job (SIGKILL {grace:g} s past SIGTERM)",
-        processes=found.described,
-    )
+    why = f"ended with the job (SIGKILL {grace:g} s past SIGTERM)"
+    event = make(JobProcessesEnded, reason=why, processes=found.described)
     log.warning(
         "%s job %s[%s]: ending the processes it started: %s",
         adapter,

@@ -22,16 +22,18 @@ import redis
 
 from zombieguard.adapter import JobAdapter
 from zombieguard.containment import contained, log
-from zombieguard.enforcement.children import OWNER_VARIABLE, JobProcesses, new_owner, without_owner
+from zombieguard.enforcement.children import OWNER_VARIABLE, JobProcesses, new_owner, owned_by, without_owner
 from zombieguard.enforcement.reaper import LEAVE
 from zombieguard.enforcement.slot import remove_stale_workdirs
 from zombieguard.enforcement.watchdog import Watchdog
 from zombieguard.errors import LeaseLost
+from zombieguard.events import Subject
 from zombieguard.leases import JobSpec, LeaseStore, Outcome
 from zombieguard.ops.stats import EventCounter
 from zombieguard.recovery.presence import PresenceWatch
 from zombieguard.recovery.sweeper import Sweeper
 from zombieguard.worker.heartbeat import Heartbeat, LostCallback
+from zombieguard.worker.lifecycle import end_found
 from zombieguard.worker.presence import Presence
 
 
@@ -214,6 +216,18 @@ class WorkerRuntime:
         except redis.RedisError as exc:
             log.warning("%s: not swept at once (%s); the next sweep recovers it", job, exc)
         return True
+
+    def end_orphans(self, spec: JobSpec, token: int, attempt: int) -> None:
+        """The process that ran attempt ``attempt`` of ``spec`` (under ``token``) died by itself
+        (OOM-killed, a crash), leaving what the job started: end the programs that carry the job's
+        mark, with this worker's ``kill_children_grace``, and say so as a stop does."""
+        subject = Subject(spec.job_id, spec.task, spec.queue, attempt, self.worker, self.framework)
+
+        def note(processes: tuple[str, ...]) -> None:
+            self.store.note_ended_processes(spec.job_id, token, self.worker, processes)
+
+        found = owned_by(self.owner, spec.job_id)
+        end_found(found, self.children_grace, adapter=self.framework, make=subject.event, note=note)
 
     def shutdown(self) -> None:
         """Stop the threads and the watchdog process, and leave cleanly (not a zombie)."""

@@ -10,6 +10,7 @@ handling. A task that died before its lease was written has it written here firs
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -67,7 +68,8 @@ class PoolDeaths:
         token = state.token if state is not None and state.token else record.token
         spec = JobSpec(job_id, ADAPTER, record.task, record.queue)
         if not terminated:
-            runtime.give_up_stalled(spec, token, "its pool process died")
+            orphans = functools.partial(runtime.end_orphans, spec, token, record.attempt)
+            runtime.give_up_stalled(spec, token, "its pool process died", before_sweep=orphans)
             return Outcome.STALLED
         try:  # revoked: Celery records it so; the lease ends stopped
             runtime.store.release(spec, token, Outcome.STOPPED, "revoked with terminate=True")
@@ -115,7 +117,10 @@ class PoolDeaths:
             log.warning("celery task %s: its lease not written for recovery (%s)", state.job_id, exc)
             return False
         spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue, payload)
-        return bool(token) and self.runtime.give_up_stalled(spec, token, "its pool process died")
+        orphans = functools.partial(self.runtime.end_orphans, spec, token, state.attempt)
+        return bool(token) and self.runtime.give_up_stalled(
+            spec, token, "its pool process died", before_sweep=orphans
+        )
 
 
 def holds_lease(record: LeaseRecord, worker: str, state: SlotState | None) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import signal
 import threading
@@ -257,7 +258,8 @@ class SlotMonitor:
             self.runtime.in_loop(lambda: self.deaths.recover_unleased(job_id))
             return
         spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
-        if not self.runtime.give_up_stalled(spec, token, "its pool process died"):
+        orphans = functools.partial(self.runtime.end_orphans, spec, token, state.attempt)
+        if not self.runtime.give_up_stalled(spec, token, "its pool process died", before_sweep=orphans):
             self._killed.pop(state.job_id, None)  # Celery's news came first: it was handled then
 
     def _event(self, state: SlotState) -> Callable[..., Any]:

@@ -81,8 +81,14 @@ def horse_ended(zg: RQRuntime, attempt: Attempt, job: Job, end: HorseEnd, kwargs
 
 def _died(zg: RQRuntime, attempt: Attempt, exc_string: str) -> bool:
     """The horse died by itself (OOM, segfault, a poison payload): a stall for the sweeper to
-    recover or dead-letter, not a failure to record (without a lease: RQ's failure, as alone)."""
+    recover or dead-letter, not a failure to record (without a lease: RQ's failure, as alone). The
+    programs the job started die with it."""
     if attempt.unguarded:
         return True
-    zg.give_up_stalled(attempt.job, attempt.token, f"its horse died ({exc_string.strip()})")
+    zg.give_up_stalled(
+        attempt.job,
+        attempt.token,
+        f"its horse died ({exc_string.strip()})",
+        before_sweep=lambda: zg.end_orphans(attempt.job, attempt.token, attempt.number),
+    )
     return False
