@@ -76,13 +76,14 @@ class JobProcesses:
     def find(self) -> Found:
         """The job's processes alive now: each subtree below a child of its process (or thread)
         started since the job began, and, where the job runs alone in its process, every process
-        that inherited the job's :func:`marked` environment (one that daemonized: no tree leads to it)."""
+        that inherited the job's :func:`marked` environment (one that daemonized: no tree leads to
+        it). Not those being ended already (an escalation finds them again)."""
         found = self._under(ProcessTree.now())
         if self.owner and self.job and self.thread is None:
             known = {p.pid for p in found}
             known |= {self.pid, *self.exclude}  # the job's own process carries its mark too
             found += [p for p in owned_by(self.owner, self.job).processes if p.pid not in known]
-        return Found(found)
+        return Found([p for p in found if p not in Ending.underway()])
 
     def count(self, tree: ProcessTree) -> int:
         """How many processes run under the job (as :meth:`find` finds them; zombies not counted)."""
@@ -156,10 +157,15 @@ class Found:
 class Ending:
     """Processes being ended: SIGTERM sent, SIGKILL to follow after the grace (in a thread)."""
 
+    _underway: set[psutil.Process] = set()  # noqa: RUF012 - this process's, shared on purpose
+    _lock = threading.Lock()
+
     def __init__(self, processes: Sequence[psutil.Process], grace: float) -> None:
         self._targets = list(processes)
         self._grace = grace
         self._done = threading.Event()
+        with Ending._lock:
+            Ending._underway.update(self._targets)
         for process in self._targets:
             with contextlib.suppress(psutil.Error):
                 process.terminate()
@@ -167,6 +173,13 @@ class Ending:
             threading.Thread(target=self._finish, name="zombieguard-end-children", daemon=True).start()
         else:
             self._done.set()
+
+    @classmethod
+    def underway(cls) -> set[psutil.Process]:
+        """The processes being ended in this process now (psutil's processes compare by pid and
+        start: a pid used again is another process)."""
+        with cls._lock:
+            return set(cls._underway)
 
     def _finish(self) -> None:
         try:
@@ -176,6 +189,8 @@ class Ending:
                     process.kill()
             _wait_gone(alive, 1.0)
         finally:
+            with Ending._lock:
+                Ending._underway.difference_update(self._targets)
             self._done.set()
 
     def wait(self, timeout: float | None = None) -> bool:

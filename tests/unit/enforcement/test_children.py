@@ -162,3 +162,18 @@ def test_the_count_of_a_job_s_processes_leaves_out_those_that_exited(
     job = JobProcesses(os.getpid(), since)
     assert job.count(ProcessTree.now()) == 1
     assert running.pid in _pids(job)
+
+
+def test_processes_being_ended_are_not_found_again_by_a_later_stop(
+    started: list[subprocess.Popen[bytes]],
+) -> None:
+    since = time.monotonic()
+    stubborn = _start(started, "sh", "-c", "trap '' TERM; sleep 60 & wait")
+    _wait_child(stubborn.pid)
+    job = JobProcesses(os.getpid(), since)
+    first = job.find()
+    assert stubborn.pid in {p.pid for p in first.processes}
+    ending = first.end(1.0)
+    assert job.find().processes == []  # an escalation would find them again: they are underway
+    assert ending.wait(5)
+    assert stubborn.wait(2) == -9
