@@ -118,14 +118,8 @@ class _GuardedMixin:
             super().handle_payload(message)  # type: ignore[misc]
             return
         # RQ kills the horse's process group; what the job started elsewhere is ended here.
-        stopping(
-            self._zg_processes(attempt, pid),
-            attempt.policy.children_grace,
-            lambda found: super(_GuardedMixin, self).handle_payload(message),  # type: ignore[misc]
-            adapter=ADAPTER,
-            make=attempt.event,
-            note=attempt.note_ended,
-        )
+        handle = super().handle_payload  # type: ignore[misc]
+        self._zg_stopping(attempt, pid, lambda found: handle(message))
 
     def _zg_install_interrupts(self) -> None:
         """Signal handlers that raise zombieguard's interrupts in the main thread (job code)."""
@@ -201,14 +195,7 @@ class _GuardedMixin:
                 emit_limit(ADAPTER, attempt.event, limit, seconds, stack, processes=found.described)
                 signal_job(Interrupt.at(limit).signal)
 
-            stopping(
-                self._zg_processes(attempt, pid),
-                attempt.policy.children_grace,
-                interrupt,
-                adapter=ADAPTER,
-                make=attempt.event,
-                note=attempt.note_ended,
-            )
+            self._zg_stopping(attempt, pid, interrupt)
 
         def stalled(watched: Watched) -> None:
             # The worker was frozen past the job's lease and a limit: a stall, as a sweeper judges
@@ -234,6 +221,17 @@ class _GuardedMixin:
                 label=attempt.job.job_id,
                 stalled=stalled,
             )
+        )
+
+    def _zg_stopping(self, attempt: Attempt, pid: int, stop: Callable[[Found], object]) -> None:
+        """:func:`stopping` for ``attempt``'s job, running in ``pid``."""
+        stopping(
+            self._zg_processes(attempt, pid),
+            attempt.policy.children_grace,
+            stop,
+            adapter=ADAPTER,
+            make=attempt.event,
+            note=attempt.note_ended,
         )
 
     def _zg_processes(self, attempt: Attempt, pid: int) -> JobProcesses:
@@ -440,14 +438,7 @@ class GuardedWorker(_GuardedMixin, Worker):
             kill(Found([]))
             return
         # What the job started in a session of its own, or outside the horse's process group.
-        stopping(
-            self._zg_processes(attempt, pid),
-            attempt.policy.children_grace,
-            kill,
-            adapter=ADAPTER,
-            make=attempt.event,
-            note=attempt.note_ended,
-        )
+        self._zg_stopping(attempt, pid, kill)
 
     def _zg_stop_lost(self) -> None:
         self._zg_kill_horse()
@@ -483,11 +474,4 @@ class GuardedSimpleWorker(_GuardedMixin, SimpleWorker):
         attempt = self._zg_attempt
         if attempt is None:
             return
-        stopping(
-            self._zg_processes(attempt, os.getpid()),
-            attempt.policy.children_grace,
-            lambda found: os.kill(os.getpid(), Interrupt.LOST.signal),
-            adapter=ADAPTER,
-            make=attempt.event,
-            note=attempt.note_ended,
-        )
+        self._zg_stopping(attempt, os.getpid(), lambda found: os.kill(os.getpid(), Interrupt.LOST.signal))
