@@ -52,7 +52,8 @@ matrix-oldest: $(OLDEST)/bin/.installed
 	$(OLDEST)/bin/pytest tests/unit tests/integration --ignore=tests/integration/celery tests/e2e/rq \
 		tests/e2e/test_django.py
 matrix-oldest-celery: $(OLDEST_CELERY)/bin/.installed
-	$(OLDEST_CELERY)/bin/pytest tests/integration/celery tests/e2e/celery tests/e2e/test_sentry_workers.py
+	$(OLDEST_CELERY)/bin/pytest tests/integration/celery tests/e2e/celery tests/e2e/test_sentry_workers.py \
+		tests/e2e/test_child_processes.py tests/unit/enforcement/test_children.py
 matrix-rq26: $(RQ26)/bin/.installed
 	$(RQ26)/bin/pytest tests/integration/rq tests/e2e/rq
 matrix-newest: $(NEWEST)/bin/.installed
