@@ -36,6 +36,7 @@ class NoopAdapter:
     name = "bench"
     republishes_unstarted = False
     reclaims = False
+    requeues_from_payload = False
 
     def requeue(self, record: LeaseRecord) -> bool:
         """Nothing to do."""

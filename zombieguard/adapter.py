@@ -34,6 +34,10 @@ class JobAdapter(Protocol):
     """Whether the framework keeps a taken job apart from its queue until a worker starts it (RQ's
     intermediate queue): then every sweep calls :meth:`reclaim`."""
 
+    requeues_from_payload: bool
+    """Whether :meth:`requeue` publishes the job again from its lease's payload (Celery's message),
+    rather than from the framework's own record of it (RQ's job hash)."""
+
     def requeue(self, record: LeaseRecord) -> bool:
         """Put the job back on its queue as a new attempt, with the same job id.
 

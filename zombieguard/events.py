@@ -34,6 +34,10 @@ job_timed_out: Signal = _signals.signal("job_timed_out", doc="A job ran past sof
 job_recovered: Signal = _signals.signal("job_recovered", doc="A stalled job was requeued as a new attempt.")
 job_dead_lettered: Signal = _signals.signal("job_dead_lettered", doc="A job went to the dead-letter queue.")
 lease_lost: Signal = _signals.signal("lease_lost", doc="A superseded attempt found out it lost its lease.")
+lease_vanished: Signal = _signals.signal(
+    "lease_vanished",
+    doc="A running attempt's lease was missing from Redis while its worker renewed it; it was written again.",
+)
 job_processes_ended: Signal = _signals.signal(
     "job_processes_ended",
     doc="The processes a job started were ended with it (its stop, or its worker's death).",
@@ -56,6 +60,7 @@ ALL_SIGNALS: tuple[Signal, ...] = (
     job_recovered,
     job_dead_lettered,
     lease_lost,
+    lease_vanished,
     job_processes_ended,
     worker_zombie,
     heartbeat_failed,
@@ -189,6 +194,16 @@ class LeaseLostEvent(JobEvent):
 
 
 @dataclass(frozen=True)
+class LeaseVanished(JobEvent):
+    """The lease of a running attempt was missing from Redis: Redis evicted it (a
+    ``maxmemory-policy`` other than ``noeviction``), restarted without persistence, or failed over
+    to a replica the write had not reached. Its worker, renewing it, wrote it again; or, when the
+    job's process had died, whoever gave the job up did (the worker, its watchdog process, or the
+    next worker started on the machine), so that it is recovered. Until then a sweeper could not
+    see the job."""
+
+
+@dataclass(frozen=True)
 class JobProcessesEnded(JobEvent):
     """zombieguard ended the job and, with it, the processes it started (:attr:`processes`): sent
     SIGTERM, then SIGKILL past the policy's ``kill_children_grace``."""
@@ -261,6 +276,7 @@ _KINDS: dict[type, str] = {
     JobRecovered: "recovered",
     JobDeadLettered: "dead_lettered",
     LeaseLostEvent: "lease_lost",
+    LeaseVanished: "lease_vanished",
     JobProcessesEnded: "processes_ended",
     WorkerZombie: "worker_zombie",
     HeartbeatFailed: "heartbeat_failed",
@@ -277,6 +293,7 @@ SIGNAL_OF: dict[type, Signal] = {
     JobRecovered: job_recovered,
     JobDeadLettered: job_dead_lettered,
     LeaseLostEvent: lease_lost,
+    LeaseVanished: lease_vanished,
     JobProcessesEnded: job_processes_ended,
     WorkerZombie: worker_zombie,
     HeartbeatFailed: heartbeat_failed,

@@ -127,7 +127,10 @@ class Settings:
     """How a deployment is set up: where the leases live and how the background work runs."""
 
     redis_url: str | None = None
-    """Redis holding leases; ``None`` lets an integration use its framework's own Redis connection."""
+    """Redis holding leases, as a ``redis://``, ``rediss://`` (TLS), ``unix://``,
+    ``redis+sentinel://`` or ``redis+cluster://`` URL with redis-py's connection options
+    (docs/deployment.md); ``None`` lets
+    an integration use its framework's own Redis connection (a Sentinel one included)."""
     key_prefix: str = "zombieguard"
     """Every key is ``{<key_prefix>}:...``: one hash tag, so the layout works on Redis Cluster."""
     sweep_interval: float = 1.0
@@ -217,6 +220,13 @@ def _check_value(name: str, value: Any, source: str) -> None:  # noqa: PLR0912 -
             raise ConfigurationError(f"{source}: {name}={value!r} is invalid: it must be True or False")
     elif base is str and (not isinstance(value, str) or not value):
         raise ConfigurationError(f"{source}: {name}={value!r} is invalid: it must be a non-empty string")
+    if name == "redis_url":
+        from zombieguard.leases.connection import RedisTarget  # noqa: PLC0415 - the leases import this module
+
+        try:
+            RedisTarget.from_url(value, name)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{source}: {exc}") from None
 
 
 def _unknown_key(key: str, valid: Iterable[str], source: str) -> ConfigurationError:
@@ -241,6 +251,17 @@ def check_fields(
     return out
 
 
+def flag(text: str) -> bool:
+    """A yes/no written as text (``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``);
+    ValueError for anything else."""
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(text)
+
+
 def _parse_env_value(name: str, text: str, env_name: str) -> Any:
     base, optional = _field_kind(name)
     stripped = text.strip()
@@ -248,12 +269,7 @@ def _parse_env_value(name: str, text: str, env_name: str) -> Any:
         return None
     try:
         if base is bool:
-            lowered = stripped.lower()
-            if lowered in {"1", "true", "yes", "on"}:
-                return True
-            if lowered in {"0", "false", "no", "off"}:
-                return False
-            raise ValueError(text)
+            return flag(stripped)
         if base is float:
             return float(stripped)
         if base is int:

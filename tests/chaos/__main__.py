@@ -62,6 +62,11 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
         default=FAULT_CLASSES,
         help=f"fault classes to inject (default all: {','.join(FAULT_CLASSES)})",
     )
+    parser.add_argument(
+        "--sentinel",
+        action="store_true",
+        help="keep the leases on a Sentinel deployment of the run's own, and fail it over among the faults",
+    )
     parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help=f"default {RUNS_DIR}")
     parser.add_argument("--keep", action="store_true", help="keep the run directory even when nothing broke")
     args = parser.parse_args(argv)
@@ -76,6 +81,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
         pools=args.pools,
         broker=args.broker,
         faults=args.faults,
+        sentinel=args.sentinel,
         runs_dir=args.runs_dir,
         keep=args.keep,
     )

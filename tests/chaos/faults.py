@@ -4,7 +4,9 @@
 - ``child-kill``: SIGKILL of one process that runs jobs (an RQ horse, a Celery prefork pool process);
 - ``worker-freeze``: SIGSTOP of a whole worker for 6-10 s, then SIGCONT (a paused VM, a long GC);
 - ``client-kill``: ``CLIENT KILL TYPE normal`` on the run's Redis (a network blip);
-- ``redis-restart``: ``SHUTDOWN`` (the append-only file keeps the data) and a start on the same port.
+- ``redis-restart``: ``SHUTDOWN`` (the append-only file keeps the data) and a start on the same port;
+- ``sentinel-failover``: ``SENTINEL FAILOVER`` of the leases' Redis, in a run that keeps its leases
+  on a Sentinel deployment of its own (the former primary stays up until Sentinel demotes it).
 
 Timing depends on the machine, so a seed replays the same workload and the same sequence of fault
 choices, not the same interleaving.
@@ -24,10 +26,20 @@ from dataclasses import dataclass
 import redis
 
 from tests.chaos.workers import EventLog, WorkerPool, WorkerProcess, job_children, signal_tree
+from tests.support.sentinel import SentinelDeployment
 from zombieguard.demo.embedded import EmbeddedRedis
 
 FAULT_CLASSES = ("worker-kill", "child-kill", "worker-freeze", "client-kill", "redis-restart")
-WEIGHTS = {"worker-kill": 3, "child-kill": 3, "worker-freeze": 3, "client-kill": 2, "redis-restart": 2}
+SENTINEL_FAILOVER = "sentinel-failover"
+"""Injected only in a run whose leases live on a Sentinel deployment (``RunConfig.sentinel``)."""
+WEIGHTS = {
+    "worker-kill": 3,
+    "child-kill": 3,
+    "worker-freeze": 3,
+    "client-kill": 2,
+    "redis-restart": 2,
+    SENTINEL_FAILOVER: 2,
+}
 """Relative frequency of each class (processes are the usual victims; Redis less often)."""
 GAP = (2.0, 4.0)
 """Seconds between two faults (uniform)."""
@@ -97,6 +109,7 @@ class FaultInjector:
         until: float,
         classes: Sequence[str] = FAULT_CLASSES,
         max_faults: int | None = None,
+        leases: SentinelDeployment | None = None,
     ) -> None:
         self.rng = rng
         self.pool = pool
@@ -104,7 +117,9 @@ class FaultInjector:
         self.events = events
         self.until = until
         """The run's clock time at which faults stop."""
-        self.classes = [c for c in FAULT_CLASSES if c in classes]
+        self.leases = leases
+        """The leases' Sentinel deployment, which ``sentinel-failover`` fails over."""
+        self.classes = [c for c in (*FAULT_CLASSES, SENTINEL_FAILOVER) if c in classes]
         self.max_faults = max_faults if max_faults is not None else int(until / GAP[0])
         self.faults: list[Fault] = []
         self.frozen: list[tuple[float, WorkerProcess]] = []
@@ -219,6 +234,14 @@ class FaultInjector:
             finally:
                 client.close()
         self._log("client-kill", "redis", f"{killed} clients")
+        return True
+
+    def _sentinel_failover(self) -> bool:
+        # Sentinel fails a service over again only once the former primary is a replica in sync.
+        if self.leases is None or not self.leases.ready_for_failover():
+            return False
+        old, new = self.leases.failover_started()
+        self._log(SENTINEL_FAILOVER, "leases", f"primary {old} -> {new}")
         return True
 
     def _redis_restart(self) -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 import redis
 
 from tests.chaos import gather, history, jobs, workload
-from tests.chaos.faults import FAULT_CLASSES, Fault, FaultInjector, PrivateRedis
+from tests.chaos.faults import FAULT_CLASSES, SENTINEL_FAILOVER, Fault, FaultInjector, PrivateRedis
 from tests.chaos.history import JobFinal, Judgement, Line
 from tests.chaos.workers import (
     RQ_CLASSES,
@@ -36,6 +36,7 @@ from tests.chaos.workers import (
     rq_command,
 )
 from tests.support.harness import REPO
+from tests.support.sentinel import SentinelDeployment
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 KEY_PREFIX = "zgchaos"
@@ -73,6 +74,10 @@ class RunConfig:
     broker: str = "redis"
     """Celery's broker: ``redis`` (the private one) or ``rabbitmq`` (127.0.0.1:5672)."""
     faults: tuple[str, ...] = FAULT_CLASSES
+    sentinel: bool = False
+    """Keep the leases on a Sentinel deployment of the run's own (a primary, a replica and three
+    sentinels), and fail it over among the faults (``sentinel-failover``); the framework's own
+    Redis stays the run's private one."""
     runs_dir: Path = RUNS_DIR
     keep: bool = False
     """Keep the run's directory even when nothing broke (it is always kept when something did)."""
@@ -128,7 +133,7 @@ class Report:
             if c.framework == "rq"
             else f"pools {','.join(c.pools)} on {c.broker}"
         )
-        mode = "plain" if c.plain else "guarded"
+        mode = ("plain" if c.plain else "guarded") + (", leases on Sentinel" if c.sentinel else "")
         jobs_sent = f"{len(self.planned)} jobs, {c.duration:g} s of faults"
         if self.sent and len(self.sent) < len(self.planned):
             jobs_sent += f" ({len(self.sent)} sent)"
@@ -140,7 +145,11 @@ class Report:
         out = [
             f"chaos run: {self.title()}",
             f"run directory: {self.run_dir}",
-            "faults: " + (", ".join(f"{c} {by_class[c]}" for c in FAULT_CLASSES if by_class[c]) or "none"),
+            "faults: "
+            + (
+                ", ".join(f"{c} {by_class[c]}" for c in (*FAULT_CLASSES, SENTINEL_FAILOVER) if by_class[c])
+                or "none"
+            ),
             *(f"  {f.at:6.2f} s  {f.cls:<13} {f.target} {f.detail}".rstrip() for f in self.faults),
             f"worker processes started: {self.workers_started}",
             self.activity(),
@@ -200,6 +209,8 @@ class Report:
         )
         if c.plain:
             args.append("--plain")
+        if c.sentinel:
+            args.append("--sentinel")
         if tuple(c.faults) != FAULT_CLASSES:
             args.append(f"--faults {','.join(c.faults)}")
         return "python -m tests.chaos " + " ".join(args)
@@ -357,7 +368,7 @@ class _Celery(_Framework):
             env["ZG_CHAOS_PLAIN"] = "1"
         env["ZG_CHAOS_ZOMBIEGUARD"] = json.dumps(
             {
-                "redis_url": server.url,
+                "redis_url": env["ZOMBIEGUARD_REDIS_URL"],
                 "key_prefix": KEY_PREFIX,
                 "sweep_interval": workload.SWEEP_INTERVAL,
                 "defaults": {
@@ -481,11 +492,14 @@ def _finals(
     client: redis.Redis,
     planned: list[workload.PlannedJob],
     extra: list[tuple[str, history.Copy]] | None = None,
+    leases_client: redis.Redis | None = None,
 ) -> dict[str, JobFinal]:
+    """Every job's end: the framework's view (``client``), zombieguard's (``leases_client``, when the
+    leases live elsewhere)."""
     ids = [p.job_id for p in planned]
     states = framework.states(client, ids)
-    leases = gather.lease_states(client, KEY_PREFIX, ids)
-    letters = gather.dead_letters(client, KEY_PREFIX)
+    leases = gather.lease_states(leases_client or client, KEY_PREFIX, ids)
+    letters = gather.dead_letters(leases_client or client, KEY_PREFIX)
     for job_id, copy in extra or []:
         if job_id in states:
             states[job_id] = replace(states[job_id], copies=(*states[job_id].copies, copy))
@@ -556,7 +570,13 @@ def _broker_losses(
     )
 
 
-def _drain(report: Report, framework: _Framework, client: redis.Redis, events: EventLog) -> None:
+def _drain(
+    report: Report,
+    framework: _Framework,
+    client: redis.Redis,
+    events: EventLog,
+    leases_client: redis.Redis | None = None,
+) -> None:
     """Wait, polling, until no job is stuck or lost, or the drain's bound passes."""
     began = time.monotonic()
     deadline = began + report.config.drain
@@ -564,7 +584,9 @@ def _drain(report: Report, framework: _Framework, client: redis.Redis, events: E
     settled_at: float | None = None
     while time.monotonic() < deadline:
         try:
-            waiting = history.unsettled(_judge(report, _finals(framework, client, report.sent)))
+            waiting = history.unsettled(
+                _judge(report, _finals(framework, client, report.sent, leases_client=leases_client))
+            )
             if not waiting and framework.waiting_in_broker():
                 waiting = [
                     Judgement(
@@ -588,6 +610,19 @@ def _drain(report: Report, framework: _Framework, client: redis.Redis, events: E
     )
 
 
+def _leases_on_sentinel(
+    config: RunConfig, env: dict[str, str], events: EventLog
+) -> tuple[SentinelDeployment | None, redis.Redis | None]:
+    """The leases' Sentinel deployment and a client of its primary, started for a run that asks
+    for one (the workers' environment then names it); (None, None) for the others."""
+    if not config.sentinel:
+        return None, None
+    sentinel = SentinelDeployment().start()
+    env["ZOMBIEGUARD_REDIS_URL"] = sentinel.url
+    events.add(f"leases on Sentinel: {sentinel.url}")
+    return sentinel, sentinel.client()
+
+
 def run(config: RunConfig) -> Report:
     """Run one chaos run; its processes and Redis are gone when it returns (or raises)."""
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(1, 10**6)
@@ -606,6 +641,8 @@ def run(config: RunConfig) -> Report:
 
     events = EventLog(time.monotonic(), echo=config.echo)
     server = PrivateRedis()
+    sentinel: SentinelDeployment | None = None
+    leases_client: redis.Redis | None = None
     framework: _Framework | None = None
     client: redis.Redis | None = None
     pool: WorkerPool | None = None
@@ -615,6 +652,7 @@ def run(config: RunConfig) -> Report:
         server.start()
         queue = f"zgchaos-{uuid.uuid4().hex[:8]}"
         env = _worker_env(run_dir, server)
+        sentinel, leases_client = _leases_on_sentinel(config, env, events)
         framework = (_RQ if config.framework == "rq" else _Celery)(config, server, queue, env)
         client = redis.Redis.from_url(server.url, socket_timeout=10)
         pool = WorkerPool(
@@ -638,7 +676,8 @@ def run(config: RunConfig) -> Report:
             server,
             events,
             until=config.duration,
-            classes=config.faults,
+            classes=(*config.faults, *((SENTINEL_FAILOVER,) if config.sentinel else ())),
+            leases=sentinel,
         )
         sender = _Sender(framework, planned, events, t0)
         sender.start()
@@ -651,8 +690,8 @@ def run(config: RunConfig) -> Report:
         if len(report.sent) < len(planned):
             events.add(f"not sent (the runner's own failure): {len(planned) - len(report.sent)} jobs")
         events.add("faults stopped; every worker awake; draining")
-        _drain(report, framework, client, events)
-        finals = _finals(framework, client, report.sent)
+        _drain(report, framework, client, events, leases_client)
+        finals = _finals(framework, client, report.sent, leases_client=leases_client)
         pool.kill_all()
         if isinstance(framework, _Celery):
             leftovers = framework.leftovers()
@@ -667,7 +706,9 @@ def run(config: RunConfig) -> Report:
         report.judgements = _broker_losses(
             report, injector.faults if injector else [], sender.sent_at, pool.deaths, wall_t0
         )
-        report.leases = gather.lease_hashes(client, KEY_PREFIX, [j.job_id for j in report.broken])
+        report.leases = gather.lease_hashes(
+            leases_client or client, KEY_PREFIX, [j.job_id for j in report.broken]
+        )
         report.logs = log_lines(run_dir / "logs", [j.job_id for j in report.broken])
         report.errors = worker_errors(run_dir / "logs")
     finally:
@@ -680,7 +721,7 @@ def run(config: RunConfig) -> Report:
             pool.kill_all()
             report.workers_started = len(pool.every)
         report.events = list(events.lines)
-        for closing in (client, framework):
+        for closing in (client, leases_client, framework, sentinel):
             if closing is not None:
                 with contextlib.suppress(Exception):
                     closing.close()

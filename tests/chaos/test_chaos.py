@@ -13,6 +13,7 @@ import random
 
 import pytest
 
+from tests.chaos.faults import SENTINEL_FAILOVER
 from tests.chaos.history import Verdict
 from tests.chaos.runner import Report, RunConfig, run
 
@@ -98,3 +99,21 @@ def test_every_celery_job_on_rabbitmq_ends_exactly_once_under_random_crashes_fre
         broker="rabbitmq",
     )
     assert_every_job_ended_exactly_once(run(config))
+
+
+@pytest.mark.timeout(RUN_TIMEOUT)
+@pytest.mark.parametrize("framework", ["rq", "celery"])
+def test_every_job_ends_exactly_once_when_the_leases_sentinel_fails_over_among_the_faults(
+    framework: str,
+) -> None:
+    config = RunConfig(
+        framework=framework,
+        seed=FIXED_SEED,
+        jobs=JOBS,
+        duration=DURATION,
+        drain=DRAIN,
+        sentinel=True,
+    )
+    report = run(config)
+    assert any(f.cls == SENTINEL_FAILOVER for f in report.faults), "the run failed the leases' Redis over"
+    assert_every_job_ended_exactly_once(report)

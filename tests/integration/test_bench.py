@@ -22,7 +22,9 @@ def test_the_core_benchmark_fills_redis_with_real_running_leases_and_sweeps_them
         assert (record.state, record.token) == (LeaseState.RUNNING, token)
 
 
-@pytest.mark.parametrize(("module", "framework"), [("bench.rq", "rq"), ("bench.celery", "celery")])
+@pytest.mark.parametrize(
+    ("module", "framework"), [("bench.rq", "rq"), ("bench.celery", "celery"), ("bench.cluster", "redis")]
+)
 def test_each_framework_benchmark_imports_against_the_current_package(module: str, framework: str) -> None:
     pytest.importorskip(framework)
     importlib.import_module(module)

@@ -24,13 +24,17 @@ from tests.support.job_bodies import note
 from zombieguard.integrations.celery import install
 
 PREFIX = os.environ.get("ZG_CELERY_PREFIX", "zgtest-celery")
+# A Sentinel broker and backend (sentinel:// URLs): the service the sentinels monitor.
+MASTER = (
+    {"master_name": os.environ["ZG_CELERY_MASTER_NAME"]} if os.environ.get("ZG_CELERY_MASTER_NAME") else {}
+)
 
 app = Celery("zgtests")
 app.conf.update(
     broker_url=os.environ.get("ZG_CELERY_BROKER", "redis://127.0.0.1:6379/9"),
     result_backend=os.environ.get("ZG_CELERY_BACKEND", "redis://127.0.0.1:6379/9"),
-    broker_transport_options={"global_keyprefix": f"{PREFIX}:"},
-    result_backend_transport_options={"global_keyprefix": f"{PREFIX}:"},
+    broker_transport_options={"global_keyprefix": f"{PREFIX}:", **MASTER},
+    result_backend_transport_options={"global_keyprefix": f"{PREFIX}:", **MASTER},
     task_default_queue=os.environ.get("ZG_CELERY_QUEUE", "zgq"),
     broker_connection_retry_on_startup=True,
     worker_prefetch_multiplier=int(os.environ.get("ZG_CELERY_PREFETCH", "1")),
@@ -250,6 +254,9 @@ works_in_steps = _register(bodies.works_in_steps, acks_late=True)
 kills_its_process = _register(bodies.kills_its_process, acks_late=True, reject_on_worker_lost=True)
 checkpointed = _register(bodies.checkpointed, acks_late=True)
 dies_the_first_times = _register(bodies.dies_the_first_times, acks_late=True, reject_on_worker_lost=True)
+loses_its_lease_then_dies = _register(
+    bodies.loses_its_lease_then_dies, acks_late=True, reject_on_worker_lost=True
+)
 starts_programs = _register(bodies.starts_programs, base=Recorded)
 runs_a_program = _register(bodies.runs_a_program)
 

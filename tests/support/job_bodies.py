@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import redis
+
 import zombieguard
 
 
@@ -121,6 +123,56 @@ def dies_the_first_times(directory: str, times: int) -> str:
     if len(notes(directory, "started")) <= times:
         os.kill(os.getpid(), signal.SIGKILL)
     return "survived"
+
+
+def loses_its_lease_then_dies(directory: str, redis_url: str, key_prefix: str) -> str:
+    """On its first run, its lease vanishes from Redis (as with a primary failed over before any
+    replica had it) and its process dies at once, before its worker's heartbeat can write the
+    lease again; later runs succeed."""
+    note(directory, "started")
+    if len(notes(directory, "started")) == 1:
+        _lose_lease(redis_url, key_prefix)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+def _lose_lease(redis_url: str, key_prefix: str) -> None:
+    """Delete the running job's lease once it is written."""
+    lease = f"{{{key_prefix}}}:lease:{_current_job_id()}"
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 5
+    while not client.exists(lease) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    client.delete(lease)
+    client.close()
+
+
+def loses_its_lease_then_hangs(directory: str, redis_url: str, key_prefix: str) -> str:
+    """On its first run, its lease vanishes from Redis (as with a primary failed over before any
+    replica had it) and it then holds the GIL in C code, the test to kill its whole worker; later
+    runs succeed."""
+    note(directory, "started")
+    if len(notes(directory, "started")) == 1:
+        _lose_lease(redis_url, key_prefix)
+        note(directory, "lease-lost")
+        _LIBC.usleep(60_000_000)
+    return "survived"
+
+
+def _current_job_id() -> str:
+    """The id of the RQ job or Celery task this process runs (each venv of the version matrix has
+    one of the two frameworks only)."""
+    try:
+        import rq  # noqa: PLC0415
+
+        job = rq.get_current_job()
+        if job is not None:
+            return str(job.id)
+    except ImportError:
+        pass
+    import celery  # noqa: PLC0415
+
+    return str(celery.current_task.request.id)
 
 
 def starts_programs(directory: str, then: str = "waits") -> str:

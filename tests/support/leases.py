@@ -8,7 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zombieguard.leases import AcquireStatus, JobSpec, LeaseRecord, LeaseStore, text
+from tests.support.waiting import wait_until
+from zombieguard.leases import AcquireStatus, JobSpec, LeaseRecord, LeaseState, LeaseStore, text
 from zombieguard.policy import Policy
 from zombieguard.recovery.deadletter import DeadLetterEntry
 from zombieguard.worker.attempt import Attempt
@@ -21,6 +22,7 @@ class RecordingAdapter:
     name: str = "test"
     republishes_unstarted: bool = False
     reclaims: bool = False
+    requeues_from_payload: bool = False
     requeued: list[str] = field(default_factory=list)
     failed: list[tuple[str, str, str]] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
@@ -96,3 +98,14 @@ def expire(store: LeaseStore, job_id: str) -> None:
     now = store.server_time()
     store.client.hset(key, "expires", repr(now - 0.001))
     store.client.zadd(store.due_key(text(adapter)), {job_id: now - 0.001})
+
+
+def ended(store: LeaseStore, job_id: str, timeout: float = 10) -> LeaseRecord:
+    """The job's lease once its end is recorded (a worker may record it after its framework's own)."""
+
+    def done() -> LeaseRecord | None:
+        record = store.record(job_id)
+        return record if record is not None and record.state is LeaseState.DONE else None
+
+    found: LeaseRecord = wait_until(done, timeout, what=f"the end of job {job_id} recorded")
+    return found

@@ -55,9 +55,14 @@ class RQHarness(WorkerHarness):
         return {k: v for k, v in {**os.environ, **self.env, **(extra or {})}.items() if v is not None}
 
     def start_worker(
-        self, cls: str = "GuardedWorker", env: dict[str, str] | None = None, options: Sequence[str] = ()
+        self,
+        cls: str = "GuardedWorker",
+        env: dict[str, str] | None = None,
+        options: Sequence[str] = (),
+        connection: Sequence[str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start ``rq worker -w <cls> <options>`` on the test's queue; wait until it has registered."""
+        """Start ``rq worker -w <cls> <options>`` on the test's queue; wait until it has registered.
+        ``connection``: how it finds its Redis (default ``--url`` and the test's)."""
         name = f"zgw-{uuid.uuid4().hex[:8]}"
         worker_class = cls if "." in cls else f"zombieguard.integrations.rq.{cls}"
         log = (self.workdir / f"{name}.log").open("wb")
@@ -68,8 +73,7 @@ class RQHarness(WorkerHarness):
                 "-w",
                 worker_class,
                 *options,
-                "--url",
-                self.redis_url,
+                *(("--url", self.redis_url) if connection is None else connection),
                 "--name",
                 name,
                 self.queue_name,
@@ -103,6 +107,11 @@ class RQHarness(WorkerHarness):
     def close(self) -> None:
         """Stop every worker (whole process groups) and delete what the test wrote."""
         self.kill_workers()
+        self.delete_written()
+        self.client.close()
+
+    def delete_written(self) -> None:
+        """Delete what the test wrote: RQ's keys of its queue, workers and jobs, and its own keys."""
         markers = [self.queue_name, *self.worker_names, *(job.id for job in self.jobs)]
         keys = [
             k
@@ -115,4 +124,3 @@ class RQHarness(WorkerHarness):
         self.client.srem("rq:queues", f"rq:queue:{self.queue_name}")
         for name in self.worker_names:
             self.client.srem("rq:workers", f"rq:worker:{name}")
-        self.client.close()

@@ -18,6 +18,8 @@ from tests.support.job_bodies import (  # noqa: F401 - enqueued by name as tests
     hang_on_socket,
     kills_its_process,
     long_job,
+    loses_its_lease_then_dies,
+    loses_its_lease_then_hangs,
     note,
     notes,
     runs_a_program,

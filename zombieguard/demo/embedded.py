@@ -36,6 +36,16 @@ def find_redis_server() -> str:
     )
 
 
+def terminate(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """End ``process``: SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:
@@ -87,12 +97,7 @@ class EmbeddedRedis:
     def stop(self) -> None:
         """Stop the server (its data is gone: it keeps nothing on disk)."""
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(5)
+            terminate(self._process)
             self._process = None
 
     def close(self) -> None:

@@ -29,6 +29,7 @@ import redis
 
 from zombieguard.enforcement.children import Found, job_of, owned_by
 from zombieguard.leases import LeaseStore
+from zombieguard.leases.connection import RedisTarget
 from zombieguard.ops.stats import add_ended_processes
 from zombieguard.policy import Settings
 
@@ -97,8 +98,9 @@ def read_line(fd: int) -> bytes:
 
 def reap(pid: int, owner: str, grace: float, leaving: int) -> list[str]:
     """Wait for the worker ``pid`` to die, then end what its jobs started (the processes ended)
-    and count them where the worker's first line on ``leaving`` says (a JSON object: ``redis_url``,
-    ``key_prefix``, ``adapter``; through a pipe, as its password must not show in argv)."""
+    and count them where the worker's first line on ``leaving`` says (a JSON object: ``redis``, a
+    :class:`~zombieguard.leases.connection.RedisTarget` as JSON, ``key_prefix``, ``adapter``;
+    through a pipe, as its password must not show in argv)."""
     try:
         where = json.loads(read_line(leaving) or b"{}")
     except ValueError:
@@ -116,7 +118,7 @@ def reap(pid: int, owner: str, grace: float, leaving: int) -> list[str]:
     )
     jobs = [job_of(p) for p in found.processes]  # read before they end
     ending = found.end(grace)
-    if where.get("redis_url"):
+    if where.get("redis"):
         try:
             record(where, found, jobs)
         except redis.RedisError as exc:
@@ -129,8 +131,8 @@ def record(where: dict[str, str], found: Found, jobs: list[str]) -> None:
     """Count the processes ended, and note on each job's lease those its run started (``jobs``:
     the job each process says it was started by, if it does: see
     :func:`~zombieguard.enforcement.children.marked`), before any sweeper ends the job's attempt."""
-    store = LeaseStore.from_url(
-        where["redis_url"], Settings(key_prefix=where.get("key_prefix", "zombieguard"))
+    store = LeaseStore.from_target(
+        RedisTarget.from_json(where["redis"]), Settings(key_prefix=where.get("key_prefix", "zombieguard"))
     )
     by_job: dict[str, list[str]] = {}
     for job, described in zip(jobs, found.described, strict=True):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import signal
@@ -49,15 +50,20 @@ from zombieguard.enforcement.watchdog import FROZEN_AFTER, process_exited
 from zombieguard.errors import LeaseLost
 from zombieguard.events import JobProcessesEnded, Subject, emit
 from zombieguard.leases import JobSpec, LeaseStore, Outcome
+from zombieguard.leases.connection import RedisTarget
 from zombieguard.ops.stats import EventCounter
-from zombieguard.policy import Policy, Settings
+from zombieguard.policy import Settings
 from zombieguard.recovery.sweeper import Sweeper
-from zombieguard.worker.onbehalf import release_written, write_lease
+from zombieguard.worker.onbehalf import give_up, release_written, slot_policy, write_lease
 
 log = logging.getLogger("zombieguard.enforcement.watchdog_process")
 
 POLL_SECONDS = 0.05
 """The shortest wait between two looks at the slots."""
+WATCHDOG_VARIABLE = "_ZOMBIEGUARD_WATCHDOG"
+"""The environment variable that gives this process the leases' Redis and the adapter's argument
+(a JSON object: ``redis``, a :class:`~zombieguard.leases.connection.RedisTarget` as JSON, and
+``adapter_arg``)."""
 THAWED_AFTER = 1.0
 """A look this much later than planned means this process did not run meanwhile (frozen with its
 worker, or the machine paused): the worker gets its grace again from then."""
@@ -268,18 +274,6 @@ class SlotWatcher:
         overdue_at = next_look(state, state.overdue_grace)
         return froze < overdue_at <= self._awake_since and state.confirmed_until < overdue_at
 
-    def _policy(self, state: SlotState) -> Policy:
-        """The fields of the job's policy that its lease holds, as its slot gives them."""
-        return Policy(
-            lease_ttl=state.lease_ttl,
-            hard_timeout=state.hard_timeout,
-            progress_timeout=state.progress_timeout,
-            lease_delay=None,
-            max_stalls=state.max_stalls,
-            dead_letter=state.dead_letter,
-            overdue_grace=state.overdue_grace,
-        )
-
     def _payload(self, slot: JobSlot, state: SlotState) -> str:
         payload: str = _load(self.payload_spec)(state, slot.payload()) if self.payload_spec else ""
         return payload
@@ -317,7 +311,7 @@ class SlotWatcher:
             payload,
             adapter=self._adapter_name(),
             worker=self.worker,
-            policy=self._policy(state),
+            policy=slot_policy(state),
         )
 
     def _write(self, slot: JobSlot, state: SlotState) -> None:
@@ -402,8 +396,21 @@ class SlotWatcher:
         dead). Nothing when another attempt holds the job (or its lease cannot be written now)."""
         try:
             token = state.token or self._lease_for(slot, state)
-            if token:
-                self.store.abandon(JobSpec(state.job_id, self._adapter_name(), "", ""), token, reason, stack)
+            if not token:
+                return
+            # Celery's message is kept in the slot only while its lease is to be written: without
+            # it, a lease that vanished is not written again, and the broker hands the message back.
+            payload = self._payload(slot, state)
+            give_up(
+                self.store,
+                state,
+                token,
+                reason,
+                adapter=self._adapter_name(),
+                worker=self.worker,
+                payload=None if self.payload_spec and not payload else payload,
+                stack=stack,
+            )
         except LeaseLost as exc:
             log.info("job %s: nothing to give up, another attempt holds it (%s)", state.job_id, exc)
         except Exception as exc:  # Redis away, a payload that does not load: its lease expires instead
@@ -447,14 +454,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pid", type=int, required=True)
     parser.add_argument("--slot", type=Path, required=True)
     parser.add_argument("--dump", type=Path, required=True)
-    parser.add_argument("--redis-url", required=True)
     parser.add_argument("--key-prefix", required=True)
     parser.add_argument(
         "--adapter",
         required=True,
         help="module:factory taking a Redis client, or the integration's name (abandon only)",
     )
-    parser.add_argument("--adapter-arg", default="", help="given to the adapter's factory")
     parser.add_argument(
         "--integration", default="", help="the integration's name (when --adapter is a factory)"
     )
@@ -472,7 +477,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The worker's Ctrl+C reaches its whole process group; this process ends when the worker does.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit)  # the worker stopping it: the last look of watch() first
-    store = LeaseStore.from_url(args.redis_url, Settings(key_prefix=args.key_prefix))
+    # The leases' Redis and the adapter's argument come through the environment: they may carry a
+    # password, and any local user can read a command line.
+    given = json.loads(os.environ.pop(WATCHDOG_VARIABLE, "{}"))
+    if "redis" not in given:
+        parser.error(f"{WATCHDOG_VARIABLE} must name the leases' Redis")
+    target = RedisTarget.from_json(given["redis"])
+    store = LeaseStore.from_target(target, Settings(key_prefix=args.key_prefix))
     EventCounter(store)  # what its sweep detects counts like any worker's
     watch(
         args.pid,
@@ -484,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker=args.worker,
         payload_spec=args.slot_payload,
         integration=args.integration,
-        adapter_arg=args.adapter_arg,
+        adapter_arg=given.get("adapter_arg", ""),
         workdir=args.workdir,
         owner=args.owner,
     )

@@ -36,6 +36,13 @@ class Keys:
         return f"{self.prefix}:fence"
 
     @property
+    def serving_key(self) -> str:
+        """The replication id of the primary the sweepers last saw, and since when it serves (a
+        string ``"<replid> <server time>"``): no lease is taken for stalled within its ``lease_ttl``
+        of a restart or a failover."""
+        return f"{self.prefix}:serving"
+
+    @property
     def adapters_key(self) -> str:
         """The set of integrations that hold leases here."""
         return f"{self.prefix}:adapters"

@@ -392,6 +392,9 @@ class Sweep:
     corrupt: tuple[tuple[str, str], ...]
     """(job id, what is wrong): reported and dropped from the due index, the record left for a person."""
     dead_workers: tuple[DeadWorker, ...]
+    replicated: bool = True
+    """Whether a replica acknowledged the claims (asked of a Sentinel service's primary only: a
+    former primary that is still up takes them, and loses them when Sentinel demotes it)."""
 
 
 @dataclass(frozen=True)

@@ -30,31 +30,25 @@ class WorkerRegistry(Keys):
         ) -> list[RenewCode]: ...
 
     def register_worker(self, name: str, info: Mapping[str, str], ttl: float) -> None:
-        """Announce a worker: its description, and its presence until ``ttl`` from now (server time)."""
-        pipe = self.client.pipeline(transaction=True)
+        """Announce a worker: its description (with ``ttl``, for the sweepers), and its presence
+        until ``ttl`` from now (server time)."""
+        pipe = self.client.pipeline(transaction=False)
         pipe.delete(self.worker_key(name))
-        description: dict[Any, Any] = dict(info)
+        description: dict[Any, Any] = {**info, "ttl": repr(ttl)}
         pipe.hset(self.worker_key(name), mapping=description)
         pipe.execute()
         self.renew(info.get("adapter", "core"), name, ttl, [])
 
     def deregister_worker(self, name: str) -> None:
         """A worker leaves cleanly: it is not a zombie."""
-        pipe = self.client.pipeline(transaction=True)
+        pipe = self.client.pipeline(transaction=False)
         pipe.zrem(self.workers_key, name)
         pipe.delete(self.worker_key(name), self.held_key(name))
         pipe.execute()
 
-    def announce_presence(self, adapter: str, worker: str) -> None:
-        """The worker's presence connection is subscribed to its channel: watch it from now on."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.sadd(self.presence_key(adapter), worker)
-        pipe.hdel(self.absent_key(adapter), worker)
-        pipe.execute()
-
     def withdraw_presence(self, adapter: str, worker: str) -> None:
         """The worker leaves: its presence connection, about to close, is not watched any more."""
-        pipe = self.client.pipeline(transaction=True)
+        pipe = self.client.pipeline(transaction=False)
         pipe.srem(self.presence_key(adapter), worker)
         pipe.hdel(self.absent_key(adapter), worker)
         pipe.execute()

@@ -11,12 +11,14 @@ SCRIPTS = (
     "release",
     "reestablish",
     "abandon",
+    "carry",
     "claim",
     "decide",
     "finish",
     "seize",
     "completed",
     "presence",
+    "announce",
     "ended",
 )
 

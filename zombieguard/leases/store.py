@@ -15,6 +15,14 @@ import redis
 
 from zombieguard.errors import LeaseLost
 from zombieguard.leases import wire
+from zombieguard.leases.connection import (
+    RedisTarget,
+    cluster_managed,
+    failed_over,
+    primary_of,
+    sentinel_managed,
+    serving_node,
+)
 from zombieguard.leases.records import (
     Acquired,
     AttemptRecord,
@@ -36,6 +44,18 @@ from zombieguard.leases.scripts import SCRIPTS, load_script
 from zombieguard.policy import Policy, Settings
 
 log = logging.getLogger("zombieguard.leases")
+
+
+ACQUIRE_PRIMARY_AGE = 1.0
+"""On a Sentinel service, an acquire first asks the sentinels for the primary when this process
+last asked more than this many seconds ago (see :func:`primary_of`): a process that slept through a
+failover (frozen, or a pool process that only runs jobs) would otherwise start a job on the former
+primary, which takes writes until Sentinel demotes it, while another worker runs the same job on
+the new one."""
+
+REPLICA_WAIT_MS = 200
+"""How long a claim, or an attempt given up, on a Sentinel service's primary waits for a replica
+to acknowledge it."""
 
 
 def _ms(seconds: float) -> int:
@@ -62,8 +82,29 @@ class LeaseStore(WorkerRegistry):
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> LeaseStore:
-        """A store on its own connection pool to ``url``."""
-        return cls(redis.Redis.from_url(url, health_check_interval=30), settings)
+        """A store on its own connection pool to ``url`` (any URL :class:`RedisTarget` reads)."""
+        return cls.from_target(RedisTarget.from_url(url), settings)
+
+    @classmethod
+    def from_target(cls, target: RedisTarget, settings: Settings | None = None) -> LeaseStore:
+        """A store on its own connection pool to ``target``."""
+        return cls(target.client(health_check_interval=30), settings)
+
+    def serving(self, max_age: float = 0.0) -> tuple[str, int] | None:
+        """The node that serves our keys where it can change (see :func:`serving_node`): a Sentinel
+        service's primary, a Cluster's primary for the prefix's slot; None for one server."""
+        return serving_node(self.client, self.fence_key, max_age)
+
+    def node_client(self) -> redis.Redis:
+        """A client of the one node that serves our keys, for what must reach that node itself:
+        the presence connection (Redis counts a channel's subscribers per node), INFO, and the
+        commands written by hand (:mod:`~zombieguard.leases.wire`). On a Cluster, the primary of
+        the prefix's slot as last known (:meth:`serving` follows it); else the store's own client."""
+        if cluster_managed(self.client):
+            cluster: Any = self.client
+            client: redis.Redis = cluster.get_redis_connection(cluster.get_node_from_key(self.fence_key))
+            return client
+        return self.client
 
     def _static_fields(
         self, job: JobSpec, worker: str, policy: Policy, tag: str = "", *, on_behalf: bool = False
@@ -183,6 +224,7 @@ class LeaseStore(WorkerRegistry):
         the execution, or the other way, is marked adopted: the execution records its end (see
         :meth:`release`'s ``unless_adopted``)."""
         keys, args = self._acquire_call(job, worker, policy, delivery_attempt, tag, on_behalf=on_behalf)
+        primary_of(self.client, ACQUIRE_PRIMARY_AGE)
         return Acquired.from_reply(job.job_id, self._scripts["acquire"](keys=keys, args=args))
 
     def send_acquire(
@@ -202,16 +244,19 @@ class LeaseStore(WorkerRegistry):
         of its own. ``tag``: as for :meth:`acquire` (an acquire sent again under the same tag, its
         reply lost, takes the lease the first one wrote).
         """
+        primary_of(self.client, ACQUIRE_PRIMARY_AGE)
+        node = self.node_client()
         if not self._loaded:
             for name in ("acquire", "release"):
-                self._scripts[name].sha = text(self.client.script_load(self._scripts[name].script))
+                self._scripts[name].sha = text(node.script_load(self._scripts[name].script))
             self._loaded = True
         packed = b"".join(self._packed_release(r) for r in releases) + self._packed_acquire(
             job, worker, policy, delivery_attempt, tag
         )
         return wire.PendingAcquire(
             self,
-            wire.send(self.client, packed),
+            node.connection_pool,
+            wire.send(node, packed),
             job,
             worker=worker,
             policy=policy,
@@ -336,10 +381,19 @@ class LeaseStore(WorkerRegistry):
         return self._check_fenced(job.job_id, token, reply)
 
     def release_many(self, releases: Sequence[DeferredRelease]) -> None:
-        """Write deferred releases in one round trip. A refused one (superseded) is logged, not raised."""
+        """Write deferred releases in one round trip (on a Cluster, one each: redis-py's Cluster
+        pipelines do not all take scripts). A refused one (superseded) is logged, not raised."""
+        calls = [self._release_call(r.job, r.token, r.outcome, r.reason, None) for r in releases]
+        if cluster_managed(self.client):
+            for release, (keys, args) in zip(releases, calls, strict=True):
+                try:
+                    raw = self._scripts["release"](keys=keys, args=args)
+                except redis.RedisError as exc:
+                    raw = exc
+                wire.log_deferred_release(release, raw)
+            return
         pipe = self.client.pipeline(transaction=False)
-        for release in releases:
-            keys, args = self._release_call(release.job, release.token, release.outcome, release.reason, None)
+        for keys, args in calls:
             self._scripts["release"](keys=keys, args=args, client=pipe)
         for release, raw in zip(releases, pipe.execute(raise_on_error=False), strict=True):
             wire.log_deferred_release(release, raw)
@@ -355,14 +409,48 @@ class LeaseStore(WorkerRegistry):
 
     def abandon(self, job: JobSpec, token: int, reason: Outcome, stack: str | None = None) -> str:
         """Give an attempt up now (its process died or was killed): the sweeper acts on ``reason``
-        (stalled: recover; timed out, hung: fail). Raise LeaseLost when superseded."""
+        (stalled: recover; timed out, hung: fail). Raise LeaseLost when superseded.
+
+        On a Sentinel service the job is then only in the lease (its framework lets go of it), so
+        the write must outlive a failover: one no replica acknowledged, made on a primary the
+        sentinels no longer name, is made again on the new one (:meth:`carry`)."""
         keys = [self.lease_key(job.job_id), self.due_key(job.adapter)]
-        reply = [
-            text(item)
-            for item in self._scripts["abandon"](
-                keys=keys, args=[str(token), job.job_id, reason.value, stack or ""]
-            )
+        args = [str(token), job.job_id, reason.value, stack or ""]
+        if not sentinel_managed(self.client):
+            reply = self._scripts["abandon"](keys=keys, args=args)
+            return self._check_fenced(job.job_id, token, [text(item) for item in reply])
+        # Asked now: the write goes where the pool connects now, and is compared with that below.
+        primary = primary_of(self.client)
+        pipe = self.client.pipeline(transaction=False)
+        self._scripts["abandon"](keys=keys, args=args, client=pipe)
+        pipe.hgetall(keys[0])
+        pipe.execute_command("WAIT", 1, REPLICA_WAIT_MS)  # type: ignore[no-untyped-call]
+        reply, lease, acknowledged = pipe.execute()
+        code = self._check_fenced(job.job_id, token, [text(item) for item in reply])
+        if code != "ok" or int(acknowledged) >= 1:
+            return code
+        new = failed_over(self.client, primary)
+        if new is None:
+            return code
+        log.warning(
+            "job %s: given up on %s:%s, no longer the primary; written again on %s:%s",
+            job.job_id,
+            *(primary or ("?", "?")),
+            *new,
+        )
+        return self.carry(job, token, {text(field): text(value) for field, value in lease.items()})
+
+    def carry(self, job: JobSpec, token: int, lease: dict[str, str]) -> str:
+        """Write ``lease``, as a former primary held it, on the current one (see carry.lua)."""
+        keys = [
+            self.lease_key(job.job_id),
+            self.due_key(job.adapter),
+            self.fence_key,
+            self.adapters_key,
+            self.held_key(lease.get("worker", "")),
         ]
+        args = [str(token), job.job_id, *(item for pair in lease.items() for item in pair)]
+        reply = [text(item) for item in self._scripts["carry"](keys=keys, args=args)]
         return self._check_fenced(job.job_id, token, reply)
 
     def note_ended_processes(
@@ -386,9 +474,18 @@ class LeaseStore(WorkerRegistry):
 
     def claim(self, adapter: str, sweeper: str, limit: int | None = None) -> Sweep:
         """Claim due leases of one integration, and collect workers whose presence expired."""
-        keys = [self.due_key(adapter), self.fence_key, self.workers_key]
+        keys = [self.due_key(adapter), self.fence_key, self.workers_key, self.serving_key]
         args = [str(limit or self.settings.sweep_batch), repr(self.settings.claim_ttl), sweeper, self.prefix]
-        raw_claims, raw_dead = self._scripts["claim"](keys=keys, args=args)
+        replicated = True
+        if not sentinel_managed(self.client):
+            raw_claims, raw_dead = self._scripts["claim"](keys=keys, args=args)
+        else:
+            # On the same connection: WAIT answers for the writes of the connection it is sent on.
+            pipe = self.client.pipeline(transaction=False)
+            self._scripts["claim"](keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", 1, REPLICA_WAIT_MS)  # type: ignore[no-untyped-call]
+            (raw_claims, raw_dead), acknowledged = pipe.execute()
+            replicated = int(acknowledged) >= 1
         claimed: list[Claimed] = []
         corrupt: list[tuple[str, str]] = []
         for item in raw_claims:
@@ -415,7 +512,12 @@ class LeaseStore(WorkerRegistry):
                 )
             )
         dead = tuple(DeadWorker(text(entry[0]), _flat_pairs(entry[1])) for entry in raw_dead)
-        return Sweep(tuple(claimed), tuple(corrupt), dead)
+        return Sweep(tuple(claimed), tuple(corrupt), dead, replicated)
+
+    def announce_presence(self, adapter: str, worker: str) -> None:
+        """The worker's presence connection is subscribed to its channel: watch it from now on
+        (``announce.lua``)."""
+        self._scripts["announce"](keys=[self.presence_key(adapter), self.absent_key(adapter)], args=[worker])
 
     def look_at_presence(
         self,
@@ -532,6 +634,15 @@ class LeaseStore(WorkerRegistry):
     def queues_of(self, adapter: str) -> list[str]:
         """The queues guarded jobs of ``adapter`` ran from (acquire records each)."""
         return sorted(text(q) for q, a in self.client.hgetall(self.queues_key).items() if text(a) == adapter)
+
+    def eviction(self) -> tuple[int, str] | None:
+        """Redis's ``maxmemory`` and ``maxmemory-policy`` when they let it evict our keys (a limit is
+        set and the policy is not ``noeviction``; the ``volatile-*`` ones evict leases too, as they
+        expire), else None. Read from ``INFO memory``, which managed Redis services answer where
+        they refuse ``CONFIG GET``."""
+        info: Any = self.node_client().info("memory")
+        limit, policy = int(info.get("maxmemory") or 0), text(info.get("maxmemory_policy") or "noeviction")
+        return (limit, policy) if limit and policy != "noeviction" else None
 
     def server_time(self) -> float:
         """The Redis server's clock, the one every lease is timed by."""

@@ -27,6 +27,12 @@ def connection_from(pool: Any) -> Any:
         return pool.get_connection("EVALSHA")
 
 
+_SEND_AGAIN = (redis.exceptions.NoScriptError, redis.exceptions.AskError, redis.exceptions.TryAgainError)
+"""Replies that say a command was not run where it was sent, and goes through the ordinary call:
+NOSCRIPT after a Redis restart, MOVED or ASK (AskError is MOVED's base) when a Cluster's slot moved,
+TRYAGAIN while it moves."""
+
+
 def bulk(value: str) -> bytes:
     """One argument of a command, as the Redis protocol's bulk string."""
     data = value.encode()
@@ -66,6 +72,7 @@ class PendingAcquire:
     def __init__(
         self,
         store: LeaseStore,
+        pool: Any,
         connection: Any,
         job: JobSpec,
         *,
@@ -76,6 +83,7 @@ class PendingAcquire:
         tag: str = "",
     ) -> None:
         self._store = store
+        self._pool = pool
         self._connection = connection
         self._call = (job, worker, policy, delivery_attempt, tag)
         self._releases = releases
@@ -83,7 +91,7 @@ class PendingAcquire:
     def result(self) -> Acquired:
         """Read the replies (the releases sent along are logged when refused) and return the acquire's."""
         job, worker, policy, delivery_attempt, tag = self._call
-        pool = self._store.client.connection_pool
+        pool = self._pool
         replies: list[Any] = []
         try:
             for _ in range(len(self._releases) + 1):
@@ -97,12 +105,13 @@ class PendingAcquire:
         finally:
             pool.release(self._connection)
         for release, raw in zip(self._releases, replies, strict=False):
-            if isinstance(raw, redis.exceptions.NoScriptError):
+            if isinstance(raw, _SEND_AGAIN):
                 self._store.release_many([release])
             else:
                 log_deferred_release(release, raw)
         if isinstance(replies[-1], redis.ResponseError):
-            # NOSCRIPT after a Redis restart, say: the ordinary call loads the script again.
+            # NOSCRIPT, MOVED, ASK, TRYAGAIN (see _SEND_AGAIN): the ordinary call loads the script
+            # again, and follows the slot.
             self._store.scripts_lost()
             return self._store.acquire(job, worker, policy, delivery_attempt, tag=tag)
         return Acquired.from_reply(job.job_id, replies[-1])

@@ -24,6 +24,7 @@ import redis
 from zombieguard.adapter import JobAdapter
 from zombieguard.errors import ConfigurationError, IntegrationNotAvailable, ZombieGuardError
 from zombieguard.leases import LeaseState, LeaseStore, text
+from zombieguard.leases.connection import RedisTarget
 from zombieguard.ops.integrations import REGISTRY, load
 from zombieguard.ops.stats import EventCounter
 from zombieguard.ops.status import Status, duration, table
@@ -41,23 +42,31 @@ class UsageError(ZombieGuardError):
 
 def _store(args: argparse.Namespace) -> LeaseStore:
     config: Config = current_config()
-    url = args.redis_url or config.settings.redis_url
-    if not url:
+    if args.redis_url:
+        target = RedisTarget.from_url(args.redis_url, "--redis-url")
+    elif config.settings.redis_url:
+        target = RedisTarget.from_url(config.settings.redis_url)
+    else:
         raise UsageError("no Redis named: pass --redis-url or set ZOMBIEGUARD_REDIS_URL")
-    store = LeaseStore.from_url(url, config.settings)
+    store = LeaseStore.from_target(target, config.settings)
     store.client.ping()
     return store
 
 
-def _adapters(store: LeaseStore, names: set[str], celery_app: str | None = None) -> dict[str, JobAdapter]:
+def _adapters(
+    store: LeaseStore, names: set[str], args: argparse.Namespace, celery_app: str | None = None
+) -> dict[str, JobAdapter]:
     """The adapters of the integrations ``names`` (those not installed here are left out);
-    ``celery_app``: the Celery app (``module:app``) Celery's adapter acts through."""
+    ``celery_app``: the Celery app (``module:app``) Celery's adapter acts through; RQ's acts on
+    the Redis ``--rq-url`` or ``RQ_REDIS_URL`` names, the leases' by default."""
+    rq_url = getattr(args, "rq_url", None) or os.environ.get("RQ_REDIS_URL")
     adapters: dict[str, JobAdapter] = {}
     for name, integration in REGISTRY.items():
         if name not in names:
             continue
         try:
-            adapters[name] = load(integration.adapter)(store.client, {"celery": celery_app}.get(name))
+            given = {"celery": celery_app, "rq": rq_url}.get(name)
+            adapters[name] = load(integration.adapter)(store.client, given)
         except IntegrationNotAvailable:
             continue
     return adapters
@@ -80,7 +89,9 @@ def _print(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None
 def _status(args: argparse.Namespace, store: LeaseStore) -> tuple[dict[str, Any], Callable[[], str]]:
     celery_app = _celery_app(args)
     queues = {text(a) for a in store.client.hvals(store.queues_key)}
-    status = Status.read(store, args.queue, _adapters(store, _integrations(celery_app) & queues, celery_app))
+    status = Status.read(
+        store, args.queue, _adapters(store, _integrations(celery_app) & queues, args, celery_app)
+    )
     return status.as_dict(), status.text
 
 
@@ -202,7 +213,9 @@ def cmd_dlq_requeue(args: argparse.Namespace) -> int:
     store = _store(args)
     dlq = DeadLetterStore(store)
     entries = _selected(args, dlq)
-    done = dlq.requeue(entries, _adapters(store, {entry.adapter for entry in entries}, _celery_app(args)))
+    done = dlq.requeue(
+        entries, _adapters(store, {entry.adapter for entry in entries}, args, _celery_app(args))
+    )
     _print(
         args, {"requeued": done}, lambda: f"requeued {len(done)} job(s)" + "".join(f"\n  {j}" for j in done)
     )
@@ -231,7 +244,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     workers. Safe to run several, and beside the workers' own sweepers: claims are atomic."""
     store = _store(args)
     celery_app = _celery_app(args)
-    adapters = _adapters(store, _integrations(celery_app), celery_app)
+    adapters = _adapters(store, _integrations(celery_app), args, celery_app)
     if not adapters:
         raise UsageError("no integration to sweep for: install RQ, or name the Celery app with --celery-app")
     sweeper = Sweeper(store, adapters, name=f"cli:{socket.gethostname()}:{os.getpid()}", sender="sweeper")
@@ -270,7 +283,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
     record = store.record(args.job_id)
     if record is None or record.state is not LeaseState.RUNNING:
         raise LookupError(f"job {args.job_id} is not running under a lease")
-    adapters = _adapters(store, {record.adapter}, _celery_app(args))
+    adapters = _adapters(store, {record.adapter}, args, _celery_app(args))
     user = "someone"
     with contextlib.suppress(Exception):  # no user name where the environment and passwd have none
         user = getpass.getuser()
@@ -287,18 +300,25 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from zombieguard.ops import doctor  # noqa: PLC0415
 
     config = current_config()
-    url = args.redis_url
+    target = RedisTarget.from_url(args.redis_url, "--redis-url") if args.redis_url else None
     if args.celery_app:
-        config, app_url = load(REGISTRY["celery"].configuration or "")(args.celery_app)
-        url = url or app_url
-    url = url or config.settings.redis_url
-    if not url:
+        config, app_target = load(REGISTRY["celery"].configuration or "")(args.celery_app)
+        target = target or app_target
+    if target is None and config.settings.redis_url:
+        target = RedisTarget.from_url(config.settings.redis_url)
+    if target is None:
         raise UsageError("no Redis named: pass --redis-url or set ZOMBIEGUARD_REDIS_URL")
     findings = doctor.check_policies(config)
-    store, unreachable = doctor.check_redis(url, lambda u: LeaseStore.from_url(u, config.settings))
-    findings += unreachable
-    if store is not None:
+    store, unreachable = doctor.check_redis(target, lambda t: LeaseStore.from_target(t, config.settings))
+    findings += unreachable + doctor.check_tls(target)
+    refused = doctor.check_access(store, target) if store is not None else []
+    findings += refused
+    if store is not None and not refused:  # else the checks below are refused as well
         findings += doctor.check_clock(store)
+        findings += doctor.check_eviction(store, target.describe())
+        findings += doctor.check_replicas(store, target)
+    else:
+        store = None
     for name, integration in REGISTRY.items():
         try:
             check = load(integration.checks)
@@ -360,11 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
     # so that they never overwrite a value given before it.
     common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     common.add_argument("--redis-url", help="the Redis holding the leases (default: ZOMBIEGUARD_REDIS_URL)")
+    common.add_argument(
+        "--rq-url", help="RQ's Redis, where it is not the leases' (default: RQ_REDIS_URL, else the leases')"
+    )
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser = argparse.ArgumentParser(
         prog="zombieguard", description="Zombie-job protection for Celery and RQ."
     )
     parser.add_argument("--redis-url", default=None, help="the Redis holding the leases")
+    parser.add_argument("--rq-url", default=None, help="RQ's Redis, where it is not the leases'")
     parser.add_argument("--json", action="store_true", default=False, help="print JSON for scripts")
     commands = parser.add_subparsers(dest="command", required=True)
 

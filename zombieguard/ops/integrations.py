@@ -20,7 +20,8 @@ class Integration:
     """The name leases record (``JobAdapter.name``)."""
     adapter: str
     """``factory(connection, app)``: the :class:`~zombieguard.adapter.JobAdapter` the CLI acts
-    through; ``app`` is the application named on the command line (``--celery-app``), or None."""
+    through; ``app`` is what the command line names for it (Celery's ``--celery-app``, RQ's
+    ``--rq-url``), or None."""
     checks: str
     """``check(store, app)``: the problems ``zombieguard doctor`` finds in this integration's part of
     the deployment, a list of :class:`~zombieguard.ops.doctor.Finding`."""

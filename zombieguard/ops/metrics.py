@@ -13,6 +13,8 @@ Two sources, each registered on your registry (or served by ``zombieguard metric
   ``zombieguard_jobs_recovered_total``               requeued as a new attempt
   ``zombieguard_jobs_dead_lettered_total``           quarantined after max_stalls
   ``zombieguard_leases_lost_total``                  superseded attempts that found out
+  ``zombieguard_leases_vanished_total``              leases missing from Redis while their worker
+                                                      renewed them (evicted, restart, failover)
   ``zombieguard_child_processes_ended_total``        processes jobs started, ended with them (a
                                                       stop, or their worker's death)
   ``zombieguard_worker_zombies_total``               workers gone silent, or threads stuck
@@ -60,6 +62,11 @@ _COUNTER_OF = {
     "recovered": ("zombieguard_jobs_recovered", "Stalled jobs requeued as a new attempt."),
     "dead_lettered": ("zombieguard_jobs_dead_lettered", "Jobs quarantined after max_stalls."),
     "lease_lost": ("zombieguard_leases_lost", "Superseded attempts that found out they lost the lease."),
+    "lease_vanished": (
+        "zombieguard_leases_vanished",
+        "Leases missing from Redis while their worker renewed them (evicted, or lost in a restart or a "
+        "failover).",
+    ),
     "processes_ended": (
         "zombieguard_child_processes_ended",
         "Processes jobs started, ended with them (a stop, or their worker's death).",

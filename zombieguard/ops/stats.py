@@ -27,6 +27,7 @@ from zombieguard.events import (
     job_stalled,
     job_timed_out,
     lease_lost,
+    lease_vanished,
     worker_zombie,
 )
 from zombieguard.leases import LeaseStore, text
@@ -38,6 +39,7 @@ COUNTED: tuple[Signal, ...] = (
     job_recovered,
     job_dead_lettered,
     lease_lost,
+    lease_vanished,
     job_processes_ended,
     worker_zombie,
 )

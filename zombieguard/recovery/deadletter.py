@@ -183,9 +183,11 @@ class DeadLetterStore:
         return sum(self._drop(job_id, keep_checkpoint=False) for job_id in job_ids)
 
     def _drop(self, job_id: str, keep_checkpoint: bool) -> int:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hdel(self.store.dlq_key, job_id)
+        # The index first: a reader between the two finds an entry it does not list, never one it
+        # lists without its record (one slot of a Cluster takes no MULTI from every redis-py).
+        pipe = self.client.pipeline(transaction=False)
         pipe.zrem(self.store.dlq_index_key, job_id)
+        pipe.hdel(self.store.dlq_key, job_id)
         if not keep_checkpoint:
             pipe.delete(self.store.checkpoint_key(job_id))
-        return int(pipe.execute()[0])
+        return int(pipe.execute()[1])

@@ -15,6 +15,7 @@ import redis
 from zombieguard.containment import contained, log
 from zombieguard.events import WorkerZombie, emit
 from zombieguard.leases import LeaseStore, PresenceLook
+from zombieguard.leases.connection import PRIMARY_MAX_AGE, primary_of
 from zombieguard.recovery.sweeper import Sweeper
 
 SEATS = 2
@@ -44,6 +45,9 @@ class PresenceWatch:
         """One look (if this sweeper holds or takes a seat); a dead worker's jobs are swept at once.
         Raises ``redis.RedisError``."""
         settings = self.store.settings
+        # On a Sentinel service, look at the primary the sentinels name now: the presence connections
+        # leave a former one (still up until Sentinel demotes it) once they name another.
+        primary_of(self.store.client, max_age=0.0 if self.watching else PRIMARY_MAX_AGE)
         seen = self.store.look_at_presence(
             self.adapter,
             self.sweeper.name,

@@ -49,8 +49,23 @@ from zombieguard.leases import (
     LeaseStore,
     Outcome,
 )
+from zombieguard.leases.connection import failed_over, primary_of
 from zombieguard.recovery import silence
 from zombieguard.recovery.deadletter import DeadLetterEntry
+
+
+def _say(record: LeaseRecord, what: str, then: str) -> None:
+    """One log line for a sweeper's decision on a job: its integration, task and id, the attempt
+    and what happened to it, and what happens next."""
+    log.warning(
+        "%s job %s[%s]: attempt %d %s; %s",
+        record.adapter,
+        record.task,
+        record.job_id,
+        record.attempt,
+        what,
+        then,
+    )
 
 
 def record_event(kind: type[JobEvent], record: LeaseRecord, reason: str, **extra: Any) -> JobEvent:
@@ -126,11 +141,34 @@ class Sweeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def _demoted(self, primary: tuple[str, int] | None) -> bool:
+        """No replica acknowledged this sweep's claims (see :func:`failed_over`): a former primary's
+        claims are dropped (they go with its data, and the new primary's sweep makes them again), a
+        primary whose replicas are only slow or down has them acted on."""
+        now = failed_over(self.store.client, primary, self._stop.wait)
+        if now is None:
+            log.warning("sweeper %s: no replica acknowledged its claims; acting on them", self.name)
+            return False
+        log.warning(
+            "sweeper %s: claims made on %s:%s, no longer the primary (%s:%s); left to the new one",
+            self.name,
+            *(primary or ("?", "?")),
+            *now,
+        )
+        return True
+
     def sweep_once(self) -> SweepReport:
         """One pass over every adapter: claim what is due and act on it. Raises RedisError."""
         report = SweepReport()
+        # On a Sentinel service, decide on the primary the sentinels name now: a former one that is
+        # still up (Sentinel demotes it seconds after a failover) holds leases its workers left. Asked
+        # at each sweep (once a second), not from a cache: claims no replica acknowledged are then
+        # judged against the node they were made on.
+        primary = primary_of(self.store.client)
         for adapter_name, adapter in self.adapters.items():
             sweep = self.store.claim(adapter_name, self.name)
+            if not sweep.replicated and (sweep.claimed or sweep.dead_workers) and self._demoted(primary):
+                continue
             report.full = (
                 report.full or len(sweep.claimed) + len(sweep.corrupt) >= self.store.settings.sweep_batch
             )
@@ -212,6 +250,7 @@ class Sweeper:
             return
         if self._finish(claimed, FinishedState.FAILED, ended):
             report.failed.append(record.job_id)
+            _say(record, why, f"failed as {claimed.reason.value.replace('_', ' ')}")
             emit(self.sender, record_event(JobHungEvent if hung else JobTimedOut, record, why))
 
     def _stalled(self, adapter: JobAdapter, claimed: Claimed, report: SweepReport) -> None:
@@ -231,6 +270,12 @@ class Sweeper:
                 claimed, FinishedState.QUEUED, ended, republish_after=_republish_after(adapter, record, 0)
             ):
                 report.recovered.append(record.job_id)
+                _say(
+                    record,
+                    f"stalled ({why})",
+                    f"requeued as attempt {record.attempt + 1} (stall {stalls} of max_stalls "
+                    f"{record.max_stalls})",
+                )
                 emit(self.sender, stalled)
                 details = (("stalls", stalls), ("next_attempt", record.attempt + 1))
                 emit(self.sender, record_event(JobRecovered, record, why, details=details))
@@ -246,11 +291,17 @@ class Sweeper:
         if not record.dead_letter:
             if self._finish(claimed, FinishedState.FAILED, ended):
                 report.failed.append(record.job_id)
+                _say(record, f"stalled ({why})", f"{verdict}; failed (dead_letter is off)")
                 emit(self.sender, stalled)
             return
         entry = DeadLetterEntry.from_claim(claimed, ended, verdict)
         if self._finish(claimed, FinishedState.DEAD_LETTERED, ended, entry.to_json()):
             report.dead_lettered.append(record.job_id)
+            _say(
+                record,
+                f"stalled ({why})",
+                f"{verdict}; dead-lettered (see: zombieguard dlq show {record.job_id})",
+            )
             emit(self.sender, stalled)
             emit(self.sender, record_event(JobDeadLettered, record, verdict, details=(("stalls", stalls),)))
 
@@ -281,6 +332,7 @@ class Sweeper:
             return
         if self._finish(claimed, FinishedState.FAILED, ended):
             report.failed.append(record.job_id)
+            _say(record, why, "failed as stopped")
             details = (("stopped_by", record.stopped_by),)
             emit(self.sender, record_event(JobCompleted, record, Outcome.STOPPED.value, details=details))
 

@@ -21,7 +21,7 @@ import redis
 from zombieguard.containment import log
 from zombieguard.enforcement.children import OWNER_VARIABLE, JobProcesses, marked
 from zombieguard.errors import LeaseLost, NotInGuardedJob
-from zombieguard.events import JobEvent, LeaseLostEvent, Subject, emit
+from zombieguard.events import JobEvent, LeaseLostEvent, LeaseVanished, Subject, emit
 from zombieguard.leases import Acquired, AcquireStatus, CorruptRecord, JobSpec, LeaseStore, Outcome
 from zombieguard.policy import Policy
 
@@ -359,7 +359,12 @@ class Attempt:
             started=self.started_at,
         )
         if created:
-            log.warning("job %s: lease was missing from Redis and is re-established", self.job.job_id)
+            log.warning(
+                "job %s: its lease was missing from Redis while this worker renewed it (evicted, or "
+                "lost in a Redis restart or failover); written again",
+                self.job.job_id,
+            )
+            emit(self.job.adapter, self.event(LeaseVanished, reason="missing from Redis"))
         return created
 
     def release(self, outcome: Outcome, reason: str = "", stack: str | None = None) -> None:

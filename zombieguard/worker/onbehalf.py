@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 
+from zombieguard.containment import log
 from zombieguard.enforcement.slot import SlotState
 from zombieguard.errors import LeaseLost
+from zombieguard.events import LeaseVanished, Subject, emit
 from zombieguard.leases import AcquireStatus, JobSpec, LeaseStore, Outcome
 from zombieguard.policy import Policy
 
@@ -27,6 +29,82 @@ def write_lease(
     spec = JobSpec(state.job_id, adapter, state.task, state.queue, payload)
     acquired = store.acquire(spec, worker, policy, state.attempt or 1, tag=state.tag, on_behalf=True)
     return acquired.token if acquired.status is AcquireStatus.ACQUIRED else 0
+
+
+def write_again(
+    store: LeaseStore,
+    state: SlotState,
+    token: int,
+    payload: str,
+    *,
+    adapter: str,
+    worker: str,
+    policy: Policy,
+) -> bool:
+    """Write again, from its slot, the lease (of ``token``) of a job whose process died before its
+    body ended, when Redis no longer has it: it was lost with a primary failed over before any
+    replica had it, or in a restart without persistence. The job can then be given up and
+    recovered, as its worker's heartbeat would have written the lease again had it lived. Says so
+    (a warning, :class:`~zombieguard.events.LeaseVanished`). False when a record exists after all.
+    Raises ``redis.RedisError``."""
+    spec = JobSpec(state.job_id, adapter, state.task, state.queue, payload)
+    created = store.reestablish(
+        spec,
+        worker,
+        policy,
+        token=token,
+        attempt=state.attempt or 1,
+        stalls=state.stalls,
+        started=state.started_at,
+    )
+    if created:
+        log.warning(
+            "%s job %s: its lease was missing from Redis when its process died (lost in a failover, "
+            "or a restart without persistence); written again to recover it",
+            adapter,
+            state.job_id,
+        )
+        subject = Subject(state.job_id, state.task, state.queue, state.attempt, worker, adapter)
+        emit(adapter, subject.event(LeaseVanished, reason="missing from Redis when its process died"))
+    return created
+
+
+def slot_policy(state: SlotState) -> Policy:
+    """The fields of the job's policy that its lease holds, as its slot gives them."""
+    return Policy(
+        lease_ttl=state.lease_ttl,
+        hard_timeout=state.hard_timeout,
+        progress_timeout=state.progress_timeout,
+        lease_delay=None,
+        max_stalls=state.max_stalls,
+        dead_letter=state.dead_letter,
+        overdue_grace=state.overdue_grace,
+    )
+
+
+def give_up(
+    store: LeaseStore,
+    state: SlotState,
+    token: int,
+    reason: Outcome,
+    *,
+    adapter: str,
+    worker: str,
+    payload: str | None,
+    stack: str | None = None,
+) -> None:
+    """Give up, for a sweeper to act on ``reason``, the attempt (of ``token``) that the slot
+    ``state`` shows, its process dead or killed. A lease missing from Redis is written again first
+    (:func:`write_again`) when the job's body had not ended (no release can have removed it) and
+    ``payload`` is known (None: the lease needs one the slot does not keep). Raises
+    :class:`~zombieguard.errors.LeaseLost` when another attempt holds the job, and
+    ``redis.RedisError``."""
+    job = JobSpec(state.job_id, adapter, "", "")
+    if store.abandon(job, token, reason, stack) != "missing" or state.outcome or payload is None:
+        return
+    policy = slot_policy(state)
+    if write_again(store, state, token, payload, adapter=adapter, worker=worker, policy=policy):
+        store.abandon(job, token, reason, stack)
 
 
 def release_written(

@@ -22,6 +22,7 @@ import redis
 
 from zombieguard.containment import contained, log
 from zombieguard.leases import LeaseStore
+from zombieguard.leases.connection import PRIMARY_MAX_AGE
 
 _RETRY_FIRST = 0.02
 _RETRY_MAX = 1.0
@@ -29,6 +30,11 @@ _READ_FOR = 0.25
 """How long one read waits for a message (none ever comes): how soon the thread notices it is to stop."""
 _ANNOUNCE_EVERY = 5.0
 """How often a subscribed worker announces its presence again (Redis may have lost the set)."""
+
+
+class _PrimaryMoved(Exception):
+    """Another node serves our keys (the sentinels name another primary, or a Cluster moved the
+    slot): subscribe there."""
 
 
 class Presence:
@@ -43,6 +49,7 @@ class Presence:
         self._subscribed = threading.Event()
         self._thread: threading.Thread | None = None
         self._pubsub: Any = None
+        self._primary: tuple[str, int] | None = None
         self.subscriptions = 0
         """How many times the connection was subscribed (1 + the times it was opened again)."""
 
@@ -69,9 +76,19 @@ class Presence:
         delay = _RETRY_FIRST
         failures = 0
         while not self._stop.is_set():
-            pubsub = self.store.client.pubsub()
+            pubsub: Any = None
             try:
+                self._primary = self.store.serving()
+                pubsub = self.store.node_client().pubsub()
                 self._serve(pubsub)
+            except _PrimaryMoved:
+                log.info(
+                    "%s worker %s: presence connection follows our keys to %s:%s",
+                    self.adapter,
+                    self.worker,
+                    *(self._primary or ("?", "?")),
+                )
+                continue
             except (redis.RedisError, OSError) as exc:
                 self._subscribed.clear()
                 failures += 1
@@ -86,16 +103,32 @@ class Presence:
                 delay = min(delay * 2, _RETRY_MAX)
                 continue
             finally:
-                with contained("closing the presence connection"):
-                    pubsub.close()
+                if pubsub is not None:
+                    with contained("closing the presence connection"):
+                        pubsub.close()
             delay, failures = _RETRY_FIRST, 0
 
     def _serve(self, pubsub: Any) -> None:
         """Subscribe, announce, and read until told to stop (reading is what notices a closed
         connection; a subscription confirmed again means redis-py reconnected by itself)."""
+        asked = time.monotonic()
         pubsub.subscribe(self.channel)
         announced = 0.0
         while not self._stop.is_set():
+            if self._primary is not None and time.monotonic() - asked >= PRIMARY_MAX_AGE:
+                # A failover leaves the former primary up, and this connection on it, until Sentinel
+                # makes it a replica; a Cluster's slot moved leaves it on the former owner: the
+                # watchers on the new node would find no subscriber.
+                asked = time.monotonic()
+                try:
+                    primary = self.store.serving(max_age=PRIMARY_MAX_AGE)
+                except redis.RedisError:
+                    # The sentinels (or the cluster) did not answer from here: this connection
+                    # stays where it is, watched, until another node is named.
+                    primary = self._primary
+                if primary != self._primary:
+                    self._primary = primary
+                    raise _PrimaryMoved
             message = pubsub.get_message(timeout=_READ_FOR)
             if message is not None and message.get("type") == "subscribe":
                 self.store.announce_presence(self.adapter, self.worker)

@@ -24,17 +24,25 @@ from zombieguard.adapter import JobAdapter
 from zombieguard.containment import contained, log
 from zombieguard.enforcement.children import OWNER_VARIABLE, JobProcesses, new_owner, owned_by, without_owner
 from zombieguard.enforcement.reaper import LEAVE
-from zombieguard.enforcement.slot import remove_stale_workdirs
+from zombieguard.enforcement.slot import SIZE as SLOT_SIZE
+from zombieguard.enforcement.slot import JobSlot, remove_stale_workdirs
 from zombieguard.enforcement.watchdog import Watchdog
+from zombieguard.enforcement.watchdog_process import WATCHDOG_VARIABLE
 from zombieguard.errors import LeaseLost
 from zombieguard.events import Subject
 from zombieguard.leases import JobSpec, LeaseStore, Outcome
+from zombieguard.leases.connection import RedisTarget
+from zombieguard.ops.doctor import eviction_problem
 from zombieguard.ops.stats import EventCounter
 from zombieguard.recovery.presence import PresenceWatch
 from zombieguard.recovery.sweeper import Sweeper
 from zombieguard.worker.heartbeat import Heartbeat, LostCallback
 from zombieguard.worker.lifecycle import end_found
+from zombieguard.worker.onbehalf import give_up
 from zombieguard.worker.presence import Presence
+
+LEFT_BY = "worker.json"
+"""The file in a worker's working directory that says whose it is (see ``_give_up_left``)."""
 
 
 class WorkerRuntime:
@@ -53,7 +61,7 @@ class WorkerRuntime:
         dir_prefix: str,
         watchdog_name: str,
         children_grace: float,
-        redis_url: str,
+        target: RedisTarget,
     ) -> None:
         self.store = store
         self.adapter = adapter
@@ -68,8 +76,10 @@ class WorkerRuntime:
         on = store.settings.presence_grace is not None
         self.presence = Presence(store, adapter.name, worker) if on else None
         self.presence_watch = PresenceWatch(store, self.sweeper, adapter.name) if on else None
+        self.target = target
         remove_stale_workdirs(dir_prefix, before_removal=self._predecessor_gone)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{dir_prefix}{os.getpid()}-"))
+        (self.dir / LEFT_BY).write_text(json.dumps(self._deployment()))
         self.watchdog_process: subprocess.Popen[bytes] | None = None
         self.children_grace = children_grace
         self._dismissing = threading.Lock()
@@ -93,28 +103,90 @@ class WorkerRuntime:
             start_new_session=True,  # a kill of the worker's process group leaves it to act
         )
         where = {
-            "redis_url": redis_url,
+            "redis": target.to_json(),
             "key_prefix": store.settings.key_prefix,
             "adapter": adapter.name,
             "worker": worker,
         }
-        with contextlib.suppress(OSError):  # through a pipe: a password never shows in argv
+        with contextlib.suppress(OSError):  # through a pipe: the password never shows in argv
             assert self.reaper.stdin is not None
             self.reaper.stdin.write(json.dumps(where).encode() + b"\n")
             self.reaper.stdin.flush()
 
+    def _deployment(self) -> dict[str, str]:
+        """Whose working directory this is: the worker, and the leases it keeps (where, which prefix)."""
+        return {
+            "worker": self.worker,
+            "leases": self.target.describe(),
+            "key_prefix": self.store.settings.key_prefix,
+        }
+
     def _predecessor_gone(self, workdir: Path) -> None:
-        """A worker of this integration died on this machine, leaving ``workdir``: hand back what
-        its broker still holds for it (its watchdog process, if it outlived it, did so already)."""
+        """A worker of this integration died on this machine, leaving ``workdir``: give up the jobs
+        it left running, and hand back what its broker still holds for it (its watchdog process, if
+        it outlived it, did both already)."""
+        with contained(f"{self.framework} worker: giving up the jobs a dead worker on this machine left"):
+            self._give_up_left(workdir)
         with contained(f"{self.framework} worker: handing back what a dead worker on this machine held"):
             self.adapter.worker_gone(workdir)
+
+    def _give_up_left(self, workdir: Path) -> None:
+        """The jobs a dead worker of this deployment left running in its slots: given up as stalls,
+        as its watchdog process would have, had it outlived the worker (a service manager stops a
+        whole control group; a forking worker has none). A sweeper then recovers each without
+        waiting for its lease to expire; and a lease lost with a primary failed over a moment
+        before, which nothing else would find, is written again from the slot."""
+        try:
+            left = json.loads((workdir / LEFT_BY).read_text())
+            worker = str(left["worker"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # a directory of no worker of this version
+        if {k: left.get(k) for k in ("leases", "key_prefix")} != {
+            k: v for k, v in self._deployment().items() if k != "worker"
+        }:
+            return  # a worker of another deployment on this machine
+        payload = None if self.adapter.requeues_from_payload else ""
+        for path in sorted([*workdir.glob("slot*"), *workdir.glob("*/slot*")]):
+            if not path.is_file() or path.stat().st_size != SLOT_SIZE:
+                continue
+            slot = JobSlot(path)
+            state = slot.read()
+            slot.close()
+            if not state.active or not state.token:
+                continue
+            try:
+                give_up(
+                    self.store,
+                    state,
+                    state.token,
+                    Outcome.STALLED,
+                    adapter=self.framework,
+                    worker=worker,
+                    payload=payload,
+                )
+            except LeaseLost:
+                continue  # recovered already
+            except redis.RedisError as exc:
+                log.warning(
+                    "%s job %s: not given up (%s); its lease expires instead",
+                    self.framework,
+                    state.job_id,
+                    exc,
+                )
+                continue
+            log.warning(
+                "%s worker %s died with job %s running (its working directory left on this machine); "
+                "given up for recovery",
+                self.framework,
+                worker,
+                state.job_id,
+            )
 
     def start_watchdog_process(
         self,
         *,
         slot: Path,
         dump: Path,
-        redis_url: str,
         adapter: str,
         adapter_arg: str = "",
         grace: str = "",
@@ -125,12 +197,12 @@ class WorkerRuntime:
         this process leaves when it dies. ``adapter``: how the watchdog process loads the integration's
         adapter (``module:factory``, given the Redis client and ``adapter_arg``); ``grace``: seconds
         it leaves this process first; ``slot_payload``: how it reads a payload a slot keeps
-        (``module:function``)."""
+        (``module:function``). The leases' Redis and ``adapter_arg`` reach it through its
+        environment, as they may carry a password: any local user can read a command line."""
         options = {
             "--pid": str(os.getpid()),
             "--slot": str(slot),
             "--dump": str(dump),
-            "--redis-url": redis_url,
             "--key-prefix": self.store.settings.key_prefix,
             "--adapter": adapter,
             "--integration": self.framework,
@@ -138,8 +210,6 @@ class WorkerRuntime:
             "--owner": self.owner,
             "--workdir": str(self.dir),
         }
-        if adapter_arg:
-            options["--adapter-arg"] = adapter_arg
         if grace:
             options["--grace"] = grace
         if slot_payload:
@@ -147,7 +217,9 @@ class WorkerRuntime:
         command = [sys.executable, "-m", "zombieguard.enforcement.watchdog_process"]
         for option, value in options.items():
             command += [option, value]
-        self.watchdog_process = subprocess.Popen(command, env=without_owner(os.environ))
+        env = without_owner(os.environ)
+        env[WATCHDOG_VARIABLE] = json.dumps({"redis": self.target.to_json(), "adapter_arg": adapter_arg})
+        self.watchdog_process = subprocess.Popen(command, env=env)
 
     def job_processes(self, job: str, pid: int, since: float, thread: int | None = None) -> JobProcesses:
         """Where the processes of job ``job``, running in ``pid`` since ``since``, are (``thread``:
@@ -186,31 +258,57 @@ class WorkerRuntime:
                     self.worker,
                     exc,
                 )
+            else:
+                self._warn_of_eviction()
         self.heartbeat.start()
         self.sweeper.start()
         if self.presence_watch is not None:
             self.presence_watch.start()
         self.watchdog.start()
 
+    def _warn_of_eviction(self) -> None:
+        try:
+            problem = eviction_problem(self.store, self.target.describe())
+        except redis.RedisError as exc:  # INFO refused to this ACL user, say
+            log.info("%s worker %s: eviction policy not read (%s)", self.framework, self.worker, exc)
+            return
+        if problem is not None:
+            log.warning("%s worker %s: %s. Fix: %s", self.framework, self.worker, *problem)
+
     def give_up_stalled(
-        self, spec: JobSpec, token: int, why: str, before_sweep: Callable[[], object] = tuple
+        self,
+        spec: JobSpec,
+        token: int,
+        why: str,
+        before_sweep: Callable[[], object] = tuple,
+        again: Callable[[], bool] | None = None,
     ) -> bool:
         """The execution of ``spec`` under ``token`` stalled (``why``: its process died, or its worker
         was frozen past its lease and a limit): give its lease up as stalled, call ``before_sweep``
         (stop what is left of the execution), and sweep at once, so that the job is recovered or
-        dead-lettered now. False when another attempt or a sweeper had it already; Redis away, the
-        lease expires instead."""
+        dead-lettered now. ``again`` writes the attempt's lease again when Redis no longer has it
+        (lost in a failover or a restart without persistence; see ``Attempt.reestablish``), to be
+        given up then. False when another attempt or a sweeper had it already, or when its lease
+        is missing and not written again (nothing would recover the job: the framework's own
+        handling must); Redis away, the lease expires instead."""
         job = f"{self.framework} job {spec.job_id}"
         log.warning("%s job %s[%s]: %s; recovering it", self.framework, spec.task, spec.job_id, why)
+        missing = False
         try:
-            self.store.abandon(spec, token, Outcome.STALLED)
+            missing = self.store.abandon(spec, token, Outcome.STALLED) == "missing"
+            if missing and again is not None and again():
+                missing = False
+                self.store.abandon(spec, token, Outcome.STALLED)
         except LeaseLost:
             return False
         except redis.RedisError as exc:
-            log.warning("%s: lease not given up (%s); it expires instead", job, exc)
-            return True
+            log.warning("%s: lease not given up (%s)%s", job, exc, "" if missing else "; it expires instead")
+            return not missing
         finally:
             before_sweep()
+        if missing:
+            log.warning("%s: its lease is missing from Redis; left to %s's own handling", job, self.framework)
+            return False
         try:
             self.sweeper.sweep_once()
         except redis.RedisError as exc:

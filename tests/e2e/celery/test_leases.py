@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,10 @@ from celery.result import AsyncResult
 
 from tests.support.celery_harness import CeleryHarness
 from tests.support.waiting import wait_until
+from zombieguard import Policy
+from zombieguard.integrations.celery.message import ATTEMPT_HEADER
+from zombieguard.leases import JobSpec, LeaseStore, Outcome
+from zombieguard.policy import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -54,16 +60,18 @@ def test_a_task_of_a_sigkilled_worker_is_rerun_by_another_within_lease_ttl_plus_
 ) -> None:
     harness = any_broker_harness
     victim = harness.start_worker("prefork")
-    result = harness.send(task, harness.notes, 2.0)
+    # Long enough to be running still once the second worker has started, however slow that is.
+    result = harness.send(task, harness.notes, 8.0)
     harness.wait_leased(result.id)
     harness.start_worker("prefork")
+    assert not harness.notes_of("completed")
     os.killpg(victim.pid, signal.SIGKILL)
     killed_at = time.time()
     assert _next_attempt_started(harness) - killed_at < LEASE_TTL + 2
-    assert result.get(timeout=15) == "done"
+    assert result.get(timeout=20) == "done"
     assert len(harness.notes_of("completed")) == 1
     meta = harness.app.backend.get_task_meta(result.id)
-    assert meta["args"] == [harness.notes, 2.0]  # same id, same arguments
+    assert meta["args"] == [harness.notes, 8.0]  # same id, same arguments
     assert meta["queue"] == harness.queue  # same routing
 
 
@@ -76,15 +84,17 @@ def test_a_whole_worker_sigkilled_mid_task_has_its_task_started_again_within_1s_
 ) -> None:
     harness = any_broker_harness
     victim = harness.start_worker(pool, env=LONG_LEASE)
-    result = harness.send("long_task", harness.notes, 2.0)
+    # Long enough to be running still once the second worker has started, however slow that is.
+    result = harness.send("long_task", harness.notes, 8.0)
     harness.wait_leased(result.id)
     survivor = harness.start_worker(pool, env=LONG_LEASE)
     harness.wait_present(victim, "celery")
     harness.wait_present(survivor, "celery")
+    assert not harness.notes_of("completed")
     os.killpg(victim.pid, signal.SIGKILL)
     killed_at = time.time()
     assert _next_attempt_started(harness) - killed_at < 1.0
-    assert result.get(timeout=15) == "done"
+    assert result.get(timeout=20) == "done"
     assert len(harness.notes_of("completed")) == 1
 
 
@@ -93,7 +103,8 @@ def test_a_dead_workers_task_goes_to_the_front_of_its_redis_queue_not_behind_the
 ) -> None:
     harness = celery_harness
     victim = harness.start_worker("solo", env=LONG_LEASE)
-    recovered = harness.send("long_task", harness.notes, 1.0)
+    # Long enough to be running still when its worker is killed, however slow the set-up below.
+    recovered = harness.send("long_task", harness.notes, 6.0)
     harness.wait_leased(recovered.id)
     survivor = harness.start_worker("solo", env=LONG_LEASE)
     harness.send("long_task", harness.notes, 2.0)  # keeps the survivor busy through the recovery
@@ -101,8 +112,10 @@ def test_a_dead_workers_task_goes_to_the_front_of_its_redis_queue_not_behind_the
     waiting = [harness.send("add", n, n) for n in range(5)]
     harness.wait_present(victim, "celery")
     harness.wait_present(survivor, "celery")
+    assert harness.state(recovered) != "SUCCESS", "the victim's task ended before its worker was killed"
     os.killpg(victim.pid, signal.SIGKILL)
-    assert recovered.get(timeout=20) == "done"
+    assert recovered.get(timeout=30) == "done"
+    assert len(harness.notes_of("started")) == 3  # the survivor's own, and the victim's twice
     assert [result.get(timeout=20) for result in waiting] == [0, 2, 4, 6, 8]
     done = harness.app.AsyncResult(recovered.id).date_done
     assert all(harness.app.AsyncResult(result.id).date_done > done for result in waiting)
@@ -116,9 +129,11 @@ def test_a_frozen_worker_s_task_is_rerun_and_the_woken_attempt_is_fenced(
     harness = any_broker_harness
     # Celery's default prefetch: the frozen worker has room for several more messages.
     frozen = harness.start_worker("prefork", env={"ZG_CELERY_PREFETCH": "4"})
-    result = harness.send("long_task", harness.notes, 2.5)
+    # Long enough to be running still once the second worker has started, however slow that is.
+    result = harness.send("long_task", harness.notes, 8.0)
     harness.wait_leased(result.id)
     harness.start_worker("prefork")
+    assert not harness.notes_of("completed")
     os.killpg(frozen.pid, signal.SIGSTOP)
     stopped_at = time.time()
     # Its presence connection stays open: only the lease's expiry (renewed every third of lease_ttl
@@ -126,7 +141,7 @@ def test_a_frozen_worker_s_task_is_rerun_and_the_woken_attempt_is_fenced(
     assert LEASE_TTL - 0.8 < _next_attempt_started(harness) - stopped_at < LEASE_TTL + 2
     time.sleep(0.5)  # let the frozen attempt's body overlap with the new one
     os.killpg(frozen.pid, signal.SIGCONT)
-    assert result.get(timeout=15) == "done"
+    assert result.get(timeout=20) == "done"
     time.sleep(2)  # the woken attempt would have completed by now
     completed = [int(line.split()[1]) for line in harness.notes_of("completed")]
     assert completed == [_pids_started(harness)[1]]  # only the new attempt's body completed
@@ -231,13 +246,15 @@ def test_a_threads_task_that_changed_its_arguments_in_place_is_recovered_with_th
     # The lease thread writes the lease after the body changed its arguments, from the copy of the
     # request taken at the start.
     victim = celery_harness.start_worker("threads")
-    result = celery_harness.send("changes_its_arguments", celery_harness.notes, ["sent"], 3.0)
+    # Long enough to be running still once the second worker has started, however slow that is.
+    result = celery_harness.send("changes_its_arguments", celery_harness.notes, ["sent"], 8.0)
     celery_harness.wait_leased(result.id)
     celery_harness.start_worker("threads")
+    assert not celery_harness.notes_of("completed")
     os.killpg(victim.pid, signal.SIGKILL)
     _next_attempt_started(celery_harness)
     assert [line.split()[1] for line in celery_harness.notes_of("given")] == ["sent", "sent"]
-    assert result.get(timeout=15) == "done"
+    assert result.get(timeout=20) == "done"
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
@@ -267,15 +284,16 @@ def test_a_task_that_held_the_gil_past_its_lease_delay_and_completed_runs_once_a
     # Its lease, written for it by another process, is adopted by its own, or released for it
     # when it ended without adopting it: no sweeper re-runs it when the lease would expire.
     harness = celery_harness
-    harness.start_worker(pool)
+    harness.start_worker(pool, env={"ZOMBIEGUARD_LEASE_TTL": "6"})
     # Held well past the write (threads: 0.85 s after the start, solo 0.55 s, later on a busy
-    # machine) and ended well before that lease would expire (lease_ttl after it).
-    result = harness.send("holds_the_gil", harness.notes, 1.6, 1.6)
+    # machine), long enough for the test to see the lease on a busy machine, and ended well before
+    # that lease would expire (lease_ttl after it).
+    result = harness.send("holds_the_gil", harness.notes, 3.0, 3.0)
     wait_until(lambda: harness.notes_of("started"), 15, what="first attempt started")
-    harness.wait_leased(result.id, timeout=2.0)
+    harness.wait_leased(result.id, timeout=3.0)
     assert result.get(timeout=15) == "done"
     wait_until(lambda: harness.lease_state(result.id) == "", 3, what="its lease released")
-    time.sleep(LEASE_TTL + 1.5)  # a lease left behind would have expired and been recovered
+    time.sleep(6 + 1.5)  # a lease left behind would have expired and been recovered
     assert len(harness.notes_of("started")) == 1
     assert harness.lease_state(result.id) == ""
 
@@ -284,12 +302,13 @@ def test_a_late_redelivery_of_a_superseded_attempt_does_not_run_the_body_again(
     celery_harness: CeleryHarness,
 ) -> None:
     victim = celery_harness.start_worker("prefork")
-    # Long enough to be still running once the second worker is up, on a busy machine too.
-    result = celery_harness.send("long_task", celery_harness.notes, 4.0)
+    # Long enough to be running still once the second worker has started, however slow that is.
+    result = celery_harness.send("long_task", celery_harness.notes, 8.0)
     celery_harness.wait_leased(result.id)
     celery_harness.start_worker("prefork")
+    assert not celery_harness.notes_of("completed")
     os.killpg(victim.pid, signal.SIGKILL)
-    assert result.get(timeout=15) == "done"
+    assert result.get(timeout=20) == "done"
     # The original message again, as kombu restores it after a visibility timeout (the Redis
     # transport marks it redelivered in its headers; AMQP brokers set the delivery's flag).
     celery_harness.send(
@@ -396,3 +415,30 @@ def test_a_lone_worker_frozen_past_its_task_s_lease_and_limits_reruns_the_task_n
     assert len(harness.notes_of("started")) == 2
     assert len(harness.notes_of("completed")) == 1
     assert harness.state(result) == "SUCCESS"
+
+
+def test_a_redelivered_task_whose_attempt_was_stopped_as_hung_before_celery_recorded_it_is_failed(
+    celery_harness: CeleryHarness,
+) -> None:
+    # Its worker stopped it at its progress limit and recorded that in the lease, then died before
+    # Celery stored the failure: the broker delivers the task again, a copy of a finished attempt.
+    store = LeaseStore(celery_harness.client, Settings(key_prefix=celery_harness.key_prefix))
+    task_id = f"zgt-{uuid.uuid4().hex[:10]}"
+    signature = {
+        "task": "tests.support.celery_app.long_task",
+        "args": [celery_harness.notes, 1.0],
+        "kwargs": {},
+    }
+    payload = json.dumps({"signature": signature})  # what a worker keeps in the lease
+    spec = JobSpec(task_id, "celery", "tests.support.celery_app.long_task", celery_harness.queue, payload)
+    acquired = store.acquire(spec, "zgw-dead@test", Policy(lease_ttl=30))
+    store.release(spec, acquired.token, Outcome.HUNG, "made no progress within its progress_timeout of 2 s")
+    celery_harness.start_worker("solo")
+    # A copy of attempt 1 (as a broker's redelivery of it is), not a first delivery.
+    result = celery_harness.send(
+        "long_task", celery_harness.notes, 1.0, task_id=task_id, headers={ATTEMPT_HEADER: 1}
+    )
+    assert celery_harness.wait_state(result, {"FAILURE"}, 15) == "FAILURE"
+    assert type(result.result).__name__ == "TimeLimitExceeded"
+    assert "made no progress within its progress_timeout of 2 s" in str(result.result)
+    assert not celery_harness.notes_of("started")  # the copy itself never ran

@@ -9,11 +9,14 @@ import subprocess
 from typing import Any
 
 import pytest
+import redis
 
 from tests.support.harness import REPO, ZOMBIEGUARD
 from tests.support.rq_harness import RQHarness
+from zombieguard.demo.embedded import EmbeddedRedis
 from zombieguard.leases import LeaseStore
-from zombieguard.ops.doctor import check_clock
+from zombieguard.leases.connection import RedisTarget
+from zombieguard.ops.doctor import check_clock, check_tls
 
 pytestmark = pytest.mark.slow
 
@@ -133,3 +136,52 @@ def test_a_celery_app_that_cannot_be_imported_is_one_line_of_bad_input(rq_harnes
     assert result.returncode == 2
     assert result.stderr.startswith("zombieguard: --celery-app 'no_such_module:app' cannot be imported")
     assert "Traceback" not in result.stderr
+
+
+def test_the_doctor_names_what_an_acl_user_may_not_do_on_our_keys_and_passes_one_that_may(
+    key_prefix: str,
+) -> None:
+    ours = "{" + key_prefix + "}*"
+    users = {
+        "zgall": (ours, ["+@all"]),
+        "zgnoinfo": (ours, ["+@all", "-info"]),  # scripts read INFO
+        "zgnowait": (ours, ["+@all", "-wait"]),
+        "zgelsewhere": ("other*", ["+@all"]),
+    }
+    with EmbeddedRedis() as server:
+        admin = redis.Redis.from_url(server.url)
+        for name, (keys, commands) in users.items():
+            admin.acl_setuser(
+                name, enabled=True, passwords=["+pw"], keys=[keys], channels=[keys], commands=commands
+            )
+        found = {}
+        for name in users:
+            url = server.url.replace("redis://", f"redis://{name}:pw@")
+            result = run_doctor("--redis-url", url, "--json", env={"ZOMBIEGUARD_KEY_PREFIX": key_prefix})
+            found[name] = [
+                (p["check"], p["problem"], p["fix"]) for p in json.loads(result.stdout)["problems"]
+            ]
+            assert result.returncode == (1 if found[name] else 0), result.stdout + result.stderr
+        admin.close()
+    assert found["zgall"] == []
+    assert [(check, "'info'" in problem) for check, problem, _ in found["zgnoinfo"]] == [("acl", True)]
+    assert [(check, "WAIT" in problem) for check, problem, _ in found["zgnowait"]] == [("acl", True)]
+    assert {check for check, _, _ in found["zgelsewhere"]} == {"acl"}
+    assert [problem.split(" (")[0] for _, problem, _ in found["zgelsewhere"]] == [
+        "the Redis user 'zgelsewhere' may not run its scripts, which write its keys",
+        "the Redis user 'zgelsewhere' may not hold its presence connection",
+    ]
+    fix = found["zgelsewhere"][0][2]
+    assert fix == f"ACL SETUSER zgelsewhere ~{ours} &{ours} +@all"
+    assert all("pw" not in problem for _, problem, _ in found["zgelsewhere"])  # the password never shown
+
+
+def test_the_doctor_names_a_tls_connection_that_does_not_verify_the_certificate() -> None:
+    unverified = RedisTarget.from_url("rediss://zg:pw@redis.internal:6380/0?ssl_cert_reqs=none")
+    [finding] = check_tls(unverified)
+    assert finding.check == "tls"
+    assert "ssl_cert_reqs=none" in finding.problem
+    assert "ssl_ca_certs" in finding.fix
+    assert "pw" not in finding.problem
+    assert check_tls(RedisTarget.from_url("rediss://redis.internal:6380/0?ssl_ca_certs=/ca.pem")) == []
+    assert check_tls(RedisTarget.from_url("redis://redis.internal:6379/0")) == []

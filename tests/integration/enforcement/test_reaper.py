@@ -19,6 +19,7 @@ from zombieguard import Policy
 from zombieguard.enforcement.children import OWNER_VARIABLE, marked
 from zombieguard.enforcement.reaper import LEAVE
 from zombieguard.leases import LeaseStore
+from zombieguard.leases.connection import RedisTarget
 from zombieguard.ops.stats import counts
 
 
@@ -51,7 +52,7 @@ def _reaper(
     )
     assert reaper.stdin is not None
     where = {
-        "redis_url": redis_url,
+        "redis": RedisTarget.from_url(redis_url).to_json(),
         "key_prefix": store.settings.key_prefix,
         "adapter": "test",
         "worker": "w1",

@@ -9,7 +9,7 @@ import redis
 
 from tests.support.leases import RecordingAdapter, expire, job, start
 from zombieguard import LeaseLost, Policy
-from zombieguard.leases import AcquireStatus, DeferredRelease, LeaseStore, Outcome
+from zombieguard.leases import AcquireStatus, DeferredRelease, LeaseStore, Outcome, text
 from zombieguard.recovery.sweeper import Sweeper
 from zombieguard.worker.attempt import Attempt
 
@@ -301,3 +301,85 @@ def test_an_attempt_whose_lease_was_given_up_learns_it_no_longer_holds_the_job_w
     assert not record.held_by(attempt.token)
     with pytest.raises(LeaseLost, match="given up as stalled"):
         attempt.verify()
+
+
+def _given_up(store: LeaseStore, job_id: str, worker: str) -> tuple[int, dict[str, str]]:
+    """An attempt acquired and given up as stalled; its token and its lease as written."""
+    attempt = start(store, job_id, Policy(lease_ttl=30), worker=worker)
+    store.abandon(attempt.job, attempt.token, Outcome.STALLED)
+    raw = store.client.hgetall(store.lease_key(job_id))
+    return attempt.token, {text(k): text(v) for k, v in raw.items()}
+
+
+def test_a_lease_carried_from_a_former_primary_is_written_where_it_is_missing(store: LeaseStore) -> None:
+    token, lease = _given_up(store, "j1", "w1")
+    store.client.delete(store.lease_key("j1"), store.due_key("test"), store.fence_key)
+    assert store.carry(job("j1"), token, lease) == "ok"
+    assert {text(k): text(v) for k, v in store.client.hgetall(store.lease_key("j1")).items()} == lease
+    assert store.client.zscore(store.due_key("test"), "j1") == float(lease["expires"])
+    assert int(store.client.get(store.fence_key) or 0) == token  # never handed out again
+
+
+def test_a_carried_lease_never_replaces_another_attempt_under_the_same_token(store: LeaseStore) -> None:
+    token, lease = _given_up(store, "j1", "w1")
+    # The new primary's fencing counter was behind: another worker's attempt got the same token.
+    store.client.hset(store.lease_key("j1"), "worker", "w2")
+    store.client.hdel(store.lease_key("j1"), "abandoned")
+    with pytest.raises(LeaseLost):
+        store.carry(job("j1"), token, lease)
+    assert text(store.client.hget(store.lease_key("j1"), "worker")) == "w2"
+
+
+def _acquire_lost_under_the_queued_record(store: LeaseStore, client: redis.Redis) -> Attempt:
+    """Attempt 1 stalls and a sweeper requeues the job; attempt 2's acquire is then lost (a primary
+    failed over before any replica had it): Redis holds the queued record again."""
+    first = start(store, "j1", POLICY)
+    store.abandon(first.job, first.token, Outcome.STALLED)
+    assert Sweeper(store, {"test": RecordingAdapter()}).sweep_once().recovered == ["j1"]
+    key = store.lease_key("j1")
+    queued = client.dump(key)
+    assert queued is not None
+    second = start(store, "j1", POLICY, worker="w2")
+    client.restore(key, 0, queued, replace=True)
+    return second
+
+
+@pytest.mark.parametrize("write", ["renew", "beat", "release", "abandon"])
+def test_an_attempt_whose_acquire_was_lost_under_the_queued_record_writes_its_lease_again_keeping_its_story(
+    store: LeaseStore, client: redis.Redis, write: str
+) -> None:
+    second = _acquire_lost_under_the_queued_record(store, client)
+    if write == "renew":
+        assert store.renew("test", "w2", 30, [("j1", second.token)]) == ["missing"]
+        assert second.reestablish()
+    elif write == "beat":
+        second.beat(progress="1")  # finds its lease missing and puts it back
+    elif write == "release":
+        second.release(Outcome.COMPLETED)
+    else:
+        assert store.abandon(second.job, second.token, Outcome.STALLED) == "missing"
+        assert second.reestablish()
+    record = store.record("j1")
+    assert record is not None
+    assert record.attempt == 2
+    if write == "release":
+        assert record.state == "done"
+        assert [(h.attempt, h.outcome) for h in record.history] == [(1, "stalled"), (2, "completed")]
+    else:
+        assert [(h.attempt, h.outcome) for h in record.history] == [(1, "stalled")]
+        assert (record.state, record.token, record.worker) == ("running", second.token, "w2")
+        # A later delivery of the requeued job is refused: the attempt holds it again.
+        assert store.acquire(job("j1"), "w3", POLICY).status is AcquireStatus.BUSY
+
+
+def test_a_queued_record_newer_than_an_attempt_is_not_overwritten(
+    store: LeaseStore, client: redis.Redis
+) -> None:
+    old = start(store, "j1", POLICY)
+    store.abandon(old.job, old.token, Outcome.STALLED)
+    Sweeper(store, {"test": RecordingAdapter()}).sweep_once()  # requeued under a newer claim token
+    assert store.renew("test", "w1", 30, [("j1", old.token)]) == ["lost"]
+    assert not old.reestablish()
+    record = store.record("j1")
+    assert record is not None
+    assert record.state == "queued"

@@ -418,3 +418,32 @@ def test_an_adapter_that_does_not_republish_leaves_a_requeued_job_alone(store: L
     sweeper.sweep_once()
     assert not store.client.zscore(store.due_key("test"), "j1")
     assert store.client.hget(store.lease_key("j1"), "republish_at") is None
+
+
+def test_each_recovery_and_dead_lettering_is_one_log_line_naming_job_task_attempt_and_what_next(
+    store: LeaseStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    sweeper = Sweeper(store, {"test": RecordingAdapter()})
+    policy = Policy(lease_ttl=5, max_stalls=1)
+    for n in (1, 2):
+        acquire_number(store, "j1", policy, f"w{n}")
+        expire(store, "j1")
+        sweeper.sweep_once()
+    lines = [r.getMessage() for r in caplog.records if "j1" in r.getMessage()]
+    assert lines == [
+        "test job app.tasks.work[j1]: attempt 1 stalled (lease expired: worker w1 stopped renewing it "
+        "(dead or frozen)); requeued as attempt 2 (stall 1 of max_stalls 1)",
+        "test job app.tasks.work[j1]: attempt 2 stalled (lease expired: worker w2 stopped renewing it "
+        "(dead or frozen)); stalled 2 times (max_stalls=1): a poison pill; dead-lettered "
+        "(see: zombieguard dlq show j1)",
+    ]
+
+
+def test_a_job_failed_at_its_limit_by_a_sweeper_is_one_log_line(
+    store: LeaseStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    start(store, "j1", Policy(lease_ttl=30, hard_timeout=0.2, overdue_grace=0.1))
+    _sweep_until(Sweeper(store, {"test": RecordingAdapter()}), lambda r: r.failed)
+    [line] = [r.getMessage() for r in caplog.records if "j1" in r.getMessage()]
+    assert line.startswith("test job app.tasks.work[j1]: attempt 1 still running 0.1 s past its hard_timeout")
+    assert line.endswith("its worker did not stop it; failed as timed out")

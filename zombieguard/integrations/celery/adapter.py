@@ -34,6 +34,7 @@ class CeleryAdapter:
     name = ADAPTER
     republishes_unstarted = True
     reclaims = False
+    requeues_from_payload = True
 
     def __init__(self, app: Celery) -> None:
         self.app = app

@@ -4,9 +4,12 @@ the app found by name (``module:attribute``), and what its result backend says o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
+import ssl
 import sys
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +18,7 @@ from celery.app.task import Task
 from celery.utils.imports import symbol_by_name
 
 from zombieguard.errors import ConfigurationError
+from zombieguard.leases.connection import RedisTarget
 from zombieguard.policy import Config, Policy, check_fields, current_config, guard_fields
 
 
@@ -31,17 +35,92 @@ def app_config(app: Celery) -> Config:
     return Config.from_mapping(mapping, source="app.conf.zombieguard")
 
 
-def leases_url(app: Celery, config: Config) -> str:
-    """Where the leases live: ``redis_url``, else the broker or result backend when it is Redis."""
+def leases_target(app: Celery, config: Config) -> RedisTarget:
+    """Where the leases live: ``redis_url``, else the broker when it is Redis (a Sentinel service
+    included, with its ``master_name``, ``sentinel_kwargs`` and ``broker_use_ssl``), else the result
+    backend when it is."""
     if config.settings.redis_url:
-        return config.settings.redis_url
-    for url in (app.conf.broker_url, app.conf.result_backend):
-        if isinstance(url, str) and url.startswith(("redis://", "rediss://", "unix://")):
-            return url.split(";")[0]
+        return RedisTarget.from_url(config.settings.redis_url)
+    conf = app.conf
+    sources = (
+        ("broker_url", conf.broker_url, conf.broker_transport_options, conf.broker_use_ssl),
+        (
+            "result_backend",
+            conf.result_backend,
+            conf.result_backend_transport_options,
+            conf.redis_backend_use_ssl,
+        ),
+    )
+    for name, url, transport_options, use_ssl in sources:
+        if isinstance(url, str) and url.split("://")[0] in _REDIS_SCHEMES:
+            return _redis_of(name, url, transport_options or {}, use_ssl)
     raise ConfigurationError(
         "app.conf.zombieguard: redis_url is not set, and neither broker_url nor result_backend is a "
         "Redis URL: zombieguard keeps its leases in Redis; set redis_url"
     )
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
+_CERT_REQS = {ssl.CERT_REQUIRED: "required", ssl.CERT_OPTIONAL: "optional", ssl.CERT_NONE: "none"}
+
+
+def _redis_of(name: str, url: str, transport_options: Mapping[str, Any], use_ssl: Any) -> RedisTarget:
+    """The Redis a Celery ``broker_url`` or ``result_backend`` names, as kombu reaches it: its first
+    URL, or all of its ``sentinel://`` URLs (``;``-separated) for the primary of ``master_name``."""
+    urls = [u for u in url.split(";") if u]
+    first = urllib.parse.urlsplit(urls[0])
+    if first.scheme != "sentinel":
+        target = RedisTarget.from_url(urls[0].split("?")[0], name)
+        options = {**target.options, **_query_tls_options(first.query), **_tls_options(name, use_ssl)}
+        return dataclasses.replace(target, options=options)
+    master = transport_options.get("master_name")
+    if not master:
+        option = "broker_transport_options" if name == "broker_url" else "result_backend_transport_options"
+        raise ConfigurationError(f"app.conf.{option}: master_name is not set, and {name} is a Sentinel URL")
+    nodes = tuple(
+        (part.hostname or "localhost", part.port or 26379) for part in map(urllib.parse.urlsplit, urls)
+    )
+    options = _tls_options(name, use_ssl)
+    for key, value in (transport_options.get("sentinel_kwargs") or {}).items():
+        if key in ("username", "password") and value is not None:
+            options[f"sentinel_{key}"] = value
+    path = first.path.strip("/")
+    return RedisTarget(
+        "sentinel",
+        nodes,
+        service=str(master),
+        db=int(path) if path.isdigit() else 0,
+        username=urllib.parse.unquote(first.username) if first.username else None,
+        password=urllib.parse.unquote(first.password) if first.password else None,
+        tls=bool(use_ssl),
+        options=options,
+    )
+
+
+_QUERY_TLS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def _query_tls_options(query: str) -> dict[str, Any]:
+    """The certificates a ``rediss://`` URL's query gives kombu and Celery's Redis backend
+    (``?ssl_cert_reqs=required`` or ``CERT_REQUIRED``, ``ssl_ca_certs=...``); its other options are
+    theirs, not the leases'."""
+    options: dict[str, Any] = {}
+    for key, values in urllib.parse.parse_qs(query).items():
+        if key in _QUERY_TLS:
+            value = values[-1]
+            options[key] = value.lower().removeprefix("cert_") if key == "ssl_cert_reqs" else value
+    return options
+
+
+def _tls_options(name: str, use_ssl: Any) -> dict[str, Any]:
+    """Celery's ``broker_use_ssl`` / ``redis_backend_use_ssl`` as connection options."""
+    if not isinstance(use_ssl, Mapping):
+        return {}
+    options = {k: v for k, v in use_ssl.items() if k.startswith("ssl_") and v is not None}
+    if "ssl_cert_reqs" in options:
+        reqs = options["ssl_cert_reqs"]
+        options["ssl_cert_reqs"] = _CERT_REQS.get(reqs, str(reqs).lower().removeprefix("cert_"))
+    return options
 
 
 def task_option(task: Task) -> Mapping[str, Any]:
@@ -87,12 +166,12 @@ def app_spec(app: Celery) -> str | None:
     return None
 
 
-def cli_configuration(spec: str) -> tuple[Config, str]:
+def cli_configuration(spec: str) -> tuple[Config, RedisTarget]:
     """The zombieguard configuration of the app ``spec`` names (``module:app``), and where its leases
     live: what the CLI acts with when given ``--celery-app``."""
     app = load_app(spec)
     config = app_config(app)
-    return config, leases_url(app, config)
+    return config, leases_target(app, config)
 
 
 def load_app(spec: str) -> Celery:

@@ -52,13 +52,12 @@ class PoolDeaths:
         job_id = request.id
         runtime = self.runtime
         record = None
+        read = False
         with contextlib.suppress(Exception):
             record = runtime.store.record(job_id)
-        if record is None and state is not None and not state.token and not terminated:
-            # Its lease not written yet (within its lease_delay): write it, recover.
-            return Outcome.STALLED if self._recover_unleased(state, request) else None
+            read = True
         if record is None:
-            return None
+            return None if state is None or terminated else self._without_lease(request, state, read)
         if not holds_lease(record, runtime.name, state):
             # A newer attempt (or a sweeper) holds the task: nothing of this one is recorded.
             log.warning("celery task %s: its pool process died; its attempt no longer holds the task", job_id)
@@ -120,6 +119,32 @@ class PoolDeaths:
         orphans = functools.partial(self.runtime.end_orphans, spec, token, state.attempt)
         return bool(token) and self.runtime.give_up_stalled(
             spec, token, "its pool process died", before_sweep=orphans
+        )
+
+    def _without_lease(self, request: Any, state: SlotState, read: bool) -> Outcome | None:
+        """:meth:`verdict` for a task that died by itself with no lease in Redis (``read``: Redis
+        said so; else it did not answer)."""
+        if not state.token:
+            # Its lease not written yet (within its lease_delay): write it, recover.
+            return Outcome.STALLED if self._recover_unleased(state, request) else None
+        if read:
+            # Its lease vanished (a failover, a restart without persistence): again, recover.
+            return Outcome.STALLED if self._recover_vanished(state, request) else None
+        return None
+
+    def _recover_vanished(self, state: SlotState, request: Any) -> bool:
+        """Recover a task whose pool process died and whose lease Redis no longer has: written again
+        from its slot and the payload of Celery's request for it, then given up. False when it
+        could not be (another attempt holds it, Redis away): Celery's own handling then."""
+        payload = message_payload(request)
+        spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue, payload)
+        orphans = functools.partial(self.runtime.end_orphans, spec, state.token, state.attempt)
+        return self.runtime.give_up_stalled(
+            spec,
+            state.token,
+            "its pool process died",
+            before_sweep=orphans,
+            again=lambda: self.runtime.write_again_for(state, state.token, payload),
         )
 
 

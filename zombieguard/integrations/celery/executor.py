@@ -210,6 +210,8 @@ class Executor:
             if acquired.status is AcquireStatus.STALE and acquired.holder_state is LeaseState.DONE:
                 with contained(f"celery task {spec.job_id}: its recorded end not put back"):
                     self._put_back_result(task, spec.job_id)
+                with contained(f"celery task {spec.job_id}: its end not recorded in Celery"):
+                    self._record_stopped_end(spec.job_id)
             log.warning(
                 "celery task %s[%s] not run: delivery of attempt %d is %s (attempt %d is %s on %s)",
                 spec.task,
@@ -250,6 +252,18 @@ class Executor:
             return
         status = backend.decode_result(raw).get("status")
         internals.store_raw_result(backend, task_id, raw, status)
+
+    def _record_stopped_end(self, task_id: str) -> None:
+        """A copy refused as stale, its attempt stopped at a limit or by an operator: its worker may
+        have died after the lease recorded that end and before Celery did (the copy is then the
+        broker's redelivery). Record it in Celery now, the way a sweeper does, unless Celery has an
+        end for the task already: else the task would stay PENDING for good."""
+        record = self.store.record(task_id)
+        if record is None or not record.history:
+            return
+        last = record.history[-1]
+        if last.outcome in (Outcome.TIMED_OUT, Outcome.HUNG, Outcome.STOPPED):
+            self.runtime.adapter.fail(record, last.outcome, last.reason)
 
     def _interrupted(self, state: Running, exc: JobInterrupt) -> None:
         """Turn zombieguard's interrupt into Celery's outcome (raises)."""

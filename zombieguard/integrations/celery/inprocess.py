@@ -192,7 +192,11 @@ class InProcessExecutor(Executor):
                 # process, woken with this one, would take a job still running past its limit for
                 # one stuck in C code.
                 self.runtime.give_up_stalled(
-                    attempt.described(), attempt.token, why, before_sweep=lambda: self.lost(attempt)
+                    attempt.described(),
+                    attempt.token,
+                    why,
+                    before_sweep=lambda: self.lost(attempt),
+                    again=attempt.reestablish,
                 )
                 return
         self.lost(attempt)

@@ -30,6 +30,7 @@ from zombieguard.events import Subject
 from zombieguard.integrations.celery import internals
 from zombieguard.integrations.celery.adapter import ADAPTER
 from zombieguard.integrations.celery.deaths import PoolDeaths
+from zombieguard.integrations.celery.message import message_payload
 from zombieguard.leases import JobSpec, Outcome, text
 from zombieguard.worker.heartbeat import processes_under
 from zombieguard.worker.lifecycle import ESCALATE_AFTER, emit_limit, stopping
@@ -117,7 +118,7 @@ class SlotMonitor:
         self._refresh(now)
         due: list[_Tracked] = []
         late: list[_Tracked] = []
-        died: list[tuple[SlotState, int]] = []
+        died: list[tuple[SlotState, int, Any]] = []
         with self._lock:
             since, self.looked = now - self.looked, now
             for path, slot in list(self.slots.items()):
@@ -132,6 +133,8 @@ class SlotMonitor:
                     continue
                 gone = process_exited(state.pid) and _died_by_itself(state, tracked)
                 if not gone and _woke_past_its_lease(state, tracked, now, since):
+                    if not self._kill_woken(slot, state):
+                        continue  # it gave the task up itself and took another: the next look sees it
                     log.warning(
                         "celery task %s[%s]: its worker was frozen %.1f s, past the task's lease and a "
                         "limit: a stall, killed and recovered, not timed out",
@@ -139,7 +142,6 @@ class SlotMonitor:
                         state.job_id,
                         since,
                     )
-                    self._stopping(state, _sender(state.pid, signal.SIGKILL))
                     gone = True
                 if gone:
                     token = state.token or (tracked.written if tracked is not None else 0)
@@ -150,7 +152,9 @@ class SlotMonitor:
                         self._killed[state.job_id] = Outcome.STALLED
                     else:
                         self._unleased[state.job_id] = state
-                    died.append((state, token))
+                    # Celery's request for it, while Celery still holds it: what a lease that
+                    # vanished is written again with.
+                    died.append((state, token, internals.request_by_id(state.job_id) if token else None))
                     slot.clear()
                     self.tracked.pop(path, None)
                     continue
@@ -167,7 +171,7 @@ class SlotMonitor:
         self._act(now, due, late, died)
 
     def _act(
-        self, now: float, due: list[_Tracked], late: list[_Tracked], died: list[tuple[SlotState, int]]
+        self, now: float, due: list[_Tracked], late: list[_Tracked], died: list[tuple[SlotState, int, Any]]
     ) -> None:
         """What a look found to do in Redis (outside the lock)."""
         if self.to_release:
@@ -176,8 +180,8 @@ class SlotMonitor:
             self._write_lease(tracked, now)
         if due:
             self._renew(due)
-        for state, token in died:
-            self._died(state, token)
+        for state, token, request in died:
+            self._died(state, token, request)
 
     def _write_lease(self, tracked: _Tracked, now: float) -> None:
         """Write the lease of a task whose pool process has not written it past its ``lease_delay``
@@ -248,7 +252,7 @@ class SlotMonitor:
                 return
             self._answered(None)
 
-    def _died(self, state: SlotState, token: int) -> None:
+    def _died(self, state: SlotState, token: int, request: Any) -> None:
         """A pool process died mid-task, and Celery has not said so yet (under load its pool notices
         only every few seconds): recover the task now. Celery's news of it, when it comes, finds the
         task handled (:meth:`PoolDeaths.verdict` says stalled). A task that died before its lease
@@ -259,8 +263,14 @@ class SlotMonitor:
             return
         spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
         orphans = functools.partial(self.runtime.end_orphans, spec, token, state.attempt)
-        if not self.runtime.give_up_stalled(spec, token, "its pool process died", before_sweep=orphans):
-            self._killed.pop(state.job_id, None)  # Celery's news came first: it was handled then
+        again = None
+        if request is not None:  # its lease vanished: written again with the message's payload
+            again = functools.partial(self.runtime.write_again_for, state, token, message_payload(request))
+        if not self.runtime.give_up_stalled(
+            spec, token, "its pool process died", before_sweep=orphans, again=again
+        ):
+            # Celery's news of it came first (it was handled then), or it is left to Celery's news.
+            self._killed.pop(state.job_id, None)
 
     def _event(self, state: SlotState) -> Callable[..., Any]:
         """Events about a pool process's task; the job's description is read from its lease (the slot
@@ -314,6 +324,21 @@ class SlotMonitor:
             _signal(state.pid, Interrupt.at(limit).signal)
 
         self._stopping(state, interrupt)
+
+    def _kill_woken(self, slot: JobSlot, state: SlotState) -> bool:
+        """Kill the pool process of ``slot``, woken from a freeze past its task's lease, if it still
+        runs the task of ``state``: its own watch saw the freeze too, and may have given that task
+        up and taken the next one, which the kill must not hit. Whether it was killed."""
+        killed: list[bool] = []
+
+        def stop(found: Found) -> None:
+            now = slot.read()
+            if now.active and now.generation == state.generation:
+                _signal(state.pid, signal.SIGKILL)
+                killed.append(True)
+
+        self._stopping(state, stop)
+        return bool(killed)
 
     def _stopping(self, state: SlotState, stop: Callable[[Found], object]) -> None:
         """:func:`stopping` for the task in a pool process's slot."""

@@ -16,7 +16,7 @@ from zombieguard.enforcement.stacks import StackDumper
 from zombieguard.errors import LeaseLost
 from zombieguard.integrations.celery import internals
 from zombieguard.integrations.celery.adapter import ADAPTER, CeleryAdapter, watchdog_process_adapter
-from zombieguard.integrations.celery.app import app_config, app_spec, broker_key, leases_url, task_policy
+from zombieguard.integrations.celery.app import app_config, app_spec, broker_key, leases_target, task_policy
 from zombieguard.integrations.celery.hooks import before_started
 from zombieguard.integrations.celery.inprocess import InProcessExecutor
 from zombieguard.integrations.celery.message import message_payload, payload_from_slot
@@ -28,7 +28,7 @@ from zombieguard.integrations.celery.zombies import ZombieThreads
 from zombieguard.leases import LeaseStore
 from zombieguard.policy import Policy
 from zombieguard.worker.attempt import Attempt
-from zombieguard.worker.onbehalf import write_lease
+from zombieguard.worker.onbehalf import write_again, write_lease
 from zombieguard.worker.runtime import WorkerRuntime
 
 _POLICIES_CACHED = 1024
@@ -80,13 +80,14 @@ class CeleryRuntime(WorkerRuntime):
         self.pool_size = int(worker.concurrency or 1)
         self.default_policy = self.config.policy_for("")
         self.adapter = CeleryAdapter(app)
+        target = leases_target(app, self.config)
         super().__init__(
-            LeaseStore.from_url(leases_url(app, self.config), self.config.settings),
+            LeaseStore.from_target(target, self.config.settings),
             self.adapter,
             worker=self.name,
             renew_every=self.default_policy.renew_every,
             children_grace=self.default_policy.kill_children_grace,
-            redis_url=leases_url(app, self.config),
+            target=target,
             on_lost=self._lost,
             dir_prefix=f"{_DIR_PREFIX}{broker_key(app)}-",
             watchdog_name="zombieguard-watchdog",
@@ -140,7 +141,6 @@ class CeleryRuntime(WorkerRuntime):
             self.start_watchdog_process(
                 slot=self.slots_dir,
                 dump=self.dumper.path,
-                redis_url=leases_url(self.app, self.config),
                 adapter=f"{watchdog_process_adapter.__module__}:{watchdog_process_adapter.__name__}"
                 if spec
                 else ADAPTER,
@@ -230,13 +230,24 @@ class CeleryRuntime(WorkerRuntime):
         """Prefork: write, on its execution's behalf, the lease of the task a pool process's slot
         shows (see :func:`zombieguard.worker.onbehalf.write_lease`), under its task's policy; its token,
         or 0 when another attempt holds the task. Raises ``redis.RedisError``."""
-        task = self.app.tasks.get(state.task)
-        policy = (
-            self.policy(task, (state.hard_timeout, state.soft_timeout))
-            if task is not None
-            else self.default_policy
+        return write_lease(
+            self.store, state, payload, adapter=ADAPTER, worker=self.name, policy=self._slot_policy(state)
         )
-        return write_lease(self.store, state, payload, adapter=ADAPTER, worker=self.name, policy=policy)
+
+    def write_again_for(self, state: SlotState, token: int, payload: str) -> bool:
+        """Prefork: write again the lease (of ``token``) of the task a dead pool process's slot
+        showed, when Redis no longer has it (see :func:`zombieguard.worker.onbehalf.write_again`).
+        Raises ``redis.RedisError``."""
+        policy = self._slot_policy(state)
+        return write_again(
+            self.store, state, token, payload, adapter=ADAPTER, worker=self.name, policy=policy
+        )
+
+    def _slot_policy(self, state: SlotState) -> Policy:
+        task = self.app.tasks.get(state.task)
+        if task is None:
+            return self.default_policy
+        return self.policy(task, (state.hard_timeout, state.soft_timeout))
 
 
 class RuntimeStep(bootsteps.StartStopStep):  # type: ignore[misc]

@@ -135,6 +135,15 @@ def begin(zg: RQRuntime, worker: str, job: Job, sent: Sent) -> Begun | None:
         hard_deadline=started + policy.hard_timeout if policy.hard_timeout is not None else None,
         progress_timeout=policy.progress_timeout,
         confirmed_until=attempt.confirmed_until,
+        started_at=attempt.started_at,
+        attempt=attempt.number,
+        stalls=attempt.stalls,
+        lease_ttl=policy.lease_ttl,
+        task=spec.task,
+        queue=spec.queue,
+        max_stalls=policy.max_stalls,
+        dead_letter=policy.dead_letter,
+        overdue_grace=policy.overdue_grace,
         children_grace=policy.children_grace,
     )
     if not attempt.unguarded:

@@ -26,6 +26,7 @@ from zombieguard.integrations.rq.failure import (
     run_failure_callback,
 )
 from zombieguard.leases import LeaseRecord, Outcome
+from zombieguard.leases.connection import RedisTarget
 from zombieguard.recovery.deadletter import DeadLetterEntry
 
 ADAPTER = "rq"
@@ -45,6 +46,7 @@ class RQAdapter:
     name = ADAPTER
     republishes_unstarted = False  # RQ would run a second copy of the job id: it carries no attempt
     reclaims = True
+    requeues_from_payload = False
 
     def __init__(
         self,
@@ -174,13 +176,15 @@ class RQAdapter:
         recover."""
 
 
-def cli_adapter(connection: redis.Redis, app: str | None) -> RQAdapter:
-    """The adapter the CLI loads: RQ's jobs in the leases' Redis (``app``: unused, RQ has none)."""
-    return RQAdapter(connection)
+def cli_adapter(connection: redis.Redis, rq_url: str | None) -> RQAdapter:
+    """The adapter the CLI loads: RQ's jobs in the Redis ``rq_url`` names (``--rq-url``), else in
+    the leases' Redis."""
+    return RQAdapter(RedisTarget.from_url(rq_url, "--rq-url").client() if rq_url else connection)
 
 
-def watchdog_process_adapter(connection: redis.Redis, rq_url: str = "") -> RQAdapter:
+def watchdog_process_adapter(connection: redis.Redis, rq_redis: str = "") -> RQAdapter:
     """The adapter :mod:`zombieguard.enforcement.watchdog_process` loads
-    (``zombieguard.integrations.rq:watchdog_process_adapter``), on RQ's own Redis (``rq_url``; the leases'
-    by default, when they share one)."""
-    return RQAdapter(redis.Redis.from_url(rq_url) if rq_url else connection)
+    (``zombieguard.integrations.rq:watchdog_process_adapter``), on RQ's own Redis (``rq_redis``, a
+    :class:`~zombieguard.leases.connection.RedisTarget` as JSON; the leases' by default, when they
+    share one)."""
+    return RQAdapter(RedisTarget.from_json(rq_redis).client() if rq_redis else connection)

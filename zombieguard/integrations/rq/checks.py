@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import redis
 from rq import Worker
 
 from zombieguard.leases import LeaseStore, text
-from zombieguard.ops.doctor import Finding
+from zombieguard.ops.doctor import Finding, refused
 
 
 def check(store: LeaseStore | None, app: str | None) -> list[Finding]:
     """Every RQ worker listening on a queue where guarded jobs run is a guarded one (``app``: unused,
-    RQ has no application object). Nothing to check without the leases' Redis (``store`` None)."""
+    RQ has no application object). Nothing to check without the leases' Redis (``store`` None), nor
+    when its user may not read RQ's keys there (an ACL user for the leases alone)."""
     if store is None:
         return []
+    try:
+        return _unguarded(store)
+    except redis.ResponseError as exc:
+        if refused(exc):
+            return []
+        raise
+
+
+def _unguarded(store: LeaseStore) -> list[Finding]:
     guarded_queues = {
         text(queue)
         for queue, adapter in store.client.hgetall(store.queues_key).items()

@@ -8,7 +8,6 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from rq.job import Job
 
 from zombieguard.enforcement.slot import JobSlot
@@ -16,20 +15,12 @@ from zombieguard.enforcement.stacks import StackDumper
 from zombieguard.errors import LeaseLost
 from zombieguard.integrations.rq.adapter import RQAdapter
 from zombieguard.leases import LeaseStore
+from zombieguard.leases.connection import RedisTarget
 from zombieguard.policy import Config, Policy, current_config, guard_fields
 from zombieguard.worker.attempt import Attempt
 from zombieguard.worker.runtime import WorkerRuntime
 
 DIR_PREFIX = "zombieguard-rq-"
-
-
-def url_of(client: redis.Redis) -> str:
-    """A URL that reaches the Redis ``client`` is connected to (for the watchdog process)."""
-    kwargs = client.connection_pool.connection_kwargs
-    if "path" in kwargs:
-        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
-    auth = f"{kwargs.get('username') or ''}:{kwargs['password']}@" if kwargs.get("password") else ""
-    return f"redis://{auth}{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
 
 
 class RQRuntime(WorkerRuntime):
@@ -40,7 +31,11 @@ class RQRuntime(WorkerRuntime):
     ) -> None:
         self.config: Config = current_config()
         settings = self.config.settings
-        self.client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else worker.connection
+        # The leases follow the worker's own connection (a Sentinel one included) unless redis_url
+        # names another Redis.
+        own = RedisTarget.from_client(worker.connection)
+        target = RedisTarget.from_url(settings.redis_url) if settings.redis_url else own
+        self.client = target.client() if settings.redis_url else worker.connection
         self.default_policy = self.config.policy_for("")
         self.adapter = RQAdapter(
             worker.connection,
@@ -55,23 +50,23 @@ class RQRuntime(WorkerRuntime):
             worker=worker.name,
             renew_every=self.default_policy.renew_every,
             children_grace=self.default_policy.kill_children_grace,
-            redis_url=settings.redis_url or url_of(self.client),
+            target=target,
             on_lost=on_lost,
             dir_prefix=DIR_PREFIX,
             watchdog_name=f"zombieguard-watchdog-{worker.name}",
         )
         self.dumper = StackDumper(self.dir / "stacks.txt")
         self.dumper.path.touch()
-        self.slot = JobSlot(self.dir / "slot" if with_watchdog_process else None)
+        # A file, so that the next worker started here finds the job this one ran if it dies.
+        self.slot = JobSlot(self.dir / "slot")
         if with_watchdog_process:
             # Jobs run in this process: the watchdog process asks it for its stacks before killing it.
             self.dumper.install()
             self.start_watchdog_process(
                 slot=self.dir / "slot",
                 dump=self.dumper.path,
-                redis_url=settings.redis_url or url_of(self.client),
                 adapter="zombieguard.integrations.rq:watchdog_process_adapter",
-                adapter_arg=url_of(worker.connection) if settings.redis_url else "",
+                adapter_arg=own.to_json() if settings.redis_url else "",
             )
         # Before RQ's own maintenance runs: the first sweep recovers what dead workers left, so that
         # RQ's abandoned-job cleanup does not fail it first.

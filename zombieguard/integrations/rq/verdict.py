@@ -39,7 +39,9 @@ def unstarted(zg: RQRuntime, attempt: Attempt, error: redis.RedisError) -> bool:
     not a failure to record; without a lease (unguarded), RQ records it as it would alone."""
     if attempt.unguarded:
         return True
-    zg.give_up_stalled(attempt.job, attempt.token, f"RQ could not prepare it ({error})")
+    zg.give_up_stalled(
+        attempt.job, attempt.token, f"RQ could not prepare it ({error})", again=attempt.reestablish
+    )
     return False
 
 
@@ -90,5 +92,6 @@ def _died(zg: RQRuntime, attempt: Attempt, exc_string: str) -> bool:
         attempt.token,
         f"its horse died ({exc_string.strip()})",
         before_sweep=lambda: zg.end_orphans(attempt.job, attempt.token, attempt.number),
+        again=attempt.reestablish,
     )
     return False

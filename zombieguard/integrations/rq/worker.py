@@ -208,7 +208,9 @@ class _GuardedMixin:
                 attempt.mark_lost(LeaseLost(attempt.job.job_id, attempt.token, why))
                 self._zg_stop_lost()
 
-            zg.give_up_stalled(attempt.job, attempt.token, why, before_sweep=stop_superseded)
+            zg.give_up_stalled(
+                attempt.job, attempt.token, why, before_sweep=stop_superseded, again=attempt.reestablish
+            )
 
         clock = LimitClock(attempt.policy, attempt.started_monotonic, lambda: zg.slot.read().last_progress)
         return zg.watchdog.watch(

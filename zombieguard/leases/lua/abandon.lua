@@ -3,11 +3,12 @@
 -- it), 'timed_out' or 'hung' (fail it). The stack, when captured, goes with it.
 -- KEYS: lease, due
 -- ARGV: token, job, reason, stack
--- Returns {'ok'} or {'lost', state, token} or {'missing'} or {'corrupt', why}
+-- Returns {'ok'} or {'lost', state, token} or {'missing'} (see acquire_lost) or {'corrupt', why}
 local kind = key_type(KEYS[1])
 if kind == 'none' then return {'missing'} end
 if kind ~= 'hash' then return {'corrupt', 'lease key holds a ' .. kind} end
 local r = redis.call('HMGET', KEYS[1], 'state', 'token', 'abandoned')
+if acquire_lost(r[1], r[2], ARGV[1]) then return {'missing'} end
 if r[1] ~= 'running' or r[2] ~= ARGV[1] then return {'lost', r[1] or '', r[2] or ''} end
 -- Given up twice (the worker's threads and its watchdog process both woke from a freeze): the
 -- first reason, and its stack, stand.

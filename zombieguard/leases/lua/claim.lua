@@ -5,13 +5,42 @@
 -- frozen consumer). Claiming bumps the fencing token, so the old attempt's writes are refused from
 -- here on, and re-scores the lease at the claim's expiry: a sweeper that dies mid-recovery is
 -- replaced after claim_ttl. Atomic, so sweepers racing over the same leases each get a disjoint set.
--- KEYS: due, fence, workers
+-- No lease is taken for stalled within its own lease_ttl of this Redis's start as the primary (a
+-- restart, or a failover to a replica: a new replication id): the live workers renewed it where
+-- they could (nowhere, during the outage; the old primary, until they found the new one) and get
+-- one whole lease_ttl to renew it here.
+-- KEYS: due, fence, workers, serving
 -- ARGV: limit, claim_ttl, sweeper, key prefix
 -- Returns {claims, dead_workers}; a claim is {job, 'claimed', record, checkpoint|nil} or
 -- {job, 'corrupt', why}; a dead worker is {name, info}.
 local now = now_s()
 local limit, claim_ttl, sweeper, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local claims = {}
+
+-- Since when this Redis has served as the primary. `serving` holds the replication id seen, since
+-- when, and when it was last checked; a new id (a failover, a restart) serves from the first check
+-- that sees it, a restart at the latest from the start itself. Checked when a lease looks stalled,
+-- and by the first claim a second (whichever sweeper makes it), so that a failover is noted within
+-- a second of it, not at the first stall after it.
+local serving = nil
+local function serving_since()
+  if serving then return serving end
+  local uptime = uptime_s()
+  local replid = replication_id()
+  local stored = redis.call('GET', KEYS[4])
+  local since = nil
+  if stored then
+    local id, at = string.match(stored, '^(%S*) (%S+)')
+    if id == replid then since = tonumber(at) end
+  end
+  since = since or (stored and now or now - uptime)
+  redis.call('SET', KEYS[4], replid .. ' ' .. fmt(since) .. ' ' .. fmt(now))
+  serving = math.max(since, now - uptime)
+  return serving
+end
+local checked = tonumber(string.match(redis.call('GET', KEYS[4]) or '', '^%S* %S+ (%S+)$') or '')
+if not checked or now - checked >= 1 then serving_since() end
+
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', fmt(now), 'LIMIT', 0, limit)
 for _, job in ipairs(ids) do
   local key = prefix .. ':lease:' .. job
@@ -21,7 +50,7 @@ for _, job in ipairs(ids) do
     problem = kind == 'none' and 'lease record is missing' or ('lease key holds a ' .. kind)
   else
     local r = redis.call('HMGET', key, 'state', 'expires', 'hard_deadline', 'progress_deadline',
-      'overdue_grace', 'claim_expires', 'reason', 'abandoned', 'republish_at', 'worker')
+      'overdue_grace', 'claim_expires', 'reason', 'abandoned', 'republish_at', 'worker', 'lease_ttl')
     worker = r[10]
     if r[1] == 'running' then
       local expires, grace = tonumber(r[2]), tonumber(r[5])
@@ -33,8 +62,14 @@ for _, job in ipairs(ids) do
           reason = r[8]
         elseif expires <= now and not (hard and hard + grace <= expires) then
           -- Its worker stopped renewing before the job was overdue: dead or frozen, a stall, even
-          -- when no sweeper looked until the hard limit had passed as well.
-          reason = 'stalled'
+          -- when no sweeper looked until the hard limit had passed as well; unless this Redis
+          -- became the primary too recently for its worker to have renewed it here.
+          local held_until = serving_since() + (tonumber(r[11]) or 0)
+          if held_until > now then
+            redis.call('ZADD', KEYS[1], fmt(held_until), job)
+          else
+            reason = 'stalled'
+          end
         elseif hard and hard + grace <= now then
           -- Past the hard limit while its worker still renewed it: re-running it would hang again.
           reason = 'timed_out'
@@ -80,9 +115,16 @@ for _, job in ipairs(ids) do
 end
 local dead = {}
 for _, name in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', fmt(now), 'LIMIT', 0, limit)) do
-  redis.call('ZREM', KEYS[3], name)
   local info_key = prefix .. ':worker:' .. name
-  dead[#dead + 1] = {name, key_type(info_key) == 'hash' and redis.call('HGETALL', info_key) or {}}
-  redis.call('DEL', info_key)
+  local described = key_type(info_key) == 'hash'
+  -- A worker, like a lease, gets its own presence TTL after a restart or a failover to renew here.
+  local held_until = serving_since() + (described and tonumber(redis.call('HGET', info_key, 'ttl')) or 0)
+  if held_until > now then
+    redis.call('ZADD', KEYS[3], fmt(held_until), name)
+  else
+    redis.call('ZREM', KEYS[3], name)
+    dead[#dead + 1] = {name, described and redis.call('HGETALL', info_key) or {}}
+    redis.call('DEL', info_key)
+  end
 end
 return {claims, dead}

@@ -9,6 +9,16 @@ local function fmt(x)
   return string.format('%.6f', x)
 end
 
+-- Seconds since this Redis started, and its replication id: a new id is a restart or a failover to
+-- a replica (which keeps its uptime), or, on a Cluster, another node serving the slot.
+local function uptime_s()
+  return tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)')) or 0
+end
+
+local function replication_id()
+  return string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+end
+
 -- The moment a sweeper must look at a running lease: its expiry, or a hard / progress deadline plus
 -- the grace the worker gets to stop the job itself, whichever comes first.
 local function due_score(expires, hard_deadline, progress_deadline, grace)
@@ -33,6 +43,16 @@ local function given_up(key, due_key, job, now)
   redis.call('HSET', key, 'abandoned', 'stalled')
   redis.call('ZADD', due_key, fmt(now), job)
   return 'stalled'
+end
+
+-- Whether a lease record (its state and token) stands where the attempt of token ``mine`` should be:
+-- a sweeper requeued the job (queued, under the older token of its claim), the attempt's acquire
+-- took it, and that write was lost (a primary failed over before any replica had it). No other
+-- delivery took the job since, or the record would be running under a newer token. The attempt's
+-- lease is missing: its worker writes it again (reestablish.lua).
+local function acquire_lost(state, token, mine)
+  local held, own = tonumber(token), tonumber(mine)
+  return state == 'queued' and held ~= nil and own ~= nil and held < own
 end
 
 local function key_type(key)

@@ -36,8 +36,8 @@ if not seated then return {'standby'} end
 
 local now = now_s()
 local grace, prefix, restart_grace = tonumber(ARGV[3]), ARGV[5], tonumber(ARGV[4])
-local uptime = tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)')) or 0
-local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+local uptime = uptime_s()
+local replid = replication_id()
 local absent = {}
 local raw = redis.call('HGETALL', KEYS[2])
 for i = 1, #raw, 2 do

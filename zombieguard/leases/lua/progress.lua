@@ -8,6 +8,7 @@ if kind == 'none' then return {'missing'} end
 if kind ~= 'hash' then return {'corrupt', 'lease key holds a ' .. kind} end
 local r = redis.call('HMGET', KEYS[1], 'state', 'token', 'lease_ttl', 'hard_deadline',
   'progress_timeout', 'overdue_grace')
+if acquire_lost(r[1], r[2], ARGV[1]) then return {'missing'} end
 if r[1] ~= 'running' or r[2] ~= ARGV[1] then return {'lost', r[1] or '', r[2] or ''} end
 local ttl, grace = tonumber(r[3]), tonumber(r[6])
 if ttl == nil or grace == nil then return {'corrupt', 'lease_ttl or overdue_grace unreadable'} end

@@ -16,6 +16,7 @@ if kind == 'none' then return {'missing'} end
 if kind ~= 'hash' then return {'corrupt', 'lease key holds a ' .. kind} end
 local r = redis.call('HMGET', KEYS[1], 'state', 'token', 'attempt', 'stalls', 'worker', 'started',
   'last_beat', 'last_progress', 'adopted', 'ended_processes')
+if acquire_lost(r[1], r[2], ARGV[1]) then return {'missing'} end
 if r[1] ~= 'running' or r[2] ~= ARGV[1] then return {'lost', r[1] or '', r[2] or ''} end
 if ARGV[8] == '1' and r[9] then return {'adopted'} end
 local now = now_s()

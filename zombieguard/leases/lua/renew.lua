@@ -3,7 +3,7 @@
 -- ARGV: worker, worker_ttl, job_1, token_1, processes_1, .. job_n, token_n, processes_n
 -- (processes: how many processes run under the job now; '' when not known, the lease keeps its own)
 -- Returns one code per lease: 'ok', 'lost' (another token or state, or given up: see given_up),
--- 'missing', 'corrupt'.
+-- 'missing' (no record, or one its acquire should have replaced: see acquire_lost), 'corrupt'.
 local now = now_s()
 redis.call('ZADD', KEYS[2], fmt(now + tonumber(ARGV[2])), ARGV[1])
 local out = {}
@@ -33,6 +33,8 @@ for i = 3, #KEYS do
           fmt(due_score(expires, tonumber(r[4]), tonumber(r[5]), grace)), job)
         code = 'ok'
       end
+    elseif acquire_lost(r[1], r[2], token) then
+      code = 'missing'
     end
   end
   out[#out + 1] = code
