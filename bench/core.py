@@ -2,7 +2,7 @@
 
 Prints, for each operation, the median and p95 wall time per call, and the same as a multiple of a bare
 PING round trip measured in the same run (the floor any Redis call pays). Uses
-ZOMBIEGUARD_BENCH_REDIS_URL, else the local Redis on 127.0.0.1:6379 (database 9, a key prefix of its
+ZG_BENCH_REDIS_URL, else the local Redis on 127.0.0.1:6379 (database 9, a key prefix of its
 own, deleted afterwards), else a throwaway redis-server.
 """
 
@@ -67,7 +67,7 @@ class NoopAdapter:
 @contextmanager
 def redis_url() -> Iterator[str]:
     """Where to measure."""
-    explicit = os.environ.get("ZOMBIEGUARD_BENCH_REDIS_URL")
+    explicit = os.environ.get("ZG_BENCH_REDIS_URL")
     if explicit:
         yield explicit
         return

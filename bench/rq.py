@@ -10,7 +10,7 @@
 3. Kill latency past hard_timeout (1 s): from the moment the limit passes to the job ending failed,
    for a job hung on a socket and one stuck in C code, per worker class.
 
-Uses ZOMBIEGUARD_BENCH_REDIS_URL, else the local Redis (database 9, keys of its own, deleted
+Uses ZG_BENCH_REDIS_URL, else the local Redis (database 9, keys of its own, deleted
 afterwards), else a throwaway redis-server.
 """
 

@@ -30,8 +30,8 @@ def _answers(url: str) -> bool:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """ZOMBIEGUARD_TEST_REDIS_URL, else the local Redis (db 9), else a throwaway redis-server."""
-    explicit = os.environ.get("ZOMBIEGUARD_TEST_REDIS_URL")
+    """ZG_TEST_REDIS_URL, else the local Redis (db 9), else a throwaway redis-server."""
+    explicit = os.environ.get("ZG_TEST_REDIS_URL")
     if explicit:
         yield explicit
     elif _answers(SHARED_REDIS):

@@ -11,13 +11,25 @@ Two roots, on purpose:
 
 from __future__ import annotations
 
+import click
+
 
 class ZombieGuardError(Exception):
     """Root of zombieguard's ordinary errors."""
 
 
-class ConfigurationError(ZombieGuardError, ValueError):
-    """Invalid configuration: the message names the key, the value and the rule it breaks."""
+class ConfigurationError(ZombieGuardError, click.ClickException, ValueError):
+    """Invalid configuration: the message names the key, the value and the rule it breaks.
+
+    Also a ``click.ClickException``: raised as Celery's or RQ's command starts a worker (both are
+    click commands), it ends the start with this one line on stderr and exit code 2, not a traceback.
+    """
+
+    exit_code = 2
+
+    def format_message(self) -> str:
+        """The line a click command prints after ``Error:``."""
+        return f"zombieguard: {self.message}"
 
 
 class IntegrationNotAvailable(ZombieGuardError, ImportError):

@@ -14,13 +14,25 @@ Sources, later overriding earlier:
 A source *sets* a field by naming it; an explicit ``None`` therefore switches an optional limit off
 (``guard(progress_timeout=None)`` beats a rule that set one), and an explicit ``0`` is never mistaken
 for "not set": it is rejected as the invalid duration it is.
+
+A mistake stops a worker as it starts, with one line naming the key and its fix (Celery's and RQ's
+commands print it and exit with 2): an invalid value, a ``heartbeat_interval`` over half of
+``lease_ttl``, an unknown ``ZOMBIEGUARD_*`` variable (``ZOMBIEGUARD_CELERY_APP``, the Celery app the
+CLI acts through, aside). ``@zombieguard.guard`` works above or below Celery's ``@app.task``.
+
+``configure()`` sets the whole process's configuration, the last call winning. Called in a job's
+module, which an RQ worker imports as it takes that module's first job, its policies apply from that
+job on; the settings it would change (``redis_url``, ``key_prefix``, ...) stay those the worker
+started with, and the worker logs so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import fnmatch
+import logging
 import math
 import os
 import threading
@@ -28,11 +40,15 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from zombieguard.errors import ConfigurationError
 
+log = logging.getLogger("zombieguard")
+
 ENV_PREFIX = "ZOMBIEGUARD_"
+OTHER_ENV_NAMES = frozenset({"CELERY_APP"})
+"""``ZOMBIEGUARD_*`` variables that are not fields: the Celery app the CLI acts through."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +68,8 @@ class Policy:
     lease_ttl: float = 30.0
     """How long a lease lives without renewal: a dead or frozen worker's job is recovered after it."""
     heartbeat_interval: float | None = None
-    """How often the worker renews its leases; ``None`` derives a third of ``lease_ttl``."""
+    """How often the worker renews its leases, at most half of ``lease_ttl`` so that a lease outlives
+    one late renewal; ``None`` derives a third of ``lease_ttl``."""
     max_stalls: int = 3
     """Recoveries after stalls before the job is dead-lettered (a poison pill)."""
     dead_letter: bool = True
@@ -78,10 +95,12 @@ class Policy:
             _check_value(f.name, getattr(self, f.name), f"Policy({f.name}=...)")
         if self.heartbeat_interval is None:
             object.__setattr__(self, "heartbeat_interval", self.lease_ttl / 3)
-        elif self.heartbeat_interval >= self.lease_ttl:
+        elif self.heartbeat_interval > self.lease_ttl / 2:
             raise ConfigurationError(
-                f"heartbeat_interval={self.heartbeat_interval!r} is invalid: it must be shorter than "
-                f"lease_ttl={self.lease_ttl!r}, or every lease would expire between two renewals"
+                f"heartbeat_interval={self.heartbeat_interval!r} is invalid: it must be at most half of "
+                f"lease_ttl={self.lease_ttl!r}, or one late renewal lets a live job's lease expire and "
+                f"the job run twice; set it to {self.lease_ttl / 3:.3g} or less, or leave it unset "
+                "(a third of lease_ttl)"
             )
         if self.lease_delay is not None and self.lease_delay >= self.lease_ttl:
             raise ConfigurationError(
@@ -280,6 +299,25 @@ def _parse_env_value(name: str, text: str, env_name: str) -> Any:
     return stripped
 
 
+def check_env_names(environ: Mapping[str, str]) -> None:
+    """Every ``ZOMBIEGUARD_*`` variable names a field (or one of :data:`OTHER_ENV_NAMES`): a
+    misspelled one would otherwise leave its protection silently off."""
+    valid = {*POLICY_FIELDS, *SETTINGS_FIELDS}
+    for env_name in sorted(environ):
+        if not env_name.startswith(ENV_PREFIX):
+            continue
+        name = env_name[len(ENV_PREFIX) :]
+        if name.lower() in valid or name in OTHER_ENV_NAMES:
+            continue
+        names = [ENV_PREFIX + n.upper() for n in sorted({*valid, *(o.lower() for o in OTHER_ENV_NAMES)})]
+        near = difflib.get_close_matches(env_name, names, n=1, cutoff=0.75)
+        fix = f"did you mean {near[0]}?" if near else "unset it, or rename it"
+        raise ConfigurationError(
+            f"{env_name} (environment) is not a zombieguard setting; {fix}"
+            " (docs/configuration.md lists every variable)"
+        )
+
+
 def layer_from_env(environ: Mapping[str, str], names: Iterable[str]) -> dict[str, Any]:
     """The fields among ``names`` that ``ZOMBIEGUARD_<FIELD>`` variables set, parsed and validated."""
     out: dict[str, Any] = {}
@@ -316,23 +354,55 @@ GUARD_ATTRIBUTE = "__zombieguard_policy__"
 def guard(**fields: Any) -> Callable[[F], F]:
     """Set policy fields on one job function, overriding every other source.
 
-    ``@zombieguard.guard(hard_timeout=60, progress_timeout=20)`` goes directly on the function,
-    under Celery's ``@app.task`` or on a function RQ enqueues. Unknown keys and invalid values fail
-    here, at import time.
+    ``@zombieguard.guard(hard_timeout=60, progress_timeout=20)`` goes on a function RQ enqueues, or
+    on a Celery task, below or above ``@app.task``. Unknown keys and invalid values fail here, at
+    import time.
     """
 
     def decorate(func: F) -> F:
-        name = getattr(func, "__qualname__", repr(func))
+        above_task = _is_celery_task(func)
+        # A task is not touched here: its proxy would make the task before the app is configured.
+        name = "a Celery task" if above_task else getattr(func, "__qualname__", repr(func))
         layer = check_fields(Policy, fields, f"@zombieguard.guard on {name}")
         # Cross-field rules (soft < hard) are checked on the layer alone now, and again once merged.
         try:
             Policy(**layer)
         except ConfigurationError as exc:
             raise ConfigurationError(f"@zombieguard.guard on {name}: {exc}") from None
-        setattr(func, GUARD_ATTRIBUTE, types.MappingProxyType(layer))
+        if above_task:
+            with _lock:
+                _above_tasks.append((func, types.MappingProxyType(layer)))
+        else:
+            setattr(func, GUARD_ATTRIBUTE, types.MappingProxyType(layer))
         return func
 
     return decorate
+
+
+_above_tasks: list[tuple[object, Mapping[str, Any]]] = []
+"""The Celery tasks (or the proxies ``@app.task`` returned) that ``@guard`` was put above, with their
+fields: the task hides its function, so they are kept here (see :func:`guard_fields_above`)."""
+
+
+def guard_fields_above(task_name: str) -> Mapping[str, Any]:
+    """The fields ``@guard`` set above ``@app.task`` on the Celery task named ``task_name``, once the
+    app has made its tasks (empty when it has none)."""
+    with _lock:
+        above = list(_above_tasks)
+    for task, layer in above:
+        with contextlib.suppress(Exception):  # a proxy whose task cannot be made
+            if cast(Any, task).name == task_name:
+                return layer
+    return types.MappingProxyType({})
+
+
+def _is_celery_task(obj: object) -> bool:
+    """Whether ``obj`` is a Celery task, or the proxy ``@app.task`` returns before the app is
+    finalized (told by its type alone: touching a proxy would create the task now)."""
+    kind = type(obj)
+    return kind.__module__ == "celery.local" or any(
+        (base.__module__, base.__name__) == ("celery.app.task", "Task") for base in kind.__mro__
+    )
 
 
 def guard_fields(func: object) -> Mapping[str, Any]:
@@ -363,6 +433,7 @@ class Config:
     ) -> Config:
         """Resolve every source once, validating it all now rather than at the first stall."""
         env = os.environ if environ is None else environ
+        check_env_names(env)
         settings_layer = resolve(
             layer_from_env(env, SETTINGS_FIELDS),
             check_fields(Settings, settings or {}, source),
@@ -444,6 +515,7 @@ _POLICY_CACHE_SIZE = 1024
 _lock = threading.Lock()
 _current: Config | None = None
 _source: Callable[[], Config] | None = None
+_fixed: Settings | None = None
 
 
 def configure(
@@ -465,7 +537,29 @@ def configure(
     config = Config.build(settings=settings, defaults=defaults, policies=policies)
     with _lock:
         _current = config
+        fixed = _fixed
+    if fixed is not None and config.settings != fixed:
+        changed = [
+            f.name
+            for f in dataclasses.fields(Settings)
+            if getattr(config.settings, f.name) != getattr(fixed, f.name)
+        ]
+        log.warning(
+            "zombieguard.configure() was called after this worker started (by a job's module, say): "
+            "its policies apply from the next job on, but the settings it changes (%s) were fixed when "
+            "the worker started and stay as they were. Call configure() where the worker reads it "
+            "before starting: a module named by rq worker -c, or the module that builds the Celery app",
+            ", ".join(changed),
+        )
     return config
+
+
+def fix_settings(settings: Settings | None) -> None:
+    """Note that a worker of this process started with ``settings`` (``None``: it stopped): a later
+    :func:`configure` changes the policies of its next jobs, and is told that it cannot change these."""
+    global _fixed
+    with _lock:
+        _fixed = settings
 
 
 def use_config_source(source: Callable[[], Config] | None) -> None:
@@ -492,6 +586,6 @@ def current_config() -> Config:
 
 def reset_config() -> None:
     """Forget :func:`configure`'s configuration (tests use it between cases)."""
-    global _current
+    global _current, _fixed
     with _lock:
-        _current = None
+        _current = _fixed = None

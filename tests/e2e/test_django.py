@@ -100,8 +100,8 @@ def test_manage_py_zombieguard_runs_the_cli_with_the_django_settings(
     assert rq_harness.queue_name in json.dumps(json.loads(status.stdout))  # the prefix came from settings
     risky = {**settings, "DEFAULTS": {"lease_ttl": 10, "heartbeat_interval": 8}}
     wrong = manage(project(tmp_path, risky), "zombieguard", "doctor")
-    assert wrong.returncode == 1
-    assert "problem (heartbeat): defaults: heartbeat_interval 8 s" in wrong.stdout
+    assert wrong.returncode == 2
+    assert "heartbeat_interval=8 is invalid: it must be at most half of lease_ttl=10" in wrong.stderr
 
 
 def test_a_django_rq_worker_with_the_guarded_class_enforces_the_limits_of_settings_zombieguard(

@@ -180,6 +180,14 @@ def changes_its_arguments(directory: str, items: list[str], seconds: float) -> s
     return result
 
 
+@zombieguard.guard(hard_timeout=1.5)
+@app.task(acks_late=True)
+def guarded_above_its_task(directory: str, seconds: float) -> str:
+    """long_task with ``@zombieguard.guard`` written above ``@app.task``."""
+    result: str = bodies.long_job(directory, seconds)
+    return result
+
+
 @app.task
 def long_task_early_ack(directory: str, seconds: float) -> str:
     """long_task without acks_late: Celery acks it on receipt."""

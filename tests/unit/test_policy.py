@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 import zombieguard
 from zombieguard import ConfigurationError, Policy
-from zombieguard.policy import Config, Settings, current_config, guard_fields
+from zombieguard.policy import Config, Settings, current_config, fix_settings, guard_fields, reset_config
 
 
 def test_defaults_live_in_the_fields_and_heartbeat_is_a_third_of_the_lease() -> None:
@@ -24,6 +26,7 @@ def test_defaults_live_in_the_fields_and_heartbeat_is_a_third_of_the_lease() -> 
         ({"lease_ttl": 0}, ["lease_ttl=0", "positive"]),
         ({"progress_timeout": float("nan")}, ["progress_timeout=nan"]),
         ({"lease_ttl": 3, "heartbeat_interval": 3}, ["heartbeat_interval=3", "lease_ttl=3"]),
+        ({"lease_ttl": 10, "heartbeat_interval": 5.5}, ["heartbeat_interval=5.5", "at most half", "3.33"]),
         ({"hard_timeout": 10, "soft_timeout": 10}, ["soft_timeout=10", "hard_timeout=10"]),
         ({"max_stalls": -1}, ["max_stalls=-1", "negative"]),
         ({"max_stalls": True}, ["max_stalls=True", "whole number"]),
@@ -170,3 +173,42 @@ def test_settings_validate_like_policies() -> None:
         Settings(key_prefix="")
     with pytest.raises(ConfigurationError, match="dead_letter_max_entries=-1"):
         Settings(dead_letter_max_entries=-1)
+
+
+def test_a_heartbeat_of_exactly_half_the_lease_is_accepted() -> None:
+    assert Policy(lease_ttl=10, heartbeat_interval=5).renew_every == 5
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("ZOMBIEGUARD_HARDTIMEOUT", "did you mean ZOMBIEGUARD_HARD_TIMEOUT?"),
+        ("ZOMBIEGUARD_LEASETTL", "did you mean ZOMBIEGUARD_LEASE_TTL?"),
+        ("ZOMBIEGUARD_REDIS", "did you mean ZOMBIEGUARD_REDIS_URL?"),
+        ("ZOMBIEGUARD_WHATEVER", "unset it, or rename it"),
+    ],
+)
+def test_an_unknown_zombieguard_variable_fails_naming_it_and_the_nearest_one(
+    name: str, expected: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Config.build(environ={name: "5"})
+    assert f"{name} (environment) is not a zombieguard setting; {expected}" in str(caught.value)
+
+
+def test_the_celery_app_variable_of_the_cli_is_not_taken_for_a_mistake() -> None:
+    Config.build(environ={"ZOMBIEGUARD_CELERY_APP": "proj.celery:app", "ZOMBIEGUARD_LEASE_TTL": "5"})
+
+
+def test_configure_after_a_worker_started_says_which_settings_it_cannot_change(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fix_settings(Settings(key_prefix="started"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="zombieguard"):
+            zombieguard.configure(key_prefix="started", policies={"jobs.*": {"hard_timeout": 3}})
+            assert not caplog.records  # policies only: they apply from the next job on
+            zombieguard.configure(key_prefix="elsewhere", sweep_interval=2)
+        assert "the settings it changes (key_prefix, sweep_interval) were fixed" in caplog.text
+    finally:
+        reset_config()

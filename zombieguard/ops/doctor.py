@@ -201,22 +201,6 @@ def check_clock(store: LeaseStore, local_time: Callable[[], float] = time.time) 
     ]
 
 
-def _check_policy(name: str, policy: Policy) -> list[Finding]:
-    interval = policy.renew_every
-    if interval <= policy.lease_ttl / 2:
-        return []
-    return [
-        Finding(
-            "heartbeat",
-            f"{name}: heartbeat_interval {interval:g} s is more than half of"
-            f" lease_ttl {policy.lease_ttl:g} s: one late renewal lets the lease expire"
-            " and a live job be recovered (run twice)",
-            f"set heartbeat_interval to at most {policy.lease_ttl / 3:.3g} s"
-            " (a third of lease_ttl, the default)",
-        )
-    ]
-
-
 def _check_durations(name: str, policy: Policy, settings: Settings) -> list[Finding]:
     """A dead worker's job must be found dead before one of its limits passes unwatched: else the
     sweeper takes the worker's silence for a job its worker failed to stop, and fails it."""
@@ -257,11 +241,11 @@ def _check_durations(name: str, policy: Policy, settings: Settings) -> list[Find
 
 
 def check_policies(config: Config) -> list[Finding]:
-    """Every configured policy (defaults and each pattern) renews its lease often enough, and a dead
-    worker is found before its jobs' limits pass (lease_ttl, the limits and presence_grace agree)."""
+    """For every configured policy (defaults and each pattern), a dead worker is found before its
+    jobs' limits pass (lease_ttl, the limits and presence_grace agree)."""
     named = [("defaults", config.policy_for(""))]
     named += [(f"policies[{pattern!r}]", config.policy_for(pattern)) for pattern, _ in config.rules]
     findings: list[Finding] = []
     for name, policy in named:
-        findings += _check_policy(name, policy) + _check_durations(name, policy, config.settings)
+        findings += _check_durations(name, policy, config.settings)
     return findings

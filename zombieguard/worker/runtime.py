@@ -34,6 +34,7 @@ from zombieguard.leases import JobSpec, LeaseStore, Outcome
 from zombieguard.leases.connection import RedisTarget
 from zombieguard.ops.doctor import eviction_problem
 from zombieguard.ops.stats import EventCounter
+from zombieguard.policy import fix_settings
 from zombieguard.recovery.presence import PresenceWatch
 from zombieguard.recovery.sweeper import Sweeper
 from zombieguard.worker.heartbeat import Heartbeat, LostCallback
@@ -260,6 +261,7 @@ class WorkerRuntime:
                 )
             else:
                 self._warn_of_eviction()
+        fix_settings(self.store.settings)
         self.heartbeat.start()
         self.sweeper.start()
         if self.presence_watch is not None:
@@ -329,6 +331,7 @@ class WorkerRuntime:
 
     def shutdown(self) -> None:
         """Stop the threads and the watchdog process, and leave cleanly (not a zombie)."""
+        fix_settings(None)
         self.watchdog.stop()
         if self.presence_watch is not None:
             self.presence_watch.stop()

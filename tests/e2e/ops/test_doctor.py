@@ -82,13 +82,17 @@ def test_the_doctor_reports_an_unreachable_redis_in_one_line_and_fails(rq_harnes
     assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_the_doctor_names_a_heartbeat_interval_too_close_to_the_lease_ttl(rq_harness: RQHarness) -> None:
-    code, report = doctor(
-        rq_harness, env={"ZOMBIEGUARD_LEASE_TTL": "10", "ZOMBIEGUARD_HEARTBEAT_INTERVAL": "8"}
+def test_the_doctor_refuses_a_heartbeat_interval_over_half_the_lease_ttl_in_one_line(
+    rq_harness: RQHarness,
+) -> None:
+    result = run_doctor(
+        "--redis-url",
+        rq_harness.redis_url,
+        env={"ZOMBIEGUARD_LEASE_TTL": "10", "ZOMBIEGUARD_HEARTBEAT_INTERVAL": "8"},
     )
-    assert code == 1
-    assert checks(report) == ["heartbeat"]
-    assert "heartbeat_interval 8 s is more than half of lease_ttl 10 s" in report["problems"][0]["problem"]
+    assert result.returncode == 2
+    assert "heartbeat_interval=8.0 is invalid: it must be at most half of lease_ttl=10.0" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
 
 
 def test_the_doctor_explains_a_limit_that_passes_before_a_dead_workers_lease_expires_without_presence(

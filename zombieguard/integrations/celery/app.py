@@ -19,7 +19,7 @@ from celery.utils.imports import symbol_by_name
 
 from zombieguard.errors import ConfigurationError
 from zombieguard.leases.connection import RedisTarget
-from zombieguard.policy import Config, Policy, check_fields, current_config, guard_fields
+from zombieguard.policy import Config, Policy, check_fields, current_config, guard_fields, guard_fields_above
 
 
 def app_config(app: Celery) -> Config:
@@ -143,7 +143,7 @@ def task_policy(config: Config, task: Task, time_limits: Any = None) -> Policy:
         framework["hard_timeout"] = float(hard)
     if soft:
         framework["soft_timeout"] = float(soft)
-    decorator = {**task_option(task), **guard_fields(task.run)}
+    decorator = {**task_option(task), **guard_fields_above(task.name), **guard_fields(task.run)}
     return config.policy_for(task.name, framework=framework, decorator=decorator)
 
 

@@ -16,7 +16,7 @@ from zombieguard.errors import LeaseLost
 from zombieguard.integrations.rq.adapter import RQAdapter
 from zombieguard.leases import LeaseStore
 from zombieguard.leases.connection import RedisTarget
-from zombieguard.policy import Config, Policy, current_config, guard_fields
+from zombieguard.policy import Policy, current_config, guard_fields
 from zombieguard.worker.attempt import Attempt
 from zombieguard.worker.runtime import WorkerRuntime
 
@@ -29,14 +29,14 @@ class RQRuntime(WorkerRuntime):
     def __init__(
         self, worker: Any, with_watchdog_process: bool, on_lost: Callable[[Attempt, LeaseLost], None]
     ) -> None:
-        self.config: Config = current_config()
-        settings = self.config.settings
+        config = current_config()
+        settings = config.settings
         # The leases follow the worker's own connection (a Sentinel one included) unless redis_url
         # names another Redis.
         own = RedisTarget.from_client(worker.connection)
         target = RedisTarget.from_url(settings.redis_url) if settings.redis_url else own
         self.client = target.client() if settings.redis_url else worker.connection
-        self.default_policy = self.config.policy_for("")
+        self.default_policy = config.policy_for("")
         self.adapter = RQAdapter(
             worker.connection,
             job_class=worker.job_class,
@@ -83,7 +83,8 @@ class RQRuntime(WorkerRuntime):
         decorator: Any = {}
         with contextlib.suppress(Exception):  # an import error is the job's to report, the RQ way
             decorator = guard_fields(job.func)
-        return task, self.config.policy_for(task, framework=framework, decorator=decorator)
+        # Read now, after the import above: a configure() in the job's module applies to its jobs.
+        return task, current_config().policy_for(task, framework=framework, decorator=decorator)
 
     def close(self) -> None:
         """Stop everything, leave cleanly (not a zombie)."""

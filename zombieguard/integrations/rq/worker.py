@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import click
 import redis
 from rq.executions import Execution
 from rq.job import Job
@@ -28,14 +29,14 @@ from zombieguard.enforcement.limits import Limit, LimitClock
 from zombieguard.enforcement.slot import OUTCOME_COMPLETED, OUTCOME_RECORDING
 from zombieguard.enforcement.stacks import thread_stack
 from zombieguard.enforcement.watchdog import Watched
-from zombieguard.errors import LeaseLost
+from zombieguard.errors import ConfigurationError, LeaseLost
 from zombieguard.events import JobCompleted, emit
 from zombieguard.integrations.rq import acquire, internals, verdict
 from zombieguard.integrations.rq.adapter import ADAPTER
 from zombieguard.integrations.rq.horse import die_with_parent, limit_error, while_redis_away
 from zombieguard.integrations.rq.runtime import RQRuntime
 from zombieguard.leases import DeferredRelease, Outcome
-from zombieguard.policy import Policy
+from zombieguard.policy import Policy, current_config
 from zombieguard.worker.attempt import Attempt, running
 from zombieguard.worker.lifecycle import BACKSTOP_SECONDS, ESCALATE_AFTER, emit_limit, record_end, stopping
 
@@ -76,6 +77,18 @@ class _GuardedMixin:
         def cleanup_execution(self, job: Job, pipeline: Any, *args: Any) -> None: ...
 
     # -- the worker's lifetime --------------------------------------------------------------
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """RQ's worker, its configuration validated first: an invalid one fails here, as it starts."""
+        try:
+            current_config()
+        except ConfigurationError as exc:
+            if click.get_current_context(silent=True) is None:
+                raise
+            # Under ``rq worker``, which logs any other exception with its traceback: one line.
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        super().__init__(*args, **kwargs)
+
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         """RQ's bootstrap, then zombieguard's threads (and watchdog process); bad configuration fails here."""
         super().bootstrap(*args, **kwargs)  # type: ignore[misc]
