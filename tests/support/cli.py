@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from typing import TYPE_CHECKING, Any
 
@@ -47,3 +48,13 @@ def celery_cli(harness: CeleryHarness, *args: str, env: dict[str, str] | None = 
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def row_of(table: str, first: str) -> list[str]:
+    """The cells of the row of a printed table whose first cell is ``first`` (cells are two or more
+    spaces apart)."""
+    for line in table.splitlines():
+        cells = re.split(r"\s{2,}", line.strip())
+        if cells[0] == first:
+            return cells
+    raise AssertionError(f"no row for {first!r} in:\n{table}")

@@ -71,6 +71,14 @@ def beats_then_stalls(directory: str, beats: int) -> None:
         time.sleep(0.05)
 
 
+def reports_progress(directory: str, seconds: float) -> str:
+    """Says how far it got, and what it does, then works on for ``seconds`` without saying more."""
+    note(directory, "started", str(os.getpid()))
+    zombieguard.beat(progress="3/10", message="fetching page 3")
+    time.sleep(seconds)
+    return "done"
+
+
 def works_in_steps(directory: str, steps: int) -> str:
     """Works ``steps`` steps of 0.05 s, beating at each: unlike a body that waits for a moment on the
     clock, a frozen one has as much left to do when it wakes."""

@@ -22,6 +22,7 @@ from tests.support.job_bodies import (  # noqa: F401 - enqueued by name as tests
     loses_its_lease_then_hangs,
     note,
     notes,
+    reports_progress,
     runs_a_program,
     starts_programs,
     stuck_in_c_code,

@@ -1,14 +1,16 @@
 """The ``zombieguard`` command: what an operator touches at 3 a.m.
 
-Every command speaks to people by default and prints JSON with ``--json``. Exit codes: 0 done,
-1 something asked for was not found (or a check failed), 2 bad input or Redis unreachable: one clear
-line on stderr, never a traceback.
+Every command speaks to people by default (tables, and colour on a terminal) and prints JSON with
+``--json``, errors included. Redis is found the way ``rq`` finds it: ``--url``/``-u``, else the
+configured ``redis_url`` (``ZOMBIEGUARD_REDIS_URL``), else the Celery app's (``-A``), else
+``RQ_REDIS_URL``, else ``redis://localhost:6379/0``. Exit codes: 0 done, 1 something asked for was
+not found (or a check failed), 2 bad input or Redis unreachable: one clear line, never a traceback.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import difflib
 import getpass
 import json
 import os
@@ -16,102 +18,240 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import click
 import redis
 
+from zombieguard import __version__
 from zombieguard.adapter import JobAdapter
 from zombieguard.errors import ConfigurationError, IntegrationNotAvailable, ZombieGuardError
 from zombieguard.leases import LeaseState, LeaseStore, text
 from zombieguard.leases.connection import RedisTarget
 from zombieguard.ops.integrations import REGISTRY, load
 from zombieguard.ops.stats import EventCounter
-from zombieguard.ops.status import Status, duration, table
+from zombieguard.ops.status import Status
+from zombieguard.ops.terminal import duration, parse_duration, table
 from zombieguard.policy import Config, current_config
 from zombieguard.recovery.deadletter import DeadLetterEntry, DeadLetterFilter, DeadLetterStore
 from zombieguard.recovery.sweeper import Sweeper
 
-# Where each integration's adapter factory lives: imported only when an operation needs it, so the
-# CLI works without the frameworks installed for everything else.
+DEFAULT_URL = "redis://localhost:6379/0"
 
 
 class UsageError(ZombieGuardError):
     """Bad input on the command line: reported as one line, exit code 2."""
 
 
-def _store(args: argparse.Namespace) -> LeaseStore:
-    config: Config = current_config()
-    if args.redis_url:
-        target = RedisTarget.from_url(args.redis_url, "--redis-url")
-    elif config.settings.redis_url:
-        target = RedisTarget.from_url(config.settings.redis_url)
-    else:
-        raise UsageError("no Redis named: pass --redis-url or set ZOMBIEGUARD_REDIS_URL")
+class Duration(click.ParamType):  # type: ignore[type-arg] # generic from click 8.2 on only; 8.1 is supported
+    """A duration in seconds, written ``90``, ``90s``, ``1.5m``, ``1h30m`` or ``2d``."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        """Seconds, or a usage error naming the option."""
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = Duration()
+
+
+@dataclass
+class Options:
+    """What the options before (or after) the command said."""
+
+    url: str | None = None
+    rq_url: str | None = None
+    celery_app: str | None = None
+    as_json: bool = False
+
+
+def _options() -> Options:
+    options: Options = click.get_current_context().find_object(Options) or Options()
+    return options
+
+
+def _common(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every command takes, after its name too (``zombieguard status --json``)."""
+
+    def keep(field: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+        def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+            if value not in (None, False):
+                setattr(ctx.ensure_object(Options), field, value)
+            return value
+
+        return callback
+
+    for decorator in (
+        click.option(
+            "--json",
+            "as_json",
+            is_flag=True,
+            expose_value=False,
+            callback=keep("as_json"),
+            help="Print JSON (errors too), for scripts.",
+        ),
+        click.option(
+            "-A",
+            "--app",
+            "--celery-app",
+            "celery_app",
+            expose_value=False,
+            callback=keep("celery_app"),
+            envvar="ZOMBIEGUARD_CELERY_APP",
+            metavar="APP",
+            help="The Celery app, as celery -A takes it (proj, proj.celery, proj:app; default:"
+            " ZOMBIEGUARD_CELERY_APP).",
+        ),
+        click.option(
+            "--rq-url",
+            expose_value=False,
+            callback=keep("rq_url"),
+            metavar="URL",
+            help="RQ's Redis, where it is not the leases' (default: RQ_REDIS_URL, else the leases').",
+        ),
+        click.option(
+            "-u",
+            "--url",
+            "--redis-url",
+            "url",
+            expose_value=False,
+            callback=keep("url"),
+            metavar="URL",
+            help=f"The Redis holding the leases (default: ZOMBIEGUARD_REDIS_URL, the Celery app's, "
+            f"RQ_REDIS_URL, else {DEFAULT_URL}).",
+        ),
+    ):
+        command = decorator(command)
+    return command
+
+
+def _target() -> tuple[RedisTarget, Config]:
+    """Where the leases live, and the configuration to act with."""
+    options = _options()
+    config = current_config()
+    app_target = None
+    if options.celery_app:
+        config, app_target = load(REGISTRY["celery"].configuration or "")(options.celery_app)
+    if options.url:
+        return RedisTarget.from_url(options.url, "--url"), config
+    if config.settings.redis_url:
+        return RedisTarget.from_url(config.settings.redis_url), config
+    if app_target is not None:
+        return app_target, config
+    return RedisTarget.from_url(os.environ.get("RQ_REDIS_URL") or DEFAULT_URL, "RQ_REDIS_URL"), config
+
+
+def _store() -> LeaseStore:
+    target, config = _target()
     store = LeaseStore.from_target(target, config.settings)
-    store.client.ping()
+    try:
+        store.client.ping()
+    except redis.RedisError as exc:
+        raise redis.ConnectionError(f"{target.describe()}: {exc}") from None
     return store
 
 
-def _adapters(
-    store: LeaseStore, names: set[str], args: argparse.Namespace, celery_app: str | None = None
-) -> dict[str, JobAdapter]:
-    """The adapters of the integrations ``names`` (those not installed here are left out);
-    ``celery_app``: the Celery app (``module:app``) Celery's adapter acts through; RQ's acts on
-    the Redis ``--rq-url`` or ``RQ_REDIS_URL`` names, the leases' by default."""
-    rq_url = getattr(args, "rq_url", None) or os.environ.get("RQ_REDIS_URL")
+def _adapters(store: LeaseStore, names: set[str]) -> dict[str, JobAdapter]:
+    """The adapters of the integrations ``names`` (those not installed here are left out): Celery's
+    acts through the app ``-A`` names; RQ's on the Redis ``--rq-url`` or ``RQ_REDIS_URL`` names,
+    the leases' by default."""
+    options = _options()
+    given = {"celery": options.celery_app, "rq": options.rq_url or os.environ.get("RQ_REDIS_URL")}
     adapters: dict[str, JobAdapter] = {}
     for name, integration in REGISTRY.items():
-        if name not in names:
-            continue
-        try:
-            given = {"celery": celery_app, "rq": rq_url}.get(name)
-            adapters[name] = load(integration.adapter)(store.client, given)
-        except IntegrationNotAvailable:
-            continue
+        if name in names:
+            with contextlib.suppress(IntegrationNotAvailable):
+                adapters[name] = load(integration.adapter)(store.client, given.get(name))
     return adapters
 
 
-def _celery_app(args: argparse.Namespace) -> str | None:
-    """The Celery app named by ``--celery-app``, or else by ``ZOMBIEGUARD_CELERY_APP``."""
-    return getattr(args, "celery_app", None) or os.environ.get("ZOMBIEGUARD_CELERY_APP") or None
-
-
-def _integrations(celery_app: str | None) -> set[str]:
+def _integrations() -> set[str]:
     """The integrations an operation on every queue acts for: RQ, and Celery when its app is named."""
-    return {"rq"} | ({"celery"} if celery_app else set())
+    return {"rq"} | ({"celery"} if _options().celery_app else set())
 
 
-def _print(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
-    sys.stdout.write((json.dumps(data, indent=2) if args.json else text()) + "\n")
+def _print(data: Any, view: Callable[[], str]) -> None:
+    if _options().as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(view())
 
 
-def _status(args: argparse.Namespace, store: LeaseStore) -> tuple[dict[str, Any], Callable[[], str]]:
-    celery_app = _celery_app(args)
+def _confirm(question: str) -> bool:
+    """Ask ``question`` at a terminal; refuse (a usage error) when there is none to ask at."""
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question} Pass --yes to confirm when not asked at a terminal")
+    return click.confirm(question, default=False)
+
+
+class _Group(click.Group):
+    """Suggests the nearest command for a mistyped one."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """Click's, with "did you mean" for a name it does not know."""
+        name = args[0] if args else ""
+        if args and self.get_command(ctx, name) is None and not name.startswith("-"):
+            near = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            raise click.UsageError(f"No such command {name!r}.{hint}", ctx)
+        return super().resolve_command(ctx, args)
+
+
+@click.group(
+    cls=_Group,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@_common
+@click.version_option(__version__, "-V", "--version", prog_name="zombieguard")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Zombie-job protection for Celery and RQ: see what runs, stop what hangs, look at what died."""
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+@cli.command()
+@_common
+@click.option("--queue", "-q", help="Only this queue.")
+@click.option(
+    "--watch", "-w", is_flag=True, help="Refresh until interrupted (with --json: a line each time)."
+)
+@click.option(
+    "--interval", "-n", type=DURATION, default=2.0, show_default=True, help="Time between refreshes."
+)
+def status(queue: str | None, watch: bool, interval: float) -> None:
+    """Every active guarded job (age, progress, state), and a line per queue."""
+    store = _store()
     queues = {text(a) for a in store.client.hvals(store.queues_key)}
-    status = Status.read(
-        store, args.queue, _adapters(store, _integrations(celery_app) & queues, args, celery_app)
-    )
-    return status.as_dict(), status.text
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    """Every active guarded job, across integrations, and a line per queue; ``--watch`` refreshes."""
-    store = _store(args)
-    if not args.watch:
-        data, view = _status(args, store)
-        _print(args, data, view)
-        return 0
+    adapters = _adapters(store, _integrations() & queues)
+    if not watch:
+        reading = Status.read(store, queue, adapters)
+        _print(reading.as_dict(), reading.text)
+        return
     stop = _stopped_by_signal()
+    live = sys.stdout.isatty() and not _options().as_json
     while not stop.is_set():
-        data, view = _status(args, store)
-        if args.json:
-            sys.stdout.write(json.dumps(data) + "\n")
+        reading = Status.read(store, queue, adapters)
+        if _options().as_json:
+            click.echo(json.dumps(reading.as_dict()))
+        elif live:  # a live table: the screen cleared, then drawn again
+            click.clear()
+            click.echo(f"every {duration(interval)}, Ctrl-C to stop\n\n{reading.text()}")
         else:
-            sys.stdout.write("\x1b[H\x1b[2J" + view() + "\n")  # clear the screen, then draw
+            click.echo(reading.text() + "\n")
         sys.stdout.flush()
-        stop.wait(args.interval)
-    return 0
+        stop.wait(interval)
 
 
 def _stopped_by_signal() -> threading.Event:
@@ -130,43 +270,221 @@ def _stopped_by_signal() -> threading.Event:
     return stop
 
 
-def _filter(args: argparse.Namespace) -> DeadLetterFilter:
+@cli.command()
+@_common
+@click.argument("job_id")
+@click.option("--reason", "-r", help="Why, recorded with who stopped it.")
+def kill(job_id: str, reason: str | None) -> None:
+    """Stop a running (even hung) job: it ends failed, stopped, and is not recovered."""
+    store = _store()
+    record = store.record(job_id)
+    if record is None or record.state is not LeaseState.RUNNING:
+        raise LookupError(
+            f"job {job_id} is not running under a lease (zombieguard status lists those that are)"
+        )
+    adapters = _adapters(store, {record.adapter})
+    user = "someone"
+    with contextlib.suppress(Exception):  # no user name where the environment and passwd have none
+        user = getpass.getuser()
+    who = f"{user}@{socket.gethostname()}" + (f": {reason}" if reason else "")
+    sweeper = Sweeper(store, adapters, name=f"cli-kill:{socket.gethostname()}:{os.getpid()}", sender="cli")
+    if not sweeper.kill(job_id, who):
+        raise LookupError(f"job {job_id} was not running any more")
+    _print({"stopped": job_id, "by": who}, lambda: f"stopped {job_id} (by {who})")
+
+
+@cli.command()
+@_common
+@click.option("--once", is_flag=True, help="One sweep, then exit (for cron).")
+def sweep(once: bool) -> None:
+    """A sweeper outside the workers: recovers, fails or dead-letters the jobs of dead and frozen
+    workers. Safe to run several, beside the workers' own: claims are atomic."""
+    store = _store()
+    adapters = _adapters(store, _integrations())
+    if not adapters:
+        raise UsageError("no integration to sweep for: install RQ, or name the Celery app with -A")
+    sweeper = Sweeper(store, adapters, name=f"cli:{socket.gethostname()}:{os.getpid()}", sender="sweeper")
+    counter = EventCounter(store)
+    try:
+        if once:
+            report = sweeper.sweep_once()
+            done = {
+                "recovered": report.recovered,
+                "failed": report.failed,
+                "dead_lettered": report.dead_lettered,
+                "republished": report.republished,
+                "dead_workers": report.dead_workers,
+                "corrupt": [job_id for job_id, _ in report.corrupt],
+            }
+            _print(done, lambda: ", ".join(f"{k.replace('_', ' ')}: {len(v)}" for k, v in done.items()))
+            return
+        click.echo(f"sweeping for {', '.join(sorted(adapters))} every {store.settings.sweep_interval:g} s")
+        sys.stdout.flush()
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        sweeper.start()
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+        sweeper.stop()
+    finally:
+        counter.close()
+
+
+@cli.command()
+@_common
+def doctor() -> None:
+    """Check the deployment and its configuration; exit 1 naming each problem and its fix."""
+    from zombieguard.ops import doctor as checks  # noqa: PLC0415 - only this command needs it
+
+    target, config = _target()
+    findings = checks.check_policies(config)
+    store, unreachable = checks.check_redis(target, lambda t: LeaseStore.from_target(t, config.settings))
+    findings += unreachable + checks.check_tls(target)
+    refused = checks.check_access(store, target) if store is not None else []
+    findings += refused
+    if store is not None and not refused:  # else the checks below are refused as well
+        findings += checks.check_clock(store)
+        findings += checks.check_eviction(store, target.describe())
+        findings += checks.check_replicas(store, target)
+    else:
+        store = None
+    for name, integration in REGISTRY.items():
+        try:
+            check = load(integration.checks)
+        except IntegrationNotAvailable:
+            continue
+        findings += check(store, {"celery": _options().celery_app}.get(name))
+
+    def report() -> str:
+        if not findings:
+            return click.style("no problems found", fg="green")
+        lines = [
+            f"{click.style('problem', fg='red')} ({f.check}): {f.problem}\n  fix: {f.fix}" for f in findings
+        ]
+        return "\n".join([*lines, f"{len(findings)} problem(s)"])
+
+    _print({"problems": [f.as_dict() for f in findings]}, report)
+    if findings:
+        raise SystemExit(1)
+
+
+@cli.command()
+@_common
+@click.option(
+    "--port", "-p", type=int, default=9808, show_default=True, help="Port to listen on (0: any free one)."
+)
+@click.option(
+    "--addr", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one)."
+)
+def metrics(port: int, addr: str) -> None:
+    """Serve the deployment's metrics for Prometheus until interrupted."""
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415 - optional extra
+
+        from zombieguard.ops.metrics import ClusterCollector  # noqa: PLC0415 - needs the extra
+    except ImportError as exc:
+        raise IntegrationNotAvailable(
+            f"metrics need prometheus_client: pip install 'zombieguard[prometheus]' ({exc})"
+        ) from None
+    store = _store()
+    store.server_time()  # fail now, with a clear message, if Redis is not there
+    registry = CollectorRegistry()
+    registry.register(ClusterCollector(store))
+    server, thread = start_http_server(port, addr=addr, registry=registry)
+    click.echo(f"serving zombieguard metrics on http://{addr}:{server.server_port}/metrics")
+    sys.stdout.flush()
+    try:
+        thread.join()
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
+@cli.command()
+@_common
+@click.option("--unguarded", is_flag=True, help="Run it with plain workers only.")
+@click.option(
+    "--only", type=click.Choice(sorted(REGISTRY)), help="One framework (default: each that is installed)."
+)
+def demo(unguarded: bool, only: str | None) -> None:
+    """Run the seed incident live: zombies among normal jobs, with and without zombieguard."""
+    from zombieguard.demo import run_demo  # noqa: PLC0415 - the demo uses the integrations
+
+    # Only a Redis named explicitly: else the demo runs on one of its own, and keeps to it.
+    raise SystemExit(run_demo(unguarded=unguarded, redis_url=_options().url, only=only))
+
+
+# -- the dead-letter queue ------------------------------------------------------------------------
+@cli.group(cls=_Group, invoke_without_command=True)
+@click.pass_context
+def dlq(ctx: click.Context) -> None:
+    """The dead-letter queue: the jobs zombieguard gave up on, with their whole story."""
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+def _filters(command: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in (
+        click.option(
+            "--newer-than",
+            type=DURATION,
+            metavar="DURATION",
+            help="Dead-lettered at most this long ago (e.g. 1h).",
+        ),
+        click.option(
+            "--older-than",
+            type=DURATION,
+            metavar="DURATION",
+            help="Dead-lettered at least this long ago (e.g. 2d).",
+        ),
+        click.option("--reason", help="Only entries with this reason (stalled, hung, timed_out, ...)."),
+        click.option("--queue", "-q", help="Only this queue."),
+        click.option("--task", "-t", help="A glob on the task name (billing.*)."),
+    ):
+        command = decorator(command)
+    return command
+
+
+def _filter(**given: Any) -> DeadLetterFilter:
     return DeadLetterFilter(
-        task=args.task,
-        queue=args.queue,
-        reason=args.reason,
-        older_than=args.older_than,
-        newer_than=args.newer_than,
+        task=given.get("task"),
+        queue=given.get("queue"),
+        reason=given.get("reason"),
+        older_than=given.get("older_than"),
+        newer_than=given.get("newer_than"),
     )
 
 
-def _selected(args: argparse.Namespace, dlq: DeadLetterStore) -> list[DeadLetterEntry]:
-    if args.job_ids and args.all:
+def _selected(
+    dlq_store: DeadLetterStore, job_ids: Sequence[str], every: bool, **filters: Any
+) -> list[DeadLetterEntry]:
+    if job_ids and every:
         raise UsageError("name job ids or use --all with filters, not both")
-    if args.all:
-        return dlq.entries(_filter(args))[0]
-    if not args.job_ids:
+    if every:
+        return dlq_store.entries(_filter(**filters))[0]
+    if not job_ids:
         raise UsageError("name the job ids to act on, or use --all (with --task, --queue, ... to narrow it)")
     entries = []
-    for job_id in args.job_ids:
-        entry = dlq.get(job_id)
+    for job_id in job_ids:
+        entry = dlq_store.get(job_id)
         if entry is None:
-            raise LookupError(f"no dead-letter entry for job {job_id!r}")
+            raise LookupError(f"no dead-letter entry for job {job_id!r} (zombieguard dlq list lists them)")
         entries.append(entry)
     return entries
 
 
-def cmd_dlq_list(args: argparse.Namespace) -> int:
+@dlq.command("list")
+@_common
+@_filters
+def dlq_list(**filters: Any) -> None:
     """Dead-lettered jobs, oldest first."""
-    store = _store(args)
-    entries, corrupt = DeadLetterStore(store).entries(_filter(args))
+    store = _store()
+    entries, corrupt = DeadLetterStore(store).entries(_filter(**filters))
     now = store.server_time()
 
-    def text() -> str:
+    def view() -> str:
         if not entries:
-            return "the dead-letter queue is empty" + (
-                " (for these filters)" if _filter(args) != DeadLetterFilter() else ""
-            )
+            narrowed = " (for these filters)" if _filter(**filters) != DeadLetterFilter() else ""
+            return f"the dead-letter queue is empty{narrowed}"
         rows = [
             [e.job_id, e.task, e.queue, str(len(e.attempts)), duration(now - e.dead_lettered_at), e.reason]
             for e in entries
@@ -175,17 +493,19 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
             f"\ncorrupt entry {j}: {why}" for j, why in corrupt
         )
 
-    _print(args, {"entries": [e.as_dict() for e in entries], "corrupt": [list(c) for c in corrupt]}, text)
-    return 0
+    _print({"entries": [e.as_dict() for e in entries], "corrupt": [list(c) for c in corrupt]}, view)
 
 
-def cmd_dlq_show(args: argparse.Namespace) -> int:
-    """One dead-lettered job and its whole story."""
-    entry = DeadLetterStore(_store(args)).get(args.job_id)
+@dlq.command("show")
+@_common
+@click.argument("job_id")
+def dlq_show(job_id: str) -> None:
+    """One dead-lettered job and its whole story: each attempt, how it ended, where it hung."""
+    entry = DeadLetterStore(_store()).get(job_id)
     if entry is None:
-        raise LookupError(f"no dead-letter entry for job {args.job_id!r}")
+        raise LookupError(f"no dead-letter entry for job {job_id!r} (zombieguard dlq list lists them)")
 
-    def text() -> str:
+    def view() -> str:
         lines = [
             f"job        {entry.job_id}",
             f"task       {entry.task}",
@@ -204,277 +524,90 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
                 lines += ["    " + line for line in a.stack.splitlines()]
         return "\n".join(lines)
 
-    _print(args, entry.as_dict(), text)
-    return 0
+    _print(entry.as_dict(), view)
 
 
-def cmd_dlq_requeue(args: argparse.Namespace) -> int:
-    """Enqueue dead-lettered jobs again, through their framework."""
-    store = _store(args)
-    dlq = DeadLetterStore(store)
-    entries = _selected(args, dlq)
-    done = dlq.requeue(
-        entries, _adapters(store, {entry.adapter for entry in entries}, args, _celery_app(args))
-    )
-    _print(
-        args, {"requeued": done}, lambda: f"requeued {len(done)} job(s)" + "".join(f"\n  {j}" for j in done)
-    )
-    return 0
+@dlq.command("requeue")
+@_common
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Every entry the filters match.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@_filters
+def dlq_requeue(job_ids: tuple[str, ...], every: bool, yes: bool, **filters: Any) -> None:
+    """Enqueue dead-lettered jobs again, through their framework, as new attempts."""
+    store = _store()
+    dlq_store = DeadLetterStore(store)
+    entries = _selected(dlq_store, job_ids, every, **filters)
+    if every and not yes and entries and not _confirm(f"Requeue {len(entries)} dead-lettered job(s)?"):
+        _print({"requeued": []}, lambda: "nothing requeued")
+        return
+    done = dlq_store.requeue(entries, _adapters(store, {entry.adapter for entry in entries}))
+    _print({"requeued": done}, lambda: f"requeued {len(done)} job(s)" + "".join(f"\n  {j}" for j in done))
 
 
-def cmd_dlq_purge(args: argparse.Namespace) -> int:
-    """Delete dead-letter entries (and their checkpoints)."""
-    store = _store(args)
-    dlq = DeadLetterStore(store)
-    entries = _selected(args, dlq)
-    if args.all and not args.yes:
-        if not sys.stdin.isatty():
-            raise UsageError(f"purging {len(entries)} entries needs --yes when not asked at a terminal")
-        answer = input(f"purge {len(entries)} dead-letter entries? [y/N] ")
-        if answer.strip().lower() not in {"y", "yes"}:
-            sys.stdout.write("nothing purged\n")
-            return 0
-    count = dlq.purge([e.job_id for e in entries])
-    _print(args, {"purged": count}, lambda: f"purged {count} entr{'y' if count == 1 else 'ies'}")
-    return 0
+@dlq.command("purge")
+@_common
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Every entry the filters match.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@_filters
+def dlq_purge(job_ids: tuple[str, ...], every: bool, yes: bool, **filters: Any) -> None:
+    """Delete dead-letter entries, and their checkpoints."""
+    store = _store()
+    dlq_store = DeadLetterStore(store)
+    entries = _selected(dlq_store, job_ids, every, **filters)
+    if every and not yes and entries and not _confirm(f"Purge {len(entries)} dead-letter entries?"):
+        _print({"purged": 0}, lambda: "nothing purged")
+        return
+    count = dlq_store.purge([e.job_id for e in entries])
+    _print({"purged": count}, lambda: f"purged {count} entr{'y' if count == 1 else 'ies'}")
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    """A sweeper outside the workers: recovers (or fails, or dead-letters) the jobs of dead and frozen
-    workers. Safe to run several, and beside the workers' own sweepers: claims are atomic."""
-    store = _store(args)
-    celery_app = _celery_app(args)
-    adapters = _adapters(store, _integrations(celery_app), args, celery_app)
-    if not adapters:
-        raise UsageError("no integration to sweep for: install RQ, or name the Celery app with --celery-app")
-    sweeper = Sweeper(store, adapters, name=f"cli:{socket.gethostname()}:{os.getpid()}", sender="sweeper")
-    counter = EventCounter(store)
+# -- running it ---------------------------------------------------------------------------------------
+def _failure(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the one line an exception out of a command ends in."""
+    if isinstance(exc, LookupError):
+        return 1, str(exc.args[0] if exc.args else exc)
+    if isinstance(exc, redis.RedisError):
+        return 2, f"Redis unreachable ({exc})"
+    if isinstance(exc, click.ClickException):  # ConfigurationError among them
+        return exc.exit_code, exc.format_message().removeprefix("zombieguard: ")
+    if isinstance(exc, (UsageError, IntegrationNotAvailable, ValueError)):
+        return 2, str(exc)
+    return 1, str(exc)
+
+
+@contextlib.contextmanager
+def _reported(as_json: bool) -> Iterator[list[int]]:
+    """Run a command; an error becomes its exit code and one line (a JSON object with ``--json``)."""
+    code = [0]
     try:
-        if args.once:
-            report = sweeper.sweep_once()
-            done = {
-                "recovered": report.recovered,
-                "failed": report.failed,
-                "dead_lettered": report.dead_lettered,
-                "republished": report.republished,
-                "dead_workers": report.dead_workers,
-                "corrupt": [job_id for job_id, _ in report.corrupt],
-            }
-            _print(args, done, lambda: ", ".join(f"{k}: {len(v)}" for k, v in done.items()))
-            return 0
-        sys.stdout.write(
-            f"sweeping for {', '.join(sorted(adapters))} every {store.settings.sweep_interval:g} s\n"
-        )
-        sys.stdout.flush()
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        sweeper.start()
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
-        sweeper.stop()
-        return 0
-    finally:
-        counter.close()
-
-
-def cmd_kill(args: argparse.Namespace) -> int:
-    """Stop a running job from outside: it ends failed (stopped), not recovered."""
-    store = _store(args)
-    record = store.record(args.job_id)
-    if record is None or record.state is not LeaseState.RUNNING:
-        raise LookupError(f"job {args.job_id} is not running under a lease")
-    adapters = _adapters(store, {record.adapter}, args, _celery_app(args))
-    user = "someone"
-    with contextlib.suppress(Exception):  # no user name where the environment and passwd have none
-        user = getpass.getuser()
-    who = f"{user}@{socket.gethostname()}" + (f": {args.reason}" if args.reason else "")
-    sweeper = Sweeper(store, adapters, name=f"cli-kill:{socket.gethostname()}:{os.getpid()}", sender="cli")
-    if not sweeper.kill(args.job_id, who):
-        raise LookupError(f"job {args.job_id} was not running any more")
-    _print(args, {"stopped": args.job_id, "by": who}, lambda: f"stopped {args.job_id} (by {who})")
-    return 0
-
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    """Check the deployment and its configuration; exit 1 naming each problem and its fix."""
-    from zombieguard.ops import doctor  # noqa: PLC0415
-
-    config = current_config()
-    target = RedisTarget.from_url(args.redis_url, "--redis-url") if args.redis_url else None
-    if args.celery_app:
-        config, app_target = load(REGISTRY["celery"].configuration or "")(args.celery_app)
-        target = target or app_target
-    if target is None and config.settings.redis_url:
-        target = RedisTarget.from_url(config.settings.redis_url)
-    if target is None:
-        raise UsageError("no Redis named: pass --redis-url or set ZOMBIEGUARD_REDIS_URL")
-    findings = doctor.check_policies(config)
-    store, unreachable = doctor.check_redis(target, lambda t: LeaseStore.from_target(t, config.settings))
-    findings += unreachable + doctor.check_tls(target)
-    refused = doctor.check_access(store, target) if store is not None else []
-    findings += refused
-    if store is not None and not refused:  # else the checks below are refused as well
-        findings += doctor.check_clock(store)
-        findings += doctor.check_eviction(store, target.describe())
-        findings += doctor.check_replicas(store, target)
-    else:
-        store = None
-    for name, integration in REGISTRY.items():
-        try:
-            check = load(integration.checks)
-        except IntegrationNotAvailable:
-            continue
-        findings += check(store, {"celery": args.celery_app}.get(name))
-
-    def report() -> str:
-        if not findings:
-            return "no problems found"
-        lines = [f"problem ({f.check}): {f.problem}\n  fix: {f.fix}" for f in findings]
-        return "\n".join([*lines, f"{len(findings)} problem(s)"])
-
-    _print(args, {"problems": [f.as_dict() for f in findings]}, report)
-    return 1 if findings else 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from zombieguard.demo import run_demo  # noqa: PLC0415 - the demo uses the integrations
-
-    return run_demo(unguarded=args.unguarded, redis_url=args.redis_url, only=args.only)
-
-
-def _add_filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", help="a glob on the task name")
-    parser.add_argument("--queue")
-    parser.add_argument("--reason")
-    parser.add_argument("--older-than", type=float, metavar="SECONDS")
-    parser.add_argument("--newer-than", type=float, metavar="SECONDS")
-
-
-def cmd_metrics(args: argparse.Namespace) -> int:
-    """Serve the deployment's metrics for Prometheus until interrupted."""
-    try:
-        from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415 - optional extra
-
-        from zombieguard.ops.metrics import ClusterCollector  # noqa: PLC0415 - needs the extra
-    except ImportError as exc:
-        raise IntegrationNotAvailable(
-            f"metrics need prometheus_client: pip install 'zombieguard[prometheus]' ({exc})"
-        ) from None
-    store = _store(args)
-    store.server_time()  # fail now, with a clear message, if Redis is not there
-    registry = CollectorRegistry()
-    registry.register(ClusterCollector(store))
-    server, thread = start_http_server(args.port, addr=args.addr, registry=registry)
-    sys.stdout.write(f"serving zombieguard metrics on http://{args.addr}:{server.server_port}/metrics\n")
-    sys.stdout.flush()
-    try:
-        thread.join()
-    except KeyboardInterrupt:
-        server.shutdown()
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line parser."""
-    # Global options work before or after the command: the command's copies default to "not given"
-    # so that they never overwrite a value given before it.
-    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
-    common.add_argument("--redis-url", help="the Redis holding the leases (default: ZOMBIEGUARD_REDIS_URL)")
-    common.add_argument(
-        "--rq-url", help="RQ's Redis, where it is not the leases' (default: RQ_REDIS_URL, else the leases')"
-    )
-    common.add_argument("--json", action="store_true", help="print JSON for scripts")
-    parser = argparse.ArgumentParser(
-        prog="zombieguard", description="Zombie-job protection for Celery and RQ."
-    )
-    parser.add_argument("--redis-url", default=None, help="the Redis holding the leases")
-    parser.add_argument("--rq-url", default=None, help="RQ's Redis, where it is not the leases'")
-    parser.add_argument("--json", action="store_true", default=False, help="print JSON for scripts")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    demo = commands.add_parser("demo", parents=[common], help="run the seed incident live, guarded or not")
-    demo.add_argument("--unguarded", action="store_true", help="run it with plain workers")
-    demo.add_argument(
-        "--only", choices=sorted(REGISTRY), help="one framework (default: each that is installed)"
-    )
-    demo.set_defaults(run=_demo)
-
-    status = commands.add_parser(
-        "status", parents=[common], help="active guarded jobs, their age and progress"
-    )
-    status.add_argument("--queue")
-    status.add_argument("--watch", action="store_true", help="refresh until interrupted (JSON: a line each)")
-    status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes with --watch")
-    status.set_defaults(run=cmd_status)
-
-    kill = commands.add_parser("kill", parents=[common], help="stop a running job: it ends failed (stopped)")
-    kill.add_argument("job_id")
-    kill.add_argument("--reason", help="why, recorded with who stopped it")
-    kill.add_argument("--celery-app", help="module:app of the Celery app (to kill a Celery task)")
-    kill.set_defaults(run=cmd_kill)
-
-    sweep = commands.add_parser("sweep", parents=[common], help="a sweeper outside the workers")
-    sweep.add_argument("--once", action="store_true", help="one sweep, then exit (for cron)")
-    sweep.add_argument("--celery-app", help="module:app of the Celery app, to sweep Celery tasks too")
-    sweep.set_defaults(run=cmd_sweep)
-
-    doctor = commands.add_parser(
-        "doctor", parents=[common], help="check the deployment and its configuration (exit 1 on problems)"
-    )
-    doctor.add_argument("--celery-app", help="module:app of the Celery app, to check its tasks too")
-    doctor.set_defaults(run=cmd_doctor)
-
-    metrics = commands.add_parser("metrics", parents=[common], help="serve metrics for Prometheus")
-    metrics.add_argument("--port", type=int, default=9808, help="port to listen on (0: any free one)")
-    metrics.add_argument("--addr", default="127.0.0.1", help="address to listen on (0.0.0.0: every one)")
-    metrics.set_defaults(run=cmd_metrics)
-
-    dlq = commands.add_parser("dlq", help="the dead-letter queue").add_subparsers(
-        dest="dlq_command", required=True
-    )
-    listing = dlq.add_parser("list", parents=[common], help="dead-lettered jobs")
-    _add_filters(listing)
-    listing.set_defaults(run=cmd_dlq_list)
-    show = dlq.add_parser("show", parents=[common], help="one job's whole story")
-    show.add_argument("job_id")
-    show.set_defaults(run=cmd_dlq_show)
-    for name, run, helptext in (
-        ("requeue", cmd_dlq_requeue, "enqueue jobs again"),
-        ("purge", cmd_dlq_purge, "delete entries"),
-    ):
-        sub = dlq.add_parser(name, parents=[common], help=helptext)
-        sub.add_argument("job_ids", nargs="*")
-        sub.add_argument("--all", action="store_true", help="every entry matching the filters")
-        sub.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-        if name == "requeue":
-            sub.add_argument(
-                "--celery-app",
-                help="module:app of the Celery app that re-publishes Celery tasks (ZOMBIEGUARD_CELERY_APP)",
-            )
-        _add_filters(sub)
-        sub.set_defaults(run=run)
-    return parser
+        yield code
+    except click.exceptions.Exit as exc:  # --help, --version
+        code[0] = exc.exit_code
+    except click.Abort:
+        click.echo("aborted", err=True)
+        code[0] = 1
+    except SystemExit as exc:
+        code[0] = exc.code if isinstance(exc.code, int) else 1
+    except (ZombieGuardError, LookupError, ValueError, redis.RedisError, click.ClickException) as exc:
+        code[0], line = _failure(exc)
+        if as_json:
+            click.echo(json.dumps({"error": line, "exit_code": code[0]}))
+        elif isinstance(exc, click.UsageError) and not isinstance(exc, ConfigurationError):
+            exc.show()
+        else:
+            click.echo(f"zombieguard: {line}", err=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``zombieguard`` command."""
-    args = build_parser().parse_args(argv)
-    try:
-        code: int = args.run(args)
-    except LookupError as exc:
-        sys.stderr.write(f"zombieguard: {exc.args[0] if exc.args else exc}\n")
-        return 1
-    except (UsageError, ConfigurationError, IntegrationNotAvailable, ValueError) as exc:
-        sys.stderr.write(f"zombieguard: {exc}\n")
-        return 2
-    except redis.RedisError as exc:
-        sys.stderr.write(f"zombieguard: Redis unreachable ({exc})\n")
-        return 2
-    except ZombieGuardError as exc:
-        sys.stderr.write(f"zombieguard: {exc}\n")
-        return 1
-    return code
+    """Entry point of the ``zombieguard`` command; returns its exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    with _reported("--json" in args) as code:
+        returned = cli.main(args, prog_name="zombieguard", standalone_mode=False)
+        code[0] = returned if isinstance(returned, int) else 0  # --help and --version return 0
+    return code[0]
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(main())

@@ -20,7 +20,7 @@ class Integration:
     """The name leases record (``JobAdapter.name``)."""
     adapter: str
     """``factory(connection, app)``: the :class:`~zombieguard.adapter.JobAdapter` the CLI acts
-    through; ``app`` is what the command line names for it (Celery's ``--celery-app``, RQ's
+    through; ``app`` is what the command line names for it (Celery's ``-A``, RQ's
     ``--rq-url``), or None."""
     checks: str
     """``check(store, app)``: the problems ``zombieguard doctor`` finds in this integration's part of

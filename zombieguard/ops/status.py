@@ -9,7 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from zombieguard.adapter import JobAdapter
-from zombieguard.leases import Condition, LeaseRecord, LeaseStore, text
+from zombieguard.leases import LeaseRecord, LeaseState, LeaseStore, text
+from zombieguard.ops.terminal import STATE_COLOURS, duration, table
+
+WORKER_GONE = "worker gone"
+"""The state of a running job whose worker is gone (dead, or frozen past its presence): its lease has
+not expired yet, or no sweeper has recovered it yet."""
 
 
 @dataclass(frozen=True)
@@ -18,11 +23,15 @@ class ActiveJob:
 
     record: LeaseRecord
     now: float
+    worker_gone: bool = False
+    """Its worker's registration expired, or its presence connection to Redis is closed."""
 
     @property
-    def state(self) -> Condition:
-        """running, hung (alive, no progress), overdue (past hard limit), stalled (lease expired)."""
-        return self.record.condition(self.now)
+    def state(self) -> str:
+        """running, hung (alive, no progress), overdue (past hard limit), stalled (lease expired),
+        or worker gone (still leased, but its worker is not there)."""
+        condition = self.record.condition(self.now)
+        return WORKER_GONE if condition == "running" and self.worker_gone else condition
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -35,6 +44,7 @@ class ActiveJob:
             "worker": r.worker,
             "attempt": r.attempt,
             "state": self.state,
+            "worker_gone": self.worker_gone,
             "age": round(self.now - r.started, 3),
             "last_progress_age": None if r.last_progress is None else round(self.now - r.last_progress, 3),
             "progress": r.progress or None,
@@ -42,26 +52,6 @@ class ActiveJob:
             "processes": r.processes,
             "lease_expires_in": round(r.expires - self.now, 3),
         }
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(seconds, 0.0)
-    if seconds < 120:
-        return f"{seconds:.1f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(line.rstrip() for line in lines)
 
 
 @dataclass(frozen=True)
@@ -123,6 +113,24 @@ def _summaries(
     return out
 
 
+def _gone_workers(store: LeaseStore, records: Sequence[LeaseRecord], now: float) -> set[str]:
+    """The workers of running ``records`` that are not there: their registration expired (or was
+    withdrawn), or their presence connection to Redis, which they announced, is closed."""
+    names = {r.worker for r in records if r.state is LeaseState.RUNNING}
+    if not names:
+        return set()
+    live = store.workers()
+    gone = {name for name in names if name not in live or live[name][0] <= now}
+    watched = set()
+    for adapter in {r.adapter for r in records}:
+        watched |= {text(member) for member in store.client.smembers(store.presence_key(adapter))}
+    candidates = sorted((names - gone) & watched)
+    if candidates:
+        counts = store.node_client().pubsub_numsub(*(store.presence_channel(name) for name in candidates))
+        gone |= {name for name, (_, count) in zip(candidates, counts, strict=True) if not count}
+    return gone
+
+
 @dataclass(frozen=True)
 class Status:
     """One reading of ``zombieguard status``."""
@@ -138,7 +146,9 @@ class Status:
         the integrations whose queues' waiting jobs can be counted here."""
         records, corrupt = store.active()
         now = store.server_time()
-        jobs = [ActiveJob(r, now) for r in records if queue is None or r.queue == queue]
+        mine = [r for r in records if queue is None or r.queue == queue]
+        gone = _gone_workers(store, mine, now)
+        jobs = [ActiveJob(r, now, r.worker in gone) for r in mine]
         jobs.sort(key=lambda j: j.record.started)
         return cls(jobs, _summaries(store, jobs, now, queue, adapters), list(corrupt), now)
 
@@ -151,44 +161,54 @@ class Status:
         }
 
     def text(self) -> str:
-        """For people: a line per queue, then a table of the jobs."""
-        now = self.now
-        lines = []
-        for q in self.queues:
-            waiting = "?" if q.waiting is None else str(q.waiting)
-            lines.append(
-                f"queue {q.queue} ({q.adapter}): {waiting} waiting, {q.running} running"
-                + (f", {q.zombies} ZOMBIE" if q.zombies else "")
-                + f", oldest {duration(q.oldest_age)}, last success {duration(q.last_success_age)} ago"
-            )
-        if not self.jobs:
-            return "\n".join([*lines, "no active guarded jobs"])
-        rows = [
-            [
-                j.record.job_id,
-                j.record.task,
-                j.record.queue,
-                j.record.worker,
-                str(j.record.attempt),
-                duration(now - j.record.started),
-                duration(None if j.record.last_progress is None else now - j.record.last_progress),
-                "-" if j.record.processes is None else str(j.record.processes),
-                duration(j.record.expires - now) if j.state != "stalled" else "expired",
-                j.state.upper() if j.state != "running" else j.state,
+        """For people: a table of the queues, then one of the jobs (coloured on a terminal)."""
+        parts = []
+        if self.queues:
+            rows = [
+                [
+                    q.queue,
+                    q.adapter,
+                    "?" if q.waiting is None else str(q.waiting),
+                    str(q.running),
+                    str(q.zombies),
+                    duration(q.oldest_age),
+                    "-" if q.last_success_age is None else f"{duration(q.last_success_age)} ago",
+                ]
+                for q in self.queues
             ]
-            for j in self.jobs
+            headers = ["QUEUE", "FRAMEWORK", "WAITING", "RUNNING", "ZOMBIES", "OLDEST", "LAST SUCCESS"]
+            parts.append(table(headers, rows, ["red" if q.zombies else None for q in self.queues]))
+            unknown = sorted({q.adapter for q in self.queues if q.waiting is None})
+            parts += [f"? {_UNCOUNTED.get(name, 'not counted here')}" for name in unknown]
+        if not self.jobs:
+            parts.append("no active guarded jobs")
+        else:
+            headers = ["JOB", "TASK", "QUEUE", "WORKER", "ATTEMPT", "AGE", "LAST PROGRESS", "PROGRESS"]
+            headers += ["PROCS", "LEASE", "STATE"]
+            rows = [self._row(j) for j in self.jobs]
+            parts.append(table(headers, rows, [STATE_COLOURS.get(j.state) for j in self.jobs]))
+        parts += [f"corrupt lease {job}: {why}" for job, why in self.corrupt]
+        return "\n\n".join(parts)
+
+    def _row(self, job: ActiveJob) -> list[str]:
+        r, now = job.record, self.now
+        progress = " ".join(part for part in (r.progress, repr(r.message) if r.message else "") if part)
+        return [
+            r.job_id,
+            r.task,
+            r.queue,
+            r.worker,
+            str(r.attempt),
+            duration(now - r.started),
+            "-" if r.last_progress is None else f"{duration(now - r.last_progress)} ago",
+            progress or "-",
+            "-" if r.processes is None else str(r.processes),
+            duration(r.expires - now) if job.state != "stalled" else "expired",
+            job.state,
         ]
-        headers = [
-            "JOB",
-            "TASK",
-            "QUEUE",
-            "WORKER",
-            "ATTEMPT",
-            "AGE",
-            "LAST PROGRESS",
-            "PROCS",
-            "LEASE",
-            "STATE",
-        ]
-        shown = table(headers, rows) + "".join(f"\ncorrupt lease {j}: {why}" for j, why in self.corrupt)
-        return "\n".join([*lines, "", shown]) if lines else shown
+
+
+_UNCOUNTED = {
+    "celery": "Celery's waiting tasks are counted when the Celery app is named (-A proj)",
+    "rq": "RQ's waiting jobs are counted when RQ's Redis is reachable (--rq-url)",
+}

@@ -7,6 +7,7 @@ so a job is never both dead-lettered and recovered. The queue is bounded: ``dead
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
@@ -93,6 +94,8 @@ class DeadLetterEntry:
         """A JSON-ready view (for ``--json`` output)."""
         data: dict[str, Any] = json.loads(self.to_json())
         data["dead_lettered_at"] = self.dead_lettered_at
+        with contextlib.suppress(ValueError):  # the integration's payload, JSON itself when it is
+            data["payload"] = json.loads(self.payload)
         return data
 
 

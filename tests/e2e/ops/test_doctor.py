@@ -138,7 +138,7 @@ def test_the_doctor_reports_clock_skew_between_this_machine_and_redis(rq_harness
 def test_a_celery_app_that_cannot_be_imported_is_one_line_of_bad_input(rq_harness: RQHarness) -> None:
     result = run_doctor("--redis-url", rq_harness.redis_url, "--celery-app", "no_such_module:app")
     assert result.returncode == 2
-    assert result.stderr.startswith("zombieguard: --celery-app 'no_such_module:app' cannot be imported")
+    assert result.stderr.startswith("zombieguard: -A 'no_such_module:app' cannot be imported")
     assert "Traceback" not in result.stderr
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import row_of
 from tests.support.cli import rq_cli as cli
 from tests.support.cli import rq_cli_json as cli_json
 from tests.support.harness import ZOMBIEGUARD, thaw, unconfigured
@@ -33,13 +34,13 @@ def test_status_shows_each_active_job_with_its_age_progress_attempt_and_state(rq
     assert (row["attempt"], row["state"], row["adapter"]) == (1, "running", "rq")
     assert 0.5 <= row["age"] < 5
     assert row["last_progress_age"] < 1.5
-    assert "running" in cli(rq_harness, "status").stdout
+    assert row_of(cli(rq_harness, "status").stdout, job.id)[-1] == "running"
     # Frozen (worker and horse), with no other worker to recover it: the lease runs out.
     groups = {os.getpgid(worker.pid), *(os.getpgid(pid) for pid in rq_harness.children())}
     for group in groups:
         os.killpg(group, signal.SIGSTOP)
     wait_until(lambda: cli_json(rq_harness, "status")["jobs"][0]["state"] == "stalled", 10, interval=0.3)
-    assert "STALLED" in cli(rq_harness, "status").stdout
+    assert row_of(cli(rq_harness, "status").stdout, job.id)[-1] == "stalled"
     thaw(groups)
 
 
@@ -74,12 +75,7 @@ def test_bad_input_gets_one_clear_line_and_an_exit_code_not_a_traceback(rq_harne
     missing = cli(rq_harness, "dlq", "show", "no-such-job", check=False)
     assert (missing.returncode, missing.stderr.strip()) == (
         1,
-        "zombieguard: no dead-letter entry for job 'no-such-job'",
-    )
-    unnamed = unconfigured("status")
-    assert unnamed.returncode == 2
-    assert (
-        unnamed.stderr.strip() == "zombieguard: no Redis named: pass --redis-url or set ZOMBIEGUARD_REDIS_URL"
+        "zombieguard: no dead-letter entry for job 'no-such-job' (zombieguard dlq list lists them)",
     )
     down = unconfigured("--redis-url", "redis://127.0.0.1:1/0", "status")
     assert down.returncode == 2
@@ -183,7 +179,13 @@ def test_status_has_a_line_per_queue_and_watch_keeps_refreshing(rq_harness: RQHa
     )
     assert queue["last_success_age"] is not None
     assert queue["oldest_age"] >= 0
-    assert f"queue {rq_harness.queue_name} (rq): 1 waiting, 1 running" in cli(rq_harness, "status").stdout
+    assert row_of(cli(rq_harness, "status").stdout, rq_harness.queue_name)[:5] == [
+        rq_harness.queue_name,
+        "rq",
+        "1",
+        "1",
+        "0",
+    ]
     watch = subprocess.Popen(
         [
             ZOMBIEGUARD,

@@ -202,7 +202,7 @@ def cli_adapter(connection: redis.Redis, app: str | None) -> CeleryAdapter:
     spec = app
     if not spec:
         raise ZombieGuardError(
-            "acting on Celery tasks needs the Celery app: pass --celery-app module:app "
+            "acting on Celery tasks needs the Celery app: pass -A proj (as celery -A takes it) "
             "(or set ZOMBIEGUARD_CELERY_APP)"
         )
     return CeleryAdapter(load_app(spec))

@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import Celery, states
 from celery.app.task import Task
-from celery.utils.imports import symbol_by_name
+from celery.app.utils import find_app
 
 from zombieguard.errors import ConfigurationError
 from zombieguard.leases.connection import RedisTarget
@@ -168,22 +168,23 @@ def app_spec(app: Celery) -> str | None:
 
 def cli_configuration(spec: str) -> tuple[Config, RedisTarget]:
     """The zombieguard configuration of the app ``spec`` names (``module:app``), and where its leases
-    live: what the CLI acts with when given ``--celery-app``."""
+    live: what the CLI acts with when given ``-A``."""
     app = load_app(spec)
     config = app_config(app)
     return config, leases_target(app, config)
 
 
 def load_app(spec: str) -> Celery:
-    """The Celery app named ``module:attribute``, found like ``celery -A`` finds it."""
+    """The Celery app ``spec`` names, in every form ``celery -A`` takes (``proj``, ``proj.celery``,
+    ``proj:app``, ``proj.celery:app``), found by Celery's own ``find_app``."""
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        app = symbol_by_name(spec)
+        app = find_app(spec)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigurationError(f"--celery-app {spec!r} cannot be imported: {exc}") from None
+        raise ConfigurationError(f"-A {spec!r} cannot be imported: {exc}") from None
     if not isinstance(app, Celery):
-        raise ConfigurationError(f"--celery-app {spec!r} is a {type(app).__name__}, not a Celery app")
+        raise ConfigurationError(f"-A {spec!r} is a {type(app).__name__}, not a Celery app")
     return app
 
 
