@@ -324,9 +324,9 @@ class SlotWatcher:
         spec = JobSpec(state.job_id, self._adapter_name(), state.task, state.queue)
         self.written[slot] = _Written(state.generation, token, spec)
         if token:
-            log.info(
-                "job %s: worker %d had not written its lease %.2f s after the job started (C code "
-                "holding the GIL, or a busy machine); written for it",
+            log.debug(
+                "job %s: its lease written for worker %d, which had not written it %.2f s in (C code "
+                "holding the GIL, or a busy machine)",
                 state.job_id,
                 self.pid,
                 time.monotonic() - state.started,

@@ -266,6 +266,19 @@ class LeaseRecord:
         """Whether the lease is still running but was given up for a sweeper to act on."""
         return self.state is LeaseState.RUNNING and self.abandoned is not None
 
+    def taken_from(self, token: int) -> str:
+        """Why the attempt of fencing token ``token`` no longer holds this lease, and what happens to
+        the job now, in plain words."""
+        if self.stopped_by:
+            return f"stopped by {self.stopped_by}; the job ends failed (stopped)"
+        if self.token != token:
+            return f"attempt {self.attempt} holds the job now and runs it"
+        if self.given_up:
+            return f"given up as {self.abandoned}; a sweeper recovers or ends the job"
+        if self.state is LeaseState.RECOVERING:
+            return "its lease expired and a sweeper is recovering the job"
+        return f"the job is {self.state} already"
+
     def held_by(self, token: int) -> bool:
         """Whether the attempt of fencing token ``token`` still holds this lease: it is running
         under that token and nobody gave it up."""

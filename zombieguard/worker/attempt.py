@@ -216,6 +216,15 @@ class Attempt:
             if self._lost is not None:
                 return
             self._lost = error
+        job = self.job
+        log.warning(
+            "%s job %s[%s] attempt %d lost its lease: %s. This attempt is stopped",
+            job.adapter,
+            job.task,
+            job.job_id,
+            self.number,
+            error.detail,
+        )
         emit(self.job.adapter, self.event(LeaseLostEvent, reason=error.detail))
 
     def described(self) -> JobSpec:
@@ -280,9 +289,7 @@ class Attempt:
             log.warning("job %s: could not check its lease (%s)", self.job.job_id, exc)
             return
         if record is not None and not record.held_by(self.token):
-            state = f"given up as {record.abandoned}" if record.given_up else record.state
-            why = f"the lease is {state} under token {record.token}"
-            self.mark_lost(LeaseLost(self.job.job_id, self.token, why))
+            self.mark_lost(LeaseLost(self.job.job_id, self.token, record.taken_from(self.token)))
             self._raise_if_lost()
 
     def confirm(self, sent_at: float) -> None:

@@ -79,13 +79,22 @@ def emit_limit(
     ``JobHungEvent`` for the progress limit. ``make`` builds the event (an attempt's, or one from a
     slot's state) from its type and fields."""
     if limit is Limit.SOFT:
-        emit(adapter, make(JobTimedOut, reason="soft_timeout passed", limit=limit))
+        event = make(JobTimedOut, reason="soft_timeout passed", limit=limit)
+        said = f"passed its soft_timeout{_of(seconds)}: SoftTimeLimitExceeded is raised in it to clean up"
     elif limit is Limit.HARD:
         reason = f"ran past its hard_timeout of {seconds or 0:g} s"
-        emit(adapter, make(JobTimedOut, reason=reason, stack=stack, limit=limit, processes=processes))
+        event = make(JobTimedOut, reason=reason, stack=stack, limit=limit, processes=processes)
+        said = f"{reason}: stopped, and recorded failed (timed out)"
     else:
         reason = f"no progress within its progress_timeout of {seconds or 0:g} s"
-        emit(adapter, make(JobHungEvent, reason=reason, stack=stack, processes=processes))
+        event = make(JobHungEvent, reason=reason, stack=stack, processes=processes)
+        said = f"made {reason}: stopped, and recorded failed (hung)"
+    log.warning("%s job %s[%s] attempt %d %s", adapter, event.task, event.job_id, event.attempt, said)
+    emit(adapter, event)
+
+
+def _of(seconds: float | None) -> str:
+    return "" if seconds is None else f" of {seconds:g} s"
 
 
 def stopping(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import redis
 
+from zombieguard import __version__
 from zombieguard.adapter import JobAdapter
 from zombieguard.containment import contained, log
 from zombieguard.enforcement.children import OWNER_VARIABLE, JobProcesses, new_owner, owned_by, without_owner
@@ -34,7 +35,7 @@ from zombieguard.leases import JobSpec, LeaseStore, Outcome
 from zombieguard.leases.connection import RedisTarget
 from zombieguard.ops.doctor import eviction_problem
 from zombieguard.ops.stats import EventCounter
-from zombieguard.policy import fix_settings
+from zombieguard.policy import Policy, fix_settings
 from zombieguard.recovery.presence import PresenceWatch
 from zombieguard.recovery.sweeper import Sweeper
 from zombieguard.worker.heartbeat import Heartbeat, LostCallback
@@ -267,6 +268,41 @@ class WorkerRuntime:
         if self.presence_watch is not None:
             self.presence_watch.start()
         self.watchdog.start()
+
+    def announce(self, model: str, policy: Policy, tasks: str) -> None:
+        """Say that zombieguard guards this worker, and how: ``model``, how its jobs run; ``policy``,
+        the defaults; ``tasks``, which of its tasks are guarded."""
+
+        def limit(seconds: float | None) -> str:
+            return "none" if seconds is None else f"{seconds:g} s"
+
+        settings = self.store.settings
+        found = (
+            f"a dead worker's jobs in about {settings.presence_grace:g} s (its connection closes), a "
+            f"frozen one's after lease_ttl {policy.lease_ttl:g} s"
+            if settings.presence_grace is not None
+            else f"a dead or frozen worker's jobs after lease_ttl {policy.lease_ttl:g} s"
+        )
+        log.info(
+            "zombieguard %s guards %s worker %s (%s)\n"
+            "  leases:   %s, keys {%s}:*\n"
+            "  recovery: %s; dead-lettered after %d stalls%s\n"
+            "  limits:   hard_timeout %s, soft_timeout %s, progress_timeout %s (defaults)\n"
+            "  tasks:    %s",
+            __version__,
+            self.framework,
+            self.worker,
+            model,
+            self.target.describe(),
+            settings.key_prefix,
+            found,
+            policy.max_stalls,
+            "" if policy.dead_letter else " (dead_letter off: failed instead)",
+            limit(policy.hard_timeout),
+            limit(policy.soft_timeout),
+            limit(policy.progress_timeout),
+            tasks,
+        )
 
     def _warn_of_eviction(self) -> None:
         try:

@@ -112,7 +112,6 @@ class InProcessExecutor(Executor):
 
     def refused(self, attempt: Attempt) -> None:
         """Interrupt the task's thread, as for a lease found superseded."""
-        log.warning("celery task %s: %s; stopping it", attempt.job.job_id, attempt.lost)
         self.lost(attempt)
 
     def end(self, state: Running) -> None:

@@ -208,10 +208,9 @@ class SlotMonitor:
                 tracked.renewed = now
                 if self.tracked.get(tracked.path) is not tracked:  # it ended meanwhile
                     self.to_release.append(tracked)
-            log.info(
-                "celery task %s[%s]: its pool process %d had not written its lease %.2f s after it "
-                "started (C code holding the GIL, or a busy machine); written by the worker's main "
-                "process",
+            log.debug(
+                "celery task %s[%s]: its lease written by the worker for process %d, which had not "
+                "written it %.2f s in (C code holding the GIL, or a busy machine)",
                 state.task,
                 state.job_id,
                 state.pid,
@@ -359,7 +358,14 @@ class SlotMonitor:
         tracked.killed = True
         kind = tracked.stopped or Outcome.TIMED_OUT
         self._killed[state.job_id] = kind
-        log.error("celery task %s[%s] %s: killing pool process %d", state.task, state.job_id, kind, state.pid)
+        log.error(
+            "celery task %s[%s] did not stop when interrupted (%s; C code holding the GIL?): killing "
+            "the process that runs it (pid %d); the worker starts another",
+            state.task,
+            state.job_id,
+            kind,
+            state.pid,
+        )
         if kind is Outcome.LEASE_LOST:
             self._stopping(state, _sender(state.pid, signal.SIGKILL))
             return

@@ -94,7 +94,6 @@ class PoolProcessExecutor(Executor):
 
     def refused(self, attempt: Attempt) -> None:
         """Interrupt the task in the main thread (the signal handler raises ``LeaseLost``)."""
-        log.warning("celery task %s: %s; stopping it", attempt.job.job_id, attempt.lost)
         stopping(
             self.runtime.job_processes(attempt.job.job_id, os.getpid(), attempt.started_monotonic),
             attempt.policy.children_grace,

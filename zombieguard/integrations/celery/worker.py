@@ -59,11 +59,16 @@ class CeleryRuntime(WorkerRuntime):
         app: Celery = worker.app
         self.app = app
         self.config = app_config(app)
-        unguarded = []
+        unguarded, self.guarded = [], 0
         for name, task in app.tasks.items():
             task_policy(self.config, task)  # bad configuration fails the worker's start, naming the task
-            if not isinstance(task, GuardedTask) and not name.startswith("celery."):
+            if name.startswith("celery."):
+                continue
+            if isinstance(task, GuardedTask):
+                self.guarded += 1
+            else:
                 unguarded.append(name)
+        self.unguarded = sorted(unguarded)
         if unguarded:
             log.warning(
                 "zombieguard: tasks not guarded (their base class does not derive from app.Task as it was "
@@ -154,6 +159,10 @@ class CeleryRuntime(WorkerRuntime):
         self.launch({"pool": self.pool, "concurrency": str(self.pool_size)})
         if self.monitor is not None:
             self.monitor.start()
+        tasks = f"{self.guarded} guarded" + (
+            f"; not guarded: {', '.join(self.unguarded)}" if self.unguarded else ""
+        )
+        self.announce(f"{self.pool} pool, concurrency {self.pool_size}", self.default_policy, tasks)
 
     def stop(self) -> None:
         """Stop everything and leave cleanly (not a zombie)."""

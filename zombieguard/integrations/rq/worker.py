@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import signal
@@ -18,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 import redis
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.executions import Execution
 from rq.job import Job
+from rq.logutils import setup_loghandlers
 from rq.queue import Queue
 from rq.worker import SimpleWorker, Worker, WorkerStatus
 
@@ -39,6 +42,26 @@ from zombieguard.leases import DeferredRelease, Outcome
 from zombieguard.policy import Policy, current_config
 from zombieguard.worker.attempt import Attempt, running
 from zombieguard.worker.lifecycle import BACKSTOP_SECONDS, ESCALATE_AFTER, emit_limit, record_end, stopping
+
+
+class _OwnKills(logging.Filter):
+    """Tells RQ's line about a horse that "terminated unexpectedly" what zombieguard did to it."""
+
+    def __init__(self, worker: _GuardedMixin) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """RQ's record, its account of the horse's end replaced where zombieguard killed it."""
+        if isinstance(record.args, tuple) and any(_UNEXPECTED in str(arg) for arg in record.args):
+            account = self.worker.zg_own_kill()
+            if account is not None:
+                record.args = tuple(account if _UNEXPECTED in str(arg) else arg for arg in record.args)
+        return True
+
+
+_UNEXPECTED = "Work-horse terminated unexpectedly"
+"""How RQ's log names the end of a horse it did not expect to end."""
 
 
 class _GuardedMixin:
@@ -72,6 +95,8 @@ class _GuardedMixin:
         pubsub: Any
         pubsub_thread: Any
 
+        log: logging.Logger
+
         def set_state(self, state: str, pipeline: Any = None) -> None: ...
         def prepare_execution(self, job: Job) -> Execution: ...
         def cleanup_execution(self, job: Job, pipeline: Any, *args: Any) -> None: ...
@@ -89,11 +114,46 @@ class _GuardedMixin:
             raise SystemExit(exc.exit_code) from None
         super().__init__(*args, **kwargs)
 
-    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
-        """RQ's bootstrap, then zombieguard's threads (and watchdog process); bad configuration fails here."""
-        super().bootstrap(*args, **kwargs)  # type: ignore[misc]
+    def bootstrap(
+        self,
+        logging_level: str | None = "INFO",
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+    ) -> None:
+        """RQ's bootstrap, then zombieguard's threads (and watchdog process). zombieguard's lines are
+        written as RQ's are (its format, timestamps included), unless the application's logging
+        handles them already."""
+        super().bootstrap(logging_level, date_format, log_format)  # type: ignore[misc]
+        level = logging_level or self.log.getEffectiveLevel()  # RQ's command passes None: RQ's level
+        setup_loghandlers(level, date_format, log_format, name="zombieguard")
+        self.log.addFilter(_OwnKills(self))
         self._zg = RQRuntime(self, with_watchdog_process=self._zg_watchdog_process, on_lost=self._zg_lost)
         self._zg_install_interrupts()
+        model = (
+            "each job in a horse it forks"
+            if self._zg_forks
+            else "each job in its own process, a watchdog process beside it"
+        )
+        queues = ", ".join(self.queue_names())  # type: ignore[attr-defined]
+        self._zg.announce(
+            f"{type(self).__name__}: {model}", self._zg.default_policy, f"every job of {queues}"
+        )
+
+    def zg_own_kill(self) -> str | None:
+        """What zombieguard did to the horse of the running job, when it stopped it (a limit, a lost
+        lease, ``zombieguard kill``); None otherwise."""
+        attempt = self._zg_attempt
+        if attempt is None:
+            return None
+        if attempt.lost is not None:
+            return f"zombieguard stopped it: {attempt.lost.detail}"
+        if self._zg_stop is None:
+            return None
+        outcome, _ = self._zg_stop
+        if outcome is Outcome.TIMED_OUT:
+            error: BaseException = limit_error(Interrupt.HARD, attempt.policy, self._zg_job_timeout)
+            return f"zombieguard stopped it: {error}, and killed it, stuck where no Python code runs"
+        return f"zombieguard stopped it as {outcome}: {limit_error(Interrupt.HUNG, attempt.policy, None)}"
 
     def teardown(self) -> None:
         """RQ's teardown, then zombieguard's; the worker leaves cleanly."""
@@ -130,6 +190,9 @@ class _GuardedMixin:
         if not self._zg_kill_command or attempt is None or pid <= 0:
             super().handle_payload(message)  # type: ignore[misc]
             return
+        # zombieguard kill took the lease before sending it: say who stopped the job, and why.
+        with contextlib.suppress(LeaseLost):
+            attempt.verify()
         # RQ kills the horse's process group; what the job started elsewhere is ended here.
         handle = super().handle_payload  # type: ignore[misc]
         self._zg_stopping(attempt, pid, lambda found: handle(message))
