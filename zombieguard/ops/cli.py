@@ -392,8 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", default=False, help="print JSON for scripts")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", parents=[common], help="run the seed incident live, guarded or not")
-    demo.add_argument("--unguarded", action="store_true", help="run it with plain workers")
+    demo = commands.add_parser(
+        "demo", parents=[common], help="run the seed incident live: plain and guarded workers side by side"
+    )
+    demo.add_argument("--unguarded", action="store_true", help="the plain workers' run only")
     demo.add_argument(
         "--only", choices=sorted(REGISTRY), help="one framework (default: each that is installed)"
     )
