@@ -256,12 +256,15 @@ def run_demo(unguarded: bool = False, redis_url: str | None = None, only: str | 
     guards = (False,) if unguarded else (False, True)
     with _redis(named) as url:
         where = f"your Redis {url}" if named else "a throwaway Redis"
-        then = "" if unguarded else ", then guarded by zombieguard"
+        which = (
+            "plain workers only"
+            if unguarded
+            else f"first plain workers, then guarded by zombieguard (hard_timeout {HARD_TIMEOUT:g} s, "
+            f"lease_ttl {LEASE_TTL:g} s, max_stalls {MAX_STALLS})"
+        )
         intro = (
             f"zombieguard demo on {where}. On each framework, two workers run {NORMAL_JOBS} normal jobs "
-            f"while four zombies arrive: first plain workers{then} (hard_timeout {HARD_TIMEOUT:g} s, "
-            f"lease_ttl {LEASE_TTL:g} s, max_stalls {MAX_STALLS}). Times are in seconds since the jobs "
-            "were sent."
+            f"while four zombies arrive: {which}. Times are in seconds since the jobs were sent."
         )
         for line in textwrap.wrap(intro, table.WIDTH - 10):
             _say(line)
