@@ -1,12 +1,14 @@
-"""``zombieguard demo``: the seed incident, live, in under a minute per framework.
+"""``zombieguard demo``: the seed incident, live, plain and guarded side by side.
 
 Two workers serve a stream of normal jobs while four zombies arrive: a job hung on a socket that
 never answers, one stuck in C code holding the GIL, one whose worker is SIGKILLed mid-job, and a
-poison pill that kills every process that runs it. Guarded, zombieguard stops, recovers and
-dead-letters them; ``--unguarded`` runs the same with plain workers, and the zombies stay
-"started". It runs with RQ, then with Celery, each that is installed (``--only`` picks one), on a
-throwaway Redis unless one is named (``--redis-url`` or ``ZOMBIEGUARD_REDIS_URL``), and then keeps
-to keys of its own.
+poison pill that kills every process that runs it. On each framework the demo runs the same jobs
+twice, on plain workers (watched for a fixed time) and then on guarded ones (until every job has
+ended), and prints a table: each zombie, what the plain workers made of it and what zombieguard
+did, every cell measured in that run; then what each zombie was, and a summary (``--unguarded``:
+the plain run only). It runs with RQ, then with Celery, each that is installed (``--only`` picks
+one), on a throwaway Redis unless one is named (``--redis-url`` or ``ZOMBIEGUARD_REDIS_URL``), and
+then keeps to keys of its own.
 
 The job functions below are what the demo's workers run (``zombieguard.demo.celery`` makes them
 Celery tasks).
@@ -23,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -33,13 +36,16 @@ from typing import Any
 import redis
 
 import zombieguard
+from zombieguard.demo import table
 from zombieguard.demo.embedded import EmbeddedRedis
+from zombieguard.demo.story import JobSeen, RunSeen, legend, side_by_side, summary
 from zombieguard.errors import IntegrationNotAvailable
-from zombieguard.leases import LeaseState, LeaseStore
+from zombieguard.leases import LeaseStore
 from zombieguard.policy import Settings
 
 HARD_TIMEOUT = 4.0
 LEASE_TTL = 3.0
+MAX_STALLS = 2
 NORMAL_JOBS = 24
 UNGUARDED_WAIT = 20.0
 GUARDED_WAIT = 60.0
@@ -155,7 +161,8 @@ class Framework:
         raise NotImplementedError
 
     def verdict(self, job_id: str) -> str:
-        """Why a failed job failed, in one line."""
+        """Why a failed job failed, in one line: the exception's class name (without its module),
+        then its message."""
         raise NotImplementedError
 
     def cleanup(self) -> None:
@@ -208,7 +215,9 @@ class RQDemo(Framework):
         if result is None or not getattr(result, "exc_string", None):
             return ""
         lines = result.exc_string.strip().splitlines()
-        return str(next((line for line in lines if line.startswith("zombieguard.")), lines[-1]))
+        line = str(next((line for line in lines if line.startswith("zombieguard.")), lines[-1]))
+        name, _, message = line.partition(": ")
+        return f"{name.rsplit('.', 1)[-1]}: {message}" if message else name.rsplit(".", 1)[-1]
 
     def cleanup(self) -> None:
         self.client.srem(self.rq_queue.redis_queues_keys, self.rq_queue.key)
@@ -240,25 +249,55 @@ def _frameworks(only: str | None) -> list[type[Framework]]:
 
 
 def run_demo(unguarded: bool = False, redis_url: str | None = None, only: str | None = None) -> int:
-    """Run the demo, with each framework installed (or ``only`` one); return the exit code."""
+    """Run the demo with each framework installed (or ``only`` one): its plain run, then (unless
+    ``unguarded``) its guarded run, then a table of both; return the exit code."""
     frameworks = _frameworks(only)
     named = redis_url or os.environ.get("ZOMBIEGUARD_REDIS_URL")
+    guards = (False,) if unguarded else (False, True)
     with _redis(named) as url:
-        for n, framework in enumerate(frameworks):
-            if n:
-                _say("")
-            _run(framework, url, f"your Redis {url}" if named else "a throwaway Redis", unguarded)
+        where = f"your Redis {url}" if named else "a throwaway Redis"
+        which = (
+            "plain workers only"
+            if unguarded
+            else f"first plain workers, then guarded by zombieguard (hard_timeout {HARD_TIMEOUT:g} s, "
+            f"lease_ttl {LEASE_TTL:g} s, max_stalls {MAX_STALLS})"
+        )
+        intro = (
+            f"zombieguard demo on {where}. On each framework, two workers run {NORMAL_JOBS} normal jobs "
+            f"while four zombies arrive: {which}. Times are in seconds since the jobs were sent."
+        )
+        for line in textwrap.wrap(intro, table.WIDTH - 10):
+            _say(line)
+        every: list[RunSeen] = []
+        for framework in frameworks:
+            _say("")
+            runs = [_run(framework, url, not guarded) for guarded in guards]
+            every += runs
+            _say("")
+            for line in side_by_side(runs):
+                _say(line)
+        _say("")
+        for line in legend(every[0].zombies):
+            _say(line)
+        _say("")
+        for line in summary(every):
+            _say(line)
     return 0
 
 
-def _run(kind: type[Framework], url: str, where: str, unguarded: bool) -> None:
+def _run(kind: type[Framework], url: str, unguarded: bool) -> RunSeen:
     client = redis.Redis.from_url(url)
     tag = uuid.uuid4().hex[:8]
     prefix = f"zgdemo-{tag}"
     store = LeaseStore(client, Settings(key_prefix=prefix))
     framework = kind(client, url, store, tag, unguarded)
-    mode = f"{framework.plain} (unguarded)" if unguarded else framework.guarded
-    _say(f"zombieguard demo, {framework.title}: two workers ({mode}) on {where}")
+    if unguarded:
+        _say(f"{framework.plain}: two workers, watched for {UNGUARDED_WAIT:g} s ...")
+    else:
+        _say(
+            f"{framework.guarded}: two workers, watched until every job has ended "
+            f"(at most {GUARDED_WAIT:g} s) ..."
+        )
     hole = _BlackHole()
     env = {
         **os.environ,
@@ -269,7 +308,7 @@ def _run(kind: type[Framework], url: str, where: str, unguarded: bool) -> None:
         "ZOMBIEGUARD_HEARTBEAT_INTERVAL": "0.5",
         "ZOMBIEGUARD_SWEEP_INTERVAL": "0.25",
         "ZOMBIEGUARD_OVERDUE_GRACE": "1",
-        "ZOMBIEGUARD_MAX_STALLS": "2",
+        "ZOMBIEGUARD_MAX_STALLS": str(MAX_STALLS),
         # Celery: every task leased before its body starts. The demo kills a worker the moment its
         # 'worker SIGKILLed' task is seen started, when the other task that worker runs may have
         # started within the default 0.05 s: a task its whole worker takes down that young is left to
@@ -288,7 +327,7 @@ def _run(kind: type[Framework], url: str, where: str, unguarded: bool) -> None:
         for name in (f"demo-{tag}-1", f"demo-{tag}-2")
     }
     try:
-        _show(framework, workers, port=hole.port)
+        return _watch(framework, workers, port=hole.port)
     finally:
         for worker in workers.values():
             with contextlib.suppress(ProcessLookupError):
@@ -302,102 +341,68 @@ def _run(kind: type[Framework], url: str, where: str, unguarded: bool) -> None:
         client.close()
 
 
-def _show(framework: Framework, workers: dict[str, subprocess.Popen[bytes]], *, port: int) -> None:
-    store = framework.store
-    deadline_wait = UNGUARDED_WAIT if framework.unguarded else GUARDED_WAIT
+def _watch(framework: Framework, workers: dict[str, subprocess.Popen[bytes]], *, port: int) -> RunSeen:
+    """Send the jobs, kill the worker running 'worker SIGKILLed' once it runs, and look at every job
+    four times a second until all have ended (guarded) or the plain run's time is up."""
     t0 = time.monotonic()
-    specials = {
+    zombies = {
         "worker SIGKILLed": framework.submit("long_export", 3.0),
         "hung on a socket": framework.submit("fetch_report", port),
         "stuck in C code": framework.submit("crunch"),
         "poison pill": framework.submit("poison"),
     }
     normals = [framework.submit("normal", i) for i in range(NORMAL_JOBS)]
-    killed_at: float | None = None
-    seen: dict[str, str] = {}
-    started_at: dict[str, float] = {}
-    ended_at: dict[str, float] = {}
-    last_view = 0.0
-    while time.monotonic() - t0 < deadline_wait:
-        now = time.monotonic() - t0
-        statuses = {name: framework.status(job_id) for name, job_id in specials.items()}
-        for name, status in statuses.items():
-            if status == "started":
-                started_at.setdefault(name, now)
-            else:
-                started_at.pop(name, None)
-        if now - last_view >= 1.0:
-            last_view = now
-            running = [_view(store, name, specials[name], now - since) for name, since in started_at.items()]
-            if running:
-                _say(f"[{now:5.1f}s]   running: " + "; ".join(running))
-        if killed_at is None and statuses["worker SIGKILLed"] == "started" and now > 1.0:
-            victim = workers.get(framework.running_on(specials["worker SIGKILLed"]) or "")
+    run = RunSeen(
+        framework=framework.title,
+        guarded=not framework.unguarded,
+        elapsed=0.0,
+        normal_total=len(normals),
+        zombies={name: JobSeen() for name in zombies},
+    )
+    wait = UNGUARDED_WAIT if framework.unguarded else GUARDED_WAIT
+    killed = run.zombies["worker SIGKILLed"]
+    while True:
+        now = run.elapsed = time.monotonic() - t0
+        for name, job_id in zombies.items():
+            job = run.zombies[name]
+            job.status = framework.status(job_id)
+            if job.status == "started" and job.started is None:
+                job.started = now
+            if job.status in ("finished", "failed") and job.ended is None:
+                job.ended = now
+        if killed.worker_killed is None and killed.status == "started" and now > 1.0:
+            victim = workers.get(framework.running_on(zombies["worker SIGKILLed"]) or "")
             if victim is not None:
                 os.killpg(victim.pid, signal.SIGKILL)
-                killed_at = now
-                _say(f"[{now:5.1f}s] SIGKILLed the worker running 'worker SIGKILLed' (pid {victim.pid})")
-        for name, status in statuses.items():
-            shown = status + (_attempt(store, specials[name]) if status == "started" else "")
-            if seen.get(name) != shown:
-                seen[name] = shown
-                _say(f"[{now:5.1f}s] {name:<18} {shown}")
-                if status in ("finished", "failed"):
-                    ended_at[name] = now
-        done = sum(1 for job_id in normals if framework.status(job_id) == "finished")
-        if done == len(normals) and len(ended_at) == len(specials):
+                killed.worker_killed = now
+        normal = [framework.status(job_id) for job_id in normals]
+        run.normal_finished = normal.count("finished")
+        run.normal_queued = normal.count("queued")
+        if run.normal_finished == len(normals) and run.normal_done is None:
+            run.normal_done = now
+        ended = all(job.ended is not None for job in run.zombies.values())
+        if (run.normal_done is not None and ended) or now >= wait:
             break
         time.sleep(0.25)
-    _summary(framework, specials, normals, ended_at, killed_at=killed_at, elapsed=time.monotonic() - t0)
+    for name, job_id in zombies.items():
+        _explain(framework, job_id, run.zombies[name])
+    return run
 
 
-def _summary(
-    framework: Framework,
-    specials: dict[str, str],
-    normals: list[str],
-    ended_at: dict[str, float],
-    *,
-    killed_at: float | None,
-    elapsed: float,
-) -> None:
-    _say("")
-    mode = "unguarded" if framework.unguarded else "guarded"
-    _say(f"summary after {elapsed:.1f}s ({framework.title}, {mode}):")
-    finished = sum(1 for job_id in normals if framework.status(job_id) == "finished")
-    _say(f"  normal jobs finished: {finished}/{len(normals)}")
-    for name, job_id in specials.items():
-        status = framework.status(job_id)
-        when = f" at {ended_at[name]:.1f}s" if name in ended_at else f" for all {elapsed:.0f}s"
-        how = _how(framework, job_id, name, killed_at) if status in ("finished", "failed") else " <- a zombie"
-        _say(f"  {name:<18} {status}{when}{how}")
-
-
-def _view(store: LeaseStore, name: str, job_id: str, seen_for: float) -> str:
-    """``name``: its age and last progress, from its lease (unguarded: how long it was seen running)."""
-    with contextlib.suppress(Exception):
-        record = store.record(job_id)
-        if record is not None and record.state is LeaseState.RUNNING:
-            now = store.server_time()
-            progress = f"{now - record.last_progress:.1f}s ago" if record.last_progress else "never"
-            return f"{name} age {now - record.started:.1f}s, last progress {progress}"
-    return f"{name} age {seen_for:.1f}s, last progress unknown"
-
-
-def _attempt(store: LeaseStore, job_id: str) -> str:
-    with contextlib.suppress(Exception):
-        record = store.record(job_id)
-        if record is not None and record.state is LeaseState.RUNNING:
-            return f" (attempt {record.attempt} on {record.worker})"
-    return ""
-
-
-def _how(framework: Framework, job_id: str, name: str, killed_at: float | None) -> str:
+def _explain(framework: Framework, job_id: str, job: JobSeen) -> None:
+    """Add to an ended job its exception, and (guarded) its attempt and how long that attempt ran."""
+    if job.status == "failed":
+        job.error = framework.verdict(job_id)
+    if job.ended is None:
+        return
     record = None
     with contextlib.suppress(Exception):
         record = framework.store.record(job_id)
-    attempts = f", {record.attempt} attempt(s)" if record is not None else ""
-    verdict = framework.verdict(job_id) if framework.status(job_id) == "failed" else ""
-    reason = f" — {verdict[:100]}" if verdict else ""
-    if name == "worker SIGKILLed" and killed_at is not None:
-        reason += f" (worker killed at {killed_at:.1f}s)"
-    return attempts + reason
+    if record is None:
+        if job.started is not None:
+            job.ran = job.ended - job.started
+        return
+    job.attempt = record.attempt
+    last = next((entry for entry in record.history if entry.attempt == record.attempt), None)
+    if last is not None and last.started is not None and last.ended is not None:
+        job.ran = last.ended - last.started

@@ -401,12 +401,12 @@ def metrics(port: int, addr: str) -> None:
 
 @cli.command()
 @_common
-@click.option("--unguarded", is_flag=True, help="Run it with plain workers only.")
+@click.option("--unguarded", is_flag=True, help="The plain workers' run only.")
 @click.option(
     "--only", type=click.Choice(sorted(REGISTRY)), help="One framework (default: each that is installed)."
 )
 def demo(unguarded: bool, only: str | None) -> None:
-    """Run the seed incident live: zombies among normal jobs, with and without zombieguard."""
+    """Run the seed incident live: plain and guarded workers side by side."""
     from zombieguard.demo import run_demo  # noqa: PLC0415 - the demo uses the integrations
 
     # Only a Redis named explicitly: else the demo runs on one of its own, and keeps to it.
