@@ -43,6 +43,7 @@ import redis
 
 from zombieguard.adapter import JobAdapter
 from zombieguard.enforcement.children import Ending, JobProcesses
+from zombieguard.enforcement.deaths import oom_kills
 from zombieguard.enforcement.limits import Deadlines
 from zombieguard.enforcement.slot import JobSlot, SlotState
 from zombieguard.enforcement.stacks import StackDumper
@@ -223,6 +224,7 @@ class SlotWatcher:
         """How long this process was frozen, last it was (0: never)."""
         self._unanswered = False
         """Redis did not answer the last write or release of a lease (logged once until it does)."""
+        self._oom_at_start = oom_kills()
 
     def act_on(self, slot: JobSlot) -> tuple[Outcome | None, float]:
         """Kill the worker when the slot's job is overdue (and the worker has had ``grace`` since
@@ -243,7 +245,8 @@ class SlotWatcher:
         if reason is not None and self.stalled.get(slot) != state.generation and self._stall(state):
             self.stalled[slot] = state.generation
             if state.token:  # a lease still to be written: the worker writes it, and recovers the job
-                self._give_up(slot, state, Outcome.STALLED)  # the worker's threads, waking, find it so too
+                # The worker's threads, waking, find it so too.
+                self._give_up(slot, state, Outcome.STALLED, how="its worker was frozen past its lease")
         if reason is not None and now < self._awake_since + self.grace:
             return None, self._awake_since + self.grace  # just thawed: the worker's own threads act first
         if reason is not None and slot.read().generation == state.generation:
@@ -391,7 +394,9 @@ class SlotWatcher:
         # so the slot stays as it was; one this process wrote is taken over under the job's tag.
         self._give_up(slot, state, reason, stack)
 
-    def _give_up(self, slot: JobSlot, state: SlotState, reason: Outcome, stack: str | None = None) -> None:
+    def _give_up(
+        self, slot: JobSlot, state: SlotState, reason: Outcome, stack: str | None = None, how: str = ""
+    ) -> None:
         """Give the lease of the slot's job up for the sweeper to act on ``reason`` (its worker is
         dead). Nothing when another attempt holds the job (or its lease cannot be written now)."""
         try:
@@ -410,6 +415,7 @@ class SlotWatcher:
                 worker=self.worker,
                 payload=None if self.payload_spec and not payload else payload,
                 stack=stack,
+                how=how,
             )
         except LeaseLost as exc:
             log.info("job %s: nothing to give up, another attempt holds it (%s)", state.job_id, exc)
@@ -420,13 +426,19 @@ class SlotWatcher:
         """The worker is gone: the jobs it left in its slots are stalls (given up now, not when their
         leases expire), one sweep acts on them, and the adapter hands back what the worker's broker
         still holds for it."""
+        oom = oom_kills()
+        how = (
+            "its worker process was killed by the OOM killer (its cgroup's oom_kill count rose)"
+            if oom is not None and self._oom_at_start is not None and oom > self._oom_at_start
+            else "its worker process died"
+        )
         for slot in slots:
             state = slot.read()
             # A job with no lease and none to write (it ran unguarded, Redis away) has none to give up.
             unleased = not state.token and state.lease_delay is None
             if state.active and slot is not self.killed and not unleased:
                 log.warning("worker %d is gone, job %s with it: recovering it", self.pid, state.job_id)
-                self._give_up(slot, state, Outcome.STALLED)
+                self._give_up(slot, state, Outcome.STALLED, how=how)
         adapter = self._adapter()
         if adapter is None:
             return

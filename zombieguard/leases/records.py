@@ -203,6 +203,9 @@ class LeaseRecord:
     """Why a running lease was given up (stalled, timed out, hung), if it was: by its
     worker or the watchdog beside it, or by the first script that found it lapsed and overdue. It
     is then the sweeper's, and no longer its attempt's."""
+    abandoned_how: str = ""
+    """How the given-up attempt's process ended, when its worker or the watchdog process knew:
+    ``killed by signal 9 (SIGKILL)``, ``exited with code 1``, ``killed by the OOM killer``."""
     worker_gone: float | None = None
     """When its worker was found dead by its closed presence connection (server time), if it was:
     the lease was then given up as stalled (see ``presence.lua``)."""
@@ -254,6 +257,7 @@ class LeaseRecord:
                 stopped_by=h.get("stopped_by", ""),
                 verdict=FinishedState(h["verdict"]) if h.get("verdict") else None,
                 abandoned=Outcome(h["abandoned"]) if h.get("abandoned") else None,
+                abandoned_how=h.get("abandoned_how", ""),
                 worker_gone=_num(h.get("worker_gone", "")),
                 processes=int(h["processes"]) if h.get("processes", "").isdigit() else None,
                 ended_processes=tuple(h.get("ended_processes", "").splitlines()),

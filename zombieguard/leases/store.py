@@ -407,15 +407,18 @@ class LeaseStore(WorkerRegistry):
                 keys=[self.completed_key, self.queues_key, self.adapters_key], args=[adapter, *named]
             )
 
-    def abandon(self, job: JobSpec, token: int, reason: Outcome, stack: str | None = None) -> str:
+    def abandon(
+        self, job: JobSpec, token: int, reason: Outcome, stack: str | None = None, how: str = ""
+    ) -> str:
         """Give an attempt up now (its process died or was killed): the sweeper acts on ``reason``
-        (stalled: recover; timed out, hung: fail). Raise LeaseLost when superseded.
+        (stalled: recover; timed out, hung: fail); ``how`` the process ended goes in the attempt's
+        history. Raise LeaseLost when superseded.
 
         On a Sentinel service the job is then only in the lease (its framework lets go of it), so
         the write must outlive a failover: one no replica acknowledged, made on a primary the
         sentinels no longer name, is made again on the new one (:meth:`carry`)."""
         keys = [self.lease_key(job.job_id), self.due_key(job.adapter)]
-        args = [str(token), job.job_id, reason.value, stack or ""]
+        args = [str(token), job.job_id, reason.value, stack or "", how]
         if not sentinel_managed(self.client):
             reply = self._scripts["abandon"](keys=keys, args=args)
             return self._check_fenced(job.job_id, token, [text(item) for item in reply])

@@ -256,11 +256,12 @@ class Sweeper:
     def _stalled(self, adapter: JobAdapter, claimed: Claimed, report: SweepReport) -> None:
         record = claimed.record
         stalls = record.stalls + 1
-        why = (
-            f"worker {record.worker} died: its presence connection to Redis closed"
-            if record.worker_gone is not None
-            else f"lease expired: worker {record.worker} stopped renewing it (dead or frozen)"
-        )
+        if record.abandoned_how:
+            why = record.abandoned_how
+        elif record.worker_gone is not None:
+            why = f"worker {record.worker} died: its presence connection to Redis closed"
+        else:
+            why = f"lease expired: worker {record.worker} stopped renewing it (dead or frozen)"
         ended = record.ended_attempt(Outcome.STALLED, why, claimed.claimed_at)
         stalled = record_event(JobStalled, record, why, details=(("stalls", stalls),))
         if stalls <= record.max_stalls:

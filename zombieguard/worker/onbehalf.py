@@ -92,19 +92,21 @@ def give_up(
     worker: str,
     payload: str | None,
     stack: str | None = None,
+    how: str = "",
 ) -> None:
     """Give up, for a sweeper to act on ``reason``, the attempt (of ``token``) that the slot
-    ``state`` shows, its process dead or killed. A lease missing from Redis is written again first
-    (:func:`write_again`) when the job's body had not ended (no release can have removed it) and
-    ``payload`` is known (None: the lease needs one the slot does not keep). Raises
+    ``state`` shows, its process dead or killed (``how``, for its history). A lease missing from
+    Redis is written again first (:func:`write_again`) when the job's body had not ended (no
+    release can have removed it) and ``payload`` is known (None: the lease needs one the slot does
+    not keep). Raises
     :class:`~zombieguard.errors.LeaseLost` when another attempt holds the job, and
     ``redis.RedisError``."""
     job = JobSpec(state.job_id, adapter, "", "")
-    if store.abandon(job, token, reason, stack) != "missing" or state.outcome or payload is None:
+    if store.abandon(job, token, reason, stack, how) != "missing" or state.outcome or payload is None:
         return
     policy = slot_policy(state)
     if write_again(store, state, token, payload, adapter=adapter, worker=worker, policy=policy):
-        store.abandon(job, token, reason, stack)
+        store.abandon(job, token, reason, stack, how)
 
 
 def release_written(

@@ -333,10 +333,10 @@ class WorkerRuntime:
         log.warning("%s job %s[%s]: %s; recovering it", self.framework, spec.task, spec.job_id, why)
         missing = False
         try:
-            missing = self.store.abandon(spec, token, Outcome.STALLED) == "missing"
+            missing = self.store.abandon(spec, token, Outcome.STALLED, how=why) == "missing"
             if missing and again is not None and again():
                 missing = False
-                self.store.abandon(spec, token, Outcome.STALLED)
+                self.store.abandon(spec, token, Outcome.STALLED, how=why)
         except LeaseLost:
             return False
         except redis.RedisError as exc:

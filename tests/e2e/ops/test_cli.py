@@ -8,7 +8,7 @@ import os
 import pty
 import signal
 import subprocess
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -136,14 +136,20 @@ def test_status_watch_into_a_pipe_prints_plain_tables_without_escape_codes(rq_ha
         stdout=subprocess.PIPE,
         text=True,
     )
+    stdout = watch.stdout
+    assert stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")), daemon=True)
+    reader.start()
     try:
-        time.sleep(1.5)
+        # Drawn again and again, one table after another.
+        wait_until(lambda: sum(line.startswith("JOB  ") for line in lines) >= 3, 20, what="three tables")
     finally:
         watch.send_signal(signal.SIGINT)
-        out, _ = watch.communicate(timeout=10)
+        watch.wait(10)
+        reader.join(10)
     assert watch.returncode == 0
-    assert "\x1b" not in out
-    assert out.count("JOB  ") >= 3  # drawn again and again, one table after another
+    assert not any("\x1b" in line for line in lines)
 
 
 def test_a_bulk_requeue_asks_first_and_does_nothing_when_refused(rq_harness: RQHarness) -> None:
@@ -204,3 +210,12 @@ def test_the_celery_app_is_found_from_each_form_celery_a_takes(
     assert result.returncode == 0, result.stdout + result.stderr
     # The app's Redis and its key prefix: the RQ job running there is seen through them.
     assert [row["job_id"] for row in json.loads(result.stdout)["jobs"]] == [job.id]
+
+
+def test_dlq_show_says_how_each_attempt_of_an_rq_poison_pill_ended(rq_harness: RQHarness) -> None:
+    rq_harness.start_worker("GuardedWorker", env={"ZOMBIEGUARD_MAX_STALLS": "1"})
+    pill = rq_harness.enqueue("kills_its_process", rq_harness.notes)
+    rq_harness.wait_status(pill, ["failed"], 15)
+    attempts = cli_json(rq_harness, "dlq", "show", pill.id)["attempts"]
+    assert [a["reason"] for a in attempts] == ["its horse died: killed by signal 9 (SIGKILL)"] * 2
+    assert "its horse died: killed by signal 9 (SIGKILL)" in cli(rq_harness, "dlq", "show", pill.id).stdout

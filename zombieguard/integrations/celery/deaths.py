@@ -35,8 +35,9 @@ class PoolDeaths:
         self.runtime = runtime
         self.monitor = monitor
 
-    def verdict(self, request: Any, terminated: bool) -> Outcome | None:
-        """The process running ``request`` died (``terminated``: by ``revoke(terminate=True)``). What
+    def verdict(self, request: Any, terminated: bool, how: str = "") -> Outcome | None:
+        """The process running ``request`` died (``terminated``: by ``revoke(terminate=True)``;
+        ``how``: Celery's words on it, ``Worker exited prematurely: signal 9 (SIGKILL)``). What
         zombieguard makes of it: timed out or hung (this worker killed it at a limit), lease lost
         (superseded), stalled (it died by itself: recovered or dead-lettered), None (Celery's own
         handling)."""
@@ -45,9 +46,11 @@ class PoolDeaths:
         state, killed = self.monitor.died(request.id)
         if killed is not None:
             return killed
-        return self._from_lease(request, state, terminated)
+        return self._from_lease(request, state, terminated, how)
 
-    def _from_lease(self, request: Any, state: SlotState | None, terminated: bool) -> Outcome | None:
+    def _from_lease(
+        self, request: Any, state: SlotState | None, terminated: bool, how: str
+    ) -> Outcome | None:
         """:meth:`verdict` for a pool process this worker did not kill, from the task's lease."""
         job_id = request.id
         runtime = self.runtime
@@ -57,7 +60,7 @@ class PoolDeaths:
             record = runtime.store.record(job_id)
             read = True
         if record is None:
-            return None if state is None or terminated else self._without_lease(request, state, read)
+            return None if state is None or terminated else self._without_lease(request, state, read, how)
         if not holds_lease(record, runtime.name, state):
             # A newer attempt (or a sweeper) holds the task: nothing of this one is recorded.
             log.warning("celery task %s: its pool process died; its attempt no longer holds the task", job_id)
@@ -68,7 +71,7 @@ class PoolDeaths:
         spec = JobSpec(job_id, ADAPTER, record.task, record.queue)
         if not terminated:
             orphans = functools.partial(runtime.end_orphans, spec, token, record.attempt)
-            runtime.give_up_stalled(spec, token, "its pool process died", before_sweep=orphans)
+            runtime.give_up_stalled(spec, token, died_reason(how), before_sweep=orphans)
             return Outcome.STALLED
         try:  # revoked: Celery records it so; the lease ends stopped
             runtime.store.release(spec, token, Outcome.STOPPED, "revoked with terminate=True")
@@ -88,7 +91,7 @@ class PoolDeaths:
             return False
         return record is not None and is_superseded(record, self.runtime.name, state)
 
-    def recover_unleased(self, job_id: str) -> None:
+    def recover_unleased(self, job_id: str, how: str) -> None:
         """In the event loop: recover a task whose pool process the monitor saw die before its lease
         was written, unless Celery's news of it came first (:meth:`verdict` recovered it)."""
         state = self.monitor.take_unleased(job_id)
@@ -102,10 +105,10 @@ class PoolDeaths:
         # during (a prefork worker without an event loop, on a transport that has none, runs this in
         # the monitor's thread: there the two may overlap).
         with contained(f"celery task {job_id}: recovering it"):
-            if self._recover_unleased(state, request):
+            if self._recover_unleased(state, request, how):
                 self.monitor.recovered(job_id)
 
-    def _recover_unleased(self, state: SlotState, request: Any) -> bool:
+    def _recover_unleased(self, state: SlotState, request: Any, how: str) -> bool:
         """Write the lease of a task whose pool process died before it could (within its
         ``lease_delay``), from its slot and the payload of Celery's request for it (the message as it
         came), and recover the task. False when another attempt holds it or Redis is away."""
@@ -118,21 +121,21 @@ class PoolDeaths:
         spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue, payload)
         orphans = functools.partial(self.runtime.end_orphans, spec, token, state.attempt)
         return bool(token) and self.runtime.give_up_stalled(
-            spec, token, "its pool process died", before_sweep=orphans
+            spec, token, died_reason(how), before_sweep=orphans
         )
 
-    def _without_lease(self, request: Any, state: SlotState, read: bool) -> Outcome | None:
+    def _without_lease(self, request: Any, state: SlotState, read: bool, how: str) -> Outcome | None:
         """:meth:`verdict` for a task that died by itself with no lease in Redis (``read``: Redis
         said so; else it did not answer)."""
         if not state.token:
             # Its lease not written yet (within its lease_delay): write it, recover.
-            return Outcome.STALLED if self._recover_unleased(state, request) else None
+            return Outcome.STALLED if self._recover_unleased(state, request, how) else None
         if read:
             # Its lease vanished (a failover, a restart without persistence): again, recover.
-            return Outcome.STALLED if self._recover_vanished(state, request) else None
+            return Outcome.STALLED if self._recover_vanished(state, request, how) else None
         return None
 
-    def _recover_vanished(self, state: SlotState, request: Any) -> bool:
+    def _recover_vanished(self, state: SlotState, request: Any, how: str) -> bool:
         """Recover a task whose pool process died and whose lease Redis no longer has: written again
         from its slot and the payload of Celery's request for it, then given up. False when it
         could not be (another attempt holds it, Redis away): Celery's own handling then."""
@@ -142,10 +145,15 @@ class PoolDeaths:
         return self.runtime.give_up_stalled(
             spec,
             state.token,
-            "its pool process died",
+            died_reason(how),
             before_sweep=orphans,
             again=lambda: self.runtime.write_again_for(state, state.token, payload),
         )
+
+
+def died_reason(how: str) -> str:
+    """A pool process's death, for the attempt's history (``how``: Celery's words on it, if any)."""
+    return f"its pool process died: {how}" if how else "its pool process died"
 
 
 def holds_lease(record: LeaseRecord, worker: str, state: SlotState | None) -> bool:

@@ -20,6 +20,7 @@ import redis
 
 from zombieguard.containment import contained, log
 from zombieguard.enforcement.children import Found
+from zombieguard.enforcement.deaths import child_status, how_it_ended, oom_kills
 from zombieguard.enforcement.interrupts import Interrupt
 from zombieguard.enforcement.limits import Deadlines, Limit
 from zombieguard.enforcement.slot import JobSlot, SlotState
@@ -29,7 +30,7 @@ from zombieguard.errors import LeaseLost
 from zombieguard.events import Subject
 from zombieguard.integrations.celery import internals
 from zombieguard.integrations.celery.adapter import ADAPTER
-from zombieguard.integrations.celery.deaths import PoolDeaths
+from zombieguard.integrations.celery.deaths import PoolDeaths, died_reason
 from zombieguard.integrations.celery.message import message_payload
 from zombieguard.leases import JobSpec, Outcome, text
 from zombieguard.worker.heartbeat import processes_under
@@ -103,11 +104,14 @@ class SlotMonitor:
         self._unanswered = False
         """Redis did not answer the last write or release of a lease this process wrote for a task
         (logged once until it answers again)."""
+        self._oom = oom_kills()
+        """The cgroup's OOM kills, counted at most a second ago: one more since names a death's cause."""
 
     def _refresh(self, now: float, *, force: bool = False) -> None:
         if now - self._listed < 1.0 and not force:
             return
         self._listed = now
+        self._oom = oom_kills()
         for path in self.runtime.dir.glob("slot-*"):
             if path not in self.slots:
                 with contextlib.suppress(OSError, ValueError):
@@ -118,7 +122,7 @@ class SlotMonitor:
         self._refresh(now)
         due: list[_Tracked] = []
         late: list[_Tracked] = []
-        died: list[tuple[SlotState, int, Any]] = []
+        died: list[tuple[SlotState, int, Any, str]] = []
         with self._lock:
             since, self.looked = now - self.looked, now
             for path, slot in list(self.slots.items()):
@@ -154,7 +158,8 @@ class SlotMonitor:
                         self._unleased[state.job_id] = state
                     # Celery's request for it, while Celery still holds it: what a lease that
                     # vanished is written again with.
-                    died.append((state, token, internals.request_by_id(state.job_id) if token else None))
+                    request = internals.request_by_id(state.job_id) if token else None
+                    died.append((state, token, request, self._how_it_ended(state.pid)))
                     slot.clear()
                     self.tracked.pop(path, None)
                     continue
@@ -171,7 +176,11 @@ class SlotMonitor:
         self._act(now, due, late, died)
 
     def _act(
-        self, now: float, due: list[_Tracked], late: list[_Tracked], died: list[tuple[SlotState, int, Any]]
+        self,
+        now: float,
+        due: list[_Tracked],
+        late: list[_Tracked],
+        died: list[tuple[SlotState, int, Any, str]],
     ) -> None:
         """What a look found to do in Redis (outside the lock)."""
         if self.to_release:
@@ -180,8 +189,13 @@ class SlotMonitor:
             self._write_lease(tracked, now)
         if due:
             self._renew(due)
-        for state, token, request in died:
-            self._died(state, token, request)
+        for state, token, request, how in died:
+            self._died(state, token, request, how)
+
+    def _how_it_ended(self, pid: int) -> str:
+        """How a pool process that died ended (it is a child of this process, not reaped yet)."""
+        status = child_status(pid)
+        return "" if status is None else how_it_ended(status, self._oom, oom_kills())
 
     def _write_lease(self, tracked: _Tracked, now: float) -> None:
         """Write the lease of a task whose pool process has not written it past its ``lease_delay``
@@ -251,23 +265,21 @@ class SlotMonitor:
                 return
             self._answered(None)
 
-    def _died(self, state: SlotState, token: int, request: Any) -> None:
+    def _died(self, state: SlotState, token: int, request: Any, how: str) -> None:
         """A pool process died mid-task, and Celery has not said so yet (under load its pool notices
         only every few seconds): recover the task now. Celery's news of it, when it comes, finds the
         task handled (:meth:`PoolDeaths.verdict` says stalled). A task that died before its lease
         was written is recovered in the event loop, from Celery's request for it."""
         if not token:
             job_id = state.job_id
-            self.runtime.in_loop(lambda: self.deaths.recover_unleased(job_id))
+            self.runtime.in_loop(lambda: self.deaths.recover_unleased(job_id, how))
             return
         spec = JobSpec(state.job_id, ADAPTER, state.task, state.queue)
         orphans = functools.partial(self.runtime.end_orphans, spec, token, state.attempt)
         again = None
         if request is not None:  # its lease vanished: written again with the message's payload
             again = functools.partial(self.runtime.write_again_for, state, token, message_payload(request))
-        if not self.runtime.give_up_stalled(
-            spec, token, "its pool process died", before_sweep=orphans, again=again
-        ):
+        if not self.runtime.give_up_stalled(spec, token, died_reason(how), before_sweep=orphans, again=again):
             # Celery's news of it came first (it was handled then), or it is left to Celery's news.
             self._killed.pop(state.job_id, None)
 

@@ -186,7 +186,7 @@ class GuardedRequestMixin:
         if runtime is not None and runtime.monitor is not None and (lost or terminated):
             verdict = None
             with contained(f"celery task {self.id}: its pool process died"):
-                verdict = runtime.monitor.deaths.verdict(self, terminated)
+                verdict = runtime.monitor.deaths.verdict(self, terminated, how=str(exc) if lost else "")
             if verdict in (Outcome.TIMED_OUT, Outcome.HUNG):
                 policy = runtime.policy(self.task, self._zg_limits)
                 limit = policy.hard_timeout if verdict is Outcome.TIMED_OUT else policy.progress_timeout

@@ -32,6 +32,8 @@ class HorseEnd:
     stop: tuple[Outcome, str | None] | None
     """zombieguard stopped it at a limit: the outcome and the stack captured then."""
     death_penalty_class: Any
+    how: str = ""
+    """How the horse ended (``killed by signal 9 (SIGKILL)``), when RQ said."""
 
 
 def unstarted(zg: RQRuntime, attempt: Attempt, error: redis.RedisError) -> bool:
@@ -66,7 +68,7 @@ def horse_ended(zg: RQRuntime, attempt: Attempt, job: Job, end: HorseEnd, kwargs
             ADAPTER, attempt, Outcome.STOPPED, "horse killed on request (send_kill_horse_command)"
         )
     if end.stop is None:
-        return _died(zg, attempt, kwargs.get("exc_string", ""))
+        return _died(zg, attempt, end.how or kwargs.get("exc_string", "").strip())
     outcome, stack = end.stop
     policy = attempt.policy
     if outcome is Outcome.TIMED_OUT:
@@ -81,7 +83,7 @@ def horse_ended(zg: RQRuntime, attempt: Attempt, job: Job, end: HorseEnd, kwargs
     return True
 
 
-def _died(zg: RQRuntime, attempt: Attempt, exc_string: str) -> bool:
+def _died(zg: RQRuntime, attempt: Attempt, how: str) -> bool:
     """The horse died by itself (OOM, segfault, a poison payload): a stall for the sweeper to
     recover or dead-letter, not a failure to record (without a lease: RQ's failure, as alone). The
     programs the job started die with it."""
@@ -90,7 +92,7 @@ def _died(zg: RQRuntime, attempt: Attempt, exc_string: str) -> bool:
     zg.give_up_stalled(
         attempt.job,
         attempt.token,
-        f"its horse died ({exc_string.strip()})",
+        f"its horse died: {how}",
         before_sweep=lambda: zg.end_orphans(attempt.job, attempt.token, attempt.number),
         again=attempt.reestablish,
     )

@@ -27,6 +27,7 @@ from rq.queue import Queue
 from rq.worker import SimpleWorker, Worker, WorkerStatus
 
 from zombieguard.enforcement.children import Found, JobProcesses
+from zombieguard.enforcement.deaths import how_it_ended, oom_kills
 from zombieguard.enforcement.interrupts import Interrupt, install_interrupt_handlers
 from zombieguard.enforcement.limits import Limit, LimitClock
 from zombieguard.enforcement.slot import OUTCOME_COMPLETED, OUTCOME_RECORDING
@@ -84,6 +85,10 @@ class _GuardedMixin:
     """The running job's generation in the slot (an interrupt is raised only in the job it names)."""
     _zg_unprepared: redis.RedisError | None = None
     """Why RQ could not prepare the running job (Redis did not answer): it never started."""
+    _zg_horse_status: int | None = None
+    """The wait status of the running job's horse, when RQ found it dead."""
+    _zg_oom_before: int | None = None
+    """The cgroup's OOM kills counted as the running job started (see ``oom_kills``)."""
 
     if TYPE_CHECKING:  # RQ's attributes and methods, as this mixin uses them
         name: str
@@ -227,6 +232,8 @@ class _GuardedMixin:
         self._zg_body_done = False
         self._zg_kill_command = False
         self._zg_unprepared = None
+        self._zg_horse_status = None
+        self._zg_oom_before = oom_kills() if self._zg_forks else None
         zg = self._zg
         sent = acquire.send(zg, self.name, job, queue) if zg is not None else None
         execution = self.prepare_execution(job)
@@ -427,6 +434,11 @@ class _GuardedMixin:
             return
         super().handle_job_retry(job, queue, *args, **kwargs)  # type: ignore[misc]
 
+    def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
+        """RQ's, noting how the horse ended for the attempt's history."""
+        self._zg_horse_status = ret_val
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)  # type: ignore[misc]
+
     def handle_job_failure(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
         """Failures the RQ way, with zombieguard's verdict on why, and refused for a superseded attempt."""
         attempt = self._zg_attempt
@@ -438,11 +450,13 @@ class _GuardedMixin:
         elif self.is_horse or not self._zg_forks:
             proceed = verdict.raised_here(attempt, self._zg_interrupt, kwargs.get("exc_string", ""))
         else:
+            status, self._zg_horse_status = self._zg_horse_status, None
             end = verdict.HorseEnd(
                 stopped_on_request=internals.stop_requested_for(self) == job.id,
                 kill_command=self._zg_kill_command,
                 stop=self._zg_stop,
                 death_penalty_class=self.death_penalty_class,
+                how="" if status is None else how_it_ended(status, self._zg_oom_before, oom_kills()),
             )
             proceed = verdict.horse_ended(zg, attempt, job, end, kwargs)
         if proceed:
