@@ -37,8 +37,13 @@ def rq_cli_json(harness: RQHarness, *args: str) -> Any:
 
 def celery_cli(harness: CeleryHarness, *args: str, env: dict[str, str] | None = None) -> Any:
     """Run ``zombieguard ... --json`` where the Celery app can be imported; its parsed output."""
+    return json.loads(celery_cli_text(harness, *args, "--json", env=env))
+
+
+def celery_cli_text(harness: CeleryHarness, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run ``zombieguard ...`` where the Celery app can be imported; what it printed."""
     result = subprocess.run(
-        [ZOMBIEGUARD, "--redis-url", harness.redis_url, *args, "--json"],
+        [ZOMBIEGUARD, "--redis-url", harness.redis_url, *args],
         env={**os.environ, **harness.env, **(env or {})},
         cwd=REPO,
         capture_output=True,
@@ -47,7 +52,7 @@ def celery_cli(harness: CeleryHarness, *args: str, env: dict[str, str] | None = 
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return result.stdout
 
 
 def row_of(table: str, first: str) -> list[str]:

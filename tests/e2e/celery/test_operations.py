@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.celery_harness import CeleryHarness
 from tests.support.cli import celery_cli as cli
+from tests.support.cli import celery_cli_text, row_of
 from tests.support.harness import ZOMBIEGUARD
 from tests.support.rq_harness import RQHarness
 from tests.support.waiting import wait_until
@@ -64,6 +65,9 @@ def test_status_lists_celery_tasks_next_to_rq_jobs_and_what_waits_in_a_named_app
     }
     assert queue_rows["unnamed"]["waiting"] is None
     assert queue_rows["named"]["waiting"] == 0
+    shown = celery_cli_text(celery_harness, "status")
+    assert row_of(shown, celery_harness.queue)[:3] == [celery_harness.queue, "celery", "?"]
+    assert "? Celery's waiting tasks are counted when the Celery app is named (-A proj)" in shown
 
 
 def test_the_metrics_exporter_serves_the_stall_a_celery_worker_recovered(

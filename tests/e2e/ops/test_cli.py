@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import pty
+import select
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -219,3 +221,30 @@ def test_dlq_show_says_how_each_attempt_of_an_rq_poison_pill_ended(rq_harness: R
     attempts = cli_json(rq_harness, "dlq", "show", pill.id)["attempts"]
     assert [a["reason"] for a in attempts] == ["its horse died: killed by signal 9 (SIGKILL)"] * 2
     assert "its horse died: killed by signal 9 (SIGKILL)" in cli(rq_harness, "dlq", "show", pill.id).stdout
+
+
+def test_status_watch_on_a_terminal_redraws_a_coloured_table_in_place(rq_harness: RQHarness) -> None:
+    rq_harness.start_worker("GuardedWorker")
+    rq_harness.enqueue("long_job", rq_harness.notes, 5.0)
+    wait_until(lambda: rq_harness.notes_of("started"), 15, what="started")
+    controller, terminal = pty.openpty()
+    watch = subprocess.Popen(
+        [ZOMBIEGUARD, "-u", rq_harness.redis_url, "status", "--watch", "-n", "200ms"],
+        env={**os.environ, "ZOMBIEGUARD_KEY_PREFIX": rq_harness.key_prefix, "TERM": "xterm"},
+        stdout=terminal,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 20
+        while seen.count(b"\x1b[2J") < 3 and time.monotonic() < deadline:
+            if select.select([controller], [], [], 0.5)[0]:
+                seen += os.read(controller, 65536)
+    finally:
+        watch.send_signal(signal.SIGINT)
+        watch.wait(10)
+        os.close(controller)
+    assert seen.count(b"\x1b[2J") >= 3  # the screen cleared before each drawing
+    assert b"\x1b[32m" in seen  # the running job's row in green
+    assert b"Ctrl-C to stop" in seen
