@@ -55,7 +55,8 @@ matrix-oldest-celery: $(OLDEST_CELERY)/bin/.installed
 	$(OLDEST_CELERY)/bin/pytest tests/integration/celery tests/e2e/celery tests/e2e/test_sentry_workers.py \
 		tests/e2e/test_child_processes.py tests/unit/enforcement/test_children.py \
 		tests/e2e/test_secure_redis.py tests/e2e/test_eviction.py tests/e2e/test_sentinel.py \
-		tests/e2e/test_cluster.py
+		tests/e2e/test_cluster.py tests/e2e/ops/test_cli.py tests/e2e/test_configuration.py \
+		tests/e2e/test_logs.py
 matrix-rq26: $(RQ26)/bin/.installed
 	$(RQ26)/bin/pytest tests/integration/rq tests/e2e/rq
 matrix-newest: $(NEWEST)/bin/.installed

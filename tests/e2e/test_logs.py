@@ -52,7 +52,7 @@ def test_an_rq_job_killed_in_c_code_at_its_limit_is_logged_as_zombieguard_s_kill
     job = rq_harness.enqueue("stuck_in_c_code", rq_harness.notes, job_timeout=2)
     rq_harness.wait_status(job, ["failed"], 15)
     log = wait_until(
-        lambda: "Work horse killed" in rq_harness.log(0) and rq_harness.log(0), 5, what="RQ's lines"
+        lambda: "zombieguard stopped it" in rq_harness.log(0) and rq_harness.log(0), 5, what="RQ's line"
     )
     assert re.search(
         rf"^{TIME} rq job tests.support.rq_jobs.stuck_in_c_code\[{job.id}\] attempt 1 ran past its "

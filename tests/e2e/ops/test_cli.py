@@ -57,8 +57,9 @@ def test_a_mistyped_command_or_option_is_refused_with_the_nearest_one() -> None:
     assert "No such command 'stauts'. Did you mean 'status'?" in command.stderr
     option = run("dlq", "list", "--olderthan", "1h")
     assert option.returncode == 2
-    assert "No such option '--olderthan'" in option.stderr
-    assert "'--older-than'" in option.stderr.split("Did you mean")[1]
+    # click's words differ between its versions: "Did you mean", "Possible options".
+    assert "--olderthan" in option.stderr
+    assert "--older-than" in option.stderr
     assert "Traceback" not in command.stderr + option.stderr
 
 
