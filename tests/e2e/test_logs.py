@@ -97,3 +97,28 @@ def test_a_celery_task_past_its_progress_limit_is_logged_as_hung_with_what_happe
         r"progress_timeout of 1 s: stopped, and recorded failed \(hung\)",
         celery_harness.log(0),
     ), celery_harness.log(0)
+
+
+def test_a_celery_pool_process_killed_in_c_code_at_its_limit_is_logged_as_zombieguard_s_kill_not_an_error(
+    celery_harness: CeleryHarness,
+) -> None:
+    celery_harness.start_worker("prefork", env={"ZOMBIEGUARD_HARD_TIMEOUT": "2"})
+    result = celery_harness.send("stuck_in_c_code", celery_harness.notes)
+    celery_harness.wait_state(result, {"FAILURE"}, 20)
+    line = wait_until(
+        lambda: re.search(
+            r"^\[.*: (\w+)/MainProcess\] Process 'ForkPoolWorker-\d+' pid:\d+ exited with (.*)$",
+            celery_harness.log(0),
+            re.M,
+        ),
+        10,
+        what="billiard's line",
+    )
+    assert line.group(1) == "WARNING"
+    assert (
+        line.group(2)
+        == "'signal 9 (SIGKILL)': zombieguard killed it, as logged above; the pool starts another"
+    )
+    assert re.search(
+        r"killing the process that runs it \(pid \d+\); the worker starts another", celery_harness.log(0)
+    )

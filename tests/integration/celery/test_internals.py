@@ -5,6 +5,7 @@ that changes one fails here, by name."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import signal
@@ -16,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import billiard.pool
+import billiard.util
 from celery import Celery, states
 from celery.app.task import Context, Task
 from celery.contrib.testing.mocks import TaskMessage
@@ -236,3 +239,8 @@ def test_each_billiard_pool_process_knows_its_own_place_in_the_pool(tmp_path: Pa
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # the pool's processes, left by os._exit
     assert json.loads(result.read_text()) == [[0], [1]]
+
+
+def test_billiard_logs_a_pool_process_s_abnormal_exit_with_the_format_zombieguard_rewords() -> None:
+    assert billiard.util.LOGGER_NAME == "multiprocessing"
+    assert repr(internals.POOL_PROCESS_EXITED) in inspect.getsource(billiard.pool.Pool._join_exited_workers)

@@ -125,3 +125,7 @@ def test_a_job_that_started_or_ended_is_not_put_back_from_the_intermediate_list(
     assert intermediate.put_back(queue, job.id) == reply
     assert queue.get_job_ids() == []
     assert intermediate.job_ids(queue) == ([job.id] if reply == "started" else [])
+
+
+def test_rq_logs_a_horse_that_ended_without_its_say_with_the_words_zombieguard_replaces() -> None:
+    assert internals.UNEXPECTED_END in inspect.getsource(Worker.monitor_work_horse)

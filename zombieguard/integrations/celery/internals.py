@@ -19,6 +19,10 @@ from celery.app.trace import task_has_custom
 from celery.backends.base import BaseKeyValueStoreBackend
 from celery.worker import state as worker_state
 
+POOL_PROCESS_EXITED = "Process %r pid:%r exited with %r"
+"""The format of the error billiard's pool logs (logger ``multiprocessing``) for a pool process that
+exited with neither success nor a recycle: where zombieguard killed it, its line says so instead."""
+
 
 def pool_process_index() -> int:
     """This prefork pool process's place in its pool (0 to concurrency - 1; 0 outside a pool):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import os
 import signal
 import threading
@@ -106,6 +107,7 @@ class SlotMonitor:
         (logged once until it answers again)."""
         self._oom = oom_kills()
         """The cgroup's OOM kills, counted at most a second ago: one more since names a death's cause."""
+        self._own_kills = _OwnKills()
 
     def _refresh(self, now: float, *, force: bool = False) -> None:
         if now - self._listed < 1.0 and not force:
@@ -345,6 +347,7 @@ class SlotMonitor:
         def stop(found: Found) -> None:
             now = slot.read()
             if now.active and now.generation == state.generation:
+                self._own_kills.pids.add(state.pid)
                 _signal(state.pid, signal.SIGKILL)
                 killed.append(True)
 
@@ -370,6 +373,7 @@ class SlotMonitor:
         tracked.killed = True
         kind = tracked.stopped or Outcome.TIMED_OUT
         self._killed[state.job_id] = kind
+        self._own_kills.pids.add(state.pid)
         log.error(
             "celery task %s[%s] did not stop when interrupted (%s; C code holding the GIL?): killing "
             "the process that runs it (pid %d); the worker starts another",
@@ -512,6 +516,7 @@ class SlotMonitor:
 
     def start(self) -> None:
         """Start the thread."""
+        logging.getLogger("multiprocessing").addFilter(self._own_kills)
         self._thread = threading.Thread(target=self._run, name="zombieguard-prefork-monitor", daemon=True)
         self._thread.start()
 
@@ -521,6 +526,7 @@ class SlotMonitor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+        logging.getLogger("multiprocessing").removeFilter(self._own_kills)
         with contained("prefork monitor's last look"):
             self.check(time.monotonic())
 
@@ -552,6 +558,24 @@ def _woke_past_its_lease(state: SlotState, tracked: _Tracked | None, now: float,
     if since <= state.lease_ttl or (tracked is not None and tracked.stopped is not None):
         return False
     return Deadlines.of_slot(state, soft=False).passed(now) is not None
+
+
+class _OwnKills(logging.Filter):
+    """Billiard's error about a pool process that "exited with 'signal 9 (SIGKILL)'" says, where
+    zombieguard killed it, that it did."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pids: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """The record, reworded and made a warning where its process is one zombieguard killed."""
+        pid = record.args[1] if isinstance(record.args, tuple) and len(record.args) == 3 else None
+        if record.msg == internals.POOL_PROCESS_EXITED and pid in self.pids:
+            self.pids.discard(pid)
+            record.msg = f"{record.msg}: zombieguard killed it, as logged above; the pool starts another"
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 def _died_by_itself(state: SlotState, tracked: _Tracked | None) -> bool:

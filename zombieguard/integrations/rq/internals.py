@@ -22,6 +22,10 @@ from zombieguard.leases import text
 RQ3 = version_tuple(rq.__version__) >= (3,)
 """Whether RQ is 3 or newer (its callbacks module, an execution passed to ``perform_job``)."""
 
+UNEXPECTED_END = "Work-horse terminated unexpectedly"
+"""The words RQ's worker logs (and records as the failure) for a horse that ended without RQ's
+say: where zombieguard killed the horse, its log line says so instead."""
+
 _FAILURE_NAMES_WORKER = version_tuple(rq.__version__) >= (2, 5)
 """Whether ``Job._handle_failure`` takes ``worker_name`` (added in RQ 2.5)."""
 

@@ -54,15 +54,13 @@ class _OwnKills(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """RQ's record, its account of the horse's end replaced where zombieguard killed it."""
-        if isinstance(record.args, tuple) and any(_UNEXPECTED in str(arg) for arg in record.args):
+        if isinstance(record.args, tuple) and any(internals.UNEXPECTED_END in str(a) for a in record.args):
             account = self.worker.zg_own_kill()
             if account is not None:
-                record.args = tuple(account if _UNEXPECTED in str(arg) else arg for arg in record.args)
+                record.args = tuple(
+                    account if internals.UNEXPECTED_END in str(arg) else arg for arg in record.args
+                )
         return True
-
-
-_UNEXPECTED = "Work-horse terminated unexpectedly"
-"""How RQ's log names the end of a horse it did not expect to end."""
 
 
 class _GuardedMixin:
