@@ -17,6 +17,12 @@ log = logging.getLogger("zombieguard")
 
 Observer = Callable[[str, BaseException], None]
 
+
+def named(adapter: str, task: str, job_id: str) -> str:
+    """A job as a log line names it, in its framework's word: ``celery task t[id]``, ``rq job t[id]``."""
+    return f"{adapter} {'task' if adapter == 'celery' else 'job'} {task}[{job_id}]"
+
+
 _observers: list[Observer] = []
 _lock = threading.Lock()
 

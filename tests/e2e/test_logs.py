@@ -93,7 +93,7 @@ def test_a_celery_task_past_its_progress_limit_is_logged_as_hung_with_what_happe
     result = celery_harness.send("beats_then_stalls", celery_harness.notes, 2)
     celery_harness.wait_state(result, {"FAILURE"}, 20)
     assert re.search(
-        rf"celery job \S+beats_then_stalls\[{result.id}\] attempt 1 made no progress within its "
+        rf"celery task \S+beats_then_stalls\[{result.id}\] attempt 1 made no progress within its "
         r"progress_timeout of 1 s: stopped, and recorded failed \(hung\)",
         celery_harness.log(0),
     ), celery_harness.log(0)

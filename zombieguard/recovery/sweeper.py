@@ -24,7 +24,7 @@ from typing import Any
 import redis
 
 from zombieguard.adapter import JobAdapter
-from zombieguard.containment import contained, log
+from zombieguard.containment import contained, log, named
 from zombieguard.containment import report as report_error
 from zombieguard.errors import ZombieGuardError
 from zombieguard.events import (
@@ -58,13 +58,7 @@ def _say(record: LeaseRecord, what: str, then: str) -> None:
     """One log line for a sweeper's decision on a job: its integration, task and id, the attempt
     and what happened to it, and what happens next."""
     log.warning(
-        "%s job %s[%s]: attempt %d %s; %s",
-        record.adapter,
-        record.task,
-        record.job_id,
-        record.attempt,
-        what,
-        then,
+        "%s: attempt %d %s; %s", named(record.adapter, record.task, record.job_id), record.attempt, what, then
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from zombieguard.containment import log
+from zombieguard.containment import log, named
 from zombieguard.enforcement.children import OWNER_VARIABLE, JobProcesses, marked
 from zombieguard.errors import LeaseLost, NotInGuardedJob
 from zombieguard.events import JobEvent, LeaseLostEvent, LeaseVanished, Subject, emit
@@ -218,10 +218,8 @@ class Attempt:
             self._lost = error
         job = self.job
         log.warning(
-            "%s job %s[%s] attempt %d lost its lease: %s. This attempt is stopped",
-            job.adapter,
-            job.task,
-            job.job_id,
+            "%s attempt %d lost its lease: %s. This attempt is stopped",
+            named(job.adapter, job.task, job.job_id),
             self.number,
             error.detail,
         )

@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from zombieguard.containment import contained, log
+from zombieguard.containment import contained, log, named
 from zombieguard.enforcement.children import Found, JobProcesses
 from zombieguard.enforcement.limits import Limit
 from zombieguard.errors import LeaseLost
@@ -89,7 +89,7 @@ def emit_limit(
         reason = f"no progress within its progress_timeout of {seconds or 0:g} s"
         event = make(JobHungEvent, reason=reason, stack=stack, processes=processes)
         said = f"made {reason}: stopped, and recorded failed (hung)"
-    log.warning("%s job %s[%s] attempt %d %s", adapter, event.task, event.job_id, event.attempt, said)
+    log.warning("%s attempt %d %s", named(adapter, event.task, event.job_id), event.attempt, said)
     emit(adapter, event)
 
 
@@ -132,10 +132,8 @@ def end_found(
     why = f"ended with the job (SIGKILL {grace:g} s past SIGTERM)"
     event = make(JobProcessesEnded, reason=why, processes=found.described)
     log.warning(
-        "%s job %s[%s]: ending the processes it started: %s",
-        adapter,
-        event.task,
-        event.job_id,
+        "%s: ending the processes it started: %s",
+        named(adapter, event.task, event.job_id),
         "; ".join(found.described),
     )
     emit(adapter, event)

@@ -22,7 +22,7 @@ import redis
 
 from zombieguard import __version__
 from zombieguard.adapter import JobAdapter
-from zombieguard.containment import contained, log
+from zombieguard.containment import contained, log, named
 from zombieguard.enforcement.children import OWNER_VARIABLE, JobProcesses, new_owner, owned_by, without_owner
 from zombieguard.enforcement.reaper import LEAVE
 from zombieguard.enforcement.slot import SIZE as SLOT_SIZE
@@ -330,7 +330,7 @@ class WorkerRuntime:
         is missing and not written again (nothing would recover the job: the framework's own
         handling must); Redis away, the lease expires instead."""
         job = f"{self.framework} job {spec.job_id}"
-        log.warning("%s job %s[%s]: %s; recovering it", self.framework, spec.task, spec.job_id, why)
+        log.warning("%s: %s; recovering it", named(self.framework, spec.task, spec.job_id), why)
         missing = False
         try:
             missing = self.store.abandon(spec, token, Outcome.STALLED, how=why) == "missing"
