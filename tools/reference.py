@@ -17,7 +17,8 @@ from zombieguard.policy import ENV_PREFIX, Policy, Settings
 HEADER = """# Configuration reference
 
 Generated from `zombieguard.Policy` and `zombieguard.Settings` by `python -m tools.reference`;
-do not edit by hand. Durations are in seconds.
+do not edit by hand. Durations are in seconds. Which values to choose, and the recovery times they
+give: [recommended.md](recommended.md).
 """
 
 

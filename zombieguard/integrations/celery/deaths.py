@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -41,6 +42,7 @@ class PoolDeaths:
         zombieguard makes of it: timed out or hung (this worker killed it at a limit), lease lost
         (superseded), stalled (it died by itself: recovered or dead-lettered), None (Celery's own
         handling)."""
+        how = self._said(how)
         # The slot first: the monitor records what it saw (killed, or dead before its lease was
         # written) before it clears a slot, under the same lock.
         state, killed = self.monitor.died(request.id)
@@ -90,6 +92,15 @@ class PoolDeaths:
             log.warning("celery task %s: could not check its lease (%s)", job_id, exc)
             return False
         return record is not None and is_superseded(record, self.runtime.name, state)
+
+    def _said(self, how: str) -> str:
+        """Celery's words on a pool process's end (``Worker exited prematurely: signal 9 (SIGKILL)
+        Job: 0.``, ``exitcode 1``) as the monitor says it (``killed by signal 9 (SIGKILL)``)."""
+        found = _CELERY_END.search(how)
+        if found is None:
+            return how
+        number = int(found.group(2))
+        return self.monitor.described(number if found.group(1) == "signal" else number << 8)
 
     def recover_unleased(self, job_id: str, how: str) -> None:
         """In the event loop: recover a task whose pool process the monitor saw die before its lease
@@ -149,6 +160,10 @@ class PoolDeaths:
             before_sweep=orphans,
             again=lambda: self.runtime.write_again_for(state, state.token, payload),
         )
+
+
+_CELERY_END = re.compile(r"\b(signal|exitcode) (\d+)\b")
+"""How billiard's ``human_status`` words a pool process's end, in Celery's ``WorkerLostError``."""
 
 
 def died_reason(how: str) -> str:

@@ -197,7 +197,12 @@ class SlotMonitor:
     def _how_it_ended(self, pid: int) -> str:
         """How a pool process that died ended (it is a child of this process, not reaped yet)."""
         status = child_status(pid)
-        return "" if status is None else how_it_ended(status, self._oom, oom_kills())
+        return "" if status is None else self.described(status)
+
+    def described(self, status: int) -> str:
+        """A pool process's end, from its wait status, the OOM killer named when the cgroup's count
+        rose since this monitor last read it."""
+        return how_it_ended(status, self._oom, oom_kills())
 
     def _write_lease(self, tracked: _Tracked, now: float) -> None:
         """Write the lease of a task whose pool process has not written it past its ``lease_delay``
