@@ -8,7 +8,7 @@ import re
 import pytest
 
 from tests.support.celery_harness import CeleryHarness
-from tests.support.cli import rq_cli
+from tests.support.cli import celery_cli, rq_cli
 from tests.support.rq_harness import RQHarness
 from tests.support.waiting import wait_until
 
@@ -122,3 +122,23 @@ def test_a_celery_pool_process_killed_in_c_code_at_its_limit_is_logged_as_zombie
     assert re.search(
         r"killing the process that runs it \(pid \d+\); the worker starts another", celery_harness.log(0)
     )
+
+
+def test_a_celery_task_stopped_with_zombieguard_kill_says_who_stopped_it_in_the_worker_s_log(
+    celery_harness: CeleryHarness,
+) -> None:
+    celery_harness.start_worker("prefork")
+    result = celery_harness.send("long_task", celery_harness.notes, 30.0)
+    celery_harness.wait_leased(result.id)
+    celery_cli(celery_harness, "kill", result.id, "-A", "tests.support.celery_app", "--reason", "incident 42")
+    line = wait_until(
+        lambda: re.search(
+            rf"celery task \S+\[{result.id}\] attempt 1 lost its lease: (.*)$", celery_harness.log(0), re.M
+        ),
+        15,
+        what="the lease loss",
+    )
+    assert re.fullmatch(
+        r"stopped by \S+@\S+: incident 42; the job ends failed \(stopped\)\. This attempt is stopped",
+        line.group(1),
+    ), line.group(1)

@@ -615,6 +615,15 @@ class LeaseStore(WorkerRegistry):
         raw = self.client.hgetall(key)
         return LeaseRecord.from_hash(raw) if raw else None
 
+    def why_lost(self, job_id: str, token: int, code: str) -> str:
+        """Why a renewal under ``token`` was refused with ``code``, and what happens to the job now,
+        read from its record (one more round trip, taken only then)."""
+        try:
+            record = self.record(job_id)
+        except (redis.RedisError, CorruptRecord):
+            record = None
+        return f"its renewal was refused ({code})" if record is None else record.taken_from(token)
+
     def active(self, adapter: str | None = None) -> tuple[list[LeaseRecord], list[tuple[str, str]]]:
         """Running and recovering leases (of one integration, or all): (records, corrupt ones)."""
         adapters = [adapter] if adapter else sorted(text(a) for a in self.client.smembers(self.adapters_key))

@@ -20,7 +20,7 @@ from zombieguard.containment import contained, log, report
 from zombieguard.enforcement.children import JobProcesses, ProcessTree
 from zombieguard.errors import LeaseLost
 from zombieguard.events import HeartbeatFailed, emit
-from zombieguard.leases import CorruptRecord, DeferredRelease, LeaseStore
+from zombieguard.leases import DeferredRelease, LeaseStore
 from zombieguard.worker.attempt import Attempt
 
 LostCallback = Callable[[Attempt, LeaseLost], None]
@@ -238,24 +238,17 @@ class Heartbeat:
                 with contained("heartbeat re-establishing a lease"):
                     if attempt.reestablish():
                         continue
-            lost = LeaseLost(attempt.job.job_id, attempt.token, self._taken(attempt, code))
+            lost = LeaseLost(
+                attempt.job.job_id,
+                attempt.token,
+                self.store.why_lost(attempt.job.job_id, attempt.token, code),
+            )
             self.remove(attempt)
             attempt.mark_lost(lost)
             if self.on_lost is not None:
                 with contained("heartbeat on_lost callback"):
                     self.on_lost(attempt, lost)
         return True
-
-    def _taken(self, attempt: Attempt, code: str) -> str:
-        """Why a renewal of ``attempt`` was refused with ``code``, read from its record (rare: one
-        more round trip)."""
-        try:
-            record = self.store.record(attempt.job.job_id)
-        except (redis.RedisError, CorruptRecord):
-            record = None
-        if record is None:
-            return f"its renewal was refused ({code})"
-        return record.taken_from(attempt.token)
 
     def _run(self) -> None:
         retry = _FIRST_RETRY

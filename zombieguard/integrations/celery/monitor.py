@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from zombieguard.containment import contained, log
+from zombieguard.containment import contained, log, named
 from zombieguard.enforcement.children import Found
 from zombieguard.enforcement.deaths import child_status, how_it_ended, oom_kills
 from zombieguard.enforcement.interrupts import Interrupt
@@ -435,9 +435,10 @@ class SlotMonitor:
                 tracked.renewed = sent_at
             elif tracked.stopped is None and self._still_running(tracked):
                 log.warning(
-                    "celery task %s[%s]: a newer attempt holds it; stopping this one",
-                    state.task,
-                    state.job_id,
+                    "%s attempt %d lost its lease: %s. This attempt is stopped",
+                    named(ADAPTER, state.task, state.job_id),
+                    state.attempt,
+                    runtime.store.why_lost(state.job_id, tracked.token, code),
                 )
                 tracked.stopped, tracked.stopped_at = Outcome.LEASE_LOST, time.monotonic()
                 self._stopping(state, _sender(state.pid, Interrupt.LOST.signal))
