@@ -178,9 +178,11 @@ def _integrations() -> set[str]:
     return {"rq"} | ({"celery"} if _options().celery_app else set())
 
 
-def _print(data: Any, view: Callable[[], str]) -> None:
+def _print(data: Any, view: Callable[[], str], *, line: bool = False) -> None:
+    """``data`` as JSON with ``--json`` (on one ``line`` for a command that goes on running), else
+    ``view()`` for people."""
     if _options().as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(data) if line else json.dumps(data, indent=2))
     else:
         click.echo(view())
 
@@ -318,7 +320,12 @@ def sweep(once: bool) -> None:
             }
             _print(done, lambda: ", ".join(f"{k.replace('_', ' ')}: {len(v)}" for k, v in done.items()))
             return
-        click.echo(f"sweeping for {', '.join(sorted(adapters))} every {store.settings.sweep_interval:g} s")
+        interval = store.settings.sweep_interval
+        _print(
+            {"sweeping": sorted(adapters), "interval": interval},
+            lambda: f"sweeping for {', '.join(sorted(adapters))} every {interval:g} s",
+            line=True,
+        )
         sys.stdout.flush()
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -391,7 +398,8 @@ def metrics(port: int, addr: str) -> None:
     registry = CollectorRegistry()
     registry.register(ClusterCollector(store))
     server, thread = start_http_server(port, addr=addr, registry=registry)
-    click.echo(f"serving zombieguard metrics on http://{addr}:{server.server_port}/metrics")
+    url = f"http://{addr}:{server.server_port}/metrics"
+    _print({"serving": url}, lambda: f"serving zombieguard metrics on {url}", line=True)
     sys.stdout.flush()
     try:
         thread.join()

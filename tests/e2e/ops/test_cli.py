@@ -249,3 +249,24 @@ def test_status_watch_on_a_terminal_redraws_a_coloured_table_in_place(rq_harness
     assert seen.count(b"\x1b[2J") >= 3  # the screen cleared before each drawing
     assert b"\x1b[32m" in seen  # the running job's row in green
     assert b"Ctrl-C to stop" in seen
+
+
+@pytest.mark.parametrize(
+    ("command", "key"), [(("sweep",), "sweeping"), (("metrics", "--port", "0"), "serving")]
+)
+def test_a_command_that_goes_on_running_says_what_it_serves_as_one_json_line(
+    rq_harness: RQHarness, command: tuple[str, ...], key: str
+) -> None:
+    running = subprocess.Popen(
+        [ZOMBIEGUARD, "-u", rq_harness.redis_url, *command, "--json"],
+        env={**os.environ, "ZOMBIEGUARD_KEY_PREFIX": rq_harness.key_prefix},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert running.stdout is not None
+        said = json.loads(running.stdout.readline())
+    finally:
+        running.terminate()
+        running.wait(10)
+    assert key in said, said
