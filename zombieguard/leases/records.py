@@ -275,8 +275,10 @@ class LeaseRecord:
         the job now, in plain words."""
         if self.stopped_by:
             return f"stopped by {self.stopped_by}; the job ends failed (stopped)"
-        if self.token != token:
+        if self.token != token and self.state is LeaseState.RUNNING:
             return f"attempt {self.attempt} holds the job now and runs it"
+        if self.token != token:
+            return f"attempt {self.attempt} took the job over (its lease is {self.state} now)"
         if self.given_up:
             return f"given up as {self.abandoned}; a sweeper recovers or ends the job"
         if self.state is LeaseState.RECOVERING:

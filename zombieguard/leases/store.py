@@ -465,12 +465,12 @@ class LeaseStore(WorkerRegistry):
         args = ["" if token is None else str(token), worker, "\n".join(processes)]
         return text(self._scripts["ended"](keys=[self.lease_key(job_id)], args=args)) == "ok"
 
-    @staticmethod
-    def _check_fenced(job_id: str, token: int, reply: list[str]) -> str:
+    def _check_fenced(self, job_id: str, token: int, reply: list[str]) -> str:
         code = reply[0]
         if code == "lost":
             state, holder = reply[1], reply[2]
-            raise LeaseLost(job_id, token, f"the lease is {state or 'gone'} under token {holder or '-'}")
+            found = f"the lease is {state or 'gone'} under token {holder or '-'}"
+            raise LeaseLost(job_id, token, self.why_lost(job_id, token, found))
         if code == "corrupt":
             raise LeaseLost(job_id, token, f"the lease record is corrupt ({reply[1]})")
         return code
@@ -615,14 +615,15 @@ class LeaseStore(WorkerRegistry):
         raw = self.client.hgetall(key)
         return LeaseRecord.from_hash(raw) if raw else None
 
-    def why_lost(self, job_id: str, token: int, code: str) -> str:
-        """Why a renewal under ``token`` was refused with ``code``, and what happens to the job now,
-        read from its record (one more round trip, taken only then)."""
+    def why_lost(self, job_id: str, token: int, otherwise: str) -> str:
+        """Why the attempt of ``token`` no longer holds the lease of ``job_id``, and what happens to
+        the job now, read from its record (one more round trip, taken only then); ``otherwise`` when
+        the record cannot be read."""
         try:
             record = self.record(job_id)
         except (redis.RedisError, CorruptRecord):
             record = None
-        return f"its renewal was refused ({code})" if record is None else record.taken_from(token)
+        return otherwise if record is None else record.taken_from(token)
 
     def active(self, adapter: str | None = None) -> tuple[list[LeaseRecord], list[tuple[str, str]]]:
         """Running and recovering leases (of one integration, or all): (records, corrupt ones)."""

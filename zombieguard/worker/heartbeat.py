@@ -241,7 +241,7 @@ class Heartbeat:
             lost = LeaseLost(
                 attempt.job.job_id,
                 attempt.token,
-                self.store.why_lost(attempt.job.job_id, attempt.token, code),
+                self.store.why_lost(attempt.job.job_id, attempt.token, f"its renewal was refused ({code})"),
             )
             self.remove(attempt)
             attempt.mark_lost(lost)

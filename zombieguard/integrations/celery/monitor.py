@@ -438,7 +438,7 @@ class SlotMonitor:
                     "%s attempt %d lost its lease: %s. This attempt is stopped",
                     named(ADAPTER, state.task, state.job_id),
                     state.attempt,
-                    runtime.store.why_lost(state.job_id, tracked.token, code),
+                    runtime.store.why_lost(state.job_id, tracked.token, f"its renewal was refused ({code})"),
                 )
                 tracked.stopped, tracked.stopped_at = Outcome.LEASE_LOST, time.monotonic()
                 self._stopping(state, _sender(state.pid, Interrupt.LOST.signal))
