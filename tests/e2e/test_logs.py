@@ -15,6 +15,10 @@ from tests.support.waiting import wait_until
 pytestmark = pytest.mark.slow
 
 TIME = r"\d\d:\d\d:\d\d"  # RQ's own format: '%(asctime)s %(message)s', date format '%H:%M:%S'
+STOPPED_BY_KILL = (
+    r"stopped by \S+@\S+: incident 42; the job ends failed \(stopped\)\. This attempt is stopped"
+)
+"""What a worker's log says of its job's lease after ``zombieguard kill --reason "incident 42"``."""
 
 
 @pytest.mark.parametrize("cls", ["GuardedWorker", "GuardedSimpleWorker"])
@@ -80,7 +84,7 @@ def test_a_job_stopped_with_zombieguard_kill_says_who_stopped_it_in_the_worker_s
         what="the lease loss",
     )
     assert re.fullmatch(
-        r"stopped by \S+@\S+: incident 42; the job ends failed \(stopped\)\. This attempt is stopped",
+        STOPPED_BY_KILL,
         line.group(1),
     ), line.group(1)
     assert "terminated unexpectedly" not in rq_harness.log(0)
@@ -139,6 +143,6 @@ def test_a_celery_task_stopped_with_zombieguard_kill_says_who_stopped_it_in_the_
         what="the lease loss",
     )
     assert re.fullmatch(
-        r"stopped by \S+@\S+: incident 42; the job ends failed \(stopped\)\. This attempt is stopped",
+        STOPPED_BY_KILL,
         line.group(1),
     ), line.group(1)

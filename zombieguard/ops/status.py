@@ -119,8 +119,12 @@ def _gone_workers(store: LeaseStore, records: Sequence[LeaseRecord], now: float)
     names = {r.worker for r in records if r.state is LeaseState.RUNNING}
     if not names:
         return set()
-    live = store.workers()
-    gone = {name for name in names if name not in live or live[name][0] <= now}
+    ordered = sorted(names)
+    pipe = store.client.pipeline(transaction=False)
+    for name in ordered:
+        pipe.zscore(store.workers_key, name)  # when its presence expires; none once it left
+    expiries = pipe.execute()
+    gone = {name for name, expiry in zip(ordered, expiries, strict=True) if expiry is None or expiry <= now}
     watched = set()
     for adapter in {r.adapter for r in records}:
         watched |= {text(member) for member in store.client.smembers(store.presence_key(adapter))}
